@@ -1,0 +1,538 @@
+"""The inventory: which machines exist, how to reach them, and what they are called.
+
+Loaded strictly from YAML. Every rejection names the file, line and column, what is wrong
+and what to write instead. Plain ``yaml.safe_load`` keeps the last of two duplicate keys
+without a word; we walk the composed node tree instead, so duplicates (and every other
+mistake) are caught with their position.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlparse
+
+import yaml
+
+from .errors import InventoryError
+
+AUTH_MODES = ("local", "ssh-key", "tailscale", "agent")
+
+HOST_KEYS = ("user", "address", "port", "auth", "aliases", "tags", "identity_file",
+             "opencode", "repos")
+DEFAULTS_KEYS = tuple(k for k in HOST_KEYS if k not in ("aliases", "address"))
+TOP_KEYS = ("hosts", "default_host", "canary", "groups", "routes", "slack", "known_hosts",
+            "defaults")
+OPENCODE_KEYS = ("url", "username", "password_env", "password_file")
+REPOS_KEYS = ("root", "paths")
+SLACK_KEYS = ("channel", "base_url", "token_env")
+
+# A plain hostname label sequence: it can never start with '-' (an option) and never
+# hold a space or a shell metacharacter.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED = {"all"}
+
+
+@dataclass(frozen=True)
+class OpenCodeEndpoint:
+    """Where a host's OpenCode server listens and how to find its password (never inline)."""
+
+    url: str
+    username: str = "opencode"
+    password_env: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine, with defaults already merged in."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str | None = None
+    auth: str = "ssh-key"
+    aliases: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    identity_file: str | None = None
+    opencode: OpenCodeEndpoint | None = None
+    repos_root: str | None = None
+    repos: Mapping[str, str] = field(default_factory=dict)
+
+    def repo_path(self, repo: str) -> str | None:
+        """The working-copy path of ``repo`` on this host, or None if the inventory has none."""
+        path = self.repos.get(repo)
+        if path is None:
+            if self.repos_root is None:
+                return None
+            return f"{self.repos_root.rstrip('/')}/{repo}"
+        if path.startswith("/") or path.startswith("~"):
+            return path
+        if self.repos_root is None:
+            return None
+        return f"{self.repos_root.rstrip('/')}/{path}"
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    """The audit channel. The token comes from the env var ``token_env``, never a file."""
+
+    channel: str
+    base_url: str | None = None
+    token_env: str = "SLACK_BOT_TOKEN"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A validated inventory. Hosts keep the order of the file."""
+
+    path: str
+    hosts: tuple[Host, ...]
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    default_host: str | None = None
+    canary: str | None = None
+    routes: Mapping[str, str] = field(default_factory=dict)
+    slack: SlackSettings | None = None
+    known_hosts: str | None = None
+
+    def host(self, name: str) -> Host:
+        """The host called ``name`` (canonical name or alias)."""
+        canon = self.names_index().get(name)
+        if canon is None:
+            from .selectors import unknown_name_error
+            raise unknown_name_error(self, name)
+        for h in self.hosts:
+            if h.name == canon:
+                return h
+        raise KeyError(name)  # unreachable: the index is built from hosts
+
+    def names_index(self) -> dict[str, str]:
+        """Every name and alias -> canonical name."""
+        index: dict[str, str] = {}
+        for h in self.hosts:
+            index[h.name] = h.name
+            for a in h.aliases:
+                index[a] = h.name
+        return index
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+class _Loader:
+    def __init__(self, path: str, base_dir: Path) -> None:
+        self.path = path
+        self.base_dir = base_dir
+
+    # -- errors
+    def fail(self, node: yaml.Node | None, message: str, hint: str = "") -> InventoryError:
+        if node is None:
+            return InventoryError(message, self.path, hint=hint)
+        mark = node.start_mark
+        return InventoryError(message, self.path, mark.line + 1, mark.column + 1, hint)
+
+    # -- node shapes
+    def mapping(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping (key: value lines)",
+                            f"write it as '{what.split()[-1]}:' followed by indented 'key: value' lines")
+        seen: dict[str, yaml.Node] = {}
+        out = []
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode) or knode.tag == "tag:yaml.org,2002:merge":
+                raise self.fail(knode, f"unsupported key in {what}",
+                                "write plain keys; YAML merge keys ('<<') are not supported")
+            key = str(knode.value)
+            if key in seen:
+                first = seen[key].start_mark
+                raise self.fail(knode, f"duplicate key '{key}' in {what} (first at line {first.line + 1})",
+                                "keep one of them: YAML would silently drop the first")
+            seen[key] = knode
+            out.append((key, knode, vnode))
+        return out
+
+    def check_keys(self, pairs: list[tuple[str, yaml.Node, yaml.Node]], allowed: tuple[str, ...],
+                   what: str, extra_hint: Mapping[str, str] | None = None) -> None:
+        for key, knode, _ in pairs:
+            if key in allowed:
+                continue
+            if extra_hint and key in extra_hint:
+                raise self.fail(knode, f"'{key}' is not allowed in {what}", extra_hint[key])
+            hint = _suggest(key, allowed) or f"known keys: {', '.join(allowed)}"
+            raise self.fail(knode, f"unknown key '{key}' in {what}", hint)
+
+    def value(self, node: yaml.Node, what: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"{what} must be a single value, not a list or mapping")
+        loader = yaml.SafeLoader("")
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise self.fail(node, f"{what}: {exc}") from None
+        finally:
+            loader.dispose()
+
+    def string(self, node: yaml.Node, what: str, example: str) -> str:
+        v = self.value(node, what)
+        if v is None or isinstance(v, bool):
+            raise self.fail(node, f"{what} must be a string, not '{node.value}'", f"write e.g. {example}")
+        s = str(node.value)
+        if not s:
+            raise self.fail(node, f"{what} is empty", f"write e.g. {example}")
+        return s
+
+    def name(self, node: yaml.Node, what: str) -> str:
+        s = str(node.value) if isinstance(node, yaml.ScalarNode) else None
+        if s is None:
+            raise self.fail(node, f"{what} must be a plain name, not a list or mapping")
+        if s in _RESERVED:
+            raise self.fail(node, f"{what} '{s}' is reserved (it selects every host)",
+                            "pick another name")
+        if not _NAME_RE.match(s) or s.endswith("-"):
+            raise self.fail(node, f"{what} '{s}' is not a plain hostname",
+                            "use letters, digits, '.', '_' and '-' only, not starting with '-' "
+                            "(no spaces or shell characters), e.g. epyc6 or mac-mini")
+        return s
+
+    def str_list(self, node: yaml.Node, what: str, as_name: bool) -> tuple[tuple[str, yaml.Node], ...]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list", f"write e.g. {what.split()[-1]}: [a, b]")
+        out = []
+        for item in node.value:
+            if as_name:
+                out.append((self.name(item, f"entry of {what}"), item))
+            else:
+                out.append((self.string(item, f"entry of {what}", "a-name"), item))
+        return tuple(out)
+
+    def port(self, node: yaml.Node, what: str) -> int:
+        v = self.value(node, what)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+            raise self.fail(node, f"{what} '{node.value}' is not a TCP port",
+                            "write a whole number from 1 to 65535, e.g. port: 22")
+        return v
+
+    def url(self, node: yaml.Node, what: str) -> str:
+        s = self.string(node, what, "http://epyc6.tail76761.ts.net:4105")
+        try:
+            p = urlparse(s)
+            p.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            p = None
+        if p is None or p.scheme not in ("http", "https") or not p.hostname or (
+                p.path not in ("", "/")) or p.query or p.fragment:
+            raise self.fail(node, f"{what} '{s}' is not a server URL",
+                            "write scheme, host and port only, e.g. http://epyc6.tail76761.ts.net:4105")
+        if p.username or p.password:
+            raise self.fail(node, f"{what} must not carry credentials",
+                            "put the password in an env var (password_env) or a 0600 file (password_file)")
+        return s.rstrip("/")
+
+    def local_path(self, node: yaml.Node, what: str) -> str:
+        s = self.string(node, what, "~/.ssh/id_ed25519")
+        p = Path(os.path.expanduser(s))
+        if not p.is_absolute():
+            p = self.base_dir / p
+        return str(p)
+
+    def remote_path(self, node: yaml.Node, what: str, allow_relative: bool) -> str:
+        s = self.string(node, what, "/home/feng/repos")
+        if "\n" in s or "\0" in s:
+            raise self.fail(node, f"{what} holds a control character", "write a plain path")
+        if not allow_relative and not (s.startswith("/") or s == "~" or s.startswith("~/")):
+            raise self.fail(node, f"{what} '{s}' must be absolute", "write e.g. /home/feng/repos or ~/repos")
+        return s
+
+    def env_name(self, node: yaml.Node, what: str, example: str) -> str:
+        s = self.string(node, what, example)
+        if not _ENV_RE.match(s):
+            raise self.fail(node, f"{what} '{s}' is not an environment variable name", f"write e.g. {example}")
+        return s
+
+    # -- sections
+    def host_fields(self, node: yaml.Node, what: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        pairs = self.mapping(node, what)
+        self.check_keys(pairs, allowed, what, {
+            "password": "never write a password inline: use opencode.password_env or opencode.password_file",
+            "aliases": "aliases belong to one host, not to defaults",
+            "address": "an address belongs to one host, not to defaults",
+            "hostname": "write 'address:' for the host's DNS name or IP",
+        })
+        out: dict[str, Any] = {}
+        for key, knode, v in pairs:
+            w = f"{key} of {what}"
+            if key == "user":
+                out["user"] = self.name(v, w)
+            elif key == "address":
+                out["address"] = self.address(v, w)
+            elif key == "port":
+                out["port"] = self.port(v, w)
+            elif key == "auth":
+                a = self.string(v, w, "ssh-key")
+                if a not in AUTH_MODES:
+                    hint = _suggest(a, AUTH_MODES) or ""
+                    raise self.fail(v, f"{w} '{a}' is not an auth mode",
+                                    (hint + " " if hint else "") + f"write one of: {', '.join(AUTH_MODES)}")
+                out["auth"] = a
+            elif key == "aliases":
+                out["aliases"] = self.str_list(v, w, as_name=True)
+            elif key == "tags":
+                out["tags"] = self.str_list(v, w, as_name=True)
+            elif key == "identity_file":
+                out["identity_file"] = self.local_path(v, w)
+            elif key == "opencode":
+                out["opencode"] = self.opencode(v, w)
+            elif key == "repos":
+                out["repos"] = self.repos(v, w)
+        return out
+
+    def address(self, node: yaml.Node, what: str) -> str:
+        s = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
+        try:
+            ipaddress.ip_address(s)
+            return s
+        except ValueError:
+            pass
+        return self.name(node, what)
+
+    def opencode(self, node: yaml.Node, what: str) -> dict[str, Any]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str":
+            return {"url": self.url(node, what)}
+        pairs = self.mapping(node, what)
+        self.check_keys(pairs, OPENCODE_KEYS, what, {
+            "password": "never write a password inline: use password_env (an env var name) or "
+                        "password_file (a 0600 file)"})
+        out: dict[str, Any] = {}
+        for key, _, v in pairs:
+            w = f"{key} of {what}"
+            if key == "url":
+                out["url"] = self.url(v, w)
+            elif key == "username":
+                out["username"] = self.name(v, w)
+            elif key == "password_env":
+                out["password_env"] = self.env_name(v, w, "OPENCODE_PASSWORD")
+            elif key == "password_file":
+                out["password_file"] = self.local_path(v, w)
+        if "password_env" in out and "password_file" in out:
+            raise self.fail(node, f"{what} has both password_env and password_file", "keep one")
+        return out
+
+    def repos(self, node: yaml.Node, what: str) -> dict[str, Any]:
+        pairs = self.mapping(node, what)
+        self.check_keys(pairs, REPOS_KEYS, what)
+        out: dict[str, Any] = {}
+        for key, _, v in pairs:
+            w = f"{key} of {what}"
+            if key == "root":
+                out["root"] = self.remote_path(v, w, allow_relative=False)
+            else:
+                paths = {}
+                for rkey, rknode, rv in self.mapping(v, w):
+                    self.name(rknode, f"repo name in {w}")
+                    p = self.remote_path(rv, f"path of repo '{rkey}' in {w}", allow_relative=True)
+                    if ".." in Path(p).parts:
+                        raise self.fail(rv, f"path of repo '{rkey}' must not contain '..'",
+                                        "write the path without '..'")
+                    paths[rkey] = p
+                out["paths"] = paths
+        return out
+
+
+def _merge(defaults: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    for k, v in own.items():
+        if k in ("opencode", "repos") and isinstance(v, dict) and isinstance(merged.get(k), dict):
+            inner = dict(merged[k])
+            if k == "opencode" and ("password_env" in v or "password_file" in v):
+                inner.pop("password_env", None)
+                inner.pop("password_file", None)
+            inner.update(v)
+            merged[k] = inner
+        elif k == "tags" and "tags" in merged:
+            merged[k] = tuple(merged[k]) + tuple(t for t in v if t[0] not in {d[0] for d in merged[k]})
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
+    """Validate inventory YAML ``text``; ``path`` is used in messages and for relative paths."""
+    base = base_dir if base_dir is not None else (Path(path).resolve().parent if path != "<inventory>" else Path.cwd())
+    ld = _Loader(path, base)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "YAML syntax error"
+        hint = "check the indentation and quoting on this line"
+        if "\t" in problem or "tab" in problem:
+            hint = "indent with spaces, not tabs"
+        raise InventoryError(f"invalid YAML: {problem}", path,
+                             mark.line + 1 if mark else None, mark.column + 1 if mark else None,
+                             hint) from None
+    except yaml.YAMLError as exc:
+        raise InventoryError(f"invalid YAML: {exc}", path, hint="fix the YAML syntax") from None
+    except (UnicodeError, ValueError) as exc:
+        raise InventoryError(f"unreadable text: {exc}", path, hint="save the file as UTF-8") from None
+    if root is None:
+        raise InventoryError("the inventory is empty", path, 1, 1,
+                             "write a 'hosts:' mapping, e.g. hosts: {epyc6: {user: feng}}")
+    top = ld.mapping(root, "the inventory")
+    ld.check_keys(top, TOP_KEYS, "the inventory")
+    sections = {k: (kn, v) for k, kn, v in top}
+    if "hosts" not in sections:
+        raise ld.fail(root, "the inventory has no 'hosts:' section",
+                      "add e.g. hosts: {epyc6: {user: feng, address: epyc6.example.net}}")
+
+    defaults: dict[str, Any] = {}
+    if "defaults" in sections:
+        defaults = ld.host_fields(sections["defaults"][1], "defaults", DEFAULTS_KEYS)
+
+    hosts_node = sections["hosts"][1]
+    host_pairs = ld.mapping(hosts_node, "hosts")
+    if not host_pairs:
+        raise ld.fail(hosts_node, "'hosts' is empty", "add at least one host, e.g. epyc6: {user: feng}")
+
+    raw_hosts: list[tuple[str, yaml.Node, dict[str, Any]]] = []
+    owner: dict[str, tuple[str, yaml.Node]] = {}
+    for hname, hknode, hv in host_pairs:
+        ld.name(hknode, "host name")
+        if isinstance(hv, yaml.ScalarNode) and hv.tag == "tag:yaml.org,2002:null":
+            own: dict[str, Any] = {}
+        else:
+            own = ld.host_fields(hv, f"host '{hname}'", HOST_KEYS)
+        if hname in owner:
+            raise ld.fail(hknode, f"host name '{hname}' is already an alias of host '{owner[hname][0]}'",
+                          "rename the host or drop that alias")
+        owner[hname] = (hname, hknode)
+        raw_hosts.append((hname, hknode, own))
+    for hname, hknode, own in raw_hosts:
+        for alias, anode in own.get("aliases", ()):
+            if alias in owner:
+                other = owner[alias][0]
+                what = "the name" if alias == other else "an alias"
+                if other == hname and alias == hname:
+                    raise ld.fail(anode, f"alias '{alias}' repeats the host's own name", "drop it")
+                raise ld.fail(anode, f"alias '{alias}' of host '{hname}' is already {what} of host '{other}'",
+                              "give each host its own aliases")
+            owner[alias] = (hname, anode)
+
+    hosts: list[Host] = []
+    for hname, hknode, own in raw_hosts:
+        m = _merge(defaults, own)
+        oc = None
+        if "opencode" in m:
+            ocd = m["opencode"]
+            if "url" not in ocd:
+                raise ld.fail(hknode, f"host '{hname}' has opencode settings but no url",
+                              "write opencode: {url: http://HOST:4105} under the host or defaults")
+            oc = OpenCodeEndpoint(url=ocd["url"], username=ocd.get("username", "opencode"),
+                                  password_env=ocd.get("password_env"), password_file=ocd.get("password_file"))
+        repos = m.get("repos", {})
+        hosts.append(Host(
+            name=hname,
+            address=m.get("address", hname),
+            port=m.get("port", 22),
+            user=m.get("user"),
+            auth=m.get("auth", "ssh-key"),
+            aliases=tuple(a for a, _ in m.get("aliases", ())),
+            tags=tuple(t for t, _ in m.get("tags", ())),
+            identity_file=m.get("identity_file"),
+            opencode=oc,
+            repos_root=repos.get("root"),
+            repos=dict(repos.get("paths", {})),
+        ))
+    index = {k: v[0] for k, v in owner.items()}
+
+    def ref(node: yaml.Node, what: str) -> str:
+        s = str(node.value) if isinstance(node, yaml.ScalarNode) else None
+        if s is None:
+            raise ld.fail(node, f"{what} must be a host name")
+        if s not in index:
+            hint = _suggest(s, index) or f"known hosts: {', '.join(h.name for h in hosts)}"
+            raise ld.fail(node, f"{what} '{s}' is not a host in this inventory", hint)
+        return index[s]
+
+    groups: dict[str, tuple[str, ...]] = {}
+    if "groups" in sections:
+        for gname, gk, gv in ld.mapping(sections["groups"][1], "groups"):
+            ld.name(gk, "group name")
+            members: list[str] = []
+            if not isinstance(gv, yaml.SequenceNode):
+                raise ld.fail(gv, f"group '{gname}' must be a list of hosts", f"write {gname}: [epyc6, macmini]")
+            for item in gv.value:
+                canon = ref(item, f"member of group '{gname}'")
+                if canon not in members:
+                    members.append(canon)
+            groups[gname] = tuple(members)
+
+    inv = Inventory(path=path, hosts=tuple(hosts), groups=groups)
+    extra: dict[str, Any] = {}
+    for key in ("default_host", "canary"):
+        if key in sections:
+            extra[key] = ref(sections[key][1], key)
+    if "known_hosts" in sections:
+        extra["known_hosts"] = ld.local_path(sections["known_hosts"][1], "known_hosts")
+    if "slack" in sections:
+        sn = sections["slack"][1]
+        if isinstance(sn, yaml.ScalarNode):
+            extra["slack"] = SlackSettings(channel=ld.string(sn, "slack", "C09MQGMFKDE"))
+        else:
+            sp = ld.mapping(sn, "slack")
+            ld.check_keys(sp, SLACK_KEYS, "slack", {
+                "token": "never write the Slack token in a file: name its env var with token_env"})
+            sd: dict[str, Any] = {}
+            for key, _, v in sp:
+                if key == "channel":
+                    sd["channel"] = ld.string(v, "slack channel", "C09MQGMFKDE")
+                elif key == "base_url":
+                    sd["base_url"] = ld.string(v, "slack base_url", "https://slack.com/api/")
+                    if not re.match(r"^https?://[^\s/]+", sd["base_url"]):
+                        raise ld.fail(v, "slack base_url is not a URL", "write e.g. https://slack.com/api/")
+                else:
+                    sd["token_env"] = ld.env_name(v, "slack token_env", "SLACK_BOT_TOKEN")
+            if "channel" not in sd:
+                raise ld.fail(sn, "slack has no channel", "write slack: {channel: C09MQGMFKDE}")
+            extra["slack"] = SlackSettings(**sd)
+    inv = Inventory(path=path, hosts=inv.hosts, groups=groups, **extra)
+    if "routes" in sections:
+        from .selectors import select
+        from .errors import SelectorError
+        routes: dict[str, str] = {}
+        for op, ok, rv in ld.mapping(sections["routes"][1], "routes"):
+            sel = ld.string(rv, f"route for '{op}'", "'@gpu'")
+            try:
+                select(inv, sel)
+            except SelectorError as exc:
+                raise ld.fail(rv, f"route for '{op}': {exc}") from None
+            routes[op] = sel
+        inv = Inventory(path=path, hosts=inv.hosts, groups=groups, routes=routes, **extra)
+    return inv
+
+
+def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+    """Load and validate the inventory file at ``path``. Raises :class:`InventoryError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError("file not found", str(p),
+                             hint="pass --inventory PATH, set 'inventory' in invoke.yaml, or create ./inventory.yaml") from None
+    except IsADirectoryError:
+        raise InventoryError("is a directory, not a file", str(p), hint="pass the path of the YAML file") from None
+    except UnicodeDecodeError:
+        raise InventoryError("not UTF-8 text", str(p), hint="save the file as UTF-8") from None
+    except OSError as exc:
+        raise InventoryError(f"cannot read: {exc.strerror}", str(p), hint="check the path and its permissions") from None
+    return load_inventory_text(text, str(p), p.resolve().parent)

@@ -1,0 +1,55 @@
+"""The seed's key=value log lines: ``success host=epyc6 user=feng command="make test" attempt=1``.
+
+``format_line`` and ``parse_line`` are inverses, so scripts can read the log back.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, TextIO
+
+_BARE = re.compile(r"^[A-Za-z0-9_.:/@%+-]+$")
+
+
+def _quote(value: Any) -> str:
+    s = "" if value is None else str(value)
+    if s and _BARE.match(s):
+        return s
+    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{s}"'
+
+
+def format_line(event: str, **fields: Any) -> str:
+    """One log line: the event word, then key=value pairs in the given order."""
+    return " ".join([event] + [f"{k}={_quote(v)}" for k, v in fields.items()])
+
+
+_PAIR = re.compile(r'\s+([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_line(line: str) -> tuple[str, dict[str, str]]:
+    """Split a line made by :func:`format_line` back into (event, fields)."""
+    line = line.rstrip("\n")
+    event, _, rest = line.partition(" ")
+    fields: dict[str, str] = {}
+    for m in _PAIR.finditer(" " + rest):
+        v = m.group(2)
+        if v.startswith('"'):
+            v = re.sub(r"\\(.)", lambda x: {"n": "\n", "r": "\r"}.get(x.group(1), x.group(1)), v[1:-1])
+        fields[m.group(1)] = v
+    return event, fields
+
+
+class KVLog:
+    """Writes lines to any number of text streams (the run's log file, stderr with --log)."""
+
+    def __init__(self, *streams: TextIO | None) -> None:
+        self.streams = [s for s in streams if s is not None]
+        self.lock = threading.Lock()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        line = format_line(event, **fields)
+        with self.lock:
+            for s in self.streams:
+                s.write(line + "\n")
+                s.flush()

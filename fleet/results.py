@@ -1,0 +1,140 @@
+"""Value objects that flow through a run: selection -> preflight -> fanout -> render.
+
+Renderers read these; they never decide anything.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class FanoutOutcome(str, Enum):
+    """Exactly one terminal state per host."""
+
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    TIMEOUT = "TIMEOUT"
+    ABORTED = "ABORTED"
+    PREFLIGHT_FAILED = "PREFLIGHT_FAILED"
+
+
+class PreflightStatus(str, Enum):
+    """Whether a host passed every preflight check."""
+
+    OK = "OK"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One preflight check on one host."""
+
+    name: str
+    ok: bool
+    duration_ms: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PreflightResult:
+    """All preflight checks of one host. ``error_detail`` says what failed and what to do."""
+
+    host: str
+    user: str | None
+    auth_mode: str
+    status: PreflightStatus
+    checks: tuple[CheckResult, ...] = ()
+    error_detail: str = ""
+    failed_check: str = ""
+    duration_ms: int = 0
+    address: str | None = None  # resolved IP, reused by the connection
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return self.status == PreflightStatus.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys, for JSON."""
+        d = asdict(self)
+        d["status"] = self.status.value
+        d.pop("address", None)
+        return d
+
+
+@dataclass(frozen=True)
+class FanoutResult:
+    """What happened on one host."""
+
+    host: str
+    outcome: FanoutOutcome
+    command: str = ""
+    user: str | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    attempts: int = 0
+    duration_ms: int = 0
+    error: str = ""
+    error_kind: str = ""
+    preflight: PreflightResult | None = None
+    collected: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True on SUCCESS."""
+        return self.outcome == FanoutOutcome.SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys, for JSON."""
+        return {
+            "host": self.host, "outcome": self.outcome.value, "command": self.command,
+            "user": self.user, "exit_code": self.exit_code, "attempts": self.attempts,
+            "duration_ms": self.duration_ms, "error": self.error, "error_kind": self.error_kind,
+            "stdout": self.stdout, "stderr": self.stderr,
+            "preflight": self.preflight.to_dict() if self.preflight else None,
+            "collected": list(self.collected),
+        }
+
+
+@dataclass
+class FanoutRun:
+    """A whole run over many hosts. Keeps every result, successes included."""
+
+    run_id: str
+    command: str
+    results: list[FanoutResult] = field(default_factory=list)
+    interrupted: bool = False
+    artifacts_dir: str | None = None
+    mode: str = ""
+    notes: list[str] = field(default_factory=list)
+    duration_ms: int = 0
+
+    @property
+    def succeeded(self) -> list[FanoutResult]:
+        """Results that ended SUCCESS."""
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[FanoutResult]:
+        """Results that ended in any other state."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """0 all SUCCESS, 1 any other end, 130 if interrupted."""
+        if self.interrupted:
+            return 130
+        return 0 if not self.failed else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys, for JSON."""
+        counts: dict[str, int] = {o.value: 0 for o in FanoutOutcome}
+        for r in self.results:
+            counts[r.outcome.value] += 1
+        return {"run_id": self.run_id, "command": self.command, "mode": self.mode,
+                "interrupted": self.interrupted, "exit_code": self.exit_code,
+                "duration_ms": self.duration_ms, "artifacts_dir": self.artifacts_dir,
+                "counts": counts, "notes": list(self.notes),
+                "results": [r.to_dict() for r in self.results]}
