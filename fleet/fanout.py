@@ -314,9 +314,12 @@ class FanoutRunner:
         return tuple(out)
 
     # ------------------------------------------------------------------ many hosts
-    def run_hosts(self, hosts: Iterable[Host], command: str | None = None,
+    def run_hosts(self, hosts: Iterable[Host], command: str | Callable[[Host], str] | None = None,
                   concurrency: int | None = None) -> list[FanoutResult]:
-        """Run on ``hosts`` with bounded concurrency. Ctrl-C aborts and still returns every host."""
+        """Run on ``hosts`` with bounded concurrency. Ctrl-C aborts and still returns every host.
+
+        ``command`` may be a function of the host, for per-host commands (blow-away).
+        """
         hosts = list(hosts)
         width = max(1, min(concurrency or self.options.concurrency, len(hosts) or 1))
         results: dict[str, FanoutResult] = {}
@@ -324,7 +327,7 @@ class FanoutRunner:
         futs: dict[Future, Host] = {}
         try:
             for h in hosts:
-                futs[pool.submit(self.run_host, h, command)] = h
+                futs[pool.submit(self.run_host, h, command(h) if callable(command) else command)] = h
             pending = set(futs)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -335,14 +338,14 @@ class FanoutRunner:
             for f, h in futs.items():
                 if f.cancel():
                     results[h.name] = self._finish(FanoutResult(
-                        h.name, FanoutOutcome.ABORTED, command or self.command, h.user,
+                        h.name, FanoutOutcome.ABORTED, self.command, h.user,
                         error="not started: the run was interrupted (Ctrl-C)", error_kind="aborted"))
             for f, h in futs.items():
                 if h.name not in results:
                     try:
                         results[h.name] = f.result(timeout=self.options.connect_timeout + 5)
                     except Exception as exc:  # noqa: BLE001
-                        results[h.name] = FanoutResult(h.name, FanoutOutcome.ABORTED, command or self.command,
+                        results[h.name] = FanoutResult(h.name, FanoutOutcome.ABORTED, self.command,
                                                        h.user, error=f"interrupted: {exc}", error_kind="aborted")
         finally:
             pool.shutdown(wait=False, cancel_futures=True)

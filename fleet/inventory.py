@@ -340,11 +340,9 @@ class _Loader:
                 paths = {}
                 for rkey, rknode, rv in self.mapping(v, w):
                     self.name(rknode, f"repo name in {w}")
-                    p = self.remote_path(rv, f"path of repo '{rkey}' in {w}", allow_relative=True)
-                    if ".." in Path(p).parts:
-                        raise self.fail(rv, f"path of repo '{rkey}' must not contain '..'",
-                                        "write the path without '..'")
-                    paths[rkey] = p
+                    # '..' is allowed here on purpose: blow-away resolves paths on the host and
+                    # refuses anything outside the repos root, which is where it must be caught.
+                    paths[rkey] = self.remote_path(rv, f"path of repo '{rkey}' in {w}", allow_relative=True)
                 out["paths"] = paths
         return out
 

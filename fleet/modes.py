@@ -1,0 +1,210 @@
+"""Dispatch modes (off / canary / enforced) and the safety gate, as library decorators.
+
+``@guarded("fanout")`` on a library operation turns (inventory, selector, mode, confirm)
+into a :class:`Plan`, applies the mode (off keeps everything here; enforced keeps to the
+operation's route), and asks for a scoped confirmation token when the operation is gated.
+The tasks use the same decorated functions, so Python callers get the same protection.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from .errors import BadInput, Refused
+from .inventory import Host, Inventory
+from .selectors import select
+from .settings import Settings
+from .tokens import Scope, TokenStore
+
+MODES = ("off", "canary", "enforced")
+ALWAYS_GATED = ("teardown", "blow-away")
+
+
+def resolve_mode(value: str | None, settings: Settings | None = None) -> str:
+    """The mode to use: ``value`` if given, else the setting. Unknown modes are bad input."""
+    mode = (value or (settings.mode if settings else "canary") or "").strip().lower()
+    if mode not in MODES:
+        raise BadInput(f"unknown mode '{value or mode}': write one of {', '.join(MODES)} "
+                       f"(--mode, or 'mode:' under fleet in invoke.yaml)")
+    return mode
+
+
+@dataclass
+class Plan:
+    """What an operation will do: resolved before anything runs, printed on refusal."""
+
+    operation: str
+    mode: str
+    hosts: list[Host]
+    args: dict[str, Any]
+    inventory: Inventory
+    local: bool = False
+    canary: Host | None = None
+    kept_local: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def host_names(self) -> list[str]:
+        """Names of the hosts the operation will touch (``local`` in mode off)."""
+        return ["local"] if self.local else [h.name for h in self.hosts]
+
+    def scope(self) -> Scope:
+        """The token scope of this plan."""
+        return Scope.of(self.operation, self.host_names, self.args)
+
+    def describe(self) -> str:
+        """The exact plan, for a person."""
+        lines = [f"operation: {self.operation}", f"mode:      {self.mode}",
+                 f"hosts:     {', '.join(self.host_names)} ({len(self.host_names)})"]
+        if self.canary is not None:
+            lines.append(f"canary:    {self.canary.name} runs first; the rest only if it succeeds")
+        for k, v in sorted(self.args.items()):
+            lines.append(f"{k + ':':<10} {v}")
+        lines += [f"note:      {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def make_plan(inv: Inventory, operation: str, selector: str, mode: str, args: dict[str, Any],
+              canary: str | None = None, local_ok: bool = True) -> Plan:
+    """Resolve hosts and apply the mode. Raises Refused (route) or BadInput (selector)."""
+    hosts = select(inv, selector)
+    plan = Plan(operation, mode, hosts, dict(args), inv)
+    if mode == "off":
+        remote = [h.name for h in hosts if h.auth != "local"]
+        if local_ok:
+            plan.local = True
+            if remote:
+                plan.kept_local = remote
+                plan.notes.append(f"mode off kept {len(remote)} remote host(s) local: {', '.join(remote)}; "
+                                  f"the command runs once on this machine as host 'local'")
+        else:
+            if remote:
+                raise Refused(f"mode off: nothing leaves this machine, but {operation} would reach "
+                              f"{', '.join(remote)}; pick a host with 'auth: local' or use --mode canary")
+    elif mode == "enforced":
+        route = inv.routes.get(operation)
+        if route is None:
+            raise Refused(f"mode enforced: the inventory has no route for '{operation}', so it may go "
+                          f"nowhere; add e.g. routes: {{{operation}: '@group'}} to {inv.path}")
+        allowed = select(inv, route)
+        allowed_names = {h.name for h in allowed}
+        outside = [h.name for h in hosts if h.name not in allowed_names]
+        if outside:
+            raise Refused(f"mode enforced: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} "
+                          f"outside the route for '{operation}' ({route} = "
+                          f"{', '.join(h.name for h in allowed)}); select only those hosts")
+    elif mode == "canary":
+        chosen: Host | None = None
+        if canary:
+            chosen = inv.host(canary)
+            if chosen.name not in {h.name for h in hosts}:
+                raise BadInput(f"--canary {canary} is not among the selected hosts "
+                               f"({', '.join(h.name for h in hosts)}): pick one of them")
+        elif inv.canary and inv.canary in {h.name for h in hosts}:
+            chosen = inv.host(inv.canary)
+        elif len(hosts) > 1:
+            chosen = hosts[0]
+            if inv.canary:
+                plan.notes.append(f"inventory canary {inv.canary} is not selected; {chosen.name} goes first")
+        plan.canary = chosen if len(hosts) > 1 else None
+    return plan
+
+
+def is_gated(operation: str, mode: str, settings: Settings, local: bool) -> bool:
+    """teardown and blow-away always; any operation under ``gated:``; remote ops when enforced."""
+    return operation in ALWAYS_GATED or operation in settings.gated or (mode == "enforced" and not local)
+
+
+class ConfirmationRequired(Refused):
+    """A gated operation was run without a token: carries the plan and a fresh token."""
+
+    def __init__(self, plan: Plan, token: str, ttl: int) -> None:
+        self.plan = plan
+        self.token = token
+        msg = (f"'{plan.operation}' is gated and needs confirmation. Nothing was done. The plan:\n"
+               f"{plan.describe()}\n"
+               f"To run exactly this plan, rerun the same command with --confirm {token}\n"
+               f"(the token works once, for this operation, these hosts and these arguments, "
+               f"and expires in {ttl // 60} min)")
+        super().__init__(msg)
+
+
+def authorize(plan: Plan, confirm: str | None, settings: Settings, store: TokenStore | None = None,
+              audit: Callable[..., None] | None = None) -> bool:
+    """Let a plan run, or raise. Returns True when a token was spent."""
+    if not is_gated(plan.operation, plan.mode, settings, plan.local):
+        return False
+    store = store or TokenStore(settings.token_dir, settings.token_ttl)
+    scope = plan.scope()
+    if not confirm:
+        token = store.issue(scope)
+        if audit:
+            audit("token_issued", plan, "issued")
+        raise ConfirmationRequired(plan, token, store.ttl)
+    try:
+        store.verify(confirm, scope)
+    except Refused as exc:
+        if audit:
+            audit("token_refused", plan, getattr(exc, "reason", "refused"))
+        raise
+    if audit:
+        audit("token_used", plan, "ok")
+    return True
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(operation: str, local_ok: bool = True) -> Callable[[F], F]:
+    """Decorator for a library operation ``fn(plan, **kw)``.
+
+    The wrapped function is called as ``fn(inv, selector, *, args, mode=None, confirm=None,
+    canary=None, settings=None, store=None, **kw)``: it plans, applies the mode, checks the
+    gate, and only then calls ``fn``.
+    """
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
+                    confirm: str | None = None, canary: str | None = None, settings: Settings | None = None,
+                    store: TokenStore | None = None, audit: Callable[..., None] | None = None, **kw: Any) -> Any:
+            st = settings or Settings()
+            m = resolve_mode(mode, st)
+            plan = make_plan(inv, operation, selector, m, args, canary, local_ok)
+            authorize(plan, confirm, st, store, audit)
+            return fn(plan, **kw)
+        wrapper.operation = operation  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+    return deco
+
+
+def parse_batch(batch: str | None, total: int) -> int | None:
+    """``--batch N`` or ``N%`` -> hosts per batch (at least 1), or None for one batch."""
+    if batch is None or str(batch).strip() == "":
+        return None
+    b = str(batch).strip()
+    try:
+        if b.endswith("%"):
+            pct = float(b[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+            return max(1, int(total * pct / 100))
+        n = int(b)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        raise BadInput(f"--batch {batch}: write a number of hosts (e.g. 5) or a percentage (e.g. 25%)") from None
+
+
+def parse_max_fail(value: str | float | None) -> float | None:
+    """``--max-fail PCT`` (0-100) or None."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        v = float(str(value).rstrip("%"))
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 100:
+        raise BadInput(f"--max-fail {value}: write a percentage from 0 to 100, e.g. --max-fail 20")
+    return v

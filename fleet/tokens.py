@@ -1,0 +1,237 @@
+"""Scoped confirmation tokens for gated operations.
+
+A token is bound to a scope (operation + sorted host set + digest of the arguments), expires
+(10 min default), works once, can be revoked, and is HMAC-signed with a local secret kept
+owner-only (0600) in the user's config dir. It is 24 base32 characters, typed as six
+groups of four: ``k7qm-2xpa-...``.
+
+Layout of ``token_dir``: ``token.key`` (the secret), ``issued/<id>.json`` (what each token
+was for, so a wrong-scope refusal can say so), ``spent/<id>`` and ``revoked/<id>``
+(created with O_EXCL, so two processes racing to spend one token cannot both win).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BadInput, Refused
+
+_NONCE = 4
+_EXP = 4
+_MAC = 7
+_RAW = _NONCE + _EXP + _MAC  # 15 bytes -> 24 base32 characters, no padding
+
+
+class TokenRefused(Refused):
+    """The confirmation token does not confirm this operation. ``reason`` is a stable word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a token confirms."""
+
+    operation: str
+    hosts: tuple[str, ...]
+    args_digest: str
+    args_summary: str = ""
+
+    @classmethod
+    def of(cls, operation: str, hosts: list[str] | tuple[str, ...], args: dict[str, Any]) -> "Scope":
+        """Scope of ``operation`` on ``hosts`` with ``args`` (any JSON-able mapping)."""
+        blob = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str).encode()
+        summary = ", ".join(f"{k}={v!r}" for k, v in sorted(args.items()))
+        return cls(operation, tuple(sorted(set(hosts))), hashlib.sha256(blob).hexdigest()[:16],
+                   summary[:200])
+
+    def signing_bytes(self) -> bytes:
+        """The canonical bytes the MAC covers."""
+        return json.dumps([self.operation, list(self.hosts), self.args_digest], separators=(",", ":")).encode()
+
+    def describe(self) -> str:
+        """For messages: operation, hosts, arguments."""
+        hosts = ",".join(self.hosts)
+        return f"'{self.operation}' on [{hosts}] with {self.args_summary or 'no arguments'}"
+
+
+def _encode(raw: bytes) -> str:
+    s = base64.b32encode(raw).decode().lower()
+    return "-".join(s[i:i + 4] for i in range(0, len(s), 4))
+
+
+def _decode(token: str) -> bytes | None:
+    s = "".join(token.split()).replace("-", "").upper()
+    if len(s) != 24:
+        return None
+    try:
+        raw = base64.b32decode(s)
+    except (ValueError, base64.binascii.Error):
+        return None
+    return raw if len(raw) == _RAW else None
+
+
+class TokenStore:
+    """Issues and spends tokens. ``clock`` is injectable for tests (seconds since the epoch)."""
+
+    def __init__(self, directory: str | os.PathLike[str] = "~/.config/fleet", ttl: int = 600,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.dir = Path(os.path.expanduser(str(directory)))
+        self.ttl = ttl
+        self.clock = clock
+
+    # --------------------------------------------------------------- secret
+    @property
+    def secret_path(self) -> Path:
+        """Where the signing secret lives."""
+        return self.dir / "token.key"
+
+    def _secret(self) -> bytes:
+        p = self.secret_path
+        if not p.exists():
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(secrets.token_bytes(32))
+                    f.flush()
+                    os.fsync(f.fileno())
+        st = os.stat(p)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise Refused(f"token secret {p} is readable or writable by others (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}): refusing to use it. Run 'chmod 600 {p}' "
+                          f"and, if others may have read it, delete it so a new one is made")
+        if st.st_uid != os.geteuid():
+            raise Refused(f"token secret {p} belongs to another user (uid {st.st_uid}): refusing to use it")
+        data = p.read_bytes()
+        if len(data) < 16:
+            raise Refused(f"token secret {p} is damaged (too short): delete it so a new one is made")
+        return data
+
+    def _mac(self, secret: bytes, nonce: bytes, exp: bytes, scope: Scope) -> bytes:
+        return hmac.new(secret, nonce + exp + scope.signing_bytes(), hashlib.sha256).digest()[:_MAC]
+
+    # --------------------------------------------------------------- issue / check
+    def issue(self, scope: Scope, ttl: int | None = None) -> str:
+        """A new token for ``scope``."""
+        secret = self._secret()
+        nonce = secrets.token_bytes(_NONCE)
+        expires = int(self.clock()) + int(ttl if ttl is not None else self.ttl)
+        exp = struct.pack(">I", expires)
+        token = _encode(nonce + exp + self._mac(secret, nonce, exp, scope))
+        rec = {"id": nonce.hex(), "operation": scope.operation, "hosts": list(scope.hosts),
+               "args_digest": scope.args_digest, "args": scope.args_summary, "expires": expires,
+               "issued": int(self.clock())}
+        d = self.dir / "issued"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = d / f".{nonce.hex()}.tmp"
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, d / f"{nonce.hex()}.json")
+        return token
+
+    def _record(self, nid: str) -> dict[str, Any] | None:
+        p = self.dir / "issued" / f"{nid}.json"
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def verify(self, token: str, scope: Scope, spend: bool = True) -> None:
+        """Accept ``token`` for ``scope`` (and spend it), or raise :class:`TokenRefused`."""
+        raw = _decode(token or "")
+        if raw is None:
+            raise TokenRefused("malformed", f"confirmation token '{token}' is malformed or truncated: "
+                               f"expected 24 letters and digits like abcd-efgh-ijkl-mnop-qrst-uvwx; "
+                               f"copy it whole from the refusal message")
+        secret = self._secret()
+        nonce, exp, mac = raw[:_NONCE], raw[_NONCE:_NONCE + _EXP], raw[_NONCE + _EXP:]
+        nid = nonce.hex()
+        if not hmac.compare_digest(mac, self._mac(secret, nonce, exp, scope)):
+            rec = self._record(nid)
+            if rec is not None:
+                other = Scope(rec["operation"], tuple(rec["hosts"]), rec["args_digest"], rec.get("args", ""))
+                if hmac.compare_digest(mac, self._mac(secret, nonce, exp, other)):
+                    raise TokenRefused("wrong_scope", f"this token was issued for {other.describe()}, "
+                                       f"not for {scope.describe()}: run the command without --confirm "
+                                       f"to get a token for this plan")
+            raise TokenRefused("forged", "confirmation token signature does not match any token issued "
+                               "on this machine (forged, altered, or made with another secret): run the "
+                               "command without --confirm to get a real one")
+        expires = struct.unpack(">I", exp)[0]
+        now = self.clock()
+        if (self.dir / "revoked" / nid).exists():
+            raise TokenRefused("revoked", "confirmation token was revoked: run the command without "
+                               "--confirm to get a new one")
+        if now >= expires:
+            ago = int(now - expires)
+            raise TokenRefused("expired", f"confirmation token expired {ago}s ago (tokens last "
+                               f"{self.ttl}s): run the command without --confirm to get a new one")
+        if (self.dir / "spent" / nid).exists():
+            raise TokenRefused("reused", "confirmation token was already used (each token works once): "
+                               "run the command without --confirm to get a new one")
+        if spend:
+            d = self.dir / "spent"
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(d / nid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                raise TokenRefused("reused", "confirmation token was already used (each token works "
+                                   "once): run the command without --confirm to get a new one") from None
+            os.write(fd, str(int(now)).encode())
+            os.close(fd)
+
+    def revoke(self, token: str) -> dict[str, Any]:
+        """Revoke ``token``; returns its record. Unknown or malformed tokens are bad input."""
+        raw = _decode(token or "")
+        if raw is None:
+            raise BadInput(f"'{token}' is not a fleet token: expected 24 letters and digits like "
+                           f"abcd-efgh-ijkl-mnop-qrst-uvwx")
+        nid = raw[:_NONCE].hex()
+        rec = self._record(nid)
+        if rec is None:
+            raise BadInput(f"token '{token}' was not issued on this machine: nothing to revoke "
+                           f"(see 'inv token.list')")
+        d = self.dir / "revoked"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (d / nid).touch()
+        return rec
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every issued token's record with its state: valid, expired, used or revoked."""
+        out = []
+        d = self.dir / "issued"
+        if not d.exists():
+            return out
+        now = self.clock()
+        for p in sorted(d.glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            nid = rec["id"]
+            if (self.dir / "revoked" / nid).exists():
+                state = "revoked"
+            elif (self.dir / "spent" / nid).exists():
+                state = "used"
+            elif now >= rec["expires"]:
+                state = "expired"
+            else:
+                state = "valid"
+            rec["state"] = state
+            out.append(rec)
+        return sorted(out, key=lambda r: r.get("issued", 0))

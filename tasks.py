@@ -1,0 +1,340 @@
+"""fleet's Invoke tasks: parse flags, call the library in ``fleet/``, render. Nothing else.
+
+Heavy imports (fabric, paramiko, httpx, slack-sdk) happen inside the tasks, so ``inv --list``
+stays fast.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import asdict
+
+from invoke import Collection, Exit, task
+
+from fleet.errors import EXIT_INTERRUPTED, FleetError
+from fleet.settings import Settings
+
+HOSTS_HELP = "Hosts: name, alias, @group, tag:NAME, all, comma list, !x to exclude."
+
+
+def fleet_task(*args, **kwargs):
+    """``@task`` with fleet's error handling: one clear message and a distinct exit status."""
+    kwargs.setdefault("auto_shortflags", False)
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(c, *a, **kw):
+            try:
+                return fn(c, *a, **kw)
+            except FleetError as exc:
+                print(f"fleet: {exc}", file=sys.stderr)
+                raise Exit(code=exc.exit_code) from None
+            except KeyboardInterrupt:
+                print("fleet: interrupted", file=sys.stderr)
+                raise Exit(code=EXIT_INTERRUPTED) from None
+        return task(*args, **kwargs)(wrapper)
+    return deco
+
+
+def _settings(c) -> Settings:
+    return Settings.from_mapping(c.config.get("fleet") or {})
+
+
+def _inventory(c, path: str | None):
+    from fleet.inventory import load_inventory
+
+    st = _settings(c)
+    return load_inventory(path or st.inventory or "inventory.yaml")
+
+
+def _selector(hosts: str | None, all_: bool, default: str | None = "all") -> str:
+    from fleet.errors import BadInput
+
+    if hosts and all_:
+        raise BadInput("give either --hosts SELECTOR or --all, not both")
+    if all_:
+        return "all"
+    if hosts:
+        return hosts
+    if default is None:
+        raise BadInput("choose hosts with --hosts SELECTOR (e.g. --hosts epyc6 or --hosts '@gpu') or --all")
+    return default
+
+
+def _emit(doc) -> None:
+    from fleet.render import to_json
+
+    print(to_json(doc))
+
+
+# ------------------------------------------------------------------------ inventory
+
+@fleet_task(help={"inventory": "Inventory file (default: the 'inventory' setting, then ./inventory.yaml)."})
+def inventory_check(c, inventory=None):
+    """Validate the inventory and print a one-line summary (exit 2 on any error)."""
+    from fleet.render import inventory_summary
+
+    print(inventory_summary(_inventory(c, inventory)))
+
+
+@fleet_task(help={"hosts": HOSTS_HELP, "all": "Same as --hosts all (the default).",
+                  "inventory": "Inventory file.", "json": "Print one JSON document."})
+def inventory_show(c, hosts=None, all_=False, inventory=None, json_=False):
+    """Print the resolved hosts (defaults merged) as a table or JSON."""
+    from fleet.render import host_dict, hosts_table
+    from fleet.selectors import select
+
+    inv = _inventory(c, inventory)
+    chosen = select(inv, _selector(hosts, all_))
+    if json_:
+        _emit({"inventory": inv.path, "hosts": [host_dict(h) for h in chosen]})
+    else:
+        print(hosts_table(chosen))
+
+
+@fleet_task(name="import", positional=["file"], help={"file": "Path of a vm-endpoints.json file."})
+def inventory_import(c, file):
+    """Convert the seed's vm-endpoints.json to inventory YAML on stdout (notes on stderr)."""
+    import json
+
+    from fleet.errors import BadInput
+    from fleet.importer import vm_endpoints_to_yaml
+
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise BadInput(f"{file}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{file}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    text, dropped = vm_endpoints_to_yaml(data, file)
+    sys.stdout.write(text)
+    for d in dropped:
+        print(f"fleet: dropped {d}", file=sys.stderr)
+    if not dropped:
+        print("fleet: nothing dropped", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------ preflight / fanout
+
+@fleet_task(help={"hosts": HOSTS_HELP + " Default: all.", "all": "Same as --hosts all.",
+                  "inventory": "Inventory file.", "json": "Print one JSON document.",
+                  "timeout": "Seconds per check (default: the 'preflight_timeout' setting, 5).",
+                  "concurrency": "Hosts checked at once (default: the 'concurrency' setting)."})
+def preflight(c, hosts=None, all_=False, inventory=None, json_=False, timeout=None, concurrency=None):
+    """Check every selected host is usable: mapping, DNS, TCP to SSH, auth available."""
+    from fleet.preflight import preflight_many
+    from fleet.render import preflight_table
+    from fleet.selectors import select
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    chosen = select(inv, _selector(hosts, all_))
+    results = preflight_many(chosen, float(timeout or st.preflight_timeout), int(concurrency or st.concurrency))
+    if json_:
+        _emit({"results": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
+    else:
+        print(preflight_table(results))
+    if not all(r.ok for r in results):
+        raise Exit(code=1)
+
+
+FANOUT_HELP = {
+    "command": "The shell command to run on each host (positional).",
+    "hosts": HOSTS_HELP, "all": "Run on every host (same as --hosts all).",
+    "inventory": "Inventory file.", "json": "Print one JSON document with every field.",
+    "mode": "off | canary | enforced (default: the 'mode' setting).",
+    "canary": "Host that runs first in canary mode (default: the inventory's canary).",
+    "batch": "Rolling batches: N hosts or N% of hosts at a time.",
+    "max_fail": "With --batch: stop when more than PCT% of hosts so far failed.",
+    "confirm": "Confirmation token printed by a refused gated run.",
+    "concurrency": "Hosts at once (default: the 'concurrency' setting, 32).",
+    "connect_timeout": "Seconds to connect and finish the SSH handshake (default 10).",
+    "timeout": "Seconds the command may run (default: 'command_timeout', 3600; 0 = none).",
+    "attempts": "Attempts per host (default 2). Never repeats auth or host-key failures.",
+    "retry_delay": "Seconds between attempts (default 2).",
+    "retry_on_exit": "Also retry a command that ran and exited non-zero.",
+    "no_preflight": "Skip the preflight checks.",
+    "accept_new_host_key": "Accept (and record) an unknown host key for this host; repeatable.",
+    "accept_new_host_keys": "Accept unknown host keys for every host of this run.",
+    "stream": "Print output lines live, prefixed 'host | '.",
+    "gather": "Print identical outputs once, under their folded host list.",
+    "log": "Also write the key=value log lines to stderr.",
+    "collect": "Fetch this remote file from each host into the run's artifacts; repeatable.",
+}
+
+
+def _fanout_options(c, concurrency, connect_timeout, timeout, attempts, retry_delay, retry_on_exit,
+                    no_preflight, accept_new_host_key, accept_new_host_keys, collect):
+    from fleet.fanout import FanoutOptions
+
+    st = _settings(c)
+    ct = st.command_timeout if timeout is None else float(timeout)
+    return FanoutOptions(
+        concurrency=int(concurrency or st.concurrency),
+        connect_timeout=float(connect_timeout or st.connect_timeout),
+        command_timeout=ct if ct > 0 else None,
+        attempts=int(attempts or st.attempts),
+        retry_delay=float(st.retry_delay if retry_delay is None else retry_delay),
+        retry_on_exit=bool(retry_on_exit), preflight=not no_preflight,
+        preflight_timeout=st.preflight_timeout,
+        accept_new_host_keys=bool(accept_new_host_keys),
+        accept_host_keys_for=frozenset(accept_new_host_key or ()),
+        collect=tuple(collect or ()), artifacts_dir=st.artifacts_dir).validate()
+
+
+def _render_run(run, json_: bool, gather: bool, stream: bool) -> None:
+    from fleet.render import fanout_table, gathered
+
+    if json_:
+        _emit(run.to_dict())
+        return
+    for n in run.notes:
+        print(f"note: {n}", file=sys.stderr)
+    if gather:
+        print(gathered(run))
+    elif not stream:
+        for r in run.results:
+            if r.stdout.strip() and len(run.results) == 1:
+                sys.stdout.write(r.stdout if r.stdout.endswith("\n") else r.stdout + "\n")
+    print(fanout_table(run))
+
+
+def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_, gather, stream, log,
+               options, **extra):
+    from fleet.render import LineStreamer, Progress
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    sel = _selector(hosts, all_, default=None)
+    progress = Progress(0, enabled=None if not json_ and not stream else False)
+    streamer = LineStreamer([h.name for h in inv.hosts] + ["local"]) if stream else None
+    run = op(inv, sel, args=args, mode=mode, confirm=confirm, canary=canary, settings=st,
+             options=options, on_output=streamer, on_result=progress,
+             log_stream=sys.stderr if log else None, **extra)
+    progress.clear()
+    _render_run(run, json_, gather, stream)
+    if run.exit_code:
+        raise Exit(code=run.exit_code)
+
+
+@fleet_task(positional=["command"], iterable=["accept_new_host_key", "collect"], help=FANOUT_HELP)
+def fanout(c, command, hosts=None, all_=False, inventory=None, json_=False, mode=None, canary=None,
+           batch=None, max_fail=None, confirm=None, concurrency=None, connect_timeout=None, timeout=None,
+           attempts=None, retry_delay=None, retry_on_exit=False, no_preflight=False,
+           accept_new_host_key=None, accept_new_host_keys=False, stream=False, gather=False, log=False,
+           collect=None):
+    """Run one shell command on many hosts; per-host results (exit 1 if any host failed)."""
+    from fleet import ops
+
+    if not command or not command.strip():
+        from fleet.errors import BadInput
+        raise BadInput('give the command to run, e.g. inv fanout --all "make test"')
+    opts = _fanout_options(c, concurrency, connect_timeout, timeout, attempts, retry_delay, retry_on_exit,
+                           no_preflight, accept_new_host_key, accept_new_host_keys, collect)
+    _run_gated(c, ops.fanout, inventory, hosts, all_, {"command": command}, mode, confirm, canary, json_,
+               gather, stream, log, opts, batch=batch, max_fail=max_fail)
+
+
+@fleet_task(name="blow-away", iterable=["accept_new_host_key"], help={
+    "repo": "Repo whose working copy is removed (its path comes from the inventory's repos).",
+    "hosts": HOSTS_HELP, "all": "Every host.", "inventory": "Inventory file.", "json": "One JSON document.",
+    "mode": "off | canary | enforced.", "confirm": "The token printed by the refused run.",
+    "concurrency": FANOUT_HELP["concurrency"], "connect_timeout": FANOUT_HELP["connect_timeout"],
+    "timeout": FANOUT_HELP["timeout"], "log": FANOUT_HELP["log"],
+    "accept_new_host_key": FANOUT_HELP["accept_new_host_key"],
+    "accept_new_host_keys": FANOUT_HELP["accept_new_host_keys"]})
+def blow_away(c, repo, hosts=None, all_=False, inventory=None, json_=False, mode=None, confirm=None,
+              concurrency=None, connect_timeout=None, timeout=None, log=False, accept_new_host_key=None,
+              accept_new_host_keys=False):
+    """Remove a repo's working copy on hosts (gated: needs --confirm TOKEN)."""
+    from fleet import ops
+
+    ops.check_repo_name(repo)
+    opts = _fanout_options(c, concurrency, connect_timeout, timeout, 1, 0, False, False, accept_new_host_key,
+                           accept_new_host_keys, None)
+    _run_gated(c, ops.blow_away, inventory, hosts, all_, {"repo": repo}, mode, confirm, None, json_,
+               False, False, log, opts)
+
+
+# ------------------------------------------------------------------------ tokens
+
+@fleet_task(help={"json": "One JSON document."})
+def token_list(c, json_=False):
+    """List confirmation tokens issued here and their state (valid/used/expired/revoked)."""
+    from fleet.render import table
+    from fleet.tokens import TokenStore
+
+    st = _settings(c)
+    recs = TokenStore(st.token_dir, st.token_ttl).list()
+    if json_:
+        _emit({"tokens": recs})
+        return
+    print(table([[r["id"], r["state"], r["operation"], ",".join(r["hosts"]), r.get("args", "")]
+                 for r in recs], ["ID", "STATE", "OPERATION", "HOSTS", "ARGS"]))
+
+
+@fleet_task(positional=["token"], help={"token": "The token to revoke."})
+def token_revoke(c, token):
+    """Revoke a confirmation token so it can never be used."""
+    from fleet.tokens import TokenStore
+
+    st = _settings(c)
+    rec = TokenStore(st.token_dir, st.token_ttl).revoke(token)
+    print(f"revoked token {rec['id']} for '{rec['operation']}' on {','.join(rec['hosts'])}")
+
+
+# ------------------------------------------------------------------------ lab
+
+@fleet_task(help={"count": "Number of SSH hosts (default 3).", "dir": "Lab directory (default ./lab).",
+                  "agents": "Also start a real 'opencode serve' for the first M hosts (default 0)."})
+def lab_up(c, count=3, dir="lab", agents=0):
+    """Start a local lab of real sshd hosts (and OpenCode agents) on 127.0.0.1."""
+    import time
+
+    from fleet.lab import lab_up as up
+
+    t0 = time.monotonic()
+    lab = up(int(count), dir, int(agents))
+    print(f"lab up: {len(lab.hosts)} hosts, {len(lab.agents)} agents in {time.monotonic() - t0:.2f}s")
+    print(f"inventory: {os.path.relpath(lab.inventory)}")
+    print(f"try: inv fanout --inventory {os.path.relpath(lab.inventory)} --all true")
+
+
+@fleet_task(help={"dir": "Lab directory (default ./lab)."})
+def lab_down(c, dir="lab"):
+    """Stop every process the lab started (by pid file)."""
+    from fleet.lab import lab_down as down
+
+    pids = down(dir)
+    print(f"lab down: stopped {len(pids)} process(es)")
+
+
+# ------------------------------------------------------------------------ collection
+
+ns = Collection()
+ns.add_task(preflight)
+ns.add_task(fanout)
+ns.add_task(blow_away)
+
+inv_ns = Collection("inventory")
+inv_ns.add_task(inventory_check, name="check")
+inv_ns.add_task(inventory_show, name="show")
+inv_ns.add_task(inventory_import, name="import")
+ns.add_collection(inv_ns)
+
+lab_ns = Collection("lab")
+lab_ns.add_task(lab_up, name="up")
+lab_ns.add_task(lab_down, name="down")
+ns.add_collection(lab_ns)
+
+token_ns = Collection("token")
+token_ns.add_task(token_list, name="list")
+token_ns.add_task(token_revoke, name="revoke")
+ns.add_collection(token_ns)
+
+_defaults = asdict(Settings())
+_defaults["gated"] = list(_defaults["gated"])
+ns.configure({"fleet": _defaults})
+
