@@ -374,7 +374,7 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "YAML syntax error"
         hint = "check the indentation and quoting on this line"
-        if "\t" in problem or "tab" in problem:
+        if "\t" in problem or "\\t" in problem or "tab" in problem:
             hint = "indent with spaces, not tabs"
         raise InventoryError(f"invalid YAML: {problem}", path,
                              mark.line + 1 if mark else None, mark.column + 1 if mark else None,

@@ -1,0 +1,109 @@
+"""Fixtures: a session-wide lab of real sshd hosts on loopback, and fault-making helpers."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fleet.inventory import load_inventory  # noqa: E402
+from fleet.lab import lab_down, lab_up  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """20 real sshd hosts on 127.0.0.1 for the whole session."""
+    d = tmp_path_factory.mktemp("lab")
+    lb = lab_up(20, d)
+    yield lb
+    lab_down(d)
+
+
+@pytest.fixture(scope="session")
+def lab_inv(lab):
+    return load_inventory(lab.inventory)
+
+
+@pytest.fixture
+def fresh_lab(tmp_path):
+    """A small lab of its own, for tests that break hosts."""
+    lb = lab_up(4, tmp_path / "lab")
+    yield lb
+    lab_down(tmp_path / "lab")
+
+
+class SilentServer:
+    """Accepts TCP and never says a word (a port that is not SSH)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+                self.conns.append(c)
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self.stop.set()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_port():
+    s = SilentServer()
+    yield s.port
+    s.close()
+
+
+@pytest.fixture
+def closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def write_inventory(path: Path, lab, extra_hosts: str = "", names=None, extra_top: str = "",
+                    host_extra: dict | None = None) -> Path:
+    """An inventory over (some of) the lab's hosts plus extra host YAML."""
+    lines = [f"known_hosts: {lab.known_hosts}", "defaults:", f"  user: {lab.user}", "  auth: ssh-key",
+             f"  identity_file: {lab.key}", "hosts:"]
+    for h in lab.hosts:
+        if names is not None and h.name not in names:
+            continue
+        lines.append(f"  {h.name}: {{address: 127.0.0.1, port: {h.port}, repos: {{root: {h.repos_root}}}"
+                     + (", " + host_extra[h.name] if host_extra and h.name in host_extra else "") + "}")
+    text = "\n".join(lines) + "\n" + extra_hosts + extra_top
+    path.write_text(text)
+    return path
+
+
+def inv_cmd(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real 'inv' CLI of this project as a subprocess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args],
+                          cwd=str(cwd or ROOT), env=e, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
