@@ -17,11 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import logging
+
 import paramiko
 from paramiko.message import Message
 from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from .inventory import Host
+
+# paramiko logs handshake failures with tracebacks; fleet reports them itself, once.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 # ----------------------------------------------------------------------------- errors
@@ -278,7 +284,9 @@ class SSHSession:
             raise ConnectFailed(h.name, f"cannot connect to {where}: connection refused") from None
         except paramiko.SSHException as exc:
             msg = str(exc)
-            if "banner" in msg.lower() or "timeout" in msg.lower() or "timed out" in msg.lower():
+            # paramiko's start_client stops waiting at the timeout without raising; the next
+            # step then fails with "No existing session": that too is a silent peer.
+            if any(w in msg.lower() for w in ("banner", "timeout", "timed out", "no existing session")):
                 raise ConnectTimeout(h.name, f"{where} accepted TCP but sent no SSH greeting within "
                                      f"{self.connect_timeout:g}s (is sshd running on that port?)") from None
             raise ConnectFailed(h.name, f"SSH handshake with {where} failed: {msg}") from None
