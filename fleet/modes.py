@@ -156,7 +156,8 @@ def authorize(plan: Plan, confirm: str | None, settings: Settings, store: TokenS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def guarded(operation: str, local_ok: bool = True) -> Callable[[F], F]:
+def guarded(operation: str, local_ok: bool = True,
+            check: Callable[[Plan], None] | None = None) -> Callable[[F], F]:
     """Decorator for a library operation ``fn(plan, **kw)``.
 
     The wrapped function is called as ``fn(inv, selector, *, args, mode=None, confirm=None,
@@ -171,6 +172,8 @@ def guarded(operation: str, local_ok: bool = True) -> Callable[[F], F]:
             st = settings or Settings()
             m = resolve_mode(mode, st)
             plan = make_plan(inv, operation, selector, m, args, canary, local_ok)
+            if check is not None:
+                check(plan)
             authorize(plan, confirm, st, store, audit)
             return fn(plan, **kw)
         wrapper.operation = operation  # type: ignore[attr-defined]

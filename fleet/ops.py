@@ -122,7 +122,13 @@ def blow_away_paths(hosts: list[Host], repo: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-@guarded("blow-away", local_ok=False)
+def _check_blow_away(plan: Plan) -> None:
+    paths = blow_away_paths(plan.hosts, plan.args["repo"])
+    plan.canary = None
+    plan.notes.extend(f"{h}: removes {p} (root {r})" for h, (p, r) in paths.items())
+
+
+@guarded("blow-away", local_ok=False, check=_check_blow_away)
 def blow_away(plan: Plan, *, options: FanoutOptions | None = None, on_output: OutputHook | None = None,
               on_result: ResultHook | None = None, log_stream: Any = None) -> FanoutRun:
     """Remove ``args['repo']``'s working copy on the selected hosts (gated, strictly inside root)."""
