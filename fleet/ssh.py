@@ -257,7 +257,12 @@ class SSHSession:
             kwargs.update(look_for_keys=False, allow_agent=False)
         elif h.auth == "agent":
             kwargs.update(look_for_keys=False, allow_agent=True)
-        conn = Connection(host=self.address, user=h.user, port=h.port, config=self.fabric_config,
+        # A Fabric/Invoke Config is not thread-safe (any write re-merges it from scratch), so
+        # each connection gets a cheap lazy Config over the run's one parsed ~/.ssh/config.
+        from fabric import Config
+
+        config = Config(ssh_config=self.fabric_config.base_ssh_config, lazy=True)
+        conn = Connection(host=self.address, user=h.user, port=h.port, config=config,
                           connect_kwargs=kwargs)
         conn.client._system_host_keys = self.store.keys  # noqa: SLF001 - share one parse per run
         conn.client.set_missing_host_key_policy(self.store.policy(h))
