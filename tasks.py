@@ -297,9 +297,12 @@ def lab_up(c, count=3, dir="lab", agents=0):
 
     t0 = time.monotonic()
     lab = up(int(count), dir, int(agents))
-    print(f"lab up: {len(lab.hosts)} hosts, {len(lab.agents)} agents in {time.monotonic() - t0:.2f}s")
-    print(f"inventory: {os.path.relpath(lab.inventory)}")
-    print(f"try: inv fanout --inventory {os.path.relpath(lab.inventory)} --all true")
+    n_agents = sum(1 for a in lab.agents if a.get("role") == "agent")
+    print(f"lab up: {len(lab.hosts)} hosts, {n_agents} agents in {time.monotonic() - t0:.2f}s")
+    rel = os.path.relpath(lab.inventory)
+    shown = rel if not rel.startswith("..") else str(lab.inventory)
+    print(f"inventory: {shown}")
+    print(f"try: inv fanout --inventory {shown} --all true")
 
 
 @fleet_task(help={"dir": "Lab directory (default ./lab)."})

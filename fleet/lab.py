@@ -151,6 +151,18 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def lab_sshd_pids(lab_dir: Path, pids: list[int]) -> set[int]:
+    """The pids that are sshd listeners (killed alone, never by group)."""
+    return {p for p in pids if "sshd" in _cmdline(p)}
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -290,10 +302,11 @@ def write_inventory(lab: Lab) -> Path:
     evens = [h.name for i, h in enumerate(lab.hosts) if i % 2 == 1]
     if evens:
         lines.append("  even: [" + ", ".join(evens) + "]")
-    if lab.agents:
-        lines.append("  agents: [" + ", ".join(a["host"] for a in lab.agents) + "]")
+    agent_hosts = [a for a in lab.agents if a.get("role") == "agent"]
+    if agent_hosts:
+        lines.append("  agents: [" + ", ".join(a["host"] for a in agent_hosts) + "]")
     lines.append("hosts:")
-    agents = {a["host"]: a for a in lab.agents}
+    agents = {a["host"]: a for a in agent_hosts}
     for i, h in enumerate(lab.hosts):
         rack = "rack-a" if i < (n + 1) // 2 else "rack-b"
         lines.append(f"  {h.name}:")
@@ -305,7 +318,7 @@ def write_inventory(lab: Lab) -> Path:
         if h.name in agents:
             a = agents[h.name]
             lines.append(f"    opencode: {{url: '{a['url']}', password_file: {a['password_file']}}}")
-    if lab.agents:
+    if agent_hosts:
         lines.append("routes:")
         lines.append("  dispatch: '@agents'")
     lab.inventory.write_text("\n".join(lines) + "\n")
@@ -322,22 +335,26 @@ def lab_down(directory: str | os.PathLike[str] = "lab", timeout: float = 5.0) ->
             pids = [int(p) for p in json.loads(sf.read_text()).get("pids", [])]
         except (ValueError, json.JSONDecodeError):
             pids = []
-    for pidf in sorted(lab_dir.glob("sshd/*/sshd.pid")) + sorted(lab_dir.glob("agents/*/*.pid")):
+    for pidf in (sorted(lab_dir.glob("sshd/*/sshd.pid")) + sorted(lab_dir.glob("agents/*.pid"))
+                 + sorted(lab_dir.glob("agents/*/*.pid"))):
         try:
             pid = int(pidf.read_text().strip())
         except (OSError, ValueError):
             continue
         if pid not in pids:
             pids.append(pid)
-    # Only our own processes: their command line names the lab directory.
-    mine = [p for p in pids if _pid_alive(p) and str(lab_dir) in _cmdline(p)]
+    # Only our own processes: their command line or working directory is in the lab dir.
+    mine = [p for p in pids if _pid_alive(p) and (str(lab_dir) in _cmdline(p) or _cwd(p).startswith(str(lab_dir)))]
     victims = list(mine)
     for p in mine:
         victims.extend(c for c in _children(p) if c not in victims)
     for p in victims:
         try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
+            if os.getpgid(p) == p and p not in lab_sshd_pids(lab_dir, pids):
+                os.killpg(p, signal.SIGTERM)  # agents run in their own session: take their helpers too
+            else:
+                os.kill(p, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_pid_alive(p) for p in victims):

@@ -1,0 +1,471 @@
+"""OpenCode dispatch: hand a task to the agent on one or many hosts and follow it to the end.
+
+Order of work, so nothing is half-done: plan and gate (modes, tokens) -> Beads claim
+(checked before any session exists) -> create or resume the session -> record it (local
+record, Beads metadata, audit) -> send the prompt once -> wait for the run to end.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BadInput, FleetError
+from .inventory import Host, Inventory
+from .modes import Plan, guarded
+from .opencode import OpenCodeClient, OpenCodeError, ResponseTimeout
+from .results import FanoutOutcome
+
+EventHook = Callable[[str, str, str], None]  # (host, kind, text): kind in session, status, answer
+
+
+def new_dispatch_id() -> str:
+    """A short id grouping every event of one dispatch (one Slack thread)."""
+    return "dx-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """What happened on one host."""
+
+    host: str
+    outcome: FanoutOutcome
+    session_id: str = ""
+    url: str = ""
+    directory: str = ""
+    answer: str = ""
+    tokens: dict[str, Any] = field(default_factory=dict)
+    cost: float = 0.0
+    duration_ms: int = 0
+    error: str = ""
+    error_kind: str = ""
+    created: bool = False
+    waited: bool = True
+    issue: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True on SUCCESS."""
+        return self.outcome == FanoutOutcome.SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys."""
+        return {"host": self.host, "outcome": self.outcome.value, "session_id": self.session_id, "url": self.url,
+                "directory": self.directory, "answer": self.answer, "tokens": dict(self.tokens), "cost": self.cost,
+                "duration_ms": self.duration_ms, "error": self.error, "error_kind": self.error_kind,
+                "created": self.created, "waited": self.waited, "issue": self.issue}
+
+
+@dataclass
+class DispatchRun:
+    """A dispatch over one or many hosts."""
+
+    dispatch_id: str
+    task: str
+    repo: str
+    mode: str = ""
+    results: list[DispatchResult] = field(default_factory=list)
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+    duration_ms: int = 0
+
+    @property
+    def succeeded(self) -> list[DispatchResult]:
+        """SUCCESS results."""
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[DispatchResult]:
+        """Every other result."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """Same as fanout: 0, 1, or 130."""
+        return 130 if self.interrupted else (1 if self.failed else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys."""
+        return {"dispatch_id": self.dispatch_id, "task": self.task, "repo": self.repo, "mode": self.mode,
+                "interrupted": self.interrupted, "exit_code": self.exit_code, "duration_ms": self.duration_ms,
+                "notes": list(self.notes), "results": [r.to_dict() for r in self.results]}
+
+
+class SessionRecords:
+    """The sessions fleet created (teardown deletes only these). JSON Lines under a lock."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(os.path.expanduser(str(path)))
+
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        f = open(self.path.with_suffix(".lock"), "a")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return f
+
+    def add(self, rec: dict[str, Any]) -> None:
+        """Append one record (fsynced)."""
+        lock = self._locked()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            lock.close()
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every record (torn lines skipped)."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for ln in lines:
+            try:
+                out.append(json.loads(ln))
+            except ValueError:
+                continue
+        return out
+
+    def for_host(self, host: str) -> list[dict[str, Any]]:
+        """Records of one host."""
+        return [r for r in self.all() if r.get("host") == host]
+
+    def find(self, host: str, sid: str) -> dict[str, Any] | None:
+        """The record of one session, if fleet created it."""
+        for r in self.for_host(host):
+            if r.get("session_id") == sid:
+                return r
+        return None
+
+    def remove(self, host: str, sids: set[str]) -> None:
+        """Drop records (atomic rewrite under the lock)."""
+        lock = self._locked()
+        try:
+            keep = [r for r in self.all() if not (r.get("host") == host and r.get("session_id") in sids)]
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            lock.close()
+
+
+def repo_directory(host: Host, repo: str) -> str:
+    """The absolute repo path on ``host`` that every OpenCode call is scoped to."""
+    d = host.repo_path(repo)
+    if d is None:
+        raise BadInput(f"no path for repo '{repo}' on {host.name}: add repos: {{root: /abs/path}} (or "
+                       f"repos: {{paths: {{{repo}: /abs/path}}}}) under it in the inventory")
+    if not d.startswith("/"):
+        raise BadInput(f"repo '{repo}' on {host.name} is '{d}': OpenCode needs an absolute directory; write "
+                       f"the full path (e.g. /home/{host.user or 'user'}/repos) in the inventory")
+    return d
+
+
+class _Audit:
+    """Adapter so dispatch works with or without an audit trail."""
+
+    def __init__(self, trail: Any, dispatch_id: str) -> None:
+        self.trail = trail
+        self.dispatch_id = dispatch_id
+
+    def __call__(self, operation: str, host: str, outcome: str, **detail: Any) -> None:
+        if self.trail is not None:
+            self.trail.record(operation=operation, host=host, outcome=outcome, dispatch_id=self.dispatch_id,
+                              **detail)
+
+
+def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = None, wait: bool = True,
+                  model: str | None = None, timeout: float = 1800.0, records: SessionRecords | None = None,
+                  on_event: EventHook | None = None, audit: Any = None, beads: Any = None,
+                  issue: str | None = None, dispatch_id: str | None = None,
+                  stop: Callable[[], bool] | None = None, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
+                  poll: float = 0.5) -> DispatchResult:
+    """Dispatch ``task`` to one host's agent. Never raises for the host's own failures."""
+    t0 = time.monotonic()
+    did = dispatch_id or new_dispatch_id()
+    au = _Audit(audit, did)
+    url = host.opencode.url if host.opencode else ""
+    ev = (lambda kind, text: on_event(host.name, kind, text)) if on_event else (lambda kind, text: None)
+    directory = ""
+    sid = session or ""
+    created = False
+    claimed = False
+
+    def result(outcome: FanoutOutcome, **kw: Any) -> DispatchResult:
+        return DispatchResult(host=host.name, outcome=outcome, session_id=sid, url=url, directory=directory,
+                              duration_ms=int((time.monotonic() - t0) * 1000), created=created, issue=issue,
+                              waited=wait, **kw)
+
+    try:
+        directory = repo_directory(host, repo)
+        au("dispatch_requested", host.name, "requested", repo=repo, task=task, issue=issue)
+        if issue and beads is not None:
+            beads.claim(issue, host.name)
+            claimed = True
+        with client_factory(host, directory) as oc:
+            try:
+                if session:
+                    oc.get_session(session)
+                else:
+                    s = oc.create_session(f"fleet {did}: {task[:60]}")
+                    sid = s["id"]
+                    created = True
+            except BaseException:
+                if claimed and not created and not session:
+                    beads.release(issue, host.name)
+                raise
+            ev("session", sid)
+            if created and records is not None:
+                records.add({"host": host.name, "url": url, "session_id": sid, "directory": directory,
+                             "dispatch_id": did, "issue": issue, "created": time.time()})
+            if issue and beads is not None:
+                beads.record_session(issue, host.name, sid)
+            au("session_created" if created else "session_resumed", host.name, "ok", session_id=sid)
+            before = len(oc.messages(sid))
+            oc.prompt_async(sid, task, model)
+            au("task_sent", host.name, "ok", session_id=sid)
+            if not wait:
+                ev("status", "sent (not waiting)")
+                return result(FanoutOutcome.SUCCESS)
+            ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=lambda s: ev("status", s), stop=stop)
+            if ans is None:
+                if stop is not None and stop():
+                    au("wait_stopped", host.name, "aborted", session_id=sid)
+                    return result(FanoutOutcome.ABORTED, error=f"stopped waiting (Ctrl-C); the agent may still "
+                                  f"run: inv abort --host {host.name} --session {sid}", error_kind="aborted")
+                au("failed", host.name, "timeout", session_id=sid)
+                return result(FanoutOutcome.TIMEOUT, error=f"agent still busy after {timeout:g}s; it keeps "
+                              f"running: follow with 'inv sessions --hosts {host.name}', stop with "
+                              f"'inv abort --host {host.name} --session {sid}'", error_kind="timeout")
+            ev("answer", ans.text)
+            if ans.error:
+                au("failed", host.name, "failure", session_id=sid, error=ans.error)
+                return result(FanoutOutcome.FAILURE, answer=ans.text, tokens=ans.tokens, cost=ans.cost,
+                              error=f"agent error {ans.error_name}: {ans.error}", error_kind="agent_error")
+            au("completed", host.name, "success", session_id=sid, answer=ans.text[:300])
+            return result(FanoutOutcome.SUCCESS, answer=ans.text, tokens=ans.tokens, cost=ans.cost)
+    except ResponseTimeout as exc:
+        au("failed", host.name, "timeout", session_id=sid, error=str(exc))
+        return result(FanoutOutcome.TIMEOUT, error=str(exc), error_kind=exc.kind)
+    except OpenCodeError as exc:
+        au("failed", host.name, "failure", session_id=sid, error=str(exc))
+        return result(FanoutOutcome.FAILURE, error=str(exc), error_kind=exc.kind)
+    except FleetError as exc:
+        au("failed", host.name, "failure", session_id=sid, error=str(exc))
+        return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
+
+
+def _check_dispatch(plan: Plan) -> None:
+    repo = plan.args["repo"]
+    for h in plan.hosts:
+        if h.opencode is None:
+            raise BadInput(f"{h.name} has no OpenCode server in the inventory: add opencode: {{url: ...}} "
+                           f"or leave it out of the selection")
+        repo_directory(h, repo)
+    if len(plan.hosts) > 1 and plan.args.get("session"):
+        raise BadInput("--session resumes one session on one host: use --host NAME with it")
+    if len(plan.hosts) > 1 and plan.args.get("issue"):
+        raise BadInput("--issue claims one Beads issue for one host; each host needs its own issue, so "
+                       "dispatch one host at a time with --issue")
+
+
+@guarded("dispatch", local_ok=False, check=_check_dispatch)
+def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurrency: int = 32,
+             records: SessionRecords | None = None, on_event: EventHook | None = None, audit: Any = None,
+             beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
+             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> DispatchRun:
+    """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
+    a = plan.args
+    did = dispatch_id or new_dispatch_id()
+    run = DispatchRun(did, a["task"], a["repo"], plan.mode, notes=list(plan.notes))
+    t0 = time.monotonic()
+    stop = threading.Event()
+
+    def one(h: Host, must_wait: bool) -> DispatchResult:
+        return dispatch_host(h, a["repo"], a["task"], session=a.get("session"), wait=must_wait,
+                             model=a.get("model"), timeout=timeout, records=records, on_event=on_event,
+                             audit=audit, beads=beads, issue=a.get("issue"), dispatch_id=did,
+                             stop=stop.is_set, client_factory=client_factory, poll=poll)
+
+    hosts = list(plan.hosts)
+    results: dict[str, DispatchResult] = {}
+    try:
+        if plan.canary is not None:
+            c = plan.canary
+            first = one(c, True)
+            results[c.name] = first
+            hosts = [h for h in hosts if h.name != c.name]
+            if not first.ok:
+                for h in hosts:
+                    results[h.name] = DispatchResult(h.name, FanoutOutcome.ABORTED, url=h.opencode.url if h.opencode else "",
+                                                     error=f"not sent: canary {c.name} ended {first.outcome.value}"
+                                                     f"{': ' + first.error if first.error else ''}",
+                                                     error_kind="canary_failed", waited=False)
+                hosts = []
+        if hosts:
+            pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts))),
+                                      thread_name_prefix="fleet-dispatch")
+            futs = {pool.submit(one, h, wait): h for h in hosts}
+            try:
+                pending = set(futs)
+                while pending:
+                    done, pending = wait_futures(pending)
+                    for f in done:
+                        results[futs[f].name] = f.result()
+            except KeyboardInterrupt:
+                stop.set()
+                run.interrupted = True
+                for f, h in futs.items():
+                    if f.cancel():
+                        results[h.name] = DispatchResult(h.name, FanoutOutcome.ABORTED, error="not sent: interrupted",
+                                                         error_kind="aborted", waited=False)
+                for f, h in futs.items():
+                    if h.name not in results:
+                        results[h.name] = f.result()
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+    except KeyboardInterrupt:
+        stop.set()
+        run.interrupted = True
+    for h in plan.hosts:
+        if h.name not in results:
+            results[h.name] = DispatchResult(h.name, FanoutOutcome.ABORTED, error="interrupted", error_kind="aborted")
+    run.results = [results[h.name] for h in plan.hosts]
+    run.duration_ms = int((time.monotonic() - t0) * 1000)
+    return run
+
+
+def wait_futures(pending: set) -> tuple[set, set]:
+    """Wait a little (so Ctrl-C reaches the main thread)."""
+    done, rest = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+    return set(done), set(rest)
+
+
+# ---------------------------------------------------------------------------- abort / sessions
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """One session on one host, for ``inv sessions``."""
+
+    host: str
+    session_id: str
+    title: str
+    state: str
+    age_s: int
+    directory: str
+    fleet: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return dict(self.__dict__)
+
+
+def host_sessions(host: Host, records: SessionRecords | None = None, limit: int = 50,
+                  client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[SessionRow]:
+    """Sessions on ``host`` with their state (busy/idle/retry), newest first."""
+    mine = {r["session_id"] for r in (records.for_host(host.name) if records else [])}
+    with client_factory(host, None) as oc:
+        sessions = oc.list_sessions(all_dirs=True)[:limit]
+        states: dict[str, Any] = {}
+        for d in sorted({s.get("directory") for s in sessions if s.get("directory")}):
+            oc.directory = d
+            states.update(oc.status())
+    now = time.time() * 1000
+    rows = []
+    for s in sessions:
+        st = states.get(s["id"]) or {"type": "idle"}
+        created = ((s.get("time") or {}).get("created")) or now
+        rows.append(SessionRow(host.name, s["id"], str(s.get("title", "")), st.get("type", "idle"),
+                               int((now - created) / 1000), str(s.get("directory", "")), s["id"] in mine))
+    return rows
+
+
+def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = False,
+                   records: SessionRecords | None = None, audit: Any = None, beads: Any = None,
+                   reason: str = "aborted by fleet", client_factory: Callable[..., OpenCodeClient] = OpenCodeClient
+                   ) -> list[str]:
+    """Abort one session, or every busy one on ``host``; returns the aborted ids."""
+    if not session and not all_sessions:
+        raise BadInput("say which session: --session ID, or --all-sessions for every busy one")
+    targets: list[str] = []
+    if session:
+        targets = [session]
+    else:
+        targets = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)
+                   if r.state in ("busy", "retry")]
+    done = []
+    with client_factory(host, None) as oc:
+        for sid in targets:
+            oc.abort(sid)
+            done.append(sid)
+            rec = records.find(host.name, sid) if records else None
+            did = (rec or {}).get("dispatch_id") or new_dispatch_id()
+            if audit is not None:
+                audit.record(operation="aborted", host=host.name, outcome="aborted", dispatch_id=did,
+                             session_id=sid, reason=reason)
+            issue = (rec or {}).get("issue")
+            if issue and beads is not None:
+                beads.block(issue, host.name, f"session {sid} on {host.name} aborted: {reason}")
+    return done
+
+
+def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
+                  client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> dict[str, Any]:
+    """Abort every running session on ``host`` and delete the sessions fleet created there."""
+    aborted = abort_sessions(host, all_sessions=True, records=records, audit=audit, reason="teardown",
+                             client_factory=client_factory)
+    deleted = []
+    gone = set()
+    with client_factory(host, None) as oc:
+        for rec in records.for_host(host.name):
+            sid = rec["session_id"]
+            try:
+                oc.delete_session(sid)
+                deleted.append(sid)
+            except OpenCodeError as exc:
+                if exc.kind != "not_found":
+                    raise
+            gone.add(sid)
+    records.remove(host.name, gone)
+    return {"host": host.name, "aborted": aborted, "deleted": deleted}
+
+
+@guarded("teardown", local_ok=False)
+def teardown(plan: Plan, *, records: SessionRecords, audit: Any = None,
+             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[dict[str, Any]]:
+    """Gated: abort running sessions and delete fleet's sessions on every planned host."""
+    out = []
+    for h in plan.hosts:
+        try:
+            out.append(teardown_host(h, records, audit, client_factory))
+        except OpenCodeError as exc:
+            out.append({"host": h.name, "error": str(exc), "aborted": [], "deleted": []})
+    return out
+
+
+def server_status(host: Host, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> dict[str, Any]:
+    """Health and version of one host's server, with the round-trip time."""
+    t0 = time.monotonic()
+    try:
+        with client_factory(host, None) as oc:
+            h = oc.health()
+        return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": bool(h.get("healthy")),
+                "version": h.get("version", ""), "ms": int((time.monotonic() - t0) * 1000), "error": ""}
+    except FleetError as exc:
+        return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": False,
+                "version": "", "ms": int((time.monotonic() - t0) * 1000), "error": str(exc)}

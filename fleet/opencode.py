@@ -1,0 +1,314 @@
+"""An httpx client for one OpenCode server (``opencode serve``), coded to contracts-opencode.md.
+
+Every call carries the repo's ``directory`` (status and events are per directory), Basic
+auth when the server has a password (username default ``opencode``; the password comes
+from an env var or a 0600 file, never the inventory), and timeouts. Connect errors are
+retried with tenacity; nothing that may have reached the server is ever sent twice.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from .errors import BadInput, FleetError
+from .inventory import Host, OpenCodeEndpoint
+
+
+class OpenCodeError(FleetError):
+    """A failure talking to a host's OpenCode server. Names the host and the URL."""
+
+    exit_code = 1
+    kind = "opencode"
+
+    def __init__(self, host: str, url: str, message: str) -> None:
+        self.host = host
+        self.url = url
+        super().__init__(f"{host}: {message} ({url})")
+
+
+class Unreachable(OpenCodeError):
+    """Could not connect (refused, timed out, DNS)."""
+
+    kind = "unreachable"
+
+
+class AuthRefused(OpenCodeError):
+    """HTTP 401: the password (or its absence) was refused."""
+
+    kind = "auth"
+
+
+class SessionNotFound(OpenCodeError):
+    """HTTP 404 for a session id."""
+
+    kind = "not_found"
+
+
+class ServerError(OpenCodeError):
+    """HTTP 4xx/5xx other than 401/404, with the status and a body excerpt."""
+
+    kind = "server_error"
+
+
+class ProtocolError(OpenCodeError):
+    """The server answered something the contract does not allow (non-JSON, wrong shape)."""
+
+    kind = "protocol"
+
+
+class ResponseTimeout(OpenCodeError):
+    """Connected, but the server did not answer in time."""
+
+    kind = "timeout"
+
+
+def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:
+    """The server password from its env var or 0600 file; None when the inventory names neither."""
+    if ep.password_env:
+        val = os.environ.get(ep.password_env)
+        if not val:
+            raise BadInput(f"{host}: environment variable {ep.password_env} (the OpenCode password) is not "
+                           f"set: export it, or point the inventory at a 0600 password_file instead")
+        return val
+    if ep.password_file:
+        p = ep.password_file
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise BadInput(f"{host}: OpenCode password_file {p} does not exist: create it with the password "
+                           f"and 'chmod 600 {p}'") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise BadInput(f"{host}: OpenCode password_file {p} is readable by others (mode "
+                           f"{stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {p}'")
+        with open(p, encoding="utf-8") as f:
+            val = f.read().strip()
+        if not val:
+            raise BadInput(f"{host}: OpenCode password_file {p} is empty")
+        return val
+    return None
+
+
+def _excerpt(resp: httpx.Response, n: int = 200) -> str:
+    try:
+        text = resp.text
+    except Exception:  # noqa: BLE001
+        return ""
+    try:
+        doc = resp.json()
+        if isinstance(doc, dict):
+            data = doc.get("data")
+            for cand in ((data or {}).get("message") if isinstance(data, dict) else None, doc.get("message"),
+                         doc.get("_tag"), doc.get("name")):
+                if isinstance(cand, str) and cand:
+                    return cand[:n]
+    except ValueError:
+        pass
+    text = " ".join(text.split())
+    return text[:n] + ("…" if len(text) > n else "")
+
+
+@dataclass
+class Answer:
+    """The end of an agent run: its final text, usage and error."""
+
+    text: str = ""
+    error: str = ""
+    error_name: str = ""
+    tokens: dict[str, Any] = field(default_factory=dict)
+    cost: float = 0.0
+    message_id: str = ""
+    completed: bool = False
+
+
+def extract_answer(message: dict[str, Any]) -> Answer:
+    """From one ``{info, parts}`` assistant message: text parts joined, error, tokens, cost."""
+    info = message.get("info") or {}
+    parts = message.get("parts") or []
+    text = "".join(p.get("text", "") for p in parts
+                   if isinstance(p, dict) and p.get("type") == "text" and not p.get("synthetic") and not p.get("ignored"))
+    err = info.get("error") or {}
+    emsg = ""
+    if isinstance(err, dict) and err:
+        data = err.get("data") or {}
+        emsg = (data.get("message") if isinstance(data, dict) else "") or err.get("name", "error")
+    return Answer(text=text, error=emsg, error_name=(err.get("name", "") if isinstance(err, dict) else ""),
+                  tokens=dict(info.get("tokens") or {}), cost=float(info.get("cost") or 0.0),
+                  message_id=str(info.get("id", "")),
+                  completed=bool((info.get("time") or {}).get("completed")) or bool(err))
+
+
+class OpenCodeClient:
+    """One host's OpenCode server. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, host: Host, directory: str | None = None, timeout: float = 30.0,
+                 connect_timeout: float = 5.0, connect_attempts: int = 3,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if host.opencode is None:
+            raise BadInput(f"{host.name} has no OpenCode server in the inventory: add "
+                           f"opencode: {{url: http://HOST:4105}} under it")
+        self.host = host
+        self.base = host.opencode.url
+        self.directory = directory
+        self.username = host.opencode.username
+        password = resolve_password(host.opencode, host.name)
+        self.has_password = password is not None
+        auth = httpx.BasicAuth(self.username, password) if password is not None else None
+        self.connect_attempts = max(1, connect_attempts)
+        self.http = httpx.Client(base_url=self.base, auth=auth, transport=transport,
+                                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                                 headers={"User-Agent": "fleet/0.1"})
+
+    def __enter__(self) -> "OpenCodeClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    # ------------------------------------------------------------------ transport
+    def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+                expect_json: bool = True, timeout: float | None = None) -> Any:
+        """One call. Connect failures are retried (nothing was sent); everything else is mapped once."""
+        q = dict(params or {})
+        if self.directory and "directory" not in q:
+            q["directory"] = self.directory
+        url = self.base + path
+        kwargs: dict[str, Any] = {"params": q}
+        if json is not None:
+            kwargs["json"] = json
+        if timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=self.http.timeout.connect)
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(self.connect_attempts), wait=wait_fixed(0.5),
+                                    retry=retry_if_exception_type(httpx.ConnectError), reraise=True):
+                with attempt:
+                    resp = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise Unreachable(self.host.name, url, f"cannot connect to the OpenCode server after "
+                              f"{self.connect_attempts} attempts ({exc or 'connection refused'}); is "
+                              f"'opencode serve' running there and is the URL in the inventory right?") from None
+        except httpx.ConnectTimeout:
+            raise Unreachable(self.host.name, url, "connecting to the OpenCode server timed out: is the host "
+                              "up (and Tailscale connected)?") from None
+        except httpx.TimeoutException:
+            raise ResponseTimeout(self.host.name, url, f"the server accepted the request but did not answer "
+                                  f"{method} {path} in time") from None
+        except httpx.RemoteProtocolError as exc:
+            raise ProtocolError(self.host.name, url, f"the server broke the HTTP exchange: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise Unreachable(self.host.name, url, f"HTTP error: {exc}") from None
+        if resp.status_code == 401:
+            how = (f"username '{self.username}' with the password from the inventory's "
+                   f"{'password_env' if self.host.opencode.password_env else 'password_file'}"
+                   if self.has_password else "no password (the inventory names none, but the server wants one)")
+            raise AuthRefused(self.host.name, url, f"401 Unauthorized: the server refused {how}")
+        if resp.status_code == 404:
+            raise SessionNotFound(self.host.name, url, f"404 not found: {_excerpt(resp) or path}")
+        if resp.status_code >= 400:
+            raise ServerError(self.host.name, url, f"server error {resp.status_code}: "
+                              f"{_excerpt(resp) or '(empty body)'}")
+        if not expect_json or resp.status_code == 204:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise ProtocolError(self.host.name, url, f"expected JSON from {method} {path}, got "
+                                f"{resp.headers.get('content-type', 'no content type')}: "
+                                f"{' '.join(resp.text.split())[:120]!r}") from None
+
+    def _shape(self, value: Any, kind: type, what: str, path: str) -> Any:
+        if not isinstance(value, kind):
+            raise ProtocolError(self.host.name, self.base + path, f"{what}: expected a JSON "
+                                f"{kind.__name__}, got {type(value).__name__}")
+        return value
+
+    # ------------------------------------------------------------------ API
+    def health(self) -> dict[str, Any]:
+        """``GET /global/health`` -> ``{healthy, version}``."""
+        return self._shape(self.request("GET", "/global/health"),
+                           dict, "health", "/global/health")
+
+    def create_session(self, title: str) -> dict[str, Any]:
+        """``POST /session``; returns the Session (with ``id``)."""
+        s = self._shape(self.request("POST", "/session", json={"title": title}), dict, "session", "/session")
+        if not isinstance(s.get("id"), str):
+            raise ProtocolError(self.host.name, self.base + "/session", "created session has no id")
+        return s
+
+    def get_session(self, sid: str) -> dict[str, Any]:
+        """``GET /session/{id}``."""
+        return self._shape(self.request("GET", f"/session/{sid}"), dict, "session", f"/session/{sid}")
+
+    def list_sessions(self, all_dirs: bool = False) -> list[dict[str, Any]]:
+        """``GET /session`` (this directory, or every one with ``all_dirs``)."""
+        saved = self.directory
+        if all_dirs:
+            self.directory = None
+        try:
+            return self._shape(self.request("GET", "/session"), list, "session list", "/session")
+        finally:
+            self.directory = saved
+
+    def status(self) -> dict[str, Any]:
+        """``GET /session/status``: busy/retry sessions of this directory (idle ones are absent)."""
+        return self._shape(self.request("GET", "/session/status"), dict, "status", "/session/status")
+
+    def prompt_async(self, sid: str, text: str, model: str | None = None) -> None:
+        """``POST /session/{id}/prompt_async`` (204). Sent once; never retried after it left."""
+        body: dict[str, Any] = {"parts": [{"type": "text", "text": text}]}
+        if model:
+            provider, _, mid = model.partition("/")
+            body["model"] = {"providerID": provider, "modelID": mid}
+        self.request("POST", f"/session/{sid}/prompt_async", json=body, expect_json=False)
+
+    def messages(self, sid: str) -> list[dict[str, Any]]:
+        """``GET /session/{id}/message``, oldest first."""
+        return self._shape(self.request("GET", f"/session/{sid}/message"), list, "messages",
+                           f"/session/{sid}/message")
+
+    def abort(self, sid: str) -> bool:
+        """``POST /session/{id}/abort``."""
+        return bool(self.request("POST", f"/session/{sid}/abort"))
+
+    def delete_session(self, sid: str) -> bool:
+        """``DELETE /session/{id}``."""
+        return bool(self.request("DELETE", f"/session/{sid}"))
+
+    def wait_idle(self, sid: str, after: int, timeout: float, poll: float = 0.5,
+                  on_status: Callable[[str], None] | None = None,
+                  stop: Callable[[], bool] | None = None) -> Answer | None:
+        """Poll until the run that started after message index ``after`` ends; None on timeout.
+
+        The status map drops idle sessions, and a run may not be marked busy yet right after
+        ``prompt_async`` returns, so the end is: not busy AND a finished assistant message
+        beyond ``after``.
+        """
+        deadline = time.monotonic() + timeout
+        last_state = ""
+        while True:
+            st = self.status().get(sid) or {"type": "idle"}
+            state = st.get("type", "idle") if isinstance(st, dict) else "idle"
+            if state == "retry":
+                state = f"retry (attempt {st.get('attempt')}: {st.get('message', '')})"
+            if on_status and state != last_state:
+                on_status(state)
+            last_state = state
+            if state == "idle":
+                msgs = self.messages(sid)
+                newer = [m for m in msgs[after:] if (m.get("info") or {}).get("role") == "assistant"]
+                if newer:
+                    ans = extract_answer(newer[-1])
+                    if ans.completed:
+                        return ans
+            if time.monotonic() >= deadline or (stop is not None and stop()):
+                return None
+            time.sleep(poll)
