@@ -203,6 +203,7 @@ def _render_run(run, json_: bool, gather: bool, stream: bool) -> None:
 
 def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_, gather, stream, log,
                options, **extra):
+    from fleet.modes import is_gated, resolve_mode
     from fleet.render import LineStreamer, Progress
 
     st = _settings(c)
@@ -210,9 +211,19 @@ def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_
     sel = _selector(hosts, all_, default=None)
     progress = Progress(0, enabled=None if not json_ and not stream else False)
     streamer = LineStreamer([h.name for h in inv.hosts] + ["local"]) if stream else None
-    run = op(inv, sel, args=args, mode=mode, confirm=confirm, canary=canary, settings=st,
-             options=options, on_output=streamer, on_result=progress,
-             log_stream=sys.stderr if log else None, **extra)
+    gated = is_gated(op.operation, resolve_mode(mode, st), st, False)
+    trail = _trail(c, inv) if gated else None
+    try:
+        run = op(inv, sel, args=args, mode=mode, confirm=confirm, canary=canary, settings=st,
+                 options=options, on_output=streamer, on_result=progress,
+                 log_stream=sys.stderr if log else None, audit=trail.gate_event if trail else None, **extra)
+        if trail is not None:
+            for r in run.results:
+                trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=op.operation,
+                             run_id=run.run_id, error=r.error, **{k: str(v) for k, v in args.items()})
+    finally:
+        if trail is not None:
+            trail.close()
     progress.clear()
     _render_run(run, json_, gather, stream)
     if run.exit_code:
@@ -314,12 +325,290 @@ def lab_down(c, dir="lab"):
     print(f"lab down: stopped {len(pids)} process(es)")
 
 
+# ------------------------------------------------------------------------ audit helpers
+
+def _trail(c, inv, slack=True):
+    from fleet.audit import AuditTrail
+    from fleet.opencode import resolve_password
+
+    st = _settings(c)
+    secrets_ = []
+    for h in inv.hosts:
+        if h.opencode is not None:
+            try:
+                pw = resolve_password(h.opencode, h.name)
+            except Exception:  # noqa: BLE001 - an unreadable password is reported where it is used
+                pw = None
+            if pw:
+                secrets_.append(pw)
+    token = os.environ.get(inv.slack.token_env) if inv.slack else None
+    return AuditTrail(st.path("journal"), inv.slack, token, secrets_=secrets_, post=slack)
+
+
+def _records(c):
+    from fleet.dispatch import SessionRecords
+
+    return SessionRecords(os.path.join(os.path.dirname(_settings(c).path("journal")), "sessions.jsonl"))
+
+
+# ------------------------------------------------------------------------ dispatch
+
+DISPATCH_HELP = {
+    "host": "The host whose agent gets the task (default: the inventory's default_host).",
+    "hosts": HOSTS_HELP + " Dispatches to each in parallel.", "all": "Every host (same as --hosts all).",
+    "repo": "Repo name: the task runs in that repo's directory on the host (inventory repos).",
+    "task": "The task text sent to the agent.",
+    "session": "Resume this session instead of creating one (one host only).",
+    "no_wait": "Send the task and return; do not wait for the answer.",
+    "issue": "Beads issue to claim for the host first (one host only).",
+    "model": "provider/model for this task (default: the server's).",
+    "timeout": "Seconds to wait for the agent (default: the 'dispatch_timeout' setting).",
+    "mode": "off | canary | enforced.", "canary": "Host whose agent must succeed before the rest get the task.",
+    "confirm": "Confirmation token, when the mode or config gates dispatch.",
+    "json": "Print one JSON document.", "inventory": "Inventory file.",
+    "no_slack": "Journal only; do not post this dispatch to Slack.",
+}
+
+
+class _Live:
+    """Session id at once, a live status line on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool, many: bool) -> None:
+        self.quiet = quiet
+        self.many = many
+        self.tty = sys.stderr.isatty()
+        self.t0 = __import__("time").monotonic()
+
+    def __call__(self, host: str, kind: str, text: str) -> None:
+        if self.quiet:
+            return
+        import time as _t
+
+        el = _t.monotonic() - self.t0
+        if kind == "session":
+            print(f"{host}: session {text}", file=sys.stderr, flush=True)
+        elif kind == "status" and self.tty and not self.many:
+            sys.stderr.write(f"\r\x1b[K{host}: {text} ({el:.0f}s)")
+            sys.stderr.flush()
+        elif kind == "status":
+            print(f"{host}: {text} ({el:.1f}s)", file=sys.stderr, flush=True)
+        elif kind == "answer" and self.tty and not self.many:
+            sys.stderr.write("\r\x1b[K")
+
+
+@fleet_task(help=DISPATCH_HELP)
+def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
+             model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
+             no_slack=False):
+    """Hand a task to the OpenCode agent on a host (or many) and follow it to the end."""
+    from fleet import dispatch as dx
+    from fleet.beads import Beads
+    from fleet.errors import BadInput
+    from fleet.render import first_line, table
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    if sum(bool(x) for x in (host, hosts, all_)) > 1:
+        raise BadInput("give one of --host NAME, --hosts SELECTOR or --all")
+    if not task or not task.strip():
+        raise BadInput('give the task text, e.g. --task "Run make test"')
+    if model and "/" not in model:
+        raise BadInput(f"--model {model}: write provider/model, e.g. --model anthropic/claude-sonnet-4-5")
+    sel = host or hosts or ("all" if all_ else inv.default_host)
+    if not sel:
+        raise BadInput("choose the host with --host NAME (the inventory has no default_host)")
+    trail = _trail(c, inv, slack=not no_slack)
+    beads = Beads() if issue else None
+    many = sel != host
+    live = _Live(json_, many)
+    try:
+        run = dx.dispatch(inv, sel, args={"task": task, "repo": repo, "session": session, "model": model,
+                                          "issue": issue},
+                          mode=mode, confirm=confirm, canary=canary, settings=st, store=None,
+                          audit=trail.gate_event, wait=not no_wait,
+                          timeout=float(timeout or st.dispatch_timeout), concurrency=st.concurrency,
+                          records=_records(c), on_event=live, beads=beads, audit_trail=trail)
+    finally:
+        trail.close()
+    if json_:
+        _emit(run.to_dict())
+    elif len(run.results) == 1:
+        r = run.results[0]
+        if r.waited and r.answer:
+            print(r.answer)
+        tok = r.tokens or {}
+        print(f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
+              f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
+              f"duration={r.duration_ms / 1000:.1f}s" + (f"\nerror: {r.error}" if r.error else ""))
+    else:
+        print(table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
+                      first_line(r.answer, 60) or "-", first_line(r.error, 80)] for r in run.results],
+                    ["HOST", "STATE", "SESSION", "DURATION", "ANSWER", "ERROR"]))
+    if trail.status and not json_:
+        print(f"audit: {trail.status}", file=sys.stderr)
+    if run.exit_code:
+        raise Exit(code=run.exit_code)
+
+
+@fleet_task(help={"host": "Host whose agent to stop.", "session": "Session id to abort.",
+                  "all_sessions": "Abort every busy session on the host.", "reason": "Why (journal, Slack, Beads).",
+                  "inventory": "Inventory file.", "json": "One JSON document.", "no_slack": "Journal only."})
+def abort(c, host, session=None, all_sessions=False, reason="aborted by operator", inventory=None, json_=False,
+          no_slack=False):
+    """Stop a running agent session (marks its Beads issue blocked)."""
+    from fleet.beads import Beads
+    from fleet.dispatch import abort_sessions
+
+    inv = _inventory(c, inventory)
+    h = inv.host(host)
+    trail = _trail(c, inv, slack=not no_slack)
+    try:
+        done = abort_sessions(h, session, all_sessions, _records(c), trail, Beads(), reason)
+    finally:
+        trail.close()
+    if json_:
+        _emit({"host": h.name, "aborted": done})
+    else:
+        print(f"{h.name}: aborted {len(done)} session(s)" + (": " + ", ".join(done) if done else ""))
+
+
+@fleet_task(help={"hosts": HOSTS_HELP + " Default: hosts with an OpenCode server.", "all": "Every host.",
+                  "inventory": "Inventory file.", "json": "One JSON document."})
+def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
+    """What each host's agent is doing: sessions, busy/idle/retry, titles, age."""
+    from fleet.dispatch import host_sessions
+    from fleet.errors import FleetError
+    from fleet.render import table
+    from fleet.selectors import select
+
+    inv = _inventory(c, inventory)
+    chosen = [h for h in select(inv, _selector(hosts, all_)) if h.opencode is not None]
+    rows, errors = [], []
+    for h in chosen:
+        try:
+            rows += host_sessions(h, _records(c))
+        except FleetError as exc:
+            errors.append(str(exc))
+    if json_:
+        _emit({"sessions": [r.to_dict() for r in rows], "errors": errors})
+    else:
+        print(table([[r.host, r.session_id, r.state, f"{r.age_s}s", "yes" if r.fleet else "", r.title[:50]]
+                     for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET", "TITLE"]))
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    if errors:
+        raise Exit(code=1)
+
+
+@fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "inventory": "Inventory file.",
+                  "json": "One JSON document."})
+def status(c, hosts=None, all_=False, inventory=None, json_=False):
+    """Health and version of each host's OpenCode server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleet.dispatch import server_status
+    from fleet.render import table
+    from fleet.selectors import select
+
+    inv = _inventory(c, inventory)
+    chosen = [h for h in select(inv, _selector(hosts, all_)) if h.opencode is not None]
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(chosen)))) as pool:
+        res = list(pool.map(server_status, chosen))
+    if json_:
+        _emit({"servers": res})
+    else:
+        print(table([[r["host"], "healthy" if r["healthy"] else "DOWN", r["version"] or "-", f"{r['ms']}ms",
+                      r["url"], r["error"][:100]] for r in res], ["HOST", "STATE", "VERSION", "RTT", "URL", "ERROR"]))
+    if not all(r["healthy"] for r in res):
+        raise Exit(code=1)
+
+
+@fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "confirm": "The token printed by the refused run.",
+                  "mode": "off | canary | enforced.", "inventory": "Inventory file.", "json": "One JSON document."})
+def teardown(c, hosts=None, all_=False, confirm=None, mode=None, inventory=None, json_=False):
+    """Abort running agent sessions and delete the ones fleet created (gated: --confirm)."""
+    from fleet import dispatch as dx
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    trail = _trail(c, inv)
+    try:
+        out = dx.teardown(inv, _selector(hosts, all_, default=None), args={}, mode=mode, confirm=confirm,
+                          settings=st, audit=trail.gate_event, records=_records(c), audit_trail=trail)
+    finally:
+        trail.close()
+    if json_:
+        _emit({"teardown": out})
+    else:
+        for r in out:
+            if r.get("error"):
+                print(f"{r['host']}: error: {r['error']}")
+            else:
+                print(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)")
+    if any(r.get("error") for r in out):
+        raise Exit(code=1)
+
+
+# ------------------------------------------------------------------------ audit
+
+@fleet_task(help={"inventory": "Inventory file (for the Slack channel).", "max_wait":
+                  "Most seconds to spend waiting out Slack rate limits (default 300)."})
+def audit_replay(c, inventory=None, max_wait=300):
+    """Deliver pending journal events to Slack, in order, exactly once."""
+    from fleet.audit import replay
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    token = os.environ.get(inv.slack.token_env) if inv.slack else None
+    rep = replay(st.path("journal"), inv.slack, token, float(max_wait))
+    for t in rep.torn:
+        print(f"journal: set aside a torn line: {t[:80]!r}", file=sys.stderr)
+    print(f"delivered {rep.delivered}, pending {rep.pending}" + (f" ({rep.stopped})" if rep.stopped else ""))
+    if rep.pending:
+        raise Exit(code=1)
+
+
+@fleet_task(help={"lines": "How many events (default 20).", "json": "One JSON document."})
+def audit_tail(c, lines=20, json_=False):
+    """Print the last journal events."""
+    from fleet.audit import Journal, format_events
+
+    j = Journal(_settings(c).path("journal")).load()
+    ev = j.events[-int(lines):]
+    if json_:
+        _emit({"events": ev, "pending": len(j.pending()), "torn": j.torn})
+    else:
+        print(format_events(ev, j.delivered))
+
+
+@fleet_task(name="show", positional=["dispatch_id"], help={"dispatch_id": "The dispatch id (dx-...).",
+                                                             "json": "One JSON document."})
+def audit_show(c, dispatch_id, json_=False):
+    """Print every journal event of one dispatch."""
+    from fleet.audit import Journal, format_events
+    from fleet.errors import BadInput
+
+    j = Journal(_settings(c).path("journal")).load()
+    ev = [e for e in j.events if e.get("dispatch_id") == dispatch_id]
+    if not ev:
+        raise BadInput(f"no events for dispatch '{dispatch_id}' in the journal: see 'inv audit.tail'")
+    if json_:
+        _emit({"events": ev})
+    else:
+        print(format_events(ev, j.delivered))
+
+
 # ------------------------------------------------------------------------ collection
 
 ns = Collection()
 ns.add_task(preflight)
 ns.add_task(fanout)
 ns.add_task(blow_away)
+ns.add_task(dispatch)
+ns.add_task(abort)
+ns.add_task(sessions)
+ns.add_task(status)
+ns.add_task(teardown)
 
 inv_ns = Collection("inventory")
 inv_ns.add_task(inventory_check, name="check")
@@ -331,6 +620,12 @@ lab_ns = Collection("lab")
 lab_ns.add_task(lab_up, name="up")
 lab_ns.add_task(lab_down, name="down")
 ns.add_collection(lab_ns)
+
+audit_ns = Collection("audit")
+audit_ns.add_task(audit_replay, name="replay")
+audit_ns.add_task(audit_tail, name="tail")
+audit_ns.add_task(audit_show, name="show")
+ns.add_collection(audit_ns)
 
 token_ns = Collection("token")
 token_ns.add_task(token_list, name="list")

@@ -285,7 +285,7 @@ def _check_dispatch(plan: Plan) -> None:
 
 @guarded("dispatch", local_ok=False, check=_check_dispatch)
 def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurrency: int = 32,
-             records: SessionRecords | None = None, on_event: EventHook | None = None, audit: Any = None,
+             records: SessionRecords | None = None, on_event: EventHook | None = None, audit_trail: Any = None,
              beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> DispatchRun:
     """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
@@ -298,7 +298,7 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     def one(h: Host, must_wait: bool) -> DispatchResult:
         return dispatch_host(h, a["repo"], a["task"], session=a.get("session"), wait=must_wait,
                              model=a.get("model"), timeout=timeout, records=records, on_event=on_event,
-                             audit=audit, beads=beads, issue=a.get("issue"), dispatch_id=did,
+                             audit=audit_trail, beads=beads, issue=a.get("issue"), dispatch_id=did,
                              stop=stop.is_set, client_factory=client_factory, poll=poll)
 
     hosts = list(plan.hosts)
@@ -446,15 +446,20 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
 
 
 @guarded("teardown", local_ok=False)
-def teardown(plan: Plan, *, records: SessionRecords, audit: Any = None,
+def teardown(plan: Plan, *, records: SessionRecords, audit_trail: Any = None,
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[dict[str, Any]]:
     """Gated: abort running sessions and delete fleet's sessions on every planned host."""
     out = []
     for h in plan.hosts:
         try:
-            out.append(teardown_host(h, records, audit, client_factory))
+            out.append(teardown_host(h, records, audit_trail, client_factory))
         except OpenCodeError as exc:
             out.append({"host": h.name, "error": str(exc), "aborted": [], "deleted": []})
+    if audit_trail is not None:
+        for r in out:
+            audit_trail.record(operation="gated_action_run", host=r["host"], outcome="failure" if r.get("error")
+                               else "success", dispatch_id="", action="teardown", aborted=len(r["aborted"]),
+                               deleted=len(r["deleted"]), error=r.get("error"))
     return out
 
 
