@@ -33,6 +33,14 @@ def fleet_task(*args, **kwargs):
             except KeyboardInterrupt:
                 print("fleet: interrupted", file=sys.stderr)
                 raise Exit(code=EXIT_INTERRUPTED) from None
+            except Exit:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must still read as one line
+                if os.environ.get("FLEET_DEBUG"):
+                    raise
+                print(f"fleet: unexpected error {type(exc).__name__}: {exc} (a bug: rerun with FLEET_DEBUG=1 "
+                      f"for the traceback and report it)", file=sys.stderr)
+                raise Exit(code=1) from None
         return task(*args, **kwargs)(wrapper)
     return deco
 

@@ -236,10 +236,14 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
         deadline = time.monotonic() + timeout
         for d, gports in started:
             pidf = d / "sshd.pid"
-            while not pidf.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if pidf.exists():
-                pids.append(int(pidf.read_text().strip()))
+            pid = None
+            while pid is None and time.monotonic() < deadline:
+                try:
+                    pid = int(pidf.read_text().strip())  # may exist yet be empty for a moment
+                except (OSError, ValueError):
+                    time.sleep(0.01)
+            if pid is not None:
+                pids.append(pid)
         _write_state(lab)
         missing = _wait_listening(ports, deadline)
         if missing:

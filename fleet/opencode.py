@@ -285,7 +285,7 @@ class OpenCodeClient:
 
     def wait_idle(self, sid: str, after: int, timeout: float, poll: float = 0.5,
                   on_status: Callable[[str], None] | None = None,
-                  stop: Callable[[], bool] | None = None) -> Answer | None:
+                  stop: Callable[[], bool] | None = None, start_grace: float = 60.0) -> Answer | None:
         """Poll until the run that started after message index ``after`` ends; None on timeout.
 
         The status map drops idle sessions, and a run may not be marked busy yet right after
@@ -294,6 +294,8 @@ class OpenCodeClient:
         """
         deadline = time.monotonic() + timeout
         last_state = ""
+        idle_since = time.monotonic()
+        started = False
         while True:
             st = self.status().get(sid) or {"type": "idle"}
             state = st.get("type", "idle") if isinstance(st, dict) else "idle"
@@ -302,6 +304,8 @@ class OpenCodeClient:
             if on_status and state != last_state:
                 on_status(state)
             last_state = state
+            if state != "idle":
+                started = True
             if state == "idle":
                 msgs = self.messages(sid)
                 newer = [m for m in msgs[after:] if (m.get("info") or {}).get("role") == "assistant"]
@@ -309,6 +313,10 @@ class OpenCodeClient:
                     ans = extract_answer(newer[-1])
                     if ans.completed:
                         return ans
+                if not started and time.monotonic() - idle_since > start_grace:
+                    raise ServerError(self.host.name, f"{self.base}/session/{sid}",
+                                      f"the server accepted the task but never started it (session idle "
+                                      f"for {start_grace:g}s with no reply); check the server's log")
             if time.monotonic() >= deadline or (stop is not None and stop()):
                 return None
             time.sleep(poll)
