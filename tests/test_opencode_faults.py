@@ -1,0 +1,118 @@
+"""OpenCode client against a contract-following stand-in, for faults the real server cannot show."""
+import pytest
+
+from fleet import dispatch as dx
+from fleet.inventory import load_inventory_text
+from fleet.opencode import (AuthRefused, OpenCodeClient, ProtocolError, ResponseTimeout, ServerError,
+                            SessionNotFound, Unreachable)
+from fleet.results import FanoutOutcome
+from fleet.settings import Settings
+
+from stand_ins import FakeOpenCode
+
+
+@pytest.fixture
+def oc_server():
+    s = FakeOpenCode()
+    yield s
+    s.close()
+
+
+def host_for(url: str, extra: str = ""):
+    inv = load_inventory_text(f"hosts:\n  box: {{user: u, opencode: {{url: '{url}'{extra}}}, repos: {{root: /srv/repos}}}}\n",
+                              "t.yaml")
+    return inv, inv.host("box")
+
+
+def client(url, **kw):
+    return OpenCodeClient(host_for(url)[1], "/srv/repos/demo", **kw)
+
+
+def test_every_call_carries_the_directory(oc_server):
+    with client(oc_server.url) as c:
+        sid = c.create_session("t")["id"]
+        c.status()
+        c.messages(sid)
+    assert [q.get("directory") for _, _, q in oc_server.hits] == ["/srv/repos/demo"] * 3
+
+
+@pytest.mark.parametrize("fault,exc,words", [
+    ("500", ServerError, "server error 500: database is locked"),
+    ("nonjson", ProtocolError, "expected JSON from POST /session, got text/html"),
+    ("truncated", ProtocolError, "broke the HTTP exchange"),
+    ("404", SessionNotFound, "Session not found"),
+])
+def test_faults_are_typed_and_name_host_and_url(oc_server, fault, exc, words):
+    oc_server.faults["POST /session"] = fault
+    with pytest.raises(exc) as ei:
+        with client(oc_server.url) as c:
+            c.create_session("t")
+    msg = str(ei.value)
+    assert words in msg and msg.startswith("box:") and oc_server.url + "/session" in msg
+
+
+def test_hanging_server_times_out(oc_server):
+    oc_server.faults["GET /session/status"] = "hang"
+    with pytest.raises(ResponseTimeout, match="did not answer GET /session/status in time"):
+        with client(oc_server.url, timeout=1.0) as c:
+            c.status()
+
+
+def test_unreachable_says_what_was_tried(closed_port):
+    with pytest.raises(Unreachable) as ei:
+        with client(f"http://127.0.0.1:{closed_port}", connect_attempts=3) as c:
+            c.health()
+    assert "after 3 attempts" in str(ei.value) and f"127.0.0.1:{closed_port}" in str(ei.value)
+
+
+def test_401_names_the_username(tmp_path):
+    s = FakeOpenCode(password="right")
+    try:
+        pw = tmp_path / "pw"
+        pw.write_text("wrong")
+        pw.chmod(0o600)
+        _, h = host_for(s.url, f", password_file: {pw}")
+        with pytest.raises(AuthRefused, match="username 'opencode'"):
+            with OpenCodeClient(h, None) as c:
+                c.health()
+        pw.write_text("right")
+        with OpenCodeClient(h, None) as c:
+            assert c.health()["healthy"]
+    finally:
+        s.close()
+
+
+def test_password_file_with_loose_mode_is_refused(tmp_path, oc_server):
+    from fleet.errors import BadInput
+    pw = tmp_path / "pw"
+    pw.write_text("x")
+    pw.chmod(0o644)
+    _, h = host_for(oc_server.url, f", password_file: {pw}")
+    with pytest.raises(BadInput, match="chmod 600"):
+        OpenCodeClient(h, None)
+
+
+@pytest.mark.parametrize("fault", ["500", "drop", "hang"])
+def test_a_prompt_is_never_sent_twice(oc_server, fault):
+    oc_server.faults["prompt_async"] = fault
+    inv, _ = host_for(oc_server.url)
+    run = dx.dispatch(inv, "box", args={"task": "do it", "repo": "demo"}, settings=Settings(token_dir="/tmp/x"),
+                      client_factory=lambda h, d: OpenCodeClient(h, d, timeout=1.5), poll=0.05)
+    r = run.results[0]
+    assert r.outcome in (FanoutOutcome.FAILURE, FanoutOutcome.TIMEOUT) and "box" in r.error
+    assert sum(1 for m, p, _ in oc_server.hits if p.endswith("/prompt_async")) == 1
+
+
+def test_dispatch_against_stand_in_succeeds(oc_server):
+    inv, _ = host_for(oc_server.url)
+    r = dx.dispatch(inv, "box", args={"task": "hi", "repo": "demo"}, settings=Settings(token_dir="/tmp/x"),
+                    poll=0.05).results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS and r.answer == "ok: hi" and r.cost == 0.5
+
+
+def test_resume_unknown_session_is_clear(oc_server):
+    inv, _ = host_for(oc_server.url)
+    r = dx.dispatch(inv, "box", args={"task": "hi", "repo": "demo", "session": "ses_nope"},
+                    settings=Settings(token_dir="/tmp/x"), poll=0.05).results[0]
+    assert r.outcome == FanoutOutcome.FAILURE and r.error_kind == "not_found" and "ses_nope" in r.error
+    assert not any(p.endswith("prompt_async") for _, p, _ in oc_server.hits)
