@@ -16,7 +16,7 @@ system-deps:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-setup: $(BIN)/python
+setup: $(BIN)/python opencode
 	$(BIN)/pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(BIN)/pip install -q -e '.[test]'
 
@@ -24,14 +24,14 @@ opencode:
 	@if [ ! -x .tools/node_modules/opencode-linux-x64/bin/opencode ] && [ ! -x .tools/node_modules/.bin/opencode ]; then \
 	  mkdir -p .tools && cd .tools && npm install --no-audit --no-fund --silent opencode-ai@$(OPENCODE_VERSION); fi
 
-demo: system-deps setup opencode
+demo: system-deps setup
 	$(BIN)/inv lab.up --count 5 --agents 1
 	-$(BIN)/inv preflight --inventory lab/inventory.yaml --all
-	-$(BIN)/inv fanout --inventory lab/inventory.yaml --all 'echo "hello from $$(hostname) port $${SSH_CONNECTION##* }"' --gather
+	-$(BIN)/inv fanout --inventory lab/inventory.yaml --all 'uname -sr' --gather
 	-$(BIN)/inv dispatch --inventory lab/inventory.yaml --host lab01 --repo demo --task "say hello"
 	$(BIN)/inv lab.down
 
-test: system-deps setup opencode
+test: system-deps setup
 	$(BIN)/python -m pytest -q
 
 bench: system-deps setup

@@ -301,11 +301,12 @@ class OpenCodeClient:
             state = st.get("type", "idle") if isinstance(st, dict) else "idle"
             if state == "retry":
                 state = f"retry (attempt {st.get('attempt')}: {st.get('message', '')})"
-            if on_status and state != last_state:
-                on_status(state)
-            last_state = state
             if state != "idle":
                 started = True
+            shown = state if started or state != "idle" else "queued"
+            if on_status and shown != last_state:
+                on_status(shown)
+            last_state = shown
             if state == "idle":
                 msgs = self.messages(sid)
                 newer = [m for m in msgs[after:] if (m.get("info") or {}).get("role") == "assistant"]

@@ -81,7 +81,7 @@ def test_example_inventory_loads_and_defaults_merge():
     assert mac.repo_path("affordabot") == "~/repos/affordabot"
     epyc = inv.host("epyc6")
     assert epyc.repos_root == "/home/feng/repos"
-    assert epyc.repo_path("affordabot") == "/home/feng/src/affordabot"
+    assert epyc.repo_path("affordabot") == "/home/feng/repos/affordabot-main"
     assert epyc.opencode.password_file.endswith("/.config/fleet/epyc6.password")
     assert inv.canary == "macmini" and inv.default_host == "epyc6"
     assert inv.slack.channel == "C09MQGMFKDE" and inv.slack.token_env == "SLACK_BOT_TOKEN"
