@@ -45,9 +45,18 @@ def fanout_table(run: FanoutRun) -> str:
     order = {r.host: i for i, r in enumerate(run.results)}
     rows = sorted(run.results, key=lambda r: (_ORDER[r.outcome], order[r.host]))
     body = table([[r.host, r.outcome.value, "" if r.exit_code is None else str(r.exit_code), str(r.attempts),
-                   _dur(r.duration_ms), first_line(r.error)] for r in rows],
+                   _dur(r.duration_ms), first_line(r.error, 60)] for r in rows],
                  ["HOST", "STATE", "EXIT", "ATTEMPTS", "DURATION", "ERROR"])
-    return body + "\n" + summary_line(run)
+    # Long errors (fingerprints, advice) are cut in the table; give each distinct one whole, once.
+    long = []
+    seen: set[str] = set()
+    for r in rows:
+        e = first_line(r.error, 10_000)
+        if len(e) > 60 and e not in seen:
+            seen.add(e)
+            long.append(f"{r.host}: {e}")
+    extra = ("\n" + "\n".join(long)) if long else ""
+    return body + extra + "\n" + summary_line(run)
 
 
 def summary_line(run: FanoutRun) -> str:

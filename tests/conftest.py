@@ -103,6 +103,11 @@ def inv_cmd(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
             input: str | None = None) -> subprocess.CompletedProcess:
     """Run the real 'inv' CLI of this project as a subprocess."""
     e = dict(os.environ)
+    # never touch the real ~/.local/state or ~/.config from tests
+    scratch = Path(os.environ.get("PYTEST_SCRATCH", "/tmp")) / f"fleet-cli-{os.getpid()}"
+    e.setdefault("INVOKE_FLEET_JOURNAL", str(scratch / "journal.jsonl"))
+    e.setdefault("INVOKE_FLEET_TOKEN_DIR", str(scratch / "tokens"))
+    e.setdefault("INVOKE_FLEET_ARTIFACTS_DIR", str(scratch / "artifacts"))
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args],
                           cwd=str(cwd or ROOT), env=e, capture_output=True, text=True, timeout=timeout,
