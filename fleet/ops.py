@@ -72,6 +72,8 @@ def fanout(plan: Plan, *, options: FanoutOptions | None = None, on_output: Outpu
            max_fail: str | float | None = None) -> FanoutRun:
     """Run ``args['command']`` on the selected hosts under the mode (canary first, batches)."""
     cmd = plan.args["command"]
+    parse_batch(batch, len(plan.hosts))  # bad flags fail before anything runs, whatever the mode
+    parse_max_fail(max_fail)
     return _run_plan(plan, cmd, cmd, options, on_output, on_result, log_stream, batch, max_fail)
 
 
