@@ -613,36 +613,16 @@ def audit_show(c, dispatch_id, json_=False):
 # ------------------------------------------------------------------------ collection
 
 ns = Collection()
-ns.add_task(preflight)
-ns.add_task(fanout)
-ns.add_task(blow_away)
-ns.add_task(dispatch)
-ns.add_task(abort)
-ns.add_task(sessions)
-ns.add_task(status)
-ns.add_task(teardown)
-
-inv_ns = Collection("inventory")
-inv_ns.add_task(inventory_check, name="check")
-inv_ns.add_task(inventory_show, name="show")
-inv_ns.add_task(inventory_import, name="import")
-ns.add_collection(inv_ns)
-
-lab_ns = Collection("lab")
-lab_ns.add_task(lab_up, name="up")
-lab_ns.add_task(lab_down, name="down")
-ns.add_collection(lab_ns)
-
-audit_ns = Collection("audit")
-audit_ns.add_task(audit_replay, name="replay")
-audit_ns.add_task(audit_tail, name="tail")
-audit_ns.add_task(audit_show, name="show")
-ns.add_collection(audit_ns)
-
-token_ns = Collection("token")
-token_ns.add_task(token_list, name="list")
-token_ns.add_task(token_revoke, name="revoke")
-ns.add_collection(token_ns)
+for _t in (preflight, fanout, blow_away, dispatch, abort, sessions, status, teardown):
+    ns.add_task(_t)
+for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
+                      ("lab", {"up": lab_up, "down": lab_down}),
+                      ("audit", {"replay": audit_replay, "tail": audit_tail, "show": audit_show}),
+                      ("token", {"list": token_list, "revoke": token_revoke})):
+    _sub = Collection(_name)
+    for _n, _t in _tasks.items():
+        _sub.add_task(_t, name=_n)
+    ns.add_collection(_sub)
 
 _defaults = asdict(Settings())
 _defaults["gated"] = list(_defaults["gated"])
