@@ -9,9 +9,9 @@ OPENCODE_VERSION := 1.18.33
 .PHONY: setup system-deps opencode demo test bench clean
 
 system-deps:
-	@command -v /usr/sbin/sshd >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; fi; }
+	@{ command -v /usr/sbin/sshd && command -v ssh && command -v pgrep; } >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client procps >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client procps >/dev/null; fi; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -217,7 +217,9 @@ def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_
     st = _settings(c)
     inv = _inventory(c, inventory)
     sel = _selector(hosts, all_, default=None)
-    progress = Progress(0, enabled=None if not json_ and not stream else False)
+    from fleet.selectors import select
+
+    progress = Progress(len(select(inv, sel)), enabled=None if not json_ and not stream else False)
     streamer = LineStreamer([h.name for h in inv.hosts] + ["local"]) if stream else None
     gated = is_gated(op.operation, resolve_mode(mode, st), st, False)
     trail = _trail(c, inv) if gated else None
