@@ -252,10 +252,6 @@ def fanout(c, command, hosts=None, all_=False, inventory=None, json_=False, mode
     if not command or not command.strip():
         from fleet.errors import BadInput
         raise BadInput('give the command to run, e.g. inv fanout --all "make test"')
-    from fleet.modes import parse_batch, parse_max_fail
-
-    parse_batch(batch, 1)  # refuse a bad flag before any plan, token or host
-    parse_max_fail(max_fail)
     opts = _fanout_options(c, concurrency, connect_timeout, timeout, attempts, retry_delay, retry_on_exit,
                            no_preflight, accept_new_host_key, accept_new_host_keys, collect)
     _run_gated(c, ops.fanout, inventory, hosts, all_, {"command": command}, mode, confirm, canary, json_,

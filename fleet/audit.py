@@ -128,22 +128,16 @@ class Journal:
     def _heal_tail(self) -> None:
         # A crash mid-write leaves a last line with no newline: set it aside, never glue to it.
         try:
-            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                content = f.read()
         except FileNotFoundError:
             return
-        if size == 0:
+        if not content or content.endswith(b"\n"):
             return
-        with open(self.path, "rb") as f:
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-        with open(self.path, "rb") as f:
-            content = f.read()
         cut = content.rfind(b"\n") + 1
-        torn = content[cut:]
         aside = Path(str(self.path) + ".torn")
         with open(aside, "ab") as f:
-            f.write(torn + b"\n")
+            f.write(content[cut:] + b"\n")
         os.chmod(aside, 0o600)
         with open(self.path, "r+b") as f:
             f.truncate(cut)

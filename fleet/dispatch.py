@@ -12,16 +12,16 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BadInput, FleetError
-from .inventory import Host, Inventory
+from .inventory import Host
 from .modes import Plan, guarded
 from .opencode import OpenCodeClient, OpenCodeError, ResponseTimeout
-from .results import FanoutOutcome
+from .pool import run_bounded
+from .results import FanoutOutcome, RunSummary
 
 EventHook = Callable[[str, str, str], None]  # (host, kind, text): kind in session, status, answer
 
@@ -64,7 +64,7 @@ class DispatchResult:
 
 
 @dataclass
-class DispatchRun:
+class DispatchRun(RunSummary):
     """A dispatch over one or many hosts."""
 
     dispatch_id: str
@@ -75,21 +75,6 @@ class DispatchRun:
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
     duration_ms: int = 0
-
-    @property
-    def succeeded(self) -> list[DispatchResult]:
-        """SUCCESS results."""
-        return [r for r in self.results if r.ok]
-
-    @property
-    def failed(self) -> list[DispatchResult]:
-        """Every other result."""
-        return [r for r in self.results if not r.ok]
-
-    @property
-    def exit_code(self) -> int:
-        """Same as fanout: 0, 1, or 130."""
-        return 130 if self.interrupted else (1 if self.failed else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with stable keys."""
@@ -317,27 +302,13 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
                                                      error_kind="canary_failed", waited=False)
                 hosts = []
         if hosts:
-            pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts))),
-                                      thread_name_prefix="fleet-dispatch")
-            futs = {pool.submit(one, h, wait): h for h in hosts}
-            try:
-                pending = set(futs)
-                while pending:
-                    done, pending = wait_futures(pending)
-                    for f in done:
-                        results[futs[f].name] = f.result()
-            except KeyboardInterrupt:
-                stop.set()
+            done, interrupted = run_bounded(
+                hosts, lambda h: one(h, wait), concurrency, "fleet-dispatch", on_interrupt=stop.set,
+                not_started=lambda h: DispatchResult(h.name, FanoutOutcome.ABORTED, error="not sent: interrupted",
+                                                     error_kind="aborted", waited=False))
+            results.update(done)
+            if interrupted:
                 run.interrupted = True
-                for f, h in futs.items():
-                    if f.cancel():
-                        results[h.name] = DispatchResult(h.name, FanoutOutcome.ABORTED, error="not sent: interrupted",
-                                                         error_kind="aborted", waited=False)
-                for f, h in futs.items():
-                    if h.name not in results:
-                        results[h.name] = f.result()
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
     except KeyboardInterrupt:
         stop.set()
         run.interrupted = True
@@ -347,12 +318,6 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     run.results = [results[h.name] for h in plan.hosts]
     run.duration_ms = int((time.monotonic() - t0) * 1000)
     return run
-
-
-def wait_futures(pending: set) -> tuple[set, set]:
-    """Wait a little (so Ctrl-C reaches the main thread)."""
-    done, rest = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-    return set(done), set(rest)
 
 
 # ---------------------------------------------------------------------------- abort / sessions

@@ -12,8 +12,7 @@ import os
 import secrets
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,6 +22,7 @@ from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attemp
 from .errors import BadInput
 from .inventory import Host, Inventory
 from .kvlog import KVLog
+from .pool import run_bounded
 from .preflight import run_preflight_checks
 from .results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
 from .ssh import (Aborted, HostKeyStore, KeyCache, NonZeroExit, SSHFailure,
@@ -321,34 +321,15 @@ class FanoutRunner:
         ``command`` may be a function of the host, for per-host commands (blow-away).
         """
         hosts = list(hosts)
-        width = max(1, min(concurrency or self.options.concurrency, len(hosts) or 1))
-        results: dict[str, FanoutResult] = {}
-        pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="fleet-fanout")
-        futs: dict[Future, Host] = {}
-        try:
-            for h in hosts:
-                futs[pool.submit(self.run_host, h, command(h) if callable(command) else command)] = h
-            pending = set(futs)
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for f in done:
-                    results[futs[f].name] = f.result()
-        except KeyboardInterrupt:
-            self.interrupt()
-            for f, h in futs.items():
-                if f.cancel():
-                    results[h.name] = self._finish(FanoutResult(
-                        h.name, FanoutOutcome.ABORTED, self.command, h.user,
-                        error="not started: the run was interrupted (Ctrl-C)", error_kind="aborted"))
-            for f, h in futs.items():
-                if h.name not in results:
-                    try:
-                        results[h.name] = f.result(timeout=self.options.connect_timeout + 5)
-                    except Exception as exc:  # noqa: BLE001
-                        results[h.name] = FanoutResult(h.name, FanoutOutcome.ABORTED, self.command,
-                                                       h.user, error=f"interrupted: {exc}", error_kind="aborted")
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        results, _ = run_bounded(
+            hosts, lambda h: self.run_host(h, command(h) if callable(command) else command),
+            concurrency or self.options.concurrency, "fleet-fanout", on_interrupt=self.interrupt,
+            not_started=lambda h: self._finish(FanoutResult(
+                h.name, FanoutOutcome.ABORTED, self.command, h.user,
+                error="not started: the run was interrupted (Ctrl-C)", error_kind="aborted")),
+            drain_timeout=self.options.connect_timeout + 5,
+            on_drain_error=lambda h, exc: FanoutResult(h.name, FanoutOutcome.ABORTED, self.command, h.user,
+                                                       error=f"interrupted: {exc}", error_kind="aborted"))
         ordered = [results[h.name] for h in hosts]
         self.run.results.extend(ordered)
         return ordered

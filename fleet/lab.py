@@ -158,11 +158,6 @@ def _cwd(pid: int) -> str:
         return ""
 
 
-def lab_sshd_pids(lab_dir: Path, pids: list[int]) -> set[int]:
-    """The pids that are sshd listeners (killed alone, never by group)."""
-    return {p for p in pids if "sshd" in _cmdline(p)}
-
-
 def _children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -234,7 +229,7 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
                            timeout=timeout)
             started.append((d, gports))
         deadline = time.monotonic() + timeout
-        for d, gports in started:
+        for d, _ in started:
             pidf = d / "sshd.pid"
             pid = None
             while pid is None and time.monotonic() < deadline:
@@ -352,9 +347,10 @@ def lab_down(directory: str | os.PathLike[str] = "lab", timeout: float = 5.0) ->
     victims = list(mine)
     for p in mine:
         victims.extend(c for c in _children(p) if c not in victims)
+    listeners = {p for p in mine if "sshd" in _cmdline(p)}  # killed alone, never by group
     for p in victims:
         try:
-            if os.getpgid(p) == p and p not in lab_sshd_pids(lab_dir, pids):
+            if os.getpgid(p) == p and p not in listeners:
                 os.killpg(p, signal.SIGTERM)  # agents run in their own session: take their helpers too
             else:
                 os.kill(p, signal.SIGTERM)

@@ -156,19 +156,22 @@ def authorize(plan: Plan, confirm: str | None, settings: Settings, store: TokenS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def guarded(operation: str, local_ok: bool = True,
-            check: Callable[[Plan], None] | None = None) -> Callable[[F], F]:
+def guarded(operation: str, local_ok: bool = True, check: Callable[[Plan], None] | None = None,
+            validate: Callable[[dict[str, Any]], None] | None = None) -> Callable[[F], F]:
     """Decorator for a library operation ``fn(plan, **kw)``.
 
     The wrapped function is called as ``fn(inv, selector, *, args, mode=None, confirm=None,
-    canary=None, settings=None, store=None, **kw)``: it plans, applies the mode, checks the
-    gate, and only then calls ``fn``.
+    canary=None, settings=None, store=None, **kw)``. It validates ``fn``'s own flags
+    (``validate(kw)``: bad input fails before any plan, token or host), plans, applies the
+    mode, runs ``check`` (refusals no token can lift), checks the gate, then calls ``fn``.
     """
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
                     confirm: str | None = None, canary: str | None = None, settings: Settings | None = None,
                     store: TokenStore | None = None, audit: Callable[..., None] | None = None, **kw: Any) -> Any:
+            if validate is not None:
+                validate(kw)
             st = settings or Settings()
             m = resolve_mode(mode, st)
             plan = make_plan(inv, operation, selector, m, args, canary, local_ok)

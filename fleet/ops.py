@@ -66,14 +66,17 @@ def _run_plan(plan: Plan, command: Any, label: str, options: FanoutOptions | Non
         runner.finish()
 
 
-@guarded("fanout")
+def _validate_fanout_flags(kw: dict[str, Any]) -> None:
+    parse_batch(kw.get("batch"), 1)
+    parse_max_fail(kw.get("max_fail"))
+
+
+@guarded("fanout", validate=_validate_fanout_flags)
 def fanout(plan: Plan, *, options: FanoutOptions | None = None, on_output: OutputHook | None = None,
            on_result: ResultHook | None = None, log_stream: Any = None, batch: str | None = None,
            max_fail: str | float | None = None) -> FanoutRun:
     """Run ``args['command']`` on the selected hosts under the mode (canary first, batches)."""
     cmd = plan.args["command"]
-    parse_batch(batch, len(plan.hosts))  # bad flags fail before anything runs, whatever the mode
-    parse_max_fail(max_fail)
     return _run_plan(plan, cmd, cmd, options, on_output, on_result, log_stream, batch, max_fail)
 
 

@@ -98,8 +98,32 @@ class FanoutResult:
         }
 
 
+class RunSummary:
+    """What every run over hosts (fanout, dispatch) says about itself, from ``results``."""
+
+    results: list[Any]
+    interrupted: bool
+
+    @property
+    def succeeded(self) -> list[Any]:
+        """Results that ended SUCCESS."""
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[Any]:
+        """Results that ended in any other state."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """0 all SUCCESS, 1 any other end, 130 if interrupted."""
+        if self.interrupted:
+            return 130
+        return 0 if not self.failed else 1
+
+
 @dataclass
-class FanoutRun:
+class FanoutRun(RunSummary):
     """A whole run over many hosts. Keeps every result, successes included."""
 
     run_id: str
@@ -110,23 +134,6 @@ class FanoutRun:
     mode: str = ""
     notes: list[str] = field(default_factory=list)
     duration_ms: int = 0
-
-    @property
-    def succeeded(self) -> list[FanoutResult]:
-        """Results that ended SUCCESS."""
-        return [r for r in self.results if r.ok]
-
-    @property
-    def failed(self) -> list[FanoutResult]:
-        """Results that ended in any other state."""
-        return [r for r in self.results if not r.ok]
-
-    @property
-    def exit_code(self) -> int:
-        """0 all SUCCESS, 1 any other end, 130 if interrupted."""
-        if self.interrupted:
-            return 130
-        return 0 if not self.failed else 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with stable keys, for JSON."""

@@ -285,7 +285,7 @@ class SSHSession:
             raise DNSFailure(h.name, f"cannot resolve {self.address} for {h.name}: {exc.strerror}") from None
         except (socket.timeout, TimeoutError):
             raise ConnectTimeout(h.name, f"connect to {where} timed out after {self.connect_timeout:g}s") from None
-        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        except paramiko.ssh_exception.NoValidConnectionsError:
             raise ConnectFailed(h.name, f"cannot connect to {where}: connection refused") from None
         except paramiko.SSHException as exc:
             msg = str(exc)

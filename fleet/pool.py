@@ -1,0 +1,55 @@
+"""The bounded worker pool shared by fanout and dispatch.
+
+Fabric's ThreadingGroup starts one thread per host and joins without bound; fleet caps the
+workers and waits in short slices in the calling (main) thread, so Ctrl-C lands there and
+every host still gets a result.
+"""
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Sequence, TypeVar
+
+from .inventory import Host
+
+R = TypeVar("R")
+
+
+def run_bounded(hosts: Sequence[Host], work: Callable[[Host], R], width: int, name: str, *,
+                on_interrupt: Callable[[], None], not_started: Callable[[Host], R],
+                drain_timeout: float | None = None,
+                on_drain_error: Callable[[Host, Exception], R] | None = None) -> tuple[dict[str, R], bool]:
+    """Run ``work`` on each host, at most ``width`` at once. Returns (results by host name, interrupted).
+
+    On Ctrl-C: ``on_interrupt()`` (stop in-flight work), hosts not yet started get
+    ``not_started(host)``, and in-flight hosts are waited for (``drain_timeout``); an error
+    while draining becomes ``on_drain_error(host, exc)`` (or is raised without one).
+    """
+    results: dict[str, R] = {}
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=max(1, min(width, len(hosts) or 1)), thread_name_prefix=name)
+    futs: dict[Future, Host] = {}
+    try:
+        for h in hosts:
+            futs[pool.submit(work, h)] = h
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for f in done:
+                results[futs[f].name] = f.result()
+    except KeyboardInterrupt:
+        interrupted = True
+        on_interrupt()
+        for f, h in futs.items():
+            if f.cancel():
+                results[h.name] = not_started(h)
+        for f, h in futs.items():
+            if h.name not in results:
+                try:
+                    results[h.name] = f.result(timeout=drain_timeout)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller's policy
+                    if on_drain_error is None:
+                        raise
+                    results[h.name] = on_drain_error(h, exc)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results, interrupted
