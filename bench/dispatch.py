@@ -128,7 +128,7 @@ def main() -> None:
                 times.append(one(trail))
                 added.append(spent[0])
             rows.append((f"dispatch to 1 agent, audit on, {label}: total", statistics.median(times)))
-            rows.append((f"  of which time in the audit (journal fsync + flush at exit)", statistics.median(added)))
+            rows.append(("  of which time in the audit (journal fsync + flush at exit)", statistics.median(added)))
         times, added = [], []
         for _ in range(a.repeat):
             spent[0] = 0.0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleet import dispatch as dx
-from fleet.beads import AlreadyClaimed, Beads, BeadsError
+from fleet.beads import AlreadyClaimed, Beads
 from fleet.inventory import load_inventory_text
 from fleet.results import FanoutOutcome
 from fleet.settings import Settings

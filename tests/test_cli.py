@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from fleet.inventory import load_inventory_text
 from fleet.kvlog import format_line, parse_line

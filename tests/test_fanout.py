@@ -8,12 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from fleet import FanoutOptions, FanoutOutcome, fanout_hosts, fanout_ssh, load_inventory, run_preflight_checks
 from fleet import PreflightStatus
 from fleet.kvlog import parse_line
-from fleet.selectors import select
 
 from conftest import ROOT, inv_cmd, write_inventory
 
