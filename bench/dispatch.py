@@ -86,7 +86,6 @@ def main() -> None:
         rows.append(("dispatch to 1 agent (no audit)", statistics.median(one() for _ in range(a.repeat))))
         rows.append((f"dispatch to {a.agents} agents (canary first, then the rest in parallel)",
                      statistics.median(many() for _ in range(a.repeat))))
-        st_direct = Settings(token_dir=st.token_dir, journal=st.journal, mode="canary")
 
         def all_at_once() -> float:
             import resource
@@ -98,7 +97,7 @@ def main() -> None:
         cpu: list = []
 
         def _all_at_once() -> float:
-            # mode enforced-free path: every agent at once via a route-free selector and no canary
+            # every agent at once: plan as canary mode would, then drop the canary
             from fleet.modes import make_plan
             plan = make_plan(inv, "dispatch", "@agents", "canary", {"task": "bench", "repo": "demo"})
             plan.canary = None
@@ -109,7 +108,6 @@ def main() -> None:
         rows.append((f"dispatch to {a.agents} agents all at once (no canary)",
                      statistics.median(all_at_once() for _ in range(a.repeat))))
         rows.append(("  fleet's own CPU seconds for that", statistics.median(cpu)))
-        del st_direct
         ok = FakeSlack()
         slow = FakeSlack()
         slow.mode, slow.delay = "slow", 10.0
