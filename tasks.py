@@ -45,6 +45,11 @@ def fleet_task(*args, **kwargs):
     return deco
 
 
+def _int_flag(flag: str, value, minimum: int = 0) -> int:
+    from fleet.settings import number
+    return number(flag, value, int, minimum)
+
+
 def _settings(c) -> Settings:
     return Settings.from_mapping(c.config.get("fleet") or {})
 
@@ -309,20 +314,24 @@ def token_revoke(c, token):
 # ------------------------------------------------------------------------ lab
 
 @fleet_task(help={"count": "Number of SSH hosts (default 3).", "dir": "Lab directory (default ./lab).",
-                  "agents": "Also start a real 'opencode serve' for the first M hosts (default 0)."})
-def lab_up(c, count=3, dir="lab", agents=0):
-    """Start a local lab of real sshd hosts (and OpenCode agents) on 127.0.0.1."""
+                  "agents": "Also start a real 'opencode serve' for the first M hosts (default 0).",
+                  "jump": "Add a jump host and reach every even host through it (ProxyJump)."})
+def lab_up(c, count=3, dir="lab", agents=0, jump=False):
+    """Start a local lab of real sshd hosts (and OpenCode agents) on loopback."""
     import time
 
     from fleet.lab import lab_up as up
 
     t0 = time.monotonic()
-    lab = up(int(count), dir, int(agents))
+    lab = up(_int_flag("--count", count), dir, _int_flag("--agents", agents), jump=bool(jump))
     n_agents = sum(1 for a in lab.agents if a.get("role") == "agent")
     print(f"lab up: {len(lab.hosts)} hosts, {n_agents} agents in {time.monotonic() - t0:.2f}s")
     rel = os.path.relpath(lab.inventory)
     shown = rel if not rel.startswith("..") else str(lab.inventory)
     print(f"inventory: {shown}")
+    rel_cfg = os.path.relpath(lab.ssh_config) if lab.ssh_config else ""
+    print(f"ssh_config: {rel_cfg if not rel_cfg.startswith('..') else lab.ssh_config} "
+          f"(plain OpenSSH: ssh -F {rel_cfg if not rel_cfg.startswith('..') else lab.ssh_config} lab01 true)")
     print(f"try: inv fanout --inventory {shown} --all true")
 
 

@@ -8,6 +8,8 @@ and never speaks SSH, and Ctrl-C that ends in-flight hosts as ABORTED and still 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import secrets
 import threading
@@ -23,10 +25,11 @@ from .errors import BadInput
 from .inventory import Host, Inventory
 from .kvlog import KVLog
 from .pool import run_bounded
-from .preflight import run_preflight_checks
+from .preflight import config_for, run_preflight_checks
 from .results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
 from .ssh import (Aborted, HostKeyStore, KeyCache, NonZeroExit, SSHFailure,
                   SSHSession)
+from .sshconfig import Hop, resolve_host
 
 OutputHook = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", line)
 ResultHook = Callable[[FanoutResult], None]
@@ -49,9 +52,14 @@ class FanoutOptions:
     collect: tuple[str, ...] = ()
     artifacts_dir: str | None = "artifacts"
     user_known_hosts: str | None = "~/.ssh/known_hosts"
+    ssh_config: str | None = "~/.ssh/config"
 
     def validate(self) -> "FanoutOptions":
         """Bad values are bad input, with the flag to fix."""
+        for flag, v in (("--connect-timeout", self.connect_timeout), ("--timeout", self.command_timeout),
+                        ("--retry-delay", self.retry_delay), ("--preflight-timeout", self.preflight_timeout)):
+            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v)):
+                raise BadInput(f"{flag} {v}: write a number of seconds")
         if self.concurrency < 1:
             raise BadInput(f"--concurrency {self.concurrency}: write a number of at least 1")
         if self.attempts < 1 or self.attempts > 10:
@@ -60,6 +68,8 @@ class FanoutOptions:
             raise BadInput(f"--connect-timeout {self.connect_timeout}: write a positive number of seconds")
         if self.command_timeout is not None and self.command_timeout < 0:
             raise BadInput(f"--timeout {self.command_timeout}: write a positive number of seconds (0 for none)")
+        if self.preflight_timeout <= 0:
+            raise BadInput(f"preflight timeout {self.preflight_timeout}: write a positive number of seconds")
         if self.retry_delay < 0:
             raise BadInput(f"--retry-delay {self.retry_delay}: write 0 or more seconds")
         for p in self.collect:
@@ -109,8 +119,8 @@ class FanoutRunner:
     def __init__(self, inventory: Inventory, command: str, options: FanoutOptions | None = None,
                  on_output: OutputHook | None = None, on_result: ResultHook | None = None,
                  log_stream=None, mode: str = "", run_id: str | None = None) -> None:
-        from fabric import Config
-
+        # paramiko logs handshake failures with tracebacks; fleet reports each failure itself, once.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.inventory = inventory
         self.command = command
         self.options = (options or FanoutOptions()).validate()
@@ -127,7 +137,8 @@ class FanoutRunner:
                                   accept_all=self.options.accept_new_host_keys,
                                   accept_hosts=set(self.options.accept_host_keys_for))
         self.keys = KeyCache()
-        self.fabric_config = Config()
+        self.ssh_config = config_for(inventory, self.options.ssh_config)
+        self._targets: dict[str, Hop] = {}
         self.dir: Path | None = None
         self._logfile = None
         if self.options.artifacts_dir:
@@ -153,7 +164,8 @@ class FanoutRunner:
         if self.dir is not None:
             for stream in ("stdout", "stderr"):
                 p = self.dir / f"{h}.{stream}"
-                p.write_text(getattr(r, stream), encoding="utf-8")
+                if not p.exists():  # remote output was streamed there byte-exact already
+                    p.write_text(getattr(r, stream), encoding="utf-8")
         if self.on_result:
             self.on_result(r)
         return r
@@ -164,13 +176,21 @@ class FanoutRunner:
         hook = self.on_output
         return lambda stream, line: hook(host, stream, line)
 
-    def _preflight(self, host: Host) -> PreflightResult:
-        pf = run_preflight_checks(host, timeout=self.options.preflight_timeout)
+    def target(self, host: Host) -> Hop:
+        """Where ``ssh host.name`` goes (ssh_config applied once per host per run)."""
+        t = self._targets.get(host.name)
+        if t is None:
+            t = self._targets[host.name] = resolve_host(host, self.ssh_config)
+        return t
+
+    def _preflight(self, host: Host, target: Hop | None) -> PreflightResult:
+        pf = run_preflight_checks(host, timeout=self.options.preflight_timeout, inventory=self.inventory,
+                                  target=target, ssh_config=self.ssh_config)
         if pf.ok:
-            self.log("preflight_ok", host=host.name, user=host.user, auth_mode=host.auth,
+            self.log("preflight_ok", host=host.name, user=pf.user, auth_mode=host.auth,
                      duration_ms=pf.duration_ms)
         else:
-            self.log("preflight_failed", host=host.name, user=host.user, auth_mode=host.auth,
+            self.log("preflight_failed", host=host.name, user=pf.user, auth_mode=host.auth,
                      check=pf.failed_check, error=pf.error_detail, duration_ms=pf.duration_ms)
         return pf
 
@@ -210,24 +230,47 @@ class FanoutRunner:
                                          "" if res.exited == 0 else "exit"))
 
     def run_host(self, host: Host, command: str | None = None) -> FanoutResult:
-        """Run the command on one host: preflight, then attempts under the retry policy."""
+        """Run the command on one host: preflight, then attempts under the retry policy.
+
+        Only failures before the command started are retried (connect, handshake, transport
+        errors before exec); a command that ran is repeated only with ``retry_on_exit``; an
+        authentication or host-key failure never. Anything unexpected ends this host as
+        FAILURE with the error and never touches the other hosts.
+        """
         cmd = self.command if command is None else command
         t0 = time.monotonic()
+        try:
+            return self._run_host(host, cmd, t0)
+        except Exception as exc:  # noqa: BLE001 - one host's bug must not end the run
+            return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, host.user, None, "", "", 0,
+                                             _ms(t0), f"unexpected error on {host.name}: {type(exc).__name__}: "
+                                             f"{exc}", "unexpected"))
+
+    def _run_host(self, host: Host, cmd: str, t0: float) -> FanoutResult:
         opts = self.options
         if self.abort.is_set():
             return self._finish(FanoutResult(host.name, FanoutOutcome.ABORTED, cmd, host.user,
                                              error="not started: the run was interrupted", error_kind="aborted"))
+        target = None
+        if host.auth != "local":
+            try:
+                target = self.target(host)
+            except BadInput as exc:
+                return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, host.user, attempts=0,
+                                                 duration_ms=_ms(t0), error=str(exc), error_kind="ssh_config"))
+        user = target.user if target is not None else host.user
         pf = None
         if opts.preflight:
-            pf = self._preflight(host)
+            pf = self._preflight(host, target)
             if not pf.ok:
                 return self._finish(FanoutResult(
-                    host.name, FanoutOutcome.PREFLIGHT_FAILED, cmd, host.user, attempts=0,
+                    host.name, FanoutOutcome.PREFLIGHT_FAILED, cmd, user, attempts=0,
                     duration_ms=_ms(t0), error=f"preflight {pf.failed_check}: {pf.error_detail}",
                     error_kind=f"preflight_{pf.failed_check}", preflight=pf))
         if host.auth == "local":
             r = self.run_local(host.name, cmd, host.user)
             return replace(r, preflight=pf)
+        assert target is not None
 
         attempts = 0
         last: dict = {}
@@ -241,44 +284,38 @@ class FanoutRunner:
 
         def before_sleep(state) -> None:
             exc = state.outcome.exception()
-            self.log("retry", host=host.name, user=host.user, command=cmd, attempt=state.attempt_number,
+            self.log("retry", host=host.name, user=user, command=cmd, attempt=state.attempt_number,
                      error=str(exc), next_in_s=f"{opts.retry_delay:g}")
 
         retrying = Retrying(stop=stop_after_attempt(opts.attempts), wait=wait_fixed(opts.retry_delay),
                             retry=retry_if_exception(is_retryable), reraise=True,
                             sleep=lambda s: self.abort.wait(s), before_sleep=before_sleep)
         address = pf.address if pf is not None and pf.address else None
+        prefix = self.dir / host.name if self.dir is not None else None
         try:
             for attempt in retrying:
                 with attempt:
                     if self.abort.is_set():
                         raise Aborted(host.name, "interrupted before this attempt started")
                     attempts += 1
-                    sess = SSHSession(host, self.store, self.keys, self.fabric_config,
-                                      opts.connect_timeout, address)
+                    sess = SSHSession(host, target, self.store, self.keys, opts.connect_timeout, address)
                     with self._lock:
                         self._sessions.add(sess)
                     try:
                         sess.connect()
-                        res = sess.run(cmd, opts.command_timeout or None, self.abort, self._emit(host.name))
-                        collected = self._collect(sess, host) if opts.collect else ()
-                        last.update(collected=collected)
+                        res = sess.run(cmd, opts.command_timeout or None, self.abort, self._emit(host.name),
+                                       prefix)
+                        if opts.collect:
+                            last.update(collected=self._collect(sess, host))
                         if res.exit_code != 0:
-                            raise NonZeroExit(host.name, res.exit_code, res.stdout, res.stderr)
+                            raise NonZeroExit(host.name, res.exit_code, res.stdout, res.stderr, res.signal)
                         last.update(res=res)
-                    except SSHFailure:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - never let one host crash the run
-                        if self.abort.is_set():
-                            raise Aborted(host.name, "interrupted (Ctrl-C)") from None
-                        raise SSHFailure(host.name, f"unexpected error on {host.name}: "
-                                         f"{type(exc).__name__}: {exc}") from None
                     finally:
                         sess.close()
                         with self._lock:
                             self._sessions.discard(sess)
         except NonZeroExit as exc:
-            return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, host.user, exc.code,
+            return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, user, exc.code,
                                              exc.stdout, exc.stderr, attempts, _ms(t0), str(exc), exc.kind,
                                              pf, last.get("collected", ())))
         except SSHFailure as exc:
@@ -289,16 +326,17 @@ class FanoutRunner:
             else:
                 outcome = FanoutOutcome.TIMEOUT if exc.timeout else FanoutOutcome.FAILURE
                 msg, kind = str(exc), exc.kind
-            return self._finish(FanoutResult(host.name, outcome, cmd, host.user, None, "", "", attempts,
-                                             _ms(t0), msg, kind, pf))
+            return self._finish(FanoutResult(host.name, outcome, cmd, user, None, exc.stdout, exc.stderr,
+                                             attempts, _ms(t0), msg, kind, pf))
         except RetryError as exc:  # pragma: no cover - reraise=True makes this unreachable
-            return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, host.user, None, "", "",
+            return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, user, None, "", "",
                                              attempts, _ms(t0), str(exc), "retry", pf))
         res = last["res"]
-        return self._finish(FanoutResult(host.name, FanoutOutcome.SUCCESS, cmd, host.user, 0, res.stdout,
+        return self._finish(FanoutResult(host.name, FanoutOutcome.SUCCESS, cmd, user, 0, res.stdout,
                                          res.stderr, attempts, _ms(t0), "", "", pf, last.get("collected", ())))
 
     def _collect(self, sess: SSHSession, host: Host) -> tuple[str, ...]:
+        """Fetch the --collect files. A failure is logged and reported, never retried."""
         if self.dir is None:
             return ()
         out = []
@@ -309,8 +347,10 @@ class FanoutRunner:
             try:
                 sess.get(remote, str(local))
                 out.append(str(local))
-            except (OSError, IOError) as exc:
-                self.log("collect_failed", host=host.name, path=remote, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - no sftp, no file, lost link: all just "not collected"
+                self.log("collect_failed", host=host.name, path=remote, error=f"{type(exc).__name__}: {exc}")
+                with self._lock:
+                    self.run.notes.append(f"{host.name}: could not collect {remote}: {exc or type(exc).__name__}")
         return tuple(out)
 
     # ------------------------------------------------------------------ many hosts
@@ -354,7 +394,8 @@ class FanoutRunner:
         with self._lock:
             sessions = list(self._sessions)
         for s in sessions:
-            s.close()
+            if not s.running:  # a running command is killed by its own worker, then closed
+                s.close()
 
     def finish(self) -> FanoutRun:
         """Write ``summary.json`` and close the log; return the whole run."""

@@ -26,7 +26,9 @@ HOST_KEYS = ("user", "address", "port", "auth", "aliases", "tags", "identity_fil
              "opencode", "repos")
 DEFAULTS_KEYS = tuple(k for k in HOST_KEYS if k not in ("aliases", "address"))
 TOP_KEYS = ("hosts", "default_host", "canary", "groups", "routes", "slack", "known_hosts",
-            "defaults")
+            "ssh_config", "defaults")
+# Fields whose inventory value wins over ssh_config only when the inventory states them.
+SSH_FIELDS = ("address", "port", "user", "identity_file")
 OPENCODE_KEYS = ("url", "username", "password_env", "password_file")
 REPOS_KEYS = ("root", "paths")
 SLACK_KEYS = ("channel", "base_url", "token_env")
@@ -63,6 +65,12 @@ class Host:
     opencode: OpenCodeEndpoint | None = None
     repos_root: str | None = None
     repos: Mapping[str, str] = field(default_factory=dict)
+    # Which of SSH_FIELDS the inventory stated (host or defaults); None: all (a Host built in Python).
+    explicit: frozenset[str] | None = field(default=None, compare=False)
+
+    def is_explicit(self, name: str) -> bool:
+        """True when the inventory said ``name`` itself (so it wins over ssh_config)."""
+        return self.explicit is None or name in self.explicit
 
     def repo_path(self, repo: str) -> str | None:
         """The working-copy path of ``repo`` on this host, or None if the inventory has none."""
@@ -99,6 +107,7 @@ class Inventory:
     routes: Mapping[str, str] = field(default_factory=dict)
     slack: SlackSettings | None = None
     known_hosts: str | None = None
+    ssh_config: str | None = None
 
     def host(self, name: str) -> Host:
         """The host called ``name`` (canonical name or alias)."""
@@ -450,6 +459,7 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
             opencode=oc,
             repos_root=repos.get("root"),
             repos=dict(repos.get("paths", {})),
+            explicit=frozenset(k for k in SSH_FIELDS if k in m),
         ))
     index = {k: v[0] for k, v in owner.items()}
 
@@ -482,6 +492,8 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
             extra[key] = ref(sections[key][1], key)
     if "known_hosts" in sections:
         extra["known_hosts"] = ld.local_path(sections["known_hosts"][1], "known_hosts")
+    if "ssh_config" in sections:
+        extra["ssh_config"] = ld.local_path(sections["ssh_config"][1], "ssh_config")
     if "slack" in sections:
         sn = sections["slack"][1]
         if isinstance(sn, yaml.ScalarNode):

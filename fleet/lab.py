@@ -1,10 +1,17 @@
-"""A local lab of real SSH hosts on loopback, for the demo, the tests and the benchmarks.
+"""A local lab of real SSH hosts on loopback that looks like the world, for the demo, the tests
+and the benchmarks.
 
-``lab_up`` starts real OpenSSH ``sshd`` processes on 127.0.0.1 with generated ed25519 host
-and client keys, their own ``sshd_config`` (key auth only), free ports, a known_hosts file
-and a ready-to-use ``inventory.yaml``. One ``sshd`` serves up to 16 ports (its
-``ListenAddress`` limit), so 100 hosts are 7 processes. Nothing here touches the system's
-sshd or ``~/.ssh``. ``lab_down`` stops exactly the processes ``lab_up`` started, by pid file.
+``lab_up`` starts real OpenSSH ``sshd`` processes with generated ed25519 host and client keys,
+their own ``sshd_config`` (key auth only) and free ports. Every host has its own loopback
+address (127.77.x.y), and ``lab01`` is addressed by name (``localhost``), with its known_hosts
+line under that name. It writes a ``known_hosts``, an OpenSSH ``ssh_config`` whose ``Host``
+entries are the inventory's names (so ``ssh -F lab/ssh_config lab01 true`` works with plain
+OpenSSH), and an ``inventory.yaml`` that says only names, tags and repos: where each host is
+and who logs in comes from that ssh_config, as on a real user's machine. ``jump=True`` adds a
+jump host and puts every even host behind it with ``ProxyJump``. When the lab runs as root it
+also lets a throwaway non-root user (``fleet-lab``) log in. One ``sshd`` serves up to 16
+addresses (its ``ListenAddress`` limit), so 100 hosts are 7 processes. Nothing here touches the
+system's sshd or ``~/.ssh``. ``lab_down`` stops exactly the processes ``lab_up`` started.
 """
 from __future__ import annotations
 
@@ -23,6 +30,9 @@ from .errors import BadInput, FleetError
 
 PORTS_PER_SSHD = 16  # OpenSSH refuses more than 16 ListenAddress lines
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
+MARKER = ".fleet-lab"   # a directory holding this was made by lab_up and may be reused
+OTHER_USER = "fleet-lab"  # the throwaway non-root login made when the lab runs as root
+JUMP_ADDRESS = "127.77.250.1"
 
 
 class LabError(FleetError):
@@ -33,11 +43,14 @@ class LabError(FleetError):
 
 @dataclass
 class LabHost:
-    """One lab host: its name and the loopback port its sshd listens on."""
+    """One lab host: its name, where its sshd listens, and how the inventory addresses it."""
 
     name: str
     port: int
     repos_root: str
+    address: str = "127.0.0.1"   # what the inventory / ssh_config call it (a name or an IP)
+    listen: str = "127.0.0.1"    # the loopback IP sshd binds
+    jump: str | None = None      # the ProxyJump host in ssh_config, if any
 
 
 @dataclass
@@ -52,6 +65,9 @@ class Lab:
     inventory: Path
     sshd_pids: list[int] = field(default_factory=list)
     agents: list[dict] = field(default_factory=list)
+    ssh_config: Path | None = None
+    jump: LabHost | None = None
+    other_user: str | None = None  # a non-root login the lab accepts (None when not run as root)
 
 
 def find_sshd() -> str:
@@ -66,13 +82,18 @@ def find_sshd() -> str:
                    "(Debian/Ubuntu) or 'make test', which installs it")
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (all held open at once so none repeats)."""
+def host_address(i: int) -> str:
+    """The loopback address of the i-th lab host (1-based): one address per host."""
+    return f"127.77.{i // 200}.{i % 200 + 10}"
+
+
+def free_ports(n: int, addresses: list[str] | None = None) -> list[int]:
+    """``n`` distinct free TCP ports (on ``addresses[i]``, default 127.0.0.1), held at once so none repeats."""
     socks = []
     try:
-        for _ in range(n):
+        for i in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            s.bind((addresses[i] if addresses else "127.0.0.1", 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -85,13 +106,20 @@ def _keygen(path: Path, comment: str) -> None:
                    check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
-def _sshd_config(d: Path, lab_dir: Path, ports: list[int], user: str, max_startups: int) -> str:
-    listen = "\n".join(f"ListenAddress 127.0.0.1:{p}" for p in ports)
+def _sshd_config(d: Path, lab_dir: Path, listens: list[tuple[str, int]], users: list[str], max_startups: int,
+                 forwarding: bool = False) -> str:
+    listen = "\n".join(f"ListenAddress {a}:{p}" for a, p in listens)
+    user = " ".join(users)
+    # Another user cannot read the lab's 0700 directory, so when sshd runs as root the keys
+    # also come from a command run as root (sshd reads AuthorizedKeysFile as the target user).
+    keys_cmd = (f"AuthorizedKeysCommand /bin/cat {lab_dir / 'authorized_keys'}\nAuthorizedKeysCommandUser root\n"
+                if os.geteuid() == 0 and len(users) > 1 else "")
     return f"""# generated by fleet lab: a private sshd on loopback, key auth only
 {listen}
 HostKey {d / 'host_ed25519'}
 PidFile {d / 'sshd.pid'}
 AuthorizedKeysFile {lab_dir / 'authorized_keys'}
+{keys_cmd}AllowTcpForwarding {'yes' if forwarding else 'no'}
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -113,16 +141,16 @@ Subsystem sftp internal-sftp
 """
 
 
-def _wait_listening(ports: list[int], deadline: float) -> list[int]:
-    pending = list(ports)
+def _wait_listening(listens: list[tuple[str, int]], deadline: float) -> list[tuple[str, int]]:
+    pending = list(listens)
     while pending and time.monotonic() < deadline:
         still = []
-        for p in pending:
+        for a, p in pending:
             try:
-                with socket.create_connection(("127.0.0.1", p), timeout=0.2):
+                with socket.create_connection((a, p), timeout=0.2):
                     pass
             except OSError:
-                still.append(p)
+                still.append((a, p))
         pending = still
         if pending:
             time.sleep(0.02)
@@ -178,25 +206,65 @@ def state_file(lab_dir: Path) -> Path:
     return lab_dir / "lab.json"
 
 
+def ensure_other_user() -> str | None:
+    """When running as root: a throwaway non-root login for the lab (made once). Else None."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+    try:
+        pwd.getpwnam(OTHER_USER)
+        return OTHER_USER
+    except KeyError:
+        pass
+    # '*' (not '!') as the password: no password login, yet not "locked" for sshd's pubkey auth.
+    p = subprocess.run(["useradd", "-m", "-p", "*", "-s", "/bin/sh", OTHER_USER], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise LabError(f"could not create the lab's non-root user {OTHER_USER}: {p.stderr.strip()}")
+    return OTHER_USER
+
+
+def _check_lab_dir(lab_dir: Path, directory: str | os.PathLike[str]) -> None:
+    """Refuse a directory that holds anything and is not a lab this module made."""
+    if not lab_dir.exists():
+        return
+    if not lab_dir.is_dir():
+        raise BadInput(f"--dir {directory}: {lab_dir} is a file, not a directory: pick another --dir")
+    if (lab_dir / MARKER).exists() or not any(lab_dir.iterdir()):
+        return
+    raise BadInput(f"--dir {directory}: {lab_dir} is not empty and is not a fleet lab (no {MARKER} in it); "
+                   f"nothing was changed. Pick a new or empty directory, e.g. --dir lab")
+
+
 def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: int = 0,
-           timeout: float = 20.0) -> Lab:
-    """Start ``count`` SSH hosts (and ``agents`` OpenCode servers) on loopback under ``directory``."""
-    if count < 1 or count > 1000:
+           timeout: float = 20.0, jump: bool = False) -> Lab:
+    """Start ``count`` SSH hosts (and ``agents`` OpenCode servers) on loopback under ``directory``.
+
+    ``jump``: add a jump host ``jump`` and reach every even host through it (ProxyJump).
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1 or count > 1000:
         raise BadInput(f"--count {count} is out of range: write a number from 1 to 1000")
-    if agents < 0 or agents > count:
+    if isinstance(agents, bool) or not isinstance(agents, int) or agents < 0 or agents > count:
         raise BadInput(f"--agents {agents} is out of range: write a number from 0 to --count ({count})")
     lab_dir = Path(directory).resolve()
+    _check_lab_dir(lab_dir, directory)
     if state_file(lab_dir).exists():
-        st = json.loads(state_file(lab_dir).read_text())
+        try:
+            st = json.loads(state_file(lab_dir).read_text())
+        except ValueError:
+            st = {}
         if any(_pid_alive(p) for p in st.get("pids", [])):
             raise LabError(f"a lab is already running in {lab_dir}: run 'inv lab.down --dir {directory}' first")
     sshd = find_sshd()
     user = getpass.getuser()
+    other = ensure_other_user()
+    users = [user] + ([other] if other else [])
     if lab_dir.exists():
         for child in ("sshd", "hosts", "agents"):
             shutil.rmtree(lab_dir / child, ignore_errors=True)
     lab_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(lab_dir, 0o700)
+    (lab_dir / MARKER).write_text("made by fleet lab.up; lab.up may reuse this directory\n")
     key = lab_dir / "client_ed25519"
     for p in (key, key.with_suffix(".pub")):
         p.unlink(missing_ok=True)
@@ -207,29 +275,45 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
         # sshd's privilege separation needs this directory when it runs as root.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
 
-    ports = free_ports(count)
-    groups = [ports[i:i + PORTS_PER_SSHD] for i in range(0, count, PORTS_PER_SSHD)]
-    known_lines: list[str] = []
-    pids: list[int] = []
+    listen_ips = ["127.0.0.1"] + [host_address(i) for i in range(2, count + 1)]
+    ports = free_ports(count, listen_ips)
+    hosts = []
+    for i, (ip, port) in enumerate(zip(listen_ips, ports), start=1):
+        name = f"lab{i:02d}"
+        root = lab_dir / "hosts" / name / "repos"
+        hosts.append(LabHost(name=name, port=port, repos_root=str(root),
+                             address="localhost" if i == 1 else ip, listen=ip,
+                             jump="jump" if jump and i % 2 == 0 else None))
     lab = Lab(dir=lab_dir, user=user, hosts=[], key=key, known_hosts=lab_dir / "known_hosts",
-              inventory=lab_dir / "inventory.yaml", sshd_pids=pids)
+              inventory=lab_dir / "inventory.yaml", sshd_pids=[], ssh_config=lab_dir / "ssh_config",
+              other_user=other)
+    groups: list[tuple[str, list[LabHost], bool]] = [
+        (f"{gi:02d}", hosts[i:i + PORTS_PER_SSHD], False) for gi, i in enumerate(range(0, count, PORTS_PER_SSHD))]
+    if jump:
+        jport = free_ports(1, [JUMP_ADDRESS])[0]
+        lab.jump = LabHost(name="jump", port=jport, repos_root=str(lab_dir / "hosts" / "jump" / "repos"),
+                           address=JUMP_ADDRESS, listen=JUMP_ADDRESS)
+        groups.append(("jump", [lab.jump], True))
+    known_lines: list[str] = []
+    pids = lab.sshd_pids
     try:
-        started: list[tuple[Path, list[int]]] = []
-        for gi, gports in enumerate(groups):
-            d = lab_dir / "sshd" / f"{gi:02d}"
+        started: list[Path] = []
+        for gname, ghosts, forwarding in groups:
+            d = lab_dir / "sshd" / gname
             d.mkdir(parents=True, exist_ok=True)
-            _keygen(d / "host_ed25519", f"fleet-lab-host-{gi:02d}")
+            _keygen(d / "host_ed25519", f"fleet-lab-host-{gname}")
             pub = (d / "host_ed25519.pub").read_text().split()
-            for p in gports:
-                known_lines.append(f"[127.0.0.1]:{p} {pub[0]} {pub[1]}")
+            for h in ghosts:
+                known_lines.append(f"[{h.address}]:{h.port} {pub[0]} {pub[1]}")
             cfg = d / "sshd_config"
-            cfg.write_text(_sshd_config(d, lab_dir, gports, user, max(64, count + 16)))
+            cfg.write_text(_sshd_config(d, lab_dir, [(h.listen, h.port) for h in ghosts], users,
+                                        max(64, count + 16), forwarding))
             subprocess.run([sshd, "-f", str(cfg), "-E", str(d / "sshd.log")], check=True,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            timeout=timeout)
-            started.append((d, gports))
+            started.append(d)
         deadline = time.monotonic() + timeout
-        for d, _ in started:
+        for d in started:
             pidf = d / "sshd.pid"
             pid = None
             while pid is None and time.monotonic() < deadline:
@@ -240,10 +324,10 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
             if pid is not None:
                 pids.append(pid)
         _write_state(lab)
-        missing = _wait_listening(ports, deadline)
+        missing = _wait_listening([(h.listen, h.port) for _, g, _ in groups for h in g], deadline)
         if missing:
-            logs = " ".join(str(d / "sshd.log") for d, _ in started)
-            raise LabError(f"lab sshd did not start listening on ports {missing[:5]}: see {logs}")
+            logs = " ".join(str(d / "sshd.log") for d in started)
+            raise LabError(f"lab sshd did not start listening on {missing[:5]}: see {logs}")
     except subprocess.CalledProcessError as exc:
         lab_down(lab_dir)
         err = (exc.stderr or b"").decode(errors="replace").strip()
@@ -253,11 +337,10 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
         raise
 
     (lab_dir / "known_hosts").write_text("\n".join(known_lines) + "\n")
-    for i, p in enumerate(ports, start=1):
-        name = f"lab{i:02d}"
-        root = lab_dir / "hosts" / name / "repos"
-        root.mkdir(parents=True, exist_ok=True)
-        lab.hosts.append(LabHost(name=name, port=p, repos_root=str(root)))
+    for h in hosts:
+        Path(h.repos_root).mkdir(parents=True, exist_ok=True)
+        lab.hosts.append(h)
+    write_ssh_config(lab)
     if agents:
         from .labagent import start_agents
         try:
@@ -274,26 +357,42 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
 def _write_state(lab: Lab) -> None:
     pids = list(lab.sshd_pids) + [a["pid"] for a in lab.agents if a.get("pid")]
     state = {"pids": pids, "sshd_pids": lab.sshd_pids, "agents": lab.agents,
-             "hosts": [{"name": h.name, "port": h.port} for h in lab.hosts], "user": lab.user}
+             "hosts": [{"name": h.name, "port": h.port, "address": h.address} for h in lab.hosts],
+             "user": lab.user}
     tmp = state_file(lab.dir).with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, state_file(lab.dir))
 
 
+def write_ssh_config(lab: Lab) -> Path:
+    """``<dir>/ssh_config``: one OpenSSH ``Host`` entry per inventory name (``ssh -F`` it)."""
+    assert lab.ssh_config is not None
+    out = ["# Generated by 'inv lab.up'. Plain OpenSSH reads it too: ssh -F lab/ssh_config lab01 true", ""]
+    for h in lab.hosts + ([lab.jump] if lab.jump else []):
+        out += [f"Host {h.name}", f"  HostName {h.address}", f"  Port {h.port}", f"  User {lab.user}",
+                f"  IdentityFile {lab.key}", "  IdentitiesOnly yes", f"  UserKnownHostsFile {lab.known_hosts}",
+                "  GlobalKnownHostsFile /dev/null", "  StrictHostKeyChecking yes", "  BatchMode yes"]
+        if h.jump:
+            out.append(f"  ProxyJump {h.jump}")
+        out.append("")
+    lab.ssh_config.write_text("\n".join(out))
+    return lab.ssh_config
+
+
 def write_inventory(lab: Lab) -> Path:
-    """Write ``<dir>/inventory.yaml`` for the lab, with groups and tags to try selectors on."""
+    """Write ``<dir>/inventory.yaml``: names, tags, groups and repos; the rest comes from ssh_config."""
     n = len(lab.hosts)
     lines = [
-        "# Generated by 'inv lab.up': a lab of real sshd processes on 127.0.0.1.",
+        "# Generated by 'inv lab.up': real sshd processes on loopback. Where each host is and who",
+        "# logs in comes from ssh_config (as for 'ssh lab01'); known_hosts is the lab's own.",
         "# Try: inv fanout --inventory lab/inventory.yaml --all true",
         "#      inv fanout --inventory lab/inventory.yaml --hosts '@odd,!lab01' hostname",
         "known_hosts: known_hosts",
+        "ssh_config: ssh_config",
         "default_host: lab01",
         "canary: lab01",
         "defaults:",
-        f"  user: {lab.user}",
         "  auth: ssh-key",
-        "  identity_file: client_ed25519",
         "  tags: [lab]",
         "groups:",
         "  odd: [" + ", ".join(h.name for i, h in enumerate(lab.hosts) if i % 2 == 0) + "]",
@@ -309,14 +408,15 @@ def write_inventory(lab: Lab) -> Path:
     for i, h in enumerate(lab.hosts):
         rack = "rack-a" if i < (n + 1) // 2 else "rack-b"
         lines.append(f"  {h.name}:")
-        lines.append("    address: 127.0.0.1")
-        lines.append(f"    port: {h.port}")
         lines.append(f"    aliases: [l{i + 1}]")
-        lines.append(f"    tags: [{rack}]")
+        lines.append(f"    tags: [{rack}" + (", behind-jump" if h.jump else "") + "]")
         lines.append(f"    repos: {{root: {h.repos_root}}}")
         if h.name in agents:
             a = agents[h.name]
             lines.append(f"    opencode: {{url: '{a['url']}', password_file: {a['password_file']}}}")
+    if lab.jump:
+        lines.append("  jump:")
+        lines.append("    tags: [jump]")
     if agent_hosts:
         lines.append("routes:")
         lines.append("  dispatch: '@agents'")

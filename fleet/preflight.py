@@ -1,5 +1,8 @@
 """Preflight: is each host usable? Canonical mapping, DNS, TCP to the SSH port, auth available.
 
+Hosts are resolved through ssh_config first, as ``ssh NAME`` would; behind a ProxyJump the
+network checks go to the first hop, which is where this machine's TCP connection goes.
+
 Each check has its own timeout. A failure names the check and says what a person can do.
 ``local`` hosts skip the network checks.
 """
@@ -13,15 +16,30 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable
+import threading
+from typing import TYPE_CHECKING, Callable
 
+from .errors import BadInput
 from .inventory import Host, Inventory
 from .results import CheckResult, PreflightResult, PreflightStatus
+from .sshconfig import DEFAULT_IDENTITIES, Hop, load_ssh_config, resolve_host
 
-DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+if TYPE_CHECKING:  # pragma: no cover
+    import paramiko
 
-# getaddrinfo cannot be given a timeout, so lookups run on a small shared pool.
-_dns_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-dns")
+DEFAULT_KEYS = DEFAULT_IDENTITIES
+
+# getaddrinfo cannot be given a timeout, so lookups run on a small shared pool (made on first use).
+_dns_pool: ThreadPoolExecutor | None = None
+_dns_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _dns_pool
+    with _dns_lock:
+        if _dns_pool is None:
+            _dns_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-dns")
+        return _dns_pool
 
 
 def _ms(t0: float) -> int:
@@ -31,45 +49,64 @@ def _ms(t0: float) -> int:
 def _check_mapping(host: Host) -> tuple[bool, str]:
     if host.auth == "local":
         return True, ""
-    if not host.user:
-        return False, (f"host {host.name} has no user: add 'user: NAME' under it (or under defaults) "
-                       f"in the inventory")
+    if host.user is not None and not host.user:
+        return False, (f"host {host.name} has an empty user: write 'user: NAME' under it (or under defaults) "
+                       f"in the inventory, or a User line for it in ssh_config")
     return True, ""
 
 
-def _check_dns(host: Host, timeout: float) -> tuple[bool, str, str | None]:
-    fut = _dns_pool.submit(socket.getaddrinfo, host.address, host.port, type=socket.SOCK_STREAM)
+def _check_dns(hop: Hop, timeout: float, hint_tailscale: bool) -> tuple[bool, str, list[str]]:
+    fut = _pool().submit(socket.getaddrinfo, hop.hostname, hop.port, type=socket.SOCK_STREAM)
     try:
         infos = fut.result(timeout=timeout)
     except FutureTimeout:
-        return False, (f"DNS lookup of {host.address} took longer than {timeout:g}s: check your "
-                       f"resolver (and 'tailscale status' if it is a tailnet name)"), None
+        return False, (f"DNS lookup of {hop.hostname} took longer than {timeout:g}s: check your "
+                       f"resolver (and 'tailscale status' if it is a tailnet name)"), []
     except socket.gaierror as exc:
-        hint = "is the name spelled right, and is Tailscale (MagicDNS) up?" if host.auth == "tailscale" \
-            else "is the name spelled right? set 'address:' to its DNS name or IP"
-        return False, f"cannot resolve {host.address}: {exc.strerror}; {hint}", None
-    if not infos:
-        return False, f"{host.address} resolves to no address", None
-    return True, "", infos[0][4][0]
+        hint = "is the name spelled right, and is Tailscale (MagicDNS) up?" if hint_tailscale \
+            else "is the name spelled right? set 'address:' (or HostName in ssh_config) to its DNS name or IP"
+        return False, f"cannot resolve {hop.hostname}: {exc.strerror}; {hint}", []
+    addrs: list[str] = []
+    for info in infos:
+        if info[4][0] not in addrs:
+            addrs.append(info[4][0])
+    if not addrs:
+        return False, f"{hop.hostname} resolves to no address", []
+    return True, "", addrs
 
 
-def _check_tcp(host: Host, ip: str, timeout: float) -> tuple[bool, str]:
-    try:
-        with socket.create_connection((ip, host.port), timeout=timeout):
-            return True, ""
-    except (socket.timeout, TimeoutError):
-        return False, (f"TCP connect to {host.address}:{host.port} timed out after {timeout:g}s: "
-                       f"is the machine on, and is the port right?")
-    except ConnectionRefusedError:
-        return False, (f"{host.address}:{host.port} refused the connection: is sshd running there, "
-                       f"and is 'port:' right?")
-    except OSError as exc:
-        return False, f"cannot reach {host.address}:{host.port}: {exc.strerror or exc}"
+def _check_tcp(hop: Hop, addrs: list[str], timeout: float, label: str) -> tuple[bool, str, str | None]:
+    """TCP to the first hop, trying every address the name has (as ssh does). Returns the one that answered."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    for ip in addrs:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection((ip, hop.port), timeout=left):
+                return True, "", ip
+        except (socket.timeout, TimeoutError):
+            last = (f"TCP connect to {label} {hop.hostname}:{hop.port} timed out after {timeout:g}s: "
+                    f"is the machine on, and is the port right?")
+        except ConnectionRefusedError:
+            last = (f"{label} {hop.hostname}:{hop.port} refused the connection: is sshd running there, "
+                    f"and is the port right?")
+        except OSError as exc:
+            last = f"cannot reach {label} {hop.hostname}:{hop.port}: {exc.strerror or exc}"
+    return False, last or f"TCP connect to {hop.hostname}:{hop.port} timed out after {timeout:g}s", None
 
 
-def _check_auth(host: Host, timeout: float) -> tuple[bool, str]:
+def _check_auth(host: Host, target: Hop | None, timeout: float) -> tuple[bool, str]:
     if host.auth == "ssh-key":
-        paths = [host.identity_file] if host.identity_file else [os.path.expanduser(p) for p in DEFAULT_KEYS]
+        if target is not None and target.identities:
+            paths = list(target.identities) + ([] if target.identities_only else
+                                               [os.path.expanduser(p) for p in DEFAULT_KEYS])
+        else:
+            paths = [host.identity_file] if host.identity_file else [os.path.expanduser(p) for p in DEFAULT_KEYS]
+        if target is not None and not target.identities_only and os.environ.get("SSH_AUTH_SOCK") \
+                and not any(os.path.isfile(p) for p in paths):
+            return True, ""  # no key file, but ssh would still offer the agent's keys
         for p in paths:
             if p and os.path.isfile(p) and os.access(p, os.R_OK):
                 try:
@@ -80,6 +117,10 @@ def _check_auth(host: Host, timeout: float) -> tuple[bool, str]:
                     return False, (f"key file {p} is readable by others: run 'chmod 600 {p}' "
                                    f"(ssh refuses such keys)")
                 return True, ""
+        if target is not None and target.identities:
+            return False, (f"key file {target.identities[0]} does not exist or is not readable: fix "
+                           f"'identity_file' for {host.name} (or IdentityFile in ssh_config) or create the "
+                           f"key with ssh-keygen")
         if host.identity_file:
             return False, (f"key file {host.identity_file} does not exist or is not readable: fix "
                            f"'identity_file' for {host.name} or create the key with ssh-keygen")
@@ -111,8 +152,14 @@ def _check_auth(host: Host, timeout: float) -> tuple[bool, str]:
     return True, ""
 
 
-def run_preflight_checks(host: Host | str, timeout: float = 5.0, inventory: Inventory | None = None) -> PreflightResult:
-    """Run every preflight check on one host (a :class:`Host` or a name in ``inventory``)."""
+def run_preflight_checks(host: Host | str, timeout: float = 5.0, inventory: Inventory | None = None,
+                         target: Hop | None = None, ssh_config: "paramiko.SSHConfig | str | None" = None) -> PreflightResult:
+    """Run every preflight check on one host (a :class:`Host` or a name in ``inventory``).
+
+    The host is resolved through ssh_config as ``ssh NAME`` would (``target``, or resolved
+    here from ``ssh_config``: a loaded config or a path, default the inventory's or
+    ``~/.ssh/config``). DNS and TCP go to the first hop: the jump host when there is one.
+    """
     if isinstance(host, str):
         if inventory is None:
             from .api import default_inventory
@@ -121,9 +168,18 @@ def run_preflight_checks(host: Host | str, timeout: float = 5.0, inventory: Inve
     t_all = time.monotonic()
     checks: list[CheckResult] = []
     address = None
+    if target is None and host.auth != "local":
+        try:
+            target = resolve_host(host, config_for(inventory, ssh_config))
+        except BadInput as exc:
+            checks.append(CheckResult("mapping", False, _ms(t_all), str(exc)))
+            return PreflightResult(host=host.name, user=host.user, auth_mode=host.auth, status=PreflightStatus.FAILED,
+                                   checks=tuple(checks), error_detail=str(exc), failed_check="mapping",
+                                   duration_ms=_ms(t_all))
+    user = target.user if target is not None else host.user
 
     def done(status: PreflightStatus, name: str = "", detail: str = "") -> PreflightResult:
-        return PreflightResult(host=host.name, user=host.user, auth_mode=host.auth, status=status,
+        return PreflightResult(host=host.name, user=user, auth_mode=host.auth, status=status,
                                checks=tuple(checks), error_detail=detail, failed_check=name,
                                duration_ms=_ms(t_all), address=address)
 
@@ -132,31 +188,46 @@ def run_preflight_checks(host: Host | str, timeout: float = 5.0, inventory: Inve
     checks.append(CheckResult("mapping", ok, _ms(t), why))
     if not ok:
         return done(PreflightStatus.FAILED, "mapping", why)
-    if host.auth != "local":
+    if target is not None and not target.first.proxy_command:
+        first = target.first
+        label = f"jump host {first.name}" if first is not target else host.name
         t = time.monotonic()
-        ok, why, address = _check_dns(host, timeout)
-        checks.append(CheckResult("dns", ok, _ms(t), why))
+        ok, why, addrs = _check_dns(first, timeout, host.auth == "tailscale")
+        checks.append(CheckResult("dns", ok, _ms(t), why if first is target or ok else f"{label}: {why}"))
         if not ok:
-            return done(PreflightStatus.FAILED, "dns", why)
+            return done(PreflightStatus.FAILED, "dns", why if first is target else f"{label}: {why}")
         t = time.monotonic()
-        ok, why = _check_tcp(host, address or host.address, timeout)
+        ok, why, ip = _check_tcp(first, addrs, timeout, label)
         checks.append(CheckResult("tcp", ok, _ms(t), why))
         if not ok:
             return done(PreflightStatus.FAILED, "tcp", why)
+        address = ip
     t = time.monotonic()
-    ok, why = _check_auth(host, timeout)
+    ok, why = _check_auth(host, target, timeout)
     checks.append(CheckResult("auth", ok, _ms(t), why))
     if not ok:
         return done(PreflightStatus.FAILED, "auth", why)
     return done(PreflightStatus.OK)
 
 
+def config_for(inventory: Inventory | None, ssh_config: "paramiko.SSHConfig | str | None") -> "paramiko.SSHConfig":
+    """The ssh_config to apply: a loaded one as is; else the inventory's file, the given path,
+    or ``~/.ssh/config`` (with the system file)."""
+    if ssh_config is not None and not isinstance(ssh_config, str):
+        return ssh_config
+    path = (inventory.ssh_config if inventory is not None and inventory.ssh_config else None) or ssh_config
+    return load_ssh_config(path)
+
+
 def preflight_many(hosts: list[Host], timeout: float = 5.0, concurrency: int = 64,
-                   on_result: Callable[[PreflightResult], None] | None = None) -> list[PreflightResult]:
+                   on_result: Callable[[PreflightResult], None] | None = None,
+                   inventory: Inventory | None = None,
+                   ssh_config: "paramiko.SSHConfig | str | None" = None) -> list[PreflightResult]:
     """Preflight ``hosts`` concurrently; results in the order of ``hosts``."""
+    cfg = config_for(inventory, ssh_config)
     results: dict[str, PreflightResult] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts)))) as pool:
-        futs = {pool.submit(run_preflight_checks, h, timeout): h for h in hosts}
+        futs = {pool.submit(run_preflight_checks, h, timeout, inventory, None, cfg): h for h in hosts}
         for f in futs:
             r = f.result()
             results[r.host] = r

@@ -72,3 +72,24 @@ class Settings:
 
 
 DEFAULTS = Settings()
+
+
+def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0, positive: bool = False) -> Any:
+    """A number flag or setting, checked: non-numeric, NaN, infinite, negative (below ``minimum``)
+    or zero when ``positive`` is bad input naming ``flag``."""
+    import math
+
+    what = "a whole number" if kind is int else "a number"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        v = kind(value) if kind is float else int(str(value).strip())
+    except (TypeError, ValueError):
+        raise BadInput(f"{flag} {value!r}: write {what}" + (f" of at least {minimum:g}" if minimum is not None else "")) from None
+    if kind is float and (math.isnan(v) or math.isinf(v)):
+        raise BadInput(f"{flag} {value!r}: write {what} of seconds, not {value}")
+    if positive and v <= 0:
+        raise BadInput(f"{flag} {value!r}: write {what} greater than 0")
+    if minimum is not None and v < minimum:
+        raise BadInput(f"{flag} {value!r}: write {what} of at least {minimum:g}")
+    return v

@@ -1,8 +1,16 @@
-"""The SSH transport: Fabric ``Connection``s with fleet's host-key policy, timeouts and exec loop.
+"""The SSH transport: Fabric ``Connection``s that behave as ``ssh NAME`` does.
 
-Costly things happen once per run, not per host (the classic cause of slow fanout):
-known_hosts files are parsed once into a shared :class:`HostKeyStore`, private keys are
-loaded once, and one Fabric ``Config`` (which reads ``~/.ssh/config``) is shared.
+- Where to go comes from :mod:`fleet.sshconfig` (ssh_config applied to the inventory name,
+  ProxyJump hops included); every hop is its own Fabric ``Connection`` over a socket fleet
+  opened (TCP, a ``direct-tcpip`` channel through the previous hop, or a ProxyCommand), so each
+  gets fleet's host-key policy, timeouts and accept flags, and all are closed with the session.
+- Host keys are checked under the name OpenSSH uses (HostKeyAlias, ``host`` or ``[host]:port``)
+  by :mod:`fleet.knownhosts`, never under a resolved IP; known_hosts files are parsed once per run.
+- Commands: stdin is closed at once (``cat`` returns, as with ``ssh host cat </dev/null``);
+  ``exit-signal`` is reported; on timeout or Ctrl-C the remote command's process group is
+  killed over a second channel of the same connection (see :data:`KILL_SCRIPT`), for root and
+  non-root logins alike; output streams to the artifact files byte-exact while only a bounded
+  tail is kept in memory.
 """
 from __future__ import annotations
 
@@ -15,32 +23,37 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import logging
+from typing import IO, Callable
 
 import paramiko
+from paramiko.channel import Channel
+from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
-from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from .inventory import Host
+from .knownhosts import Entry, KnownHosts, Verdict
+from .sshconfig import Hop
 
-# paramiko logs handshake failures with tracebacks; fleet reports them itself, once.
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
-logging.getLogger("paramiko").propagate = False
+KEEP_BYTES = 1 << 20  # per stream, per host: the tail kept in memory for the table and JSON
 
 
 # ----------------------------------------------------------------------------- errors
 
 class SSHFailure(Exception):
-    """A typed transport failure. ``kind`` is stable (for JSON); ``retryable`` drives tenacity."""
+    """A typed transport failure. ``kind`` is stable (for JSON); ``retryable`` drives tenacity.
+
+    Only failures before the command started are ever retryable. ``stdout``/``stderr`` hold
+    what arrived before a failure that happened while the command ran.
+    """
 
     kind = "ssh"
     retryable = True
     timeout = False
 
-    def __init__(self, host: str, message: str) -> None:
+    def __init__(self, host: str, message: str, stdout: str = "", stderr: str = "") -> None:
         self.host = host
+        self.stdout = stdout
+        self.stderr = stderr
         super().__init__(message)
 
 
@@ -52,7 +65,7 @@ class ConnectTimeout(SSHFailure):
 
 
 class ConnectFailed(SSHFailure):
-    """Refused, unreachable, reset before the handshake finished."""
+    """Refused, unreachable, reset before the handshake finished, or a jump that would not forward."""
 
     kind = "connect_failed"
 
@@ -65,7 +78,7 @@ class DNSFailure(SSHFailure):
 
 
 class AuthFailed(SSHFailure):
-    """The server refused every credential. Never retried."""
+    """The server refused every credential, or none was available. Never retried."""
 
     kind = "auth"
     retryable = False
@@ -85,8 +98,15 @@ class HostKeyChanged(SSHFailure):
     retryable = False
 
 
+class HostKeyRevoked(SSHFailure):
+    """The host presented a key marked ``@revoked`` in known_hosts. Never retried, never accepted."""
+
+    kind = "host_key_revoked"
+    retryable = False
+
+
 class CommandTimeout(SSHFailure):
-    """The command ran longer than the command timeout; it was signalled and the channel closed."""
+    """The command ran longer than the command timeout; its processes were killed."""
 
     kind = "command_timeout"
     retryable = False
@@ -108,93 +128,205 @@ class Aborted(SSHFailure):
 
 
 class NonZeroExit(SSHFailure):
-    """The command ran and exited non-zero (retried only with retry_on_exit)."""
+    """The command ran and exited non-zero or was killed by a signal (retried only with retry_on_exit)."""
 
     kind = "exit"
     retryable = False
 
-    def __init__(self, host: str, code: int, stdout: str, stderr: str) -> None:
-        super().__init__(host, f"Exit code {code}")
+    def __init__(self, host: str, code: int | None, stdout: str, stderr: str, signal: str | None = None) -> None:
+        msg = f"killed by signal {signal}" if signal else f"Exit code {code}"
+        super().__init__(host, msg, stdout, stderr)
         self.code = code
-        self.stdout = stdout
-        self.stderr = stderr
+        self.signal = signal
+        if signal:
+            self.kind = "signal"
 
 
 # -------------------------------------------------------------------------- host keys
 
+def fingerprint_blob(blob: bytes) -> str:
+    """OpenSSH-style SHA256 fingerprint of a public key blob."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style SHA256 fingerprint."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-def known_hosts_name(address: str, port: int) -> str:
-    """The name a host is filed under in known_hosts."""
-    return address if port == 22 else f"[{address}]:{port}"
+    return fingerprint_blob(key.asbytes())
 
 
 class HostKeyStore:
-    """known_hosts files parsed once per run, shared by every connection (thread-safe).
+    """known_hosts for a run: parsed once, shared by every connection and hop (thread-safe).
 
-    ``accept_all`` / ``accept_hosts`` say which unknown keys may be accepted; accepted
-    keys are appended to ``write_to``. A changed key is always refused.
+    ``files`` are read for every hop whose ssh_config sets no UserKnownHostsFile. Unknown keys
+    are accepted only for ``accept_all``, for a name in ``accept_hosts`` (host or hop name), or
+    for a hop whose ssh_config says ``StrictHostKeyChecking accept-new``; accepted keys are
+    appended to ``write_to`` (or the hop's own known_hosts file). A changed or revoked key is
+    always refused.
     """
 
     def __init__(self, files: list[str], write_to: str | None = None, accept_all: bool = False,
                  accept_hosts: set[str] | None = None) -> None:
-        self.keys = paramiko.HostKeys()
-        self.files = [f for f in files if f]
-        for f in self.files:
-            if os.path.isfile(f):
-                try:
-                    self.keys.load(f)
-                except (OSError, paramiko.SSHException):
-                    pass  # an unreadable known_hosts file just knows nothing
+        self.files = tuple(os.path.expanduser(f) for f in files if f)
+        self.kh = KnownHosts()
         self.write_to = write_to
         self.accept_all = accept_all
         self.accept_hosts = set(accept_hosts or ())
         self.lock = threading.Lock()
         self.accepted: list[tuple[str, str]] = []
 
-    def policy(self, host: Host) -> "_Policy":
-        """A paramiko missing-host-key policy for ``host``."""
-        return _Policy(self, host)
+    def files_for(self, hop: Hop) -> tuple[str, ...]:
+        """The known_hosts files that decide ``hop``'s key."""
+        return hop.known_hosts or self.files
+
+    def known_types(self, hop: Hop) -> list[str]:
+        """Key types known for ``hop`` (asked for first in the handshake, as OpenSSH does)."""
+        return self.kh.known_types(self.files_for(hop), hop.key_name)
+
+    def check(self, hop: Hop, host: Host, key: paramiko.PKey, is_target: bool) -> None:
+        """Accept ``key`` for ``hop`` or raise the typed failure, naming the hop."""
+        blob = key.asbytes()
+        verdict, entries = self.kh.verdict(self.files_for(hop), hop.key_name, key.get_name(), blob)
+        fp = fingerprint_blob(blob)
+        who = host.name if is_target else f"jump host {hop.name} (on the way to {host.name})"
+        where = f"{who} [{hop.key_name}]"
+        if verdict == Verdict.KNOWN:
+            return
+        if verdict == Verdict.REVOKED:
+            e = entries[0]
+            raise HostKeyRevoked(host.name, f"REVOKED host key for {where}: {key.get_name()} {fp} is marked "
+                                 f"@revoked in {e.path}:{e.line}; nothing was run")
+        if verdict == Verdict.CHANGED:
+            e = entries[0]
+            raise HostKeyChanged(
+                host.name, f"HOST KEY CHANGED for {where}: it now offers {key.get_name()} {fp}, "
+                f"{e.path}:{e.line} has {fingerprint_blob(e.blob)}. This may be an attack; nothing was "
+                f"run. If the host was really reinstalled, remove that line")
+        names = {host.name, hop.name, *host.aliases} if is_target else {hop.name}
+        if not (self.accept_all or hop.accept_new or names & self.accept_hosts):
+            other = f" (known_hosts has only {', '.join(sorted({e.keytype for e in entries}))} keys for it)" \
+                if entries else ""
+            flag = host.name if is_target else hop.name
+            raise UnknownHostKey(
+                host.name, f"unknown host key for {where}: {key.get_name()} {fp}{other}; nothing was run. "
+                f"If this fingerprint is right, rerun with --accept-new-host-key {flag} "
+                f"(or --accept-new-host-keys for every host and hop of this run)")
+        target = hop.known_hosts[0] if hop.known_hosts else (self.write_to or (self.files[0] if self.files else None))
+        entry = Entry("", hop.key_name, key.get_name(), blob, target or "<memory>", 0)
+        with self.lock:
+            self.accepted.append((hop.name, fp))
+            self.kh.add(target or "<memory>", entry)
+            if target:
+                path = Path(target)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(f"{hop.key_name} {key.get_name()} {key.get_base64()}\n")
 
 
 class _Policy(paramiko.MissingHostKeyPolicy):
-    def __init__(self, store: HostKeyStore, host: Host) -> None:
-        self.store = store
-        self.host = host
+    """paramiko asks this for every key (its own store is left empty): fleet decides."""
+
+    def __init__(self, store: HostKeyStore, hop: Hop, host: Host, is_target: bool) -> None:
+        self.store, self.hop, self.host, self.is_target = store, hop, host, is_target
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        fp = fingerprint(key)
-        h = self.host
-        if not (self.store.accept_all or h.name in self.store.accept_hosts
-                or any(a in self.store.accept_hosts for a in h.aliases)):
-            raise UnknownHostKey(
-                h.name,
-                f"unknown host key for {h.name} ({hostname}): {key.get_name()} {fp}; nothing was run. "
-                f"If this fingerprint is right, rerun with --accept-new-host-key {h.name} "
-                f"(or --accept-new-host-keys for every host of this run)")
-        with self.store.lock:
-            self.store.keys.add(hostname, key.get_name(), key)
-            self.store.accepted.append((h.name, fp))
-            if self.store.write_to:
-                path = Path(self.store.write_to)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.store.check(self.hop, self.host, key, self.is_target)
 
 
-# ----------------------------------------------------------------------------- session
+class _NoKeys(dict):
+    """An always-empty host key table for paramiko, so every key goes to :class:`_Policy`."""
+
+    def get(self, *_a, **_k):  # type: ignore[override]
+        return None
+
+
+def _handle_request(chan: Channel, m: Message) -> None:
+    # paramiko ignores "exit-signal" (RFC 4254 6.10); OpenSSH sends it for a killed command.
+    start = m.packet.tell()
+    if m.get_text() == "exit-signal":
+        m.get_boolean()
+        chan.fleet_exit_signal = m.get_text() or "UNKNOWN"  # type: ignore[attr-defined]
+        chan.status_event.set()
+        return
+    m.packet.seek(start)
+    Channel._handle_request(chan, m)  # noqa: SLF001
+
+
+_HANDLERS = dict(paramiko.Transport._channel_handler_table)  # noqa: SLF001
+_HANDLERS[MSG_CHANNEL_REQUEST] = _handle_request
+
+
+def _transport_factory(preferred: list[str]) -> Callable[..., paramiko.Transport]:
+    def make(sock, disabled_algorithms=None):
+        t = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+        t._channel_handler_table = _HANDLERS  # noqa: SLF001
+        if preferred:
+            opts = t.get_security_options()
+            want: list[str] = []
+            for kt in preferred:
+                want += ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if kt == "ssh-rsa" else [kt]
+            have = list(opts.key_types)
+            first = [k for k in want if k in have]
+            opts.key_types = first + [k for k in have if k not in first]
+        return t
+    return make
+
+
+# ----------------------------------------------------------------------------- output
+
+class StreamSink:
+    """One stream of one command: to the artifact file byte-exact, a bounded tail in memory,
+    and whole lines to the live hook."""
+
+    def __init__(self, path: Path | None, on_line: Callable[[str], None] | None, keep: int = KEEP_BYTES) -> None:
+        self.path = path
+        self.file: IO[bytes] | None = open(path, "wb") if path is not None else None
+        self.on_line = on_line
+        self.keep = keep
+        self.tail = bytearray()
+        self.total = 0
+        self._pending = b""
+
+    def write(self, data: bytes) -> None:
+        """Take one chunk."""
+        self.total += len(data)
+        if self.file is not None:
+            self.file.write(data)
+        self.tail += data
+        if len(self.tail) > self.keep:
+            del self.tail[:len(self.tail) - self.keep]
+        if self.on_line is not None:
+            buf = self._pending + data
+            *lines, self._pending = buf.split(b"\n")
+            for ln in lines:
+                self.on_line(ln.decode(errors="replace"))
+
+    def close(self) -> None:
+        """Flush the last partial line and close the file."""
+        if self.on_line is not None and self._pending:
+            self.on_line(self._pending.decode(errors="replace"))
+            self._pending = b""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def text(self) -> str:
+        """What is kept, decoded for display, with a note when the start was cut."""
+        s = bytes(self.tail).decode(errors="replace")
+        cut = self.total - len(self.tail)
+        if cut > 0:
+            where = f"; whole output in {self.path}" if self.path is not None else ""
+            s = f"[fleet: first {cut} of {self.total} bytes not kept{where}]\n" + s
+        return s
+
 
 @dataclass
 class ExecResult:
-    """A finished remote command."""
+    """A finished remote command. ``exit_code`` is None when it was killed by ``signal``."""
 
-    exit_code: int
+    exit_code: int | None
     stdout: str
     stderr: str
+    signal: str | None = None
 
 
 class KeyCache:
@@ -205,7 +337,7 @@ class KeyCache:
         self._lock = threading.Lock()
 
     def get(self, path: str) -> paramiko.PKey:
-        """The key at ``path``; raises AuthFailed-friendly errors for unreadable keys."""
+        """The key at ``path``."""
         with self._lock:
             k = self._keys.get(path)
             if k is None:
@@ -214,8 +346,26 @@ class KeyCache:
             return k
 
 
+# Kills the timed-out command and everything in its process group, over a second channel of
+# the same connection. sshd makes each session's shell a session (and group) leader, and every
+# channel of one connection is a child of the same sshd process: so the script finds its own
+# sshd parent and kills the process groups of that parent's other children. No user data is
+# in it; it works for root (whose "signal" requests OpenSSH refuses) and for any other user.
+KILL_SCRIPT = (
+    "sh -c 'me=$$; p=$PPID; "
+    "case \"$(ps -o comm= -p \"$p\" 2>/dev/null)\" in *sshd*) s=$p;; "
+    "*) s=$(ps -o ppid= -p \"$p\" | tr -d \" \");; esac; "
+    "kids=$(ps -A -o pid= -o ppid= | while read -r pid ppid; do "
+    "[ \"$ppid\" = \"$s\" ] && [ \"$pid\" != \"$me\" ] && [ \"$pid\" != \"$p\" ] && echo \"$pid\"; done); "
+    "for k in $kids; do kill -TERM -\"$k\" 2>/dev/null || kill -TERM \"$k\" 2>/dev/null; done; "
+    "[ -n \"$kids\" ] && sleep 0.3; "
+    "for k in $kids; do kill -KILL -\"$k\" 2>/dev/null || kill -KILL \"$k\" 2>/dev/null; done; "
+    "echo $kids'"
+)
+
+
 def _send_signal(chan: paramiko.Channel, sig: str) -> None:
-    # RFC 4254 6.9 "signal" request; OpenSSH >= 7.9 delivers it to the session's command.
+    # RFC 4254 6.9 "signal"; OpenSSH delivers it (to the process group) for non-root logins.
     try:
         m = Message()
         m.add_byte(cMSG_CHANNEL_REQUEST)
@@ -224,166 +374,269 @@ def _send_signal(chan: paramiko.Channel, sig: str) -> None:
         m.add_boolean(False)
         m.add_string(sig)
         chan.transport._send_user_message(m)  # noqa: SLF001 - paramiko has no public API for it
-    except Exception:  # noqa: BLE001 - best effort on a channel we are closing anyway
+    except Exception:  # noqa: BLE001 - best effort; the kill channel does the real work
         pass
 
 
-class SSHSession:
-    """One host's connection for one attempt: connect, exec, collect, close."""
+# ----------------------------------------------------------------------------- session
 
-    def __init__(self, host: Host, store: HostKeyStore, keys: KeyCache, fabric_config: object,
+class SSHSession:
+    """One host's connection (and its jump hops) for one attempt: connect, exec, collect, close."""
+
+    def __init__(self, host: Host, target: Hop, store: HostKeyStore, keys: KeyCache,
                  connect_timeout: float, address: str | None = None) -> None:
         self.host = host
+        self.target = target
         self.store = store
         self.keys = keys
-        self.fabric_config = fabric_config
         self.connect_timeout = connect_timeout
-        self.address = address or host.address
+        self.address = address  # the first hop's address as preflight resolved it (saves a lookup)
+        self.conns: list = []
         self.conn = None
+        self.running = False
         self._closed = threading.Event()
 
-    def connect(self) -> None:
-        """Open the connection, verifying the host key. Raises an :class:`SSHFailure`."""
-        from fabric import Connection
+    # ------------------------------------------------------------------ connect
+    def _timeout(self, hop: Hop) -> float:
+        return hop.connect_timeout or self.connect_timeout
 
-        h = self.host
-        kwargs: dict = {"timeout": self.connect_timeout, "banner_timeout": self.connect_timeout,
-                        "auth_timeout": self.connect_timeout}
-        if h.auth == "ssh-key" and h.identity_file:
+    def _label(self, hop: Hop) -> str:
+        if hop is self.target:
+            return f"{self.host.name} ({hop.hostname}:{hop.port}" + (
+                f" via {' -> '.join(h.name for h in self.target.chain()[:-1])})" if hop.via else ")")
+        return f"jump host {hop.name} ({hop.hostname}:{hop.port}) on the way to {self.host.name}"
+
+    def _tcp(self, hop: Hop) -> object:
+        h, where, ct = self.host, self._label(hop), self._timeout(hop)
+        if hop.proxy_command:
             try:
-                kwargs["pkey"] = self.keys.get(h.identity_file)
-            except (OSError, paramiko.SSHException, ValueError) as exc:
-                raise AuthFailed(h.name, f"cannot load identity_file {h.identity_file} for {h.name}: {exc}") from None
-            kwargs.update(look_for_keys=False, allow_agent=False)
-        elif h.auth == "agent":
-            kwargs.update(look_for_keys=False, allow_agent=True)
-        # A Fabric/Invoke Config is not thread-safe (any write re-merges it from scratch), so
-        # each connection gets a cheap lazy Config over the run's one parsed ~/.ssh/config.
-        from fabric import Config
+                return paramiko.ProxyCommand(hop.proxy_command)
+            except Exception as exc:  # noqa: BLE001
+                raise ConnectFailed(h.name, f"ProxyCommand for {where} failed to start: {exc}") from None
+        addr = self.address if (self.address and hop.via is None) else hop.hostname
+        try:
+            return socket.create_connection((addr, hop.port), timeout=ct)
+        except socket.gaierror as exc:
+            raise DNSFailure(h.name, f"cannot resolve {hop.hostname} for {where}: {exc.strerror}") from None
+        except (socket.timeout, TimeoutError):
+            raise ConnectTimeout(h.name, f"connect to {where} timed out after {ct:g}s") from None
+        except ConnectionRefusedError:
+            raise ConnectFailed(h.name, f"cannot connect to {where}: connection refused") from None
+        except OSError as exc:
+            if exc.errno == errno.ETIMEDOUT:
+                raise ConnectTimeout(h.name, f"connect to {where} timed out") from None
+            raise ConnectFailed(h.name, f"cannot connect to {where}: {exc.strerror or exc}") from None
 
-        config = Config(ssh_config=self.fabric_config.base_ssh_config, lazy=True)
-        conn = Connection(host=self.address, user=h.user, port=h.port, config=config,
-                          connect_kwargs=kwargs)
-        conn.client._system_host_keys = self.store.keys  # noqa: SLF001 - share one parse per run
-        conn.client.set_missing_host_key_policy(self.store.policy(h))
-        self.conn = conn
-        where = f"{h.name} ({self.address}:{h.port})"
+    def _forward(self, prev: Hop, transport: paramiko.Transport, hop: Hop) -> object:
+        h, ct = self.host, self._timeout(hop)
+        try:
+            return transport.open_channel("direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0),
+                                          timeout=ct)
+        except paramiko.ChannelException as exc:
+            raise ConnectFailed(h.name, f"jump host {prev.name} refused to forward to {hop.hostname}:{hop.port} "
+                                f"for {self.host.name}: {exc.text} (is AllowTcpForwarding on there, and "
+                                f"is {hop.hostname}:{hop.port} reachable from it?)") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if "timeout" in str(exc).lower():
+                raise ConnectTimeout(h.name, f"jump host {prev.name} did not open a connection to "
+                                     f"{hop.hostname}:{hop.port} within {ct:g}s") from None
+            raise ConnectFailed(h.name, f"jump host {prev.name} could not forward to "
+                                f"{hop.hostname}:{hop.port}: {exc}") from None
+
+    def _auth_kwargs(self, hop: Hop) -> dict:
+        h = self.host
+        kw: dict = {}
+        ids = hop.identities
+        if hop is self.target and h.auth == "agent":
+            kw.update(look_for_keys=False, allow_agent=True)
+        elif ids:
+            try:
+                existing = [p for p in ids if os.path.exists(p)]
+                if not existing and hop.identities_only:
+                    raise FileNotFoundError(ids[0])
+                if existing:
+                    kw["pkey"] = self.keys.get(existing[0])
+                    if len(existing) > 1:
+                        kw["key_filename"] = existing[1:]
+            except (OSError, paramiko.SSHException, ValueError) as exc:
+                raise AuthFailed(h.name, f"cannot load identity file {ids[0]} for {self._label(hop)}: "
+                                 f"{exc}") from None
+            kw.update(look_for_keys=not hop.identities_only, allow_agent=not hop.identities_only)
+        return kw
+
+    def _open(self, hop: Hop, sock: object, is_target: bool):
+        from fabric import Config, Connection
+
+        h, ct, where = self.host, self._timeout(hop), self._label(hop)
+        kwargs = dict(sock=sock, timeout=ct, banner_timeout=ct, auth_timeout=ct,
+                      transport_factory=_transport_factory(self.store.known_types(hop)))
+        kwargs.update(self._auth_kwargs(hop))
+        # ssh_config was applied by fleet already: give Fabric an empty one (no second lookup,
+        # no "Refusing to be ambiguous" over ConnectTimeout). Config is per connection: a
+        # Fabric/Invoke Config is not thread-safe.
+        config = Config(ssh_config=paramiko.SSHConfig(), lazy=True)
+        conn = Connection(host=hop.hostname, user=hop.user, port=hop.port, config=config, connect_kwargs=kwargs)
+        conn.client._system_host_keys = _NoKeys()  # noqa: SLF001 - fleet's store decides every key
+        conn.client.set_missing_host_key_policy(_Policy(self.store, hop, h, is_target))
+        self.conns.append(conn)
         try:
             conn.open()
         except SSHFailure:
             raise
-        except paramiko.BadHostKeyException as exc:
-            raise HostKeyChanged(
-                h.name, f"HOST KEY CHANGED for {where}: it now offers {exc.key.get_name()} "
-                f"{fingerprint(exc.key)}, known_hosts has {fingerprint(exc.expected_key)}. "
-                f"This may be an attack; nothing was run. If the host was really reinstalled, "
-                f"remove its old line from known_hosts ({', '.join(self.store.files) or '~/.ssh/known_hosts'})") from None
         except paramiko.AuthenticationException as exc:
-            raise AuthFailed(h.name, f"authentication failed for {h.user or '(default user)'}@{where}: {exc}; "
-                             f"check user and key ({h.identity_file or 'agent/default keys'})") from None
-        except socket.gaierror as exc:
-            raise DNSFailure(h.name, f"cannot resolve {self.address} for {h.name}: {exc.strerror}") from None
+            raise AuthFailed(h.name, f"authentication failed for {hop.user}@{where}: {exc}; check user and "
+                             f"key ({', '.join(hop.identities) or 'agent/default keys'})") from None
         except (socket.timeout, TimeoutError):
-            raise ConnectTimeout(h.name, f"connect to {where} timed out after {self.connect_timeout:g}s") from None
-        except paramiko.ssh_exception.NoValidConnectionsError:
-            raise ConnectFailed(h.name, f"cannot connect to {where}: connection refused") from None
+            raise ConnectTimeout(h.name, f"SSH handshake with {where} timed out after {ct:g}s") from None
         except paramiko.SSHException as exc:
             msg = str(exc)
+            low = msg.lower()
+            if "no authentication methods" in low or "authentication" in low:
+                raise AuthFailed(h.name, f"authentication failed for {hop.user}@{where}: {msg}; no key was "
+                                 f"offered or accepted (check IdentityFile / identity_file and the agent)") from None
             # paramiko's start_client stops waiting at the timeout without raising; the next
             # step then fails with "No existing session": that too is a silent peer.
-            if any(w in msg.lower() for w in ("banner", "timeout", "timed out", "no existing session")):
-                raise ConnectTimeout(h.name, f"{where} accepted TCP but sent no SSH greeting within "
-                                     f"{self.connect_timeout:g}s (is sshd running on that port?)") from None
+            if any(w in low for w in ("banner", "timeout", "timed out", "no existing session")):
+                raise ConnectTimeout(h.name, f"{where} accepted the connection but sent no SSH greeting "
+                                     f"within {ct:g}s (is sshd running on that port?)") from None
             raise ConnectFailed(h.name, f"SSH handshake with {where} failed: {msg}") from None
-        except OSError as exc:
-            if exc.errno in (errno.ETIMEDOUT,):
-                raise ConnectTimeout(h.name, f"connect to {where} timed out") from None
-            raise ConnectFailed(h.name, f"cannot connect to {where}: {exc.strerror or exc}") from None
+        except (EOFError, OSError) as exc:
+            raise ConnectFailed(h.name, f"connection to {where} was closed during the handshake: "
+                                f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
+        return conn
+
+    def connect(self) -> None:
+        """Open every hop and the target, verifying each host key. Raises an :class:`SSHFailure`."""
+        chain = self.target.chain()
+        try:
+            prev: tuple[Hop, paramiko.Transport] | None = None
+            for hop in chain:
+                if self._closed.is_set():
+                    raise Aborted(self.host.name, "interrupted before the connection was made")
+                sock = self._tcp(hop) if prev is None else self._forward(prev[0], prev[1], hop)
+                conn = self._open(hop, sock, hop is self.target)
+                prev = (hop, conn.client.get_transport())
+            self.conn = self.conns[-1]
+        except SSHFailure as exc:
+            if self._closed.is_set() and not isinstance(exc, Aborted):
+                raise Aborted(self.host.name, f"interrupted while connecting ({exc})") from None
+            raise
         finally:
             if self._closed.is_set():
                 self.close()
 
+    # ------------------------------------------------------------------ run
+    def kill_remote(self, budget: float = 3.0) -> bool:
+        """Kill the running command's process groups over a second channel. True if it ran."""
+        transport = self.conn.client.get_transport() if self.conn else None
+        if transport is None or not transport.is_active():
+            return False
+        try:
+            ch = transport.open_session(timeout=budget)
+            ch.exec_command(KILL_SCRIPT)
+            ch.shutdown_write()
+            ok = ch.status_event.wait(budget)
+            ch.close()
+            return bool(ok)
+        except Exception:  # noqa: BLE001 - best effort; the caller reports the timeout either way
+            return False
+
     def run(self, command: str, timeout: float | None, abort: threading.Event,
-            on_output: Callable[[str, str], None] | None = None) -> ExecResult:
-        """Run ``command``; on timeout or abort, signal it, close the channel and raise."""
+            on_output: Callable[[str, str], None] | None = None,
+            artifacts: Path | None = None) -> ExecResult:
+        """Run ``command`` with stdin closed. On timeout or abort, kill it, close, and raise.
+
+        ``artifacts``: a path prefix; the streams go to ``<prefix>.stdout`` / ``.stderr``.
+        """
         h = self.host
         transport = self.conn.client.get_transport() if self.conn else None
         if transport is None or not transport.is_active():
-            raise ConnectionLost(h.name, f"connection to {h.name} closed before the command started")
+            raise ConnectFailed(h.name, f"connection to {h.name} closed before the command started")
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
             chan.exec_command(command)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if abort.is_set():
                 raise Aborted(h.name, "interrupted before the command started") from None
-            raise ConnectionLost(h.name, f"could not start the command on {h.name}: {exc}") from None
-        out: list[bytes] = []
-        err: list[bytes] = []
-        pending = {"stdout": b"", "stderr": b""}
+            # not started: retryable like any transport error before exec
+            raise ConnectFailed(h.name, f"could not start the command on {h.name}: {exc}") from None
+        self.running = True
+        out = StreamSink(Path(f"{artifacts}.stdout") if artifacts else None,
+                         (lambda ln: on_output("stdout", ln)) if on_output else None)
+        err = StreamSink(Path(f"{artifacts}.stderr") if artifacts else None,
+                         (lambda ln: on_output("stderr", ln)) if on_output else None)
 
-        def emit(stream: str, data: bytes, final: bool = False) -> None:
-            if on_output is None:
-                return
-            buf = pending[stream] + data
-            *lines, rest = buf.split(b"\n")
-            for ln in lines:
-                on_output(stream, ln.decode(errors="replace"))
-            if final and rest:
-                on_output(stream, rest.decode(errors="replace"))
-                rest = b""
-            pending[stream] = rest
+        def drain_stderr() -> None:
+            while chan.recv_stderr_ready():
+                err.write(chan.recv_stderr(65536))
+
+        def stop(exc_type: type[SSHFailure], why: str) -> SSHFailure:
+            _send_signal(chan, "TERM")
+            killed = self.kill_remote(2.0 if exc_type is Aborted else 3.0)
+            try:
+                drain_stderr()
+            except Exception:  # noqa: BLE001
+                pass
+            out.close()
+            err.close()
+            tail = ("; its processes were killed" if killed else
+                    "; the remote processes could not be confirmed killed")
+            return exc_type(h.name, why + tail, out.text(), err.text())
 
         deadline = time.monotonic() + timeout if timeout else None
         try:
+            try:
+                chan.shutdown_write()  # stdin: EOF at once, as ssh does with no input
+            except (EOFError, OSError, paramiko.SSHException):
+                pass
             while True:
                 if abort.is_set():
-                    _send_signal(chan, "TERM")
-                    raise Aborted(h.name, "interrupted while the command ran (Ctrl-C)")
+                    raise stop(Aborted, "interrupted while the command ran (Ctrl-C)")
                 if deadline is not None and time.monotonic() >= deadline:
-                    _send_signal(chan, "TERM")
-                    _send_signal(chan, "KILL")
-                    raise CommandTimeout(h.name, f"command timed out after {timeout:g}s on {h.name}; "
-                                         f"it was signalled and the connection closed")
+                    raise stop(CommandTimeout, f"command timed out after {timeout:g}s on {h.name}")
                 wait = 0.2 if deadline is None else max(0.001, min(0.2, deadline - time.monotonic()))
                 chan.settimeout(wait)
                 try:
                     data = chan.recv(65536)
                 except socket.timeout:
                     data = None
-                while chan.recv_stderr_ready():
-                    e = chan.recv_stderr(65536)
-                    err.append(e)
-                    emit("stderr", e)
+                drain_stderr()
                 if data:
-                    out.append(data)
-                    emit("stdout", data)
+                    out.write(data)
                 elif data == b"":
                     break
             # stdout closed: the exit status follows at once unless the link died.
             remaining = 5.0 if deadline is None else max(0.1, deadline - time.monotonic())
             if not chan.status_event.wait(remaining) and not chan.exit_status_ready():
                 if not transport.is_active():
-                    raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran")
-                raise CommandTimeout(h.name, f"command on {h.name} closed its output but sent no exit status")
-            while chan.recv_stderr_ready():
-                e = chan.recv_stderr(65536)
-                err.append(e)
-                emit("stderr", e)
-            emit("stdout", b"", final=True)
-            emit("stderr", b"", final=True)
+                    raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran",
+                                         out.text(), err.text())
+                raise stop(CommandTimeout, f"command on {h.name} closed its output but sent no exit status")
+            drain_stderr()
+            out.close()
+            err.close()
+            sig = getattr(chan, "fleet_exit_signal", None)
+            if sig:
+                return ExecResult(None, out.text(), err.text(), sig)
             code = chan.recv_exit_status()
             if code == -1:
                 if abort.is_set():
-                    raise Aborted(h.name, "interrupted while the command ran (Ctrl-C)")
+                    raise Aborted(h.name, "interrupted while the command ran (Ctrl-C)", out.text(), err.text())
                 raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran "
-                                     f"(no exit status; the remote sshd or host may have died)")
-            return ExecResult(code, b"".join(out).decode(errors="replace"),
-                              b"".join(err).decode(errors="replace"))
+                                     f"(no exit status; the remote sshd or host may have died)",
+                                     out.text(), err.text())
+            return ExecResult(code, out.text(), err.text())
+        except SSHFailure:
+            raise
         except (EOFError, OSError, paramiko.SSHException) as exc:
             if abort.is_set():
-                raise Aborted(h.name, "interrupted while the command ran (Ctrl-C)") from None
-            raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran: {exc}") from None
+                raise Aborted(h.name, "interrupted while the command ran (Ctrl-C)", out.text(), err.text()) from None
+            raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran: {exc}",
+                                 out.text(), err.text()) from None
         finally:
+            out.close()
+            err.close()
+            self.running = False
             try:
                 chan.close()
             except Exception:  # noqa: BLE001
@@ -398,11 +651,15 @@ class SSHSession:
             sftp.close()
 
     def close(self) -> None:
-        """Close the connection (safe from another thread, safe twice)."""
+        """Close the target and every hop, last first (safe from another thread, safe twice)."""
         self._closed.set()
-        conn = self.conn
-        if conn is not None:
+        for conn in reversed(list(self.conns)):
             try:
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+__all__ = ["Aborted", "AuthFailed", "CommandTimeout", "ConnectFailed", "ConnectTimeout", "ConnectionLost",
+           "DNSFailure", "ExecResult", "HostKeyChanged", "HostKeyRevoked", "HostKeyStore", "KeyCache",
+           "NonZeroExit", "SSHFailure", "SSHSession", "StreamSink", "UnknownHostKey", "fingerprint"]

@@ -17,6 +17,24 @@ from fleet.inventory import load_inventory  # noqa: E402
 from fleet.lab import lab_down, lab_up  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def own_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own HOME and settings: the suite never writes to the real journal,
+    token dir, known_hosts, ~/.ssh or ~/.config."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "SSH_AUTH_SOCK", "FLEET_INVENTORY",
+                "SLACK_BOT_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("INVOKE_FLEET_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("INVOKE_FLEET_JOURNAL", str(home / "state" / "journal.jsonl"))
+    monkeypatch.setenv("INVOKE_FLEET_TOKEN_DIR", str(home / "config" / "tokens"))
+    monkeypatch.setenv("INVOKE_FLEET_ARTIFACTS_DIR", str(home / "artifacts"))
+    monkeypatch.setenv("PYTEST_SCRATCH", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """20 real sshd hosts on 127.0.0.1 for the whole session."""
@@ -92,7 +110,7 @@ def write_inventory(path: Path, lab, extra_hosts: str = "", names=None, extra_to
     for h in lab.hosts:
         if names is not None and h.name not in names:
             continue
-        lines.append(f"  {h.name}: {{address: 127.0.0.1, port: {h.port}, repos: {{root: {h.repos_root}}}"
+        lines.append(f"  {h.name}: {{address: {h.address}, port: {h.port}, repos: {{root: {h.repos_root}}}"
                      + (", " + host_extra[h.name] if host_extra and h.name in host_extra else "") + "}")
     text = "\n".join(lines) + "\n" + extra_hosts + extra_top
     path.write_text(text)

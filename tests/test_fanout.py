@@ -119,7 +119,7 @@ def test_unknown_host_key_refused_then_accepted_with_flag(lab, tmp_path):
     run = fanout_hosts(inv, list(inv.hosts), f"touch {marker}",
                        opts(tmp_path, accept_host_keys_for=frozenset({"lab04"})))
     assert run.results[0].outcome == FanoutOutcome.SUCCESS and marker.exists()
-    assert f"[127.0.0.1]:{lab.hosts[3].port} ssh-ed25519" in kh.read_text()
+    assert f"[{lab.hosts[3].address}]:{lab.hosts[3].port} ssh-ed25519" in kh.read_text()
     marker.unlink()
     run = fanout_hosts(inv, list(inv.hosts), f"touch {marker}", opts(tmp_path))  # now known
     assert run.results[0].outcome == FanoutOutcome.SUCCESS
@@ -131,7 +131,7 @@ def test_changed_host_key_is_refused_loudly_even_with_accept_flag(lab, tmp_path)
     pub = fake.with_suffix(".pub").read_text().split()
     kh = tmp_path / "kh"
     port = lab.hosts[4].port
-    kh.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    kh.write_text(f"[{lab.hosts[4].address}]:{port} {pub[0]} {pub[1]}\n")
     p = write_inventory(tmp_path / "inv.yaml", lab, names=["lab05"])
     p.write_text(p.read_text().replace(f"known_hosts: {lab.known_hosts}", f"known_hosts: {kh}"))
     inv = load_inventory(p)

@@ -9,13 +9,15 @@ def test_lab_hosts_accept_plain_openssh_and_down_leaves_no_process(tmp_path):
     d = tmp_path / "lab"
     lab = lab_up(5, d)
     assert len(lab.hosts) == 5 and lab.inventory.exists()
+    # plain OpenSSH with the lab's own ssh_config, by inventory name (lab01 is 'localhost')
+    addresses = set()
     for h in lab.hosts:
-        p = subprocess.run(
-            ["ssh", "-F", "/dev/null", "-i", str(lab.key), "-p", str(h.port), "-o", "BatchMode=yes",
-             "-o", f"UserKnownHostsFile={lab.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-             "-o", "GlobalKnownHostsFile=/dev/null", f"{lab.user}@127.0.0.1", "true"],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        p = subprocess.run(["ssh", "-F", str(lab.ssh_config), h.name, "echo $SSH_CONNECTION"],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
         assert p.returncode == 0, p.stderr
+        addresses.add(p.stdout.split()[2])
+    assert len(addresses) == 5  # one loopback address per host
+    assert lab.hosts[0].address == "localhost"
     pids = list(lab.sshd_pids)
     assert pids and all(_pid_alive(p) for p in pids)
     stopped = lab_down(d)

@@ -1,0 +1,185 @@
+"""known_hosts as OpenSSH reads it: patterns, negation, hashed names, ``@revoked``, ``@cert-authority``.
+
+paramiko's own parser raises on a ``@cert-authority`` or malformed line (one bad line would
+stop every run), knows no wildcards or negation, and cannot tell a revoked key. This module
+reads each file once per run, skips (and remembers) what it cannot use, and gives the same
+verdict ``ssh -o StrictHostKeyChecking=yes`` would: known, changed, revoked or unknown.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import hashlib
+import hmac
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    """What a known_hosts lookup says about a host's key."""
+
+    KNOWN = "known"
+    CHANGED = "changed"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One usable line of a known_hosts file."""
+
+    marker: str  # "", "@revoked" or "@cert-authority"
+    patterns: str
+    keytype: str
+    blob: bytes
+    path: str
+    line: int
+
+    def matches(self, name: str) -> bool:
+        """True if ``name`` (e.g. ``host`` or ``[host]:2222``) matches this line's host field."""
+        return match_hosts(self.patterns, name)
+
+
+def _blob_type(blob: bytes) -> str | None:
+    if len(blob) < 4:
+        return None
+    n = struct.unpack(">I", blob[:4])[0]
+    if n > len(blob) - 4 or n > 64:
+        return None
+    try:
+        return blob[4:4 + n].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _match_one(pattern: str, name: str) -> bool:
+    if pattern.startswith("|1|"):
+        parts = pattern.split("|")
+        if len(parts) != 4:
+            return False
+        try:
+            salt = base64.b64decode(parts[2], validate=True)
+            want = base64.b64decode(parts[3], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        got = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+        return hmac.compare_digest(got, want)
+    # OpenSSH's match_pattern: '*' and '?' only ('[' is literal, as in "[host]:port").
+    if "*" not in pattern and "?" not in pattern:
+        return pattern.lower() == name.lower()
+    translated = "".join("[[]" if c == "[" else ("[]]" if c == "]" else c) for c in pattern.lower())
+    return fnmatch.fnmatchcase(name.lower(), translated)
+
+
+def match_hosts(field: str, name: str) -> bool:
+    """OpenSSH's ``match_hostname``: any positive pattern matches and no negated one does."""
+    positive = False
+    for pat in field.split(","):
+        if not pat:
+            continue
+        if pat.startswith("!"):
+            if _match_one(pat[1:], name):
+                return False
+        elif _match_one(pat, name):
+            positive = True
+    return positive
+
+
+def key_name(hostname: str, port: int, alias: str | None = None) -> str:
+    """The name OpenSSH files a host under: HostKeyAlias if set, else ``host`` or ``[host]:port``."""
+    if alias:
+        return alias
+    return hostname if port == 22 else f"[{hostname}]:{port}"
+
+
+class KnownHosts:
+    """Parsed known_hosts files (each read once, on first use), shared by every connection."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, list[Entry]] = {}
+        self.skipped: list[tuple[str, int, str]] = []  # (path, line, why) of lines OpenSSH ignores too
+        self._lock = threading.Lock()
+
+    def entries(self, paths: tuple[str, ...] | list[str]) -> list[Entry]:
+        """Every entry of ``paths``, in order (files are parsed once)."""
+        out: list[Entry] = []
+        for p in paths:
+            p = os.path.expanduser(p)
+            with self._lock:
+                if p not in self._files:
+                    self._files[p] = self._parse(p)
+                out.extend(self._files[p])
+        return out
+
+    def add(self, path: str, entry: Entry) -> None:
+        """Remember a just-accepted key for the rest of the run."""
+        p = os.path.expanduser(path)
+        with self._lock:
+            self._files.setdefault(p, []).append(entry)
+
+    def _parse(self, path: str) -> list[Entry]:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return []  # a missing or unreadable file knows nothing, as for ssh
+        out = []
+        for i, raw in enumerate(data.splitlines(), start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            marker = ""
+            if fields[0].startswith("@"):
+                marker = fields.pop(0)
+                if marker not in ("@revoked", "@cert-authority"):
+                    self.skipped.append((path, i, f"unknown marker {marker}"))
+                    continue
+            if len(fields) < 3:
+                self.skipped.append((path, i, "too few fields"))
+                continue
+            hosts, keytype, b64 = fields[0], fields[1], fields[2]
+            try:
+                blob = base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError):
+                self.skipped.append((path, i, "key is not base64"))
+                continue
+            if _blob_type(blob) != keytype:
+                self.skipped.append((path, i, "key does not match its type"))
+                continue
+            out.append(Entry(marker, hosts, keytype, blob, path, i))
+        return out
+
+    def verdict(self, paths: tuple[str, ...] | list[str], name: str, keytype: str, blob: bytes) -> tuple[Verdict, list[Entry]]:
+        """OpenSSH's verdict for the key ``blob`` offered by the host filed under ``name``.
+
+        Returns the verdict and the entries that decided it (for messages).
+        """
+        entries = self.entries(paths)
+        for e in entries:
+            # A revoked key is refused whatever else is known, under any name it is listed for.
+            if e.marker == "@revoked" and e.blob == blob:
+                return Verdict.REVOKED, [e]
+        mine = [e for e in entries if not e.marker and e.matches(name)]
+        for e in mine:
+            if e.blob == blob:
+                return Verdict.KNOWN, [e]
+        same_type = [e for e in mine if e.keytype == keytype]
+        if same_type:
+            return Verdict.CHANGED, same_type
+        return Verdict.UNKNOWN, mine  # ``mine`` then holds keys of other types, if any
+
+    def known_types(self, paths: tuple[str, ...] | list[str], name: str) -> list[str]:
+        """Key types known for ``name``, so the handshake can ask for one of them first."""
+        seen: list[str] = []
+        for e in self.entries(paths):
+            if not e.marker and e.keytype not in seen and e.matches(name):
+                seen.append(e.keytype)
+        return seen
+
+
+__all__ = ["Entry", "KnownHosts", "Verdict", "key_name", "match_hosts"]
