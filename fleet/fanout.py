@@ -368,6 +368,9 @@ class FanoutRunner:
                 h.name, FanoutOutcome.ABORTED, self.command, h.user,
                 error="not started: the run was interrupted (Ctrl-C)", error_kind="aborted")),
             drain_timeout=self.options.connect_timeout + 5,
+            on_error=lambda h, exc: self._finish(FanoutResult(
+                h.name, FanoutOutcome.FAILURE, self.command, h.user,
+                error=f"unexpected error on {h.name}: {type(exc).__name__}: {exc}", error_kind="unexpected")),
             on_drain_error=lambda h, exc: FanoutResult(h.name, FanoutOutcome.ABORTED, self.command, h.user,
                                                        error=f"interrupted: {exc}", error_kind="aborted"))
         ordered = [results[h.name] for h in hosts]

@@ -154,10 +154,13 @@ class KnownHosts:
             out.append(Entry(marker, hosts, keytype, blob, path, i))
         return out
 
-    def verdict(self, paths: tuple[str, ...] | list[str], name: str, keytype: str, blob: bytes) -> tuple[Verdict, list[Entry]]:
+    def verdict(self, paths: tuple[str, ...] | list[str], name: str, keytype: str, blob: bytes,
+                bare: str | None = None) -> tuple[Verdict, list[Entry]]:
         """OpenSSH's verdict for the key ``blob`` offered by the host filed under ``name``.
 
-        Returns the verdict and the entries that decided it (for messages).
+        ``bare``: for ``[host]:port`` names, the host alone; like OpenSSH ("found matching key
+        w/out port"), the same key filed under it is accepted too. Returns the verdict and the
+        entries that decided it (for messages).
         """
         entries = self.entries(paths)
         for e in entries:
@@ -169,6 +172,10 @@ class KnownHosts:
             if e.blob == blob:
                 return Verdict.KNOWN, [e]
         same_type = [e for e in mine if e.keytype == keytype]
+        if not same_type and bare:
+            for e in entries:
+                if not e.marker and e.blob == blob and e.matches(bare):
+                    return Verdict.KNOWN, [e]
         if same_type:
             return Verdict.CHANGED, same_type
         return Verdict.UNKNOWN, mine  # ``mine`` then holds keys of other types, if any

@@ -8,20 +8,37 @@ import re
 import threading
 from typing import Any, TextIO
 
-_BARE = re.compile(r"^[A-Za-z0-9_.:/@%+-]+$")
+_BARE = re.compile(r"[A-Za-z0-9_.:/@%+-]+")
+_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+ALWAYS_QUOTED = ("command",)  # as in the seed's lines: command="true"
 
 
-def _quote(value: Any) -> str:
+def _quote(value: Any, force: bool = False) -> str:
+    """A logfmt value, escaped as go-logfmt writes it (control characters as \\u00XX)."""
     s = "" if value is None else str(value)
-    if s and _BARE.match(s):
+    if s and not force and _BARE.fullmatch(s):
         return s
-    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{s}"'
+    out = []
+    for ch in s:
+        if ch in _ESC:
+            out.append(_ESC[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def format_line(event: str, **fields: Any) -> str:
     """One log line: the event word, then key=value pairs in the given order."""
-    return " ".join([event] + [f"{k}={_quote(v)}" for k, v in fields.items()])
+    return " ".join([event] + [f"{k}={_quote(v, k in ALWAYS_QUOTED)}" for k, v in fields.items()])
+
+
+def _unescape(m: "re.Match[str]") -> str:
+    e = m.group(1)
+    if len(e) == 5:
+        return chr(int(e[1:], 16))
+    return {"n": "\n", "r": "\r", "t": "\t"}.get(e, e)
 
 
 _PAIR = re.compile(r'\s+([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -35,7 +52,7 @@ def parse_line(line: str) -> tuple[str, dict[str, str]]:
     for m in _PAIR.finditer(" " + rest):
         v = m.group(2)
         if v.startswith('"'):
-            v = re.sub(r"\\(.)", lambda x: {"n": "\n", "r": "\r"}.get(x.group(1), x.group(1)), v[1:-1])
+            v = re.sub(r"\\(u[0-9a-fA-F]{4}|.)", _unescape, v[1:-1])
         fields[m.group(1)] = v
     return event, fields
 

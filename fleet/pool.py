@@ -17,7 +17,8 @@ R = TypeVar("R")
 def run_bounded(hosts: Sequence[Host], work: Callable[[Host], R], width: int, name: str, *,
                 on_interrupt: Callable[[], None], not_started: Callable[[Host], R],
                 drain_timeout: float | None = None,
-                on_drain_error: Callable[[Host, Exception], R] | None = None) -> tuple[dict[str, R], bool]:
+                on_drain_error: Callable[[Host, Exception], R] | None = None,
+                on_error: Callable[[Host, Exception], R] | None = None) -> tuple[dict[str, R], bool]:
     """Run ``work`` on each host, at most ``width`` at once. Returns (results by host name, interrupted).
 
     On Ctrl-C: ``on_interrupt()`` (stop in-flight work), hosts not yet started get
@@ -32,10 +33,19 @@ def run_bounded(hosts: Sequence[Host], work: Callable[[Host], R], width: int, na
         for h in hosts:
             futs[pool.submit(work, h)] = h
         pending = set(futs)
+        first_error: Exception | None = None
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             for f in done:
-                results[futs[f].name] = f.result()
+                try:
+                    results[futs[f].name] = f.result()
+                except Exception as exc:  # noqa: BLE001 - one host's failure is that host's result
+                    if on_error is None:
+                        first_error = first_error or exc
+                    else:
+                        results[futs[f].name] = on_error(futs[f], exc)
+        if first_error is not None:
+            raise first_error
     except KeyboardInterrupt:
         interrupted = True
         on_interrupt()

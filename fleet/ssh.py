@@ -185,7 +185,8 @@ class HostKeyStore:
     def check(self, hop: Hop, host: Host, key: paramiko.PKey, is_target: bool) -> None:
         """Accept ``key`` for ``hop`` or raise the typed failure, naming the hop."""
         blob = key.asbytes()
-        verdict, entries = self.kh.verdict(self.files_for(hop), hop.key_name, key.get_name(), blob)
+        bare = hop.hostname if hop.key_name == f"[{hop.hostname}]:{hop.port}" else None
+        verdict, entries = self.kh.verdict(self.files_for(hop), hop.key_name, key.get_name(), blob, bare)
         fp = fingerprint_blob(blob)
         who = host.name if is_target else f"jump host {hop.name} (on the way to {host.name})"
         where = f"{who} [{hop.key_name}]"
