@@ -36,6 +36,7 @@ SLACK_KEYS = ("channel", "base_url", "token_env")
 # A plain hostname label sequence: it can never start with '-' (an option) and never
 # hold a space or a shell metacharacter.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
+_SHELL_SPECIAL = re.compile(r"""[$`"'\\;&|<>()*?\[\]{}!#=%^]""")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = {"all"}
 
@@ -257,8 +258,13 @@ class _Loader:
 
     def remote_path(self, node: yaml.Node, what: str, allow_relative: bool) -> str:
         s = self.string(node, what, "/home/feng/repos")
-        if "\n" in s or "\0" in s:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in s):
             raise self.fail(node, f"{what} holds a control character", "write a plain path")
+        bad = sorted(set(_SHELL_SPECIAL.findall(s)))
+        if bad:
+            raise self.fail(node, f"{what} '{s}' holds shell-special character(s) {' '.join(bad)}",
+                            "use letters, digits, '/', '.', '_', '-', '~', '+', '@', ',', ':' and spaces only; "
+                            "rename the directory or point at a symlink with a plain name")
         if not allow_relative and not (s.startswith("/") or s == "~" or s.startswith("~/")):
             raise self.fail(node, f"{what} '{s}' must be absolute", "write e.g. /home/feng/repos or ~/repos")
         return s
