@@ -109,6 +109,7 @@ class Inventory:
     slack: SlackSettings | None = None
     known_hosts: str | None = None
     ssh_config: str | None = None
+    digest: str = ""  # of the file's text: confirmation tokens are bound to it
 
     def host(self, name: str) -> Host:
         """The host called ``name`` (canonical name or alias)."""
@@ -521,6 +522,8 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
             if "channel" not in sd:
                 raise ld.fail(sn, "slack has no channel", "write slack: {channel: C09MQGMFKDE}")
             extra["slack"] = SlackSettings(**sd)
+    import hashlib
+    extra["digest"] = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()[:16]
     inv = Inventory(path=path, hosts=inv.hosts, groups=groups, **extra)
     if "routes" in sections:
         from .selectors import select

@@ -43,6 +43,7 @@ class Plan:
     canary: Host | None = None
     kept_local: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    call_options: dict[str, Any] = field(default_factory=dict)  # the operation's own flags (batch, options...)
 
     @property
     def host_names(self) -> list[str]:
@@ -50,8 +51,34 @@ class Plan:
         return ["local"] if self.local else [h.name for h in self.hosts]
 
     def scope(self) -> Scope:
-        """The token scope of this plan."""
-        return Scope.of(self.operation, self.host_names, self.args)
+        """The token scope of this plan: everything it shows and everything that changes what runs."""
+        return Scope.of(self.operation, self.host_names, self.args, self.detail())
+
+    def targets(self) -> dict[str, str]:
+        """Per host, where it really goes (ssh_config applied) and its repos root."""
+        if self.local:
+            return {"local": "this machine"}
+        from .preflight import config_for
+        from .sshconfig import resolve_host
+
+        opts = self.call_options.get("options")
+        cfg = config_for(self.inventory, getattr(opts, "ssh_config", None))
+        out = {}
+        for h in self.hosts:
+            where = "local" if h.auth == "local" else resolve_host(h, cfg).describe()
+            out[h.name] = f"{where} auth={h.auth} repos={h.repos_root or ''}"
+        return out
+
+    def detail(self) -> dict[str, Any]:
+        """The whole plan as plain data (what a confirmation token is bound to)."""
+        d: dict[str, Any] = {"mode": self.mode, "local": self.local,
+                             "canary": self.canary.name if self.canary else None,
+                             "inventory": self.inventory.digest, "notes": list(self.notes),
+                             "targets": self.targets()}
+        for k, v in self.call_options.items():
+            if not callable(v) and k not in ("log_stream",):
+                d[k] = _plain(v)
+        return d
 
     def describe(self) -> str:
         """The exact plan, for a person."""
@@ -63,6 +90,22 @@ class Plan:
             lines.append(f"{k + ':':<10} {v}")
         lines += [f"note:      {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _plain(v: Any) -> Any:
+    """JSON-able, deterministic (sets sorted) form of an option value."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                if f.name not in ("artifacts_dir",)}
+    if isinstance(v, (set, frozenset)):
+        return sorted(_plain(x) for x in v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
 
 
 def make_plan(inv: Inventory, operation: str, selector: str, mode: str, args: dict[str, Any],
@@ -134,6 +177,9 @@ def authorize(plan: Plan, confirm: str | None, settings: Settings, store: TokenS
               audit: Callable[..., None] | None = None) -> bool:
     """Let a plan run, or raise. Returns True when a token was spent."""
     if not is_gated(plan.operation, plan.mode, settings, plan.local):
+        if confirm:
+            raise BadInput(f"--confirm given, but '{plan.operation}' is not gated in mode {plan.mode}: "
+                           f"nothing to confirm; drop --confirm")
         return False
     store = store or TokenStore(settings.token_dir, settings.token_ttl)
     scope = plan.scope()
@@ -175,6 +221,7 @@ def guarded(operation: str, local_ok: bool = True, check: Callable[[Plan], None]
             st = settings or Settings()
             m = resolve_mode(mode, st)
             plan = make_plan(inv, operation, selector, m, args, canary, local_ok)
+            plan.call_options = dict(kw)
             if check is not None:
                 check(plan)
             authorize(plan, confirm, st, store, audit)

@@ -20,7 +20,7 @@ import secrets
 import stat
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,14 +48,20 @@ class Scope:
     hosts: tuple[str, ...]
     args_digest: str
     args_summary: str = ""
+    # Everything the digest covers, kept in the local token record so a refusal can say what changed.
+    detail: Any = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, operation: str, hosts: list[str] | tuple[str, ...], args: dict[str, Any]) -> "Scope":
-        """Scope of ``operation`` on ``hosts`` with ``args`` (any JSON-able mapping)."""
-        blob = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str).encode()
+    def of(cls, operation: str, hosts: list[str] | tuple[str, ...], args: dict[str, Any],
+           plan: dict[str, Any] | None = None) -> "Scope":
+        """Scope of ``operation`` on ``hosts`` with ``args`` and the rest of the ``plan``
+        (mode, canary, batches, resolved targets and paths, options, inventory digest): any
+        JSON-able mappings. A token confirms exactly this; change any of it and it is refused."""
+        detail = {"args": args, **(plan or {})}
+        blob = json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str).encode()
         summary = ", ".join(f"{k}={v!r}" for k, v in sorted(args.items()))
         return cls(operation, tuple(sorted(set(hosts))), hashlib.sha256(blob).hexdigest()[:16],
-                   summary[:200])
+                   summary[:200], json.loads(json.dumps(detail, sort_keys=True, default=str)))
 
     def signing_bytes(self) -> bytes:
         """The canonical bytes the MAC covers."""
@@ -65,6 +71,16 @@ class Scope:
         """For messages: operation, hosts, arguments."""
         hosts = ",".join(self.hosts)
         return f"'{self.operation}' on [{hosts}] with {self.args_summary or 'no arguments'}"
+
+
+def _changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of what differs between two plan details."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _changes(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "plan"]
 
 
 def _encode(raw: bytes) -> str:
@@ -136,7 +152,7 @@ class TokenStore:
         token = _encode(nonce + exp + self._mac(secret, nonce, exp, scope))
         rec = {"id": nonce.hex(), "operation": scope.operation, "hosts": list(scope.hosts),
                "args_digest": scope.args_digest, "args": scope.args_summary, "expires": expires,
-               "issued": int(self.clock())}
+               "issued": int(self.clock()), "detail": scope.detail}
         d = self.dir / "issued"
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = d / f".{nonce.hex()}.tmp"
@@ -166,9 +182,15 @@ class TokenStore:
             if rec is not None:
                 other = Scope(rec["operation"], tuple(rec["hosts"]), rec["args_digest"], rec.get("args", ""))
                 if hmac.compare_digest(mac, self._mac(secret, nonce, exp, other)):
+                    changed = _changes(rec.get("detail"), scope.detail)
+                    if other.operation != scope.operation:
+                        changed.insert(0, "operation")
+                    if other.hosts != scope.hosts:
+                        changed.insert(0, "hosts")
+                    what = f" (changed since it was issued: {', '.join(changed)})" if changed else ""
                     raise TokenRefused("wrong_scope", f"this token was issued for {other.describe()}, "
-                                       f"not for {scope.describe()}: run the command without --confirm "
-                                       f"to get a token for this plan")
+                                       f"not for {scope.describe()}{what}: run the command without "
+                                       f"--confirm to see the new plan and get a token for it")
             raise TokenRefused("forged", "confirmation token signature does not match any token issued "
                                "on this machine (forged, altered, or made with another secret): run the "
                                "command without --confirm to get a real one")
@@ -196,12 +218,17 @@ class TokenStore:
             os.close(fd)
 
     def revoke(self, token: str) -> dict[str, Any]:
-        """Revoke ``token``; returns its record. Unknown or malformed tokens are bad input."""
-        raw = _decode(token or "")
-        if raw is None:
-            raise BadInput(f"'{token}' is not a fleet token: expected 24 letters and digits like "
-                           f"abcd-efgh-ijkl-mnop-qrst-uvwx")
-        nid = raw[:_NONCE].hex()
+        """Revoke a token, given whole or by the id ``token.list`` shows; returns its record.
+        Unknown or malformed tokens are bad input."""
+        t = (token or "").strip().lower()
+        if len(t) == 2 * _NONCE and all(c in "0123456789abcdef" for c in t):
+            nid = t
+        else:
+            raw = _decode(token or "")
+            if raw is None:
+                raise BadInput(f"'{token}' is not a fleet token or token id: expected the 24 letters and digits "
+                               f"(abcd-efgh-ijkl-mnop-qrst-uvwx) or the 8-character id from 'token.list'")
+            nid = raw[:_NONCE].hex()
         rec = self._record(nid)
         if rec is None:
             raise BadInput(f"token '{token}' was not issued on this machine: nothing to revoke "

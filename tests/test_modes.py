@@ -162,7 +162,7 @@ def test_blow_away_refuses_symlink_escape_on_the_host(lab, tmp_path):
     inv = load_inventory(p)
     st = settings(tmp_path)
     with pytest.raises(ConfirmationRequired) as ei:
-        ops.blow_away(inv, "lab09", args={"repo": "linked"}, mode="canary", settings=st)
+        ops.blow_away(inv, "lab09", args={"repo": "linked"}, mode="canary", settings=st, options=opts(tmp_path))
     run = ops.blow_away(inv, "lab09", args={"repo": "linked"}, mode="canary", settings=st,
                         confirm=ei.value.token, options=opts(tmp_path))
     r = run.results[0]
