@@ -45,9 +45,10 @@ def fleet_task(*args, **kwargs):
     return deco
 
 
-def _int_flag(flag: str, value, minimum: int = 0) -> int:
+def _num(flag: str, value, default, kind: type = float, minimum: float = 0, positive: bool = False):
+    """A number flag, or the setting's value when the flag is not given; bad values exit 2."""
     from fleet.settings import number
-    return number(flag, value, int, minimum)
+    return default if value is None else number(flag, value, kind, minimum, positive)
 
 
 def _settings(c) -> Settings:
@@ -144,7 +145,8 @@ def preflight(c, hosts=None, all_=False, inventory=None, json_=False, timeout=No
     st = _settings(c)
     inv = _inventory(c, inventory)
     chosen = select(inv, _selector(hosts, all_))
-    results = preflight_many(chosen, float(timeout or st.preflight_timeout), int(concurrency or st.concurrency))
+    results = preflight_many(chosen, _num("--timeout", timeout, st.preflight_timeout, positive=True),
+                             _num("--concurrency", concurrency, st.concurrency, int, 1), inventory=inv)
     if json_:
         _emit({"results": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
     else:
@@ -183,18 +185,18 @@ def _fanout_options(c, concurrency, connect_timeout, timeout, attempts, retry_de
     from fleet.fanout import FanoutOptions
 
     st = _settings(c)
-    ct = st.command_timeout if timeout is None else float(timeout)
+    ct = _num("--timeout", timeout, st.command_timeout)
     return FanoutOptions(
-        concurrency=int(concurrency or st.concurrency),
-        connect_timeout=float(connect_timeout or st.connect_timeout),
+        concurrency=_num("--concurrency", concurrency, st.concurrency, int, 1),
+        connect_timeout=_num("--connect-timeout", connect_timeout, st.connect_timeout, positive=True),
         command_timeout=ct if ct > 0 else None,
-        attempts=int(attempts or st.attempts),
-        retry_delay=float(st.retry_delay if retry_delay is None else retry_delay),
+        attempts=_num("--attempts", attempts, st.attempts, int, 1),
+        retry_delay=_num("--retry-delay", retry_delay, st.retry_delay),
         retry_on_exit=bool(retry_on_exit), preflight=not no_preflight,
         preflight_timeout=st.preflight_timeout,
         accept_new_host_keys=bool(accept_new_host_keys),
         accept_host_keys_for=frozenset(accept_new_host_key or ()),
-        collect=tuple(collect or ()), artifacts_dir=st.artifacts_dir).validate()
+        collect=tuple(collect or ()), artifacts_dir=st.artifacts_dir, ssh_config=st.ssh_config).validate()
 
 
 def _render_run(run, json_: bool, gather: bool, stream: bool) -> None:
@@ -316,14 +318,14 @@ def token_revoke(c, token):
 @fleet_task(help={"count": "Number of SSH hosts (default 3).", "dir": "Lab directory (default ./lab).",
                   "agents": "Also start a real 'opencode serve' for the first M hosts (default 0).",
                   "jump": "Add a jump host and reach every even host through it (ProxyJump)."})
-def lab_up(c, count=3, dir="lab", agents=0, jump=False):
+def lab_up(c, count=None, dir="lab", agents=None, jump=False):
     """Start a local lab of real sshd hosts (and OpenCode agents) on loopback."""
     import time
 
     from fleet.lab import lab_up as up
 
     t0 = time.monotonic()
-    lab = up(_int_flag("--count", count), dir, _int_flag("--agents", agents), jump=bool(jump))
+    lab = up(_num("--count", count, 3, int, 1), dir, _num("--agents", agents, 0, int, 0), jump=bool(jump))
     n_agents = sum(1 for a in lab.agents if a.get("role") == "agent")
     print(f"lab up: {len(lab.hosts)} hosts, {n_agents} agents in {time.monotonic() - t0:.2f}s")
     rel = os.path.relpath(lab.inventory)
@@ -347,21 +349,9 @@ def lab_down(c, dir="lab"):
 # ------------------------------------------------------------------------ audit helpers
 
 def _trail(c, inv, slack=True):
-    from fleet.audit import AuditTrail
-    from fleet.opencode import resolve_password
+    from fleet.app import audit_trail
 
-    st = _settings(c)
-    secrets_ = []
-    for h in inv.hosts:
-        if h.opencode is not None:
-            try:
-                pw = resolve_password(h.opencode, h.name)
-            except Exception:  # noqa: BLE001 - an unreadable password is reported where it is used
-                pw = None
-            if pw:
-                secrets_.append(pw)
-    token = os.environ.get(inv.slack.token_env) if inv.slack else None
-    return AuditTrail(st.path("journal"), inv.slack, token, secrets_=secrets_, post=slack)
+    return audit_trail(inv, _settings(c), post=slack)
 
 
 def _records(c):
@@ -445,7 +435,7 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
                                           "issue": issue},
                           mode=mode, confirm=confirm, canary=canary, settings=st, store=None,
                           audit=trail.gate_event, wait=not no_wait,
-                          timeout=float(timeout or st.dispatch_timeout), concurrency=st.concurrency,
+                          timeout=_num("--timeout", timeout, st.dispatch_timeout, positive=True), concurrency=st.concurrency,
                           records=_records(c), on_event=live, beads=beads, audit_trail=trail)
     finally:
         trail.close()
@@ -588,12 +578,12 @@ def audit_replay(c, inventory=None, max_wait=300):
 
 
 @fleet_task(help={"lines": "How many events (default 20).", "json": "One JSON document."})
-def audit_tail(c, lines=20, json_=False):
+def audit_tail(c, lines=None, json_=False):
     """Print the last journal events."""
     from fleet.audit import Journal, format_events
 
     j = Journal(_settings(c).path("journal")).load()
-    ev = j.events[-int(lines):]
+    ev = j.events[-_num("--lines", lines, 20, int, 1):]
     if json_:
         _emit({"events": ev, "pending": len(j.pending()), "torn": j.torn})
     else:
@@ -631,7 +621,7 @@ for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory
         _sub.add_task(_t, name=_n)
     ns.add_collection(_sub)
 
-_defaults = asdict(Settings())
-_defaults["gated"] = list(_defaults["gated"])
-ns.configure({"fleet": _defaults})
+# Every key is None here: Invoke then passes INVOKE_FLEET_* values through as text (it cannot
+# cast text to a list, and would raise a traceback on a bad number), and Settings checks them.
+ns.configure({"fleet": {k: None for k in asdict(Settings())}})
 

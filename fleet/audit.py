@@ -46,6 +46,10 @@ def actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+# An Authorization header echoed back by a server (Basic or Bearer credentials).
+_AUTH_RE = re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9+/=._~-]{8,}")
+
+
 class Redactor:
     """Removes secrets (known values, fleet tokens, Slack tokens) from anything journalled or posted."""
 
@@ -57,6 +61,7 @@ class Redactor:
         for v in self.values:
             s = s.replace(v, "[redacted]")
         s = _TOKEN_RE.sub("[token]", s)
+        s = _AUTH_RE.sub(lambda m: m.group(1) + " [redacted]", s)
         return _SLACK_RE.sub("[slack-token]", s)
 
     def value(self, v: Any) -> Any:

@@ -14,18 +14,9 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, FleetError
 
 
 def _settings():
-    from invoke import Config
+    from .settings import load_settings
 
-    from .settings import Settings
-
-    cfg = Config(project_location=os.getcwd())
-    cfg.load_project()
-    cfg.load_shell_env()
-    try:
-        data = dict(cfg.get("fleet") or {})
-    except Exception:  # noqa: BLE001
-        data = {}
-    return Settings.from_mapping(data)
+    return load_settings(os.getcwd())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="every host with an OpenCode server, in parallel")
     ap.add_argument("--inventory", help="inventory file (default: $FLEET_INVENTORY or ./inventory.yaml)")
     ap.add_argument("--no-wait", action="store_true", help="send and return")
+    ap.add_argument("--mode", help="off | canary | enforced (default: the 'mode' setting)")
+    ap.add_argument("--confirm", help="confirmation token printed by a refused gated run")
     a = ap.parse_args(argv)
     want = 2 if a.all else 3
     if len(a.args) != want:
@@ -49,15 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     slack = not a.no_slack and os.environ.get("SLACK_AUDIT", "true").lower() != "false"
     try:
         from . import dispatch as dx
-        from .audit import AuditTrail
+        from .app import audit_trail
         from .inventory import load_inventory
         from .selectors import select
 
         st = _settings()
         inv = load_inventory(a.inventory or os.environ.get("FLEET_INVENTORY") or st.inventory)
         sel = ",".join(h.name for h in select(inv, "all") if h.opencode is not None) if a.all else vm
-        token = os.environ.get(inv.slack.token_env) if inv.slack else None
-        trail = AuditTrail(st.path("journal"), inv.slack, token, post=slack)
+        trail = audit_trail(inv, st, post=slack)
         records = dx.SessionRecords(os.path.join(os.path.dirname(st.path("journal")), "sessions.jsonl"))
 
         def ev(host: str, kind: str, text: str) -> None:
@@ -66,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run = dx.dispatch(inv, sel, args={"task": task, "repo": repo, "session": a.session, "model": None,
                                               "issue": None}, settings=st, audit=trail.gate_event,
+                              mode=a.mode, confirm=a.confirm,
                               wait=not a.no_wait, timeout=st.dispatch_timeout, concurrency=st.concurrency,
                               records=records, on_event=ev, audit_trail=trail)
         finally:

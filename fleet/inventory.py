@@ -208,7 +208,7 @@ class _Loader:
         if s in _RESERVED:
             raise self.fail(node, f"{what} '{s}' is reserved (it selects every host)",
                             "pick another name")
-        if not _NAME_RE.match(s) or s.endswith("-"):
+        if not _NAME_RE.fullmatch(s) or s.endswith("-"):
             raise self.fail(node, f"{what} '{s}' is not a plain hostname",
                             "use letters, digits, '.', '_' and '-' only, not starting with '-' "
                             "(no spaces or shell characters), e.g. epyc6 or mac-mini")
@@ -272,7 +272,7 @@ class _Loader:
 
     def env_name(self, node: yaml.Node, what: str, example: str) -> str:
         s = self.string(node, what, example)
-        if not _ENV_RE.match(s):
+        if not _ENV_RE.fullmatch(s):
             raise self.fail(node, f"{what} '{s}' is not an environment variable name", f"write e.g. {example}")
         return s
 
@@ -374,16 +374,40 @@ def _merge(defaults: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
             inner.update(v)
             merged[k] = inner
         elif k == "tags" and "tags" in merged:
-            merged[k] = tuple(merged[k]) + tuple(t for t in v if t[0] not in {d[0] for d in merged[k]})
+            have = {d[0] for d in merged[k]}  # once: a per-tag rebuild made big alias lists quadratic
+            merged[k] = tuple(merged[k]) + tuple(t for t in v if t[0] not in have)
         else:
             merged[k] = v
     return merged
+
+
+MAX_INVENTORY_BYTES = 4 << 20
+MAX_NESTING = 64
+
+
+def max_nesting(text: str) -> int:
+    """A cheap upper bound of flow nesting ('[' and '{' depth), checked before YAML recurses."""
+    depth = best = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+    return best
 
 
 def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
     """Validate inventory YAML ``text``; ``path`` is used in messages and for relative paths."""
     base = base_dir if base_dir is not None else (Path(path).resolve().parent if path != "<inventory>" else Path.cwd())
     ld = _Loader(path, base)
+    if len(text) > MAX_INVENTORY_BYTES:
+        raise InventoryError(f"the inventory is {len(text)} bytes, more than {MAX_INVENTORY_BYTES}", path,
+                             hint="split it, or check that this is the right file")
+    depth = max_nesting(text)
+    if depth > MAX_NESTING:
+        raise InventoryError(f"the inventory nests {depth} levels deep (at most {MAX_NESTING})", path,
+                             hint="an inventory needs only a few levels: hosts -> name -> key: value")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:

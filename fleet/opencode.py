@@ -146,6 +146,11 @@ def extract_answer(message: dict[str, Any]) -> Answer:
 class OpenCodeClient:
     """One host's OpenCode server. Use as a context manager, or call :meth:`close`."""
 
+    def _scrub(self, text: str) -> str:
+        for f in self._secrets:
+            text = text.replace(f, "[redacted]")
+        return text
+
     def __init__(self, host: Host, directory: str | None = None, timeout: float = 30.0,
                  connect_timeout: float = 5.0, connect_attempts: int = 3,
                  transport: httpx.BaseTransport | None = None) -> None:
@@ -158,6 +163,10 @@ class OpenCodeClient:
         self.username = host.opencode.username
         password = resolve_password(host.opencode, host.name)
         self.has_password = password is not None
+        from .app import secret_forms
+        # A server may echo the request (Authorization header included) in an error body: every
+        # reply text that goes into an error is scrubbed of our own credentials first.
+        self._secrets = secret_forms(password, self.username) if password else []
         auth = httpx.BasicAuth(self.username, password) if password is not None else None
         self.connect_attempts = max(1, connect_attempts)
         self.http = httpx.Client(base_url=self.base, auth=auth, transport=transport,
@@ -212,10 +221,10 @@ class OpenCodeClient:
                    if self.has_password else "no password (the inventory names none, but the server wants one)")
             raise AuthRefused(self.host.name, url, f"401 Unauthorized: the server refused {how}")
         if resp.status_code == 404:
-            raise SessionNotFound(self.host.name, url, f"404 not found: {_excerpt(resp) or path}")
+            raise SessionNotFound(self.host.name, url, f"404 not found: {self._scrub(_excerpt(resp)) or path}")
         if resp.status_code >= 400:
             raise ServerError(self.host.name, url, f"server error {resp.status_code}: "
-                              f"{_excerpt(resp) or '(empty body)'}")
+                              f"{self._scrub(_excerpt(resp)) or '(empty body)'}")
         if not expect_json or resp.status_code == 204:
             return None
         try:

@@ -30,6 +30,7 @@ class Settings:
     token_dir: str = "~/.config/fleet"
     gated: tuple[str, ...] = ()
     dispatch_timeout: float = 1800.0
+    ssh_config: str = "~/.ssh/config"
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "Settings":
@@ -40,19 +41,23 @@ class Settings:
         known = {f.name: f for f in fields(cls)}
         updates: dict[str, Any] = {}
         for key, value in dict(data).items():
+            if value is None:
+                continue  # not set: the default
             if key not in known:
                 import difflib
                 close = difflib.get_close_matches(key, list(known), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; known settings: {', '.join(known)}"
                 raise BadInput(f"unknown setting 'fleet.{key}'{hint}")
             default = getattr(s, key)
+            flag = f"setting 'fleet.{key}' (INVOKE_FLEET_{key.upper()})"
             try:
                 if isinstance(default, bool):
                     value = bool(value)
-                elif isinstance(default, int):
-                    value = int(value)
-                elif isinstance(default, float):
-                    value = float(value)
+                elif isinstance(default, (int, float)):
+                    lo, positive = _RANGES.get(key, (0, False))
+                    value = number(flag, value, type(default), lo, positive)
+                    if key == "attempts" and value > 10:
+                        raise BadInput(f"{flag} {value}: write a number from 1 to 10")
                 elif isinstance(default, tuple):
                     if isinstance(value, str):
                         value = tuple(x.strip() for x in value.split(",") if x.strip())
@@ -73,6 +78,11 @@ class Settings:
 
 DEFAULTS = Settings()
 
+# (minimum, must be > 0) for number settings
+_RANGES = {"concurrency": (1, True), "connect_timeout": (0, True), "command_timeout": (0, False),
+           "preflight_timeout": (0, True), "attempts": (1, True), "retry_delay": (0, False),
+           "token_ttl": (1, True), "dispatch_timeout": (0, True)}
+
 
 def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0, positive: bool = False) -> Any:
     """A number flag or setting, checked: non-numeric, NaN, infinite, negative (below ``minimum``)
@@ -85,11 +95,34 @@ def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0,
             raise ValueError
         v = kind(value) if kind is float else int(str(value).strip())
     except (TypeError, ValueError):
-        raise BadInput(f"{flag} {value!r}: write {what}" + (f" of at least {minimum:g}" if minimum is not None else "")) from None
+        raise BadInput(f"{flag} {value}: write {what}" + (f" of at least {minimum:g}" if minimum is not None else "")) from None
     if kind is float and (math.isnan(v) or math.isinf(v)):
-        raise BadInput(f"{flag} {value!r}: write {what} of seconds, not {value}")
+        raise BadInput(f"{flag} {value}: write {what} of seconds, not {value}")
     if positive and v <= 0:
-        raise BadInput(f"{flag} {value!r}: write {what} greater than 0")
+        raise BadInput(f"{flag} {value}: write {what} greater than 0")
     if minimum is not None and v < minimum:
-        raise BadInput(f"{flag} {value!r}: write {what} of at least {minimum:g}")
+        raise BadInput(f"{flag} {value}: write {what} of at least {minimum:g}")
     return v
+
+
+USER_CONFIG = "~/.config/fleet/config.yaml"
+
+
+def load_settings(project_dir: str | None = None, user_config: str | None = USER_CONFIG) -> Settings:
+    """Settings as every face reads them, from any directory: defaults, the user's config file
+    (``~/.config/fleet/config.yaml``, a ``fleet:`` mapping), the project's ``invoke.yaml`` when
+    ``project_dir`` has one, then ``INVOKE_FLEET_*`` environment variables."""
+    from invoke import Config
+
+    cfg = Config(defaults={"fleet": {k.name: None for k in fields(Settings)}},
+                 project_location=project_dir, lazy=True)
+    if user_config and os.path.isfile(os.path.expanduser(user_config)):
+        cfg.set_runtime_path(os.path.expanduser(user_config))
+        cfg.load_runtime()
+    if project_dir:
+        cfg.load_project()
+    try:
+        cfg.load_shell_env()
+    except Exception as exc:  # noqa: BLE001 - Invoke's own casting errors, said the fleet way
+        raise BadInput(f"an INVOKE_FLEET_* environment variable could not be read: {exc}") from None
+    return Settings.from_mapping(dict(cfg.get("fleet") or {}))

@@ -73,6 +73,9 @@ class _OCHandler(BaseHTTPRequestHandler):
         if fault == "500":
             return self._send(500, json.dumps({"name": "UnknownError", "data": {"message": "database is locked",
                                                                                   "ref": "err_1234"}}).encode())
+        if fault == "echo_auth":  # a server that echoes the request's credentials in its error
+            return self._send(500, json.dumps({"name": "UnknownError", "data": {
+                "message": f"bad request with Authorization: {self.headers.get('Authorization')}"}}).encode())
         if fault == "nonjson":
             return self._send(200, b"<html><body>proxy login</body></html>", "text/html")
         if fault == "truncated":

@@ -1,0 +1,66 @@
+"""Secrets never leave: dx-dispatch and inv dispatch with a known password, scanned everywhere."""
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+from conftest import inv_cmd
+from stand_ins import FakeOpenCode
+
+PASSWORD = "s3cr3t+pw/with=odd&chars"
+
+
+def forms(pw: str) -> list[str]:
+    return [pw, quote(pw, safe=""), base64.b64encode(pw.encode()).decode(),
+            base64.b64encode(f"opencode:{pw}".encode()).decode()]
+
+
+def scan(paths: list[Path], texts: list[str]) -> list[str]:
+    hay = list(texts)
+    for root in paths:
+        for p in ([root] if root.is_file() else root.rglob("*")):
+            if p.is_file():
+                hay.append(p.read_bytes().decode(errors="replace"))
+    return [f for f in forms(PASSWORD) for h in hay if f in h]
+
+
+def test_dx_dispatch_and_inv_dispatch_never_write_the_password(tmp_path, own_home):
+    s = FakeOpenCode(password=PASSWORD)
+    s.faults["prompt_async"] = "echo_auth"
+    try:
+        inv = tmp_path / "inv.yaml"
+        inv.write_text(f"hosts:\n  epyc6: {{user: u, opencode: {{url: '{s.url}', password_env: OC_PW}}, "
+                       f"repos: {{root: /r}}}}\n")
+        env = dict(os.environ, OC_PW=PASSWORD, FLEET_INVENTORY=str(inv), INVOKE_FLEET_MODE="canary")
+        exe = str(Path(sys.executable).parent / "dx-dispatch")
+        p = subprocess.run([exe, "epyc6", "affordabot", "Run make test", "--no-slack"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=60)
+        assert p.returncode == 1 and "Authorization" in p.stdout + p.stderr, p.stdout + p.stderr
+        q = inv_cmd("dispatch", "--inventory", str(inv), "--host", "epyc6", "--repo", "affordabot", "--task", "t",
+                    env={"OC_PW": PASSWORD})
+        assert q.returncode == 1
+        leaks = scan([own_home], [p.stdout, p.stderr, q.stdout, q.stderr])
+        assert leaks == [], leaks
+        journal = Path(os.environ["INVOKE_FLEET_JOURNAL"])
+        assert journal.exists() and "[redacted]" in journal.read_text()
+    finally:
+        s.close()
+
+
+def test_dx_dispatch_reads_mode_from_the_environment_outside_the_project(tmp_path):
+    s = FakeOpenCode()
+    try:
+        inv = tmp_path / "inv.yaml"
+        inv.write_text(f"hosts:\n  epyc6: {{user: u, opencode: '{s.url}', repos: {{root: /r}}}}\n")
+        env = dict(os.environ, FLEET_INVENTORY=str(inv), INVOKE_FLEET_MODE="off")
+        exe = str(Path(sys.executable).parent / "dx-dispatch")
+        p = subprocess.run([exe, "epyc6", "affordabot", "Run make test", "--no-slack"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=60)
+        assert p.returncode == 3 and "mode off" in p.stderr, p.stderr
+        assert not [h for h in s.hits if h[1].startswith("/session")]
+    finally:
+        s.close()
