@@ -73,12 +73,11 @@ def blackholes(n: int) -> tuple[list[socket.socket], list[int]]:
 
 
 def xargs_ssh(lab, kex: str | None) -> None:
-    lines = "\n".join(str(h.port) for h in lab.hosts) + "\n"
-    opts = ["-F", "/dev/null", "-i", str(lab.key), "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={lab.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes"]
+    lines = "\n".join(h.name for h in lab.hosts) + "\n"
+    opts = ["-F", str(lab.ssh_config)]  # the lab's ssh_config: HostName, Port, key, known_hosts per name
     if kex:
         opts += ["-o", f"KexAlgorithms={kex}"]
-    cmd = ["xargs", "-P", "50", "-I{}", "ssh", *opts, "-p", "{}", f"{lab.user}@127.0.0.1", "true"]
+    cmd = ["xargs", "-P", "50", "-I{}", "ssh", *opts, "{}", "true"]
     p = subprocess.run(cmd, input=lines, text=True, capture_output=True)
     if p.returncode != 0:
         raise SystemExit(f"ssh baseline failed: {p.stderr[:300]}")
