@@ -78,6 +78,70 @@ class FanoutOptions:
         return self
 
 
+class NotRun(Aborted):
+    """The host was ready but its command was not run: the canary failed."""
+
+    kind = "canary_failed"
+
+
+class CanaryGate:
+    """Runs the canary's command first while every other host connects in parallel.
+
+    The other hosts preflight, connect and authenticate at once, then wait here before their
+    command: so a canary costs one command's time, not a whole serial round. If the canary
+    ends well, the rest run; if it fails, they end ABORTED, their command never sent. A canary
+    that fails *preflight* tested nothing: the next selected host still in the race takes its
+    place (``notes`` says which).
+    """
+
+    def __init__(self, order: list[str], abort: threading.Event) -> None:
+        self.order = order
+        self.idx = 0
+        self.abort = abort
+        self.verdict: bool | str | None = None  # None: pending; True: go; str: why not
+        self.finished: set[str] = set()
+        self.notes: list[str] = []
+        self.cond = threading.Condition()
+
+    @property
+    def current(self) -> str | None:
+        """The host whose command runs first now."""
+        return self.order[self.idx] if self.idx < len(self.order) else None
+
+    def wait_turn(self, name: str) -> None:
+        """Return when ``name`` may run its command; raise :class:`NotRun` when it may not."""
+        with self.cond:
+            while True:
+                if self.verdict is True or self.current == name:
+                    return
+                if isinstance(self.verdict, str):
+                    raise NotRun(name, self.verdict)
+                if self.abort.is_set():
+                    raise Aborted(name, "interrupted while waiting for the canary (Ctrl-C)")
+                self.cond.wait(0.2)
+
+    def done(self, r: FanoutResult) -> None:
+        """Every host's end comes here; the canary's decides for the rest."""
+        with self.cond:
+            self.finished.add(r.host)
+            if self.verdict is None and r.host == self.current:
+                if r.outcome == FanoutOutcome.PREFLIGHT_FAILED:
+                    while self.current is not None and self.current in self.finished:
+                        self.idx += 1
+                    if self.current is not None:
+                        self.notes.append(f"canary {r.host} failed preflight (it tested nothing); "
+                                          f"{self.current} runs first instead")
+                    else:
+                        self.verdict = f"not run: no selected host passed preflight to be the canary"
+                elif r.ok:
+                    self.verdict = True
+                    self.notes.append(f"canary {r.host} ok: ran the other host(s)")
+                else:
+                    self.verdict = (f"not run: canary {r.host} ended {r.outcome.value}"
+                                    f"{': ' + r.error if r.error else ''}")
+            self.cond.notify_all()
+
+
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
@@ -139,6 +203,7 @@ class FanoutRunner:
         self.keys = KeyCache()
         self.ssh_config = config_for(inventory, self.options.ssh_config)
         self._targets: dict[str, Hop] = {}
+        self.gate: CanaryGate | None = None
         self.dir: Path | None = None
         self._logfile = None
         if self.options.artifacts_dir:
@@ -166,6 +231,8 @@ class FanoutRunner:
                 p = self.dir / f"{h}.{stream}"
                 if not p.exists():  # remote output was streamed there byte-exact already
                     p.write_text(getattr(r, stream), encoding="utf-8")
+        if self.gate is not None:
+            self.gate.done(r)
         if self.on_result:
             self.on_result(r)
         return r
@@ -183,9 +250,9 @@ class FanoutRunner:
             t = self._targets[host.name] = resolve_host(host, self.ssh_config)
         return t
 
-    def _preflight(self, host: Host, target: Hop | None) -> PreflightResult:
+    def _preflight(self, host: Host, target: Hop | None, keep: list | None = None) -> PreflightResult:
         pf = run_preflight_checks(host, timeout=self.options.preflight_timeout, inventory=self.inventory,
-                                  target=target, ssh_config=self.ssh_config)
+                                  target=target, ssh_config=self.ssh_config, keep=keep)
         if pf.ok:
             self.log("preflight_ok", host=host.name, user=pf.user, auth_mode=host.auth,
                      duration_ms=pf.duration_ms)
@@ -260,14 +327,24 @@ class FanoutRunner:
                                                  duration_ms=_ms(t0), error=str(exc), error_kind="ssh_config"))
         user = target.user if target is not None else host.user
         pf = None
+        kept: list = []  # preflight's TCP connection, reused by the first attempt
         if opts.preflight:
-            pf = self._preflight(host, target)
+            pf = self._preflight(host, target, kept if target is not None else None)
             if not pf.ok:
+                for sock in kept:
+                    sock.close()
                 return self._finish(FanoutResult(
                     host.name, FanoutOutcome.PREFLIGHT_FAILED, cmd, user, attempts=0,
                     duration_ms=_ms(t0), error=f"preflight {pf.failed_check}: {pf.error_detail}",
                     error_kind=f"preflight_{pf.failed_check}", preflight=pf))
         if host.auth == "local":
+            if self.gate is not None:
+                try:
+                    self.gate.wait_turn(host.name)
+                except Aborted as exc:
+                    return self._finish(FanoutResult(host.name, FanoutOutcome.ABORTED, cmd, host.user, attempts=0,
+                                                     duration_ms=_ms(t0), error=str(exc), error_kind=exc.kind,
+                                                     preflight=pf))
             r = self.run_local(host.name, cmd, host.user)
             return replace(r, preflight=pf)
         assert target is not None
@@ -298,11 +375,14 @@ class FanoutRunner:
                     if self.abort.is_set():
                         raise Aborted(host.name, "interrupted before this attempt started")
                     attempts += 1
-                    sess = SSHSession(host, target, self.store, self.keys, opts.connect_timeout, address)
+                    sess = SSHSession(host, target, self.store, self.keys, opts.connect_timeout, address,
+                                      sock=kept.pop() if kept else None)
                     with self._lock:
                         self._sessions.add(sess)
                     try:
                         sess.connect()
+                        if self.gate is not None:
+                            self.gate.wait_turn(host.name)
                         res = sess.run(cmd, opts.command_timeout or None, self.abort, self._emit(host.name),
                                        prefix)
                         if opts.collect:
@@ -322,7 +402,7 @@ class FanoutRunner:
             if isinstance(exc, Aborted) or self.abort.is_set():
                 outcome = FanoutOutcome.ABORTED
                 msg = str(exc) if isinstance(exc, Aborted) else f"interrupted (Ctrl-C): {exc}"
-                kind = "aborted"
+                kind = exc.kind if isinstance(exc, NotRun) else "aborted"
             else:
                 outcome = FanoutOutcome.TIMEOUT if exc.timeout else FanoutOutcome.FAILURE
                 msg, kind = str(exc), exc.kind
@@ -442,4 +522,4 @@ def fanout_ssh(host: str | Host, command: str, timeout_sec: float | None = 3600.
         runner.finish()
 
 
-__all__ = ["FanoutOptions", "FanoutRunner", "fanout_hosts", "fanout_ssh", "new_run_id"]
+__all__ = ["CanaryGate", "FanoutOptions", "FanoutRunner", "fanout_hosts", "fanout_ssh", "new_run_id"]

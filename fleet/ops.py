@@ -7,7 +7,7 @@ import shlex
 from typing import Any
 
 from .errors import BadInput, Refused
-from .fanout import FanoutOptions, FanoutRunner, OutputHook, ResultHook
+from .fanout import CanaryGate, FanoutOptions, FanoutRunner, OutputHook, ResultHook
 from .inventory import Host
 from .modes import Plan, guarded, parse_batch, parse_max_fail
 from .results import FanoutOutcome, FanoutRun
@@ -23,6 +23,18 @@ def _run_plan(plan: Plan, command: Any, label: str, options: FanoutOptions | Non
             runner.add_local("local")
             return runner.run
         hosts = list(plan.hosts)
+        if plan.canary is not None and batch is None:
+            # canary first, everyone else connecting meanwhile (see CanaryGate)
+            c = plan.canary
+            rest = [h for h in hosts if h.name != c.name]
+            runner.gate = CanaryGate([c.name] + [h.name for h in rest], runner.abort)
+            runner.run_hosts([c] + rest, command)
+            runner.run.notes.extend(runner.gate.notes)
+            if isinstance(runner.gate.verdict, str) and not runner.run.interrupted:
+                untouched = sum(1 for r in runner.run.results if r.error_kind == "canary_failed")
+                runner.run.notes.append(f"{runner.gate.verdict.removeprefix('not run: ')}; "
+                                        f"{untouched} other host(s) were not touched")
+            return runner.run
         if plan.canary is not None:
             c = plan.canary
             first = runner.run_hosts([c], command)[0]

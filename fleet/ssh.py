@@ -385,13 +385,14 @@ class SSHSession:
     """One host's connection (and its jump hops) for one attempt: connect, exec, collect, close."""
 
     def __init__(self, host: Host, target: Hop, store: HostKeyStore, keys: KeyCache,
-                 connect_timeout: float, address: str | None = None) -> None:
+                 connect_timeout: float, address: str | None = None, sock: socket.socket | None = None) -> None:
         self.host = host
         self.target = target
         self.store = store
         self.keys = keys
         self.connect_timeout = connect_timeout
         self.address = address  # the first hop's address as preflight resolved it (saves a lookup)
+        self.sock = sock        # an open TCP connection to the first hop (preflight's), used once
         self.conns: list = []
         self.conn = None
         self.running = False
@@ -409,6 +410,10 @@ class SSHSession:
 
     def _tcp(self, hop: Hop) -> object:
         h, where, ct = self.host, self._label(hop), self._timeout(hop)
+        if self.sock is not None and not hop.proxy_command:
+            sock, self.sock = self.sock, None
+            sock.settimeout(ct)
+            return sock
         if hop.proxy_command:
             try:
                 return paramiko.ProxyCommand(hop.proxy_command)
@@ -416,7 +421,8 @@ class SSHSession:
                 raise ConnectFailed(h.name, f"ProxyCommand for {where} failed to start: {exc}") from None
         addr = self.address if (self.address and hop.via is None) else hop.hostname
         try:
-            return socket.create_connection((addr, hop.port), timeout=ct)
+            return socket.create_connection((addr.encode("ascii") if addr.isascii() else addr, hop.port),
+                                            timeout=ct)
         except socket.gaierror as exc:
             raise DNSFailure(h.name, f"cannot resolve {hop.hostname} for {where}: {exc.strerror}") from None
         except (socket.timeout, TimeoutError):
@@ -654,6 +660,9 @@ class SSHSession:
     def close(self) -> None:
         """Close the target and every hop, last first (safe from another thread, safe twice)."""
         self._closed.set()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
         for conn in reversed(list(self.conns)):
             try:
                 conn.close()
