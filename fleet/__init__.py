@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.2.0"
+
 _EXPORTS: dict[str, str] = {
     # errors and exit statuses
     "BadInput": "errors", "FleetError": "errors", "InventoryError": "errors", "Refused": "errors",

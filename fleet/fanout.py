@@ -53,6 +53,7 @@ class FanoutOptions:
     artifacts_dir: str | None = "artifacts"
     user_known_hosts: str | None = "~/.ssh/known_hosts"
     ssh_config: str | None = "~/.ssh/config"
+    artifacts_keep: int = 50  # run folders kept; older ones are pruned (0 keeps all)
 
     def validate(self) -> "FanoutOptions":
         """Bad values are bad input, with the flag to fix."""
@@ -487,6 +488,9 @@ class FanoutRunner:
             tmp = self.dir / "summary.json.tmp"
             tmp.write_text(json.dumps(self.run.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
             os.replace(tmp, self.dir / "summary.json")
+            from .artifacts import link_latest, prune
+            link_latest(self.dir.parent, self.dir)
+            prune(self.dir.parent, self.options.artifacts_keep)
         if self._logfile is not None:
             self._logfile.close()
             self._logfile = None

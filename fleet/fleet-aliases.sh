@@ -1,21 +1,12 @@
-# fleet aliases for bash and zsh. Source it from ~/.bashrc or ~/.zshrc:
+# fleet aliases for bash and zsh, over the installed `fleet` command (works from any directory).
+# Source it from ~/.bashrc or ~/.zshrc:
 #   source /path/to/fleet/shell/fleet-aliases.sh
-# FLEET_HOME is where tasks.py lives (default: this file's project).
-if [ -n "${BASH_SOURCE:-}" ]; then
-  _fleet_here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-elif [ -n "${ZSH_VERSION:-}" ]; then
-  _fleet_here="$(cd "$(dirname "${(%):-%x}")/.." && pwd)"
-else
-  _fleet_here="$PWD"
-fi
-export FLEET_HOME="${FLEET_HOME:-$_fleet_here}"
-unset _fleet_here
-
-fleet() { invoke --search-root "$FLEET_HOME" "$@"; }
-alias fpf='fleet preflight'              # fpf --all
+# Completion for the fleet command itself: eval "$(fleet --print-completion-script bash)" (or zsh).
+alias fpf='fleet preflight'              # fpf --all --deep
 alias ffo='fleet fanout'                 # ffo --all "make test"
+alias fre='fleet retry'                  # rerun the last fanout on the hosts that failed
 alias fdx='fleet dispatch'               # fdx --host epyc6 --repo affordabot --task "..."
-alias fab='fleet abort'                  # fab --host epyc6 --session ses_...
+alias fabort='fleet abort'               # fabort --host epyc6 --session ses_...
 alias fss='fleet sessions'               # fss --hosts @gpu
 alias fst='fleet status'                 # fst
 alias finv='fleet inventory.show'        # finv --hosts tag:gpu

@@ -109,7 +109,7 @@ def _plain(v: Any) -> Any:
 
 
 def make_plan(inv: Inventory, operation: str, selector: str, mode: str, args: dict[str, Any],
-              canary: str | None = None, local_ok: bool = True) -> Plan:
+              canary: str | None = None, local_ok: bool = True, no_canary: bool = False) -> Plan:
     """Resolve hosts and apply the mode. Raises Refused (route) or BadInput (selector)."""
     hosts = select(inv, selector)
     plan = Plan(operation, mode, hosts, dict(args), inv)
@@ -137,6 +137,11 @@ def make_plan(inv: Inventory, operation: str, selector: str, mode: str, args: di
             raise Refused(f"mode enforced: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} "
                           f"outside the route for '{operation}' ({route} = "
                           f"{', '.join(h.name for h in allowed)}); select only those hosts")
+    elif mode == "canary" and no_canary:
+        if canary:
+            raise BadInput("--canary and --no-canary contradict each other: keep one")
+        if len(hosts) > 1:
+            plan.notes.append("no canary (--no-canary): every host runs at once")
     elif mode == "canary":
         chosen: Host | None = None
         if canary:
@@ -155,8 +160,9 @@ def make_plan(inv: Inventory, operation: str, selector: str, mode: str, args: di
 
 
 def is_gated(operation: str, mode: str, settings: Settings, local: bool) -> bool:
-    """teardown and blow-away always; any operation under ``gated:``; remote ops when enforced."""
-    return operation in ALWAYS_GATED or operation in settings.gated or (mode == "enforced" and not local)
+    """teardown and blow-away always, and any operation under ``gated:``. (``enforced`` mode
+    keeps operations to their routes; it asks no token for what is not gated.)"""
+    return operation in ALWAYS_GATED or operation in settings.gated
 
 
 class ConfirmationRequired(Refused):
@@ -215,12 +221,13 @@ def guarded(operation: str, local_ok: bool = True, check: Callable[[Plan], None]
         @functools.wraps(fn)
         def wrapper(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
                     confirm: str | None = None, canary: str | None = None, settings: Settings | None = None,
-                    store: TokenStore | None = None, audit: Callable[..., None] | None = None, **kw: Any) -> Any:
+                    store: TokenStore | None = None, audit: Callable[..., None] | None = None,
+                    no_canary: bool = False, **kw: Any) -> Any:
             if validate is not None:
                 validate(kw)
             st = settings or Settings()
             m = resolve_mode(mode, st)
-            plan = make_plan(inv, operation, selector, m, args, canary, local_ok)
+            plan = make_plan(inv, operation, selector, m, args, canary, local_ok, no_canary)
             plan.call_options = dict(kw)
             if check is not None:
                 check(plan)

@@ -40,13 +40,20 @@ def _dur(ms: int) -> str:
     return f"{ms / 1000:.2f}s"
 
 
-def fanout_table(run: FanoutRun) -> str:
+def fanout_table(run: FanoutRun, color: "Colors | None" = None) -> str:
     """The summary table, failures first, then a one-line count."""
     order = {r.host: i for i, r in enumerate(run.results)}
     rows = sorted(run.results, key=lambda r: (_ORDER[r.outcome], order[r.host]))
     body = table([[r.host, r.outcome.value, "" if r.exit_code is None else str(r.exit_code), str(r.attempts),
                    _dur(r.duration_ms), first_line(r.error, 60)] for r in rows],
                  ["HOST", "STATE", "EXIT", "ATTEMPTS", "DURATION", "ERROR"])
+    if color is not None and color.enabled:
+        # colour after alignment, so escape codes never skew the columns
+        out = body.splitlines()
+        for k, r in enumerate(rows, start=1):
+            v = r.outcome.value
+            out[k] = out[k].replace(f"  {v}", f"  {color.state(v)}", 1)
+        body = "\n".join(out)
     # Long errors (fingerprints, advice) are cut in the table; give each distinct one whole, once.
     long = []
     seen: set[str] = set()
@@ -80,51 +87,156 @@ def to_json(doc: Any) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, default=str)
 
 
-_NUM = re.compile(r"^(.*?)(\d+)$")
+_SEG = re.compile(r"(\d+)")
+
+
+def _range_text(nums: list[str]) -> str:
+    """``['01','02','03','07']`` -> ``01-03,07``; padding follows ClusterShell (01-120 is one run)."""
+    vals = sorted(set(nums), key=lambda t: (int(t), len(t)))
+    spans: list[str] = []
+    i = 0
+    while i < len(vals):
+        start = vals[i]
+        pad = len(start)
+        end = start
+        j = i + 1
+        while j < len(vals) and vals[j] == f"{int(end) + 1:0{pad}d}":
+            end = vals[j]
+            j += 1
+        spans.append(start if start == end else f"{start}-{end}")
+        i = j
+    return ",".join(spans)
 
 
 def fold(names: Iterable[str]) -> str:
-    """Fold host names as ClusterShell does: lab01,lab02,lab03,web1 -> lab[01-03],web1."""
-    groups: "OrderedDict[tuple[str, int], list[int]]" = OrderedDict()
-    plain: list[str] = []
-    out: list[str] = []
-    for n in names:
-        m = _NUM.match(n)
-        if not m:
-            plain.append(n)
-            continue
-        groups.setdefault((m.group(1), len(m.group(2))), []).append(int(m.group(2)))
-    for (prefix, width), nums in groups.items():
-        nums = sorted(set(nums))
-        if len(nums) == 1:
-            out.append(f"{prefix}{nums[0]:0{width}d}")
-            continue
-        spans, start, prev = [], nums[0], nums[0]
-        for x in nums[1:] + [None]:
-            if x is not None and x == prev + 1:
-                prev = x
+    """Fold host names as ClusterShell writes them: ``lab[01-120]``, ``r[1-2]n[01-04]``, sorted."""
+    def key(n: str) -> list:
+        return [(0, int(x), len(x)) if x.isdigit() else (1, x, 0) for x in _SEG.split(n)]
+    items = [_SEG.split(n) for n in sorted(set(names), key=key)]
+    # fold one numeric dimension at a time, the last first; folded ones become text
+    width = max((len(t) for t in items), default=0)
+    for pos in range(width - 2, 0, -2):
+        groups: "OrderedDict[tuple, list[str]]" = OrderedDict()
+        shape: dict[tuple, list[str]] = {}
+        for t in items:
+            if len(t) <= pos or not t[pos].isdigit():
+                groups.setdefault(("=",) + tuple(t), [])
+                shape[("=",) + tuple(t)] = t
                 continue
-            spans.append(f"{start:0{width}d}" if start == prev else f"{start:0{width}d}-{prev:0{width}d}")
-            if x is not None:
-                start = prev = x
-        out.append(f"{prefix}[{','.join(spans)}]")
-    return ",".join(out + plain)
+            k = (len(t),) + tuple(t[:pos]) + ("#",) + tuple(t[pos + 1:])
+            groups.setdefault(k, []).append(t[pos])
+            shape.setdefault(k, t)
+        out = []
+        for k, nums in groups.items():
+            t = list(shape[k])
+            if nums:
+                txt = _range_text(nums)
+                t[pos] = txt if "-" not in txt and "," not in txt else f"[{txt}]"
+            out.append(t)
+        items = out
+    return ",".join("".join(t) for t in items)
 
 
-def gathered(run: FanoutRun) -> str:
-    """Identical outputs printed once under their folded host list (clush -b)."""
+def _buckets(run: FanoutRun) -> "OrderedDict[tuple[str, str], list[str]]":
     buckets: "OrderedDict[tuple[str, str], list[str]]" = OrderedDict()
     for r in run.results:
-        buckets.setdefault((r.stdout, r.stderr), []).append(r.host)
+        if r.stdout or r.stderr:
+            buckets.setdefault((r.stdout, r.stderr), []).append(r.host)
+    return buckets
+
+
+def _block_text(out: str, err: str, color: "Colors") -> str:
+    text = out.rstrip("\n")
+    if err.strip():
+        text += ("\n" if text else "") + "\n".join(color.dim("stderr| ") + ln for ln in err.rstrip("\n").splitlines())
+    return text
+
+
+def gathered(run: FanoutRun, color: "Colors | None" = None) -> str:
+    """Each host's output after the run; identical outputs once under their folded host list
+    (clush -b), stderr lines marked ``stderr|``."""
+    c = color or Colors(False)
     blocks = []
-    for (out, err), hosts in buckets.items():
+    for (out, err), hosts in _buckets(run).items():
         head = f"{fold(hosts)} ({len(hosts)})"
         bar = "-" * max(15, len(head))
-        text = out.rstrip("\n")
-        if err.strip():
-            text += ("\n" if text else "") + "\n".join("stderr: " + ln for ln in err.rstrip("\n").splitlines())
-        blocks.append(f"{bar}\n{head}\n{bar}\n{text}")
+        blocks.append(f"{bar}\n{c.bold(head)}\n{bar}\n{_block_text(out, err, c)}")
     return "\n".join(blocks)
+
+
+def diffed(run: FanoutRun, color: "Colors | None" = None) -> str:
+    """``--diff``: the most common output in full, every other one as a unified diff against it."""
+    import difflib
+
+    c = color or Colors(False)
+    buckets = sorted(_buckets(run).items(), key=lambda kv: -len(kv[1]))
+    if not buckets:
+        return ""
+    (base_out, base_err), base_hosts = buckets[0]
+    base = _block_text(base_out, base_err, Colors(False)).splitlines()
+    head = f"{fold(base_hosts)} ({len(base_hosts)})"
+    parts = [f"{'-' * max(15, len(head))}\n{c.bold(head)} (most common)\n{'-' * max(15, len(head))}\n" + "\n".join(base)]
+    for (out, err), hosts in buckets[1:]:
+        other = _block_text(out, err, Colors(False)).splitlines()
+        lines = list(difflib.unified_diff(base, other, fold(base_hosts), fold(hosts), lineterm=""))
+        parts.append("\n".join(c.red(ln) if ln.startswith("-") and not ln.startswith("---") else
+                                c.green(ln) if ln.startswith("+") and not ln.startswith("+++") else ln
+                                for ln in lines))
+    return "\n".join(parts)
+
+
+def stderr_tails(run: FanoutRun, lines: int = 5) -> str:
+    """Under the table: the last lines of each failed host's stderr (identical ones folded)."""
+    tails: "OrderedDict[str, list[str]]" = OrderedDict()
+    for r in run.results:
+        if not r.ok and r.stderr.strip():
+            tail = "\n".join(r.stderr.rstrip("\n").splitlines()[-lines:])
+            tails.setdefault(tail, []).append(r.host)
+    return "\n".join(f"{fold(hosts)} stderr (last lines):\n" + "\n".join("  " + ln for ln in tail.splitlines())
+                     for tail, hosts in tails.items())
+
+
+class Colors:
+    """ANSI colour on a terminal, never when ``NO_COLOR`` is set or output is not a TTY."""
+
+    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+        import os
+
+        if enabled is None:
+            st = stream or sys.stdout
+            enabled = bool(getattr(st, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+        self.enabled = enabled
+
+    def _c(self, code: str, s: str) -> str:
+        return f"\x1b[{code}m{s}\x1b[0m" if self.enabled and s else s
+
+    def red(self, s: str) -> str:
+        """Failures."""
+        return self._c("31", s)
+
+    def green(self, s: str) -> str:
+        """Success."""
+        return self._c("32", s)
+
+    def yellow(self, s: str) -> str:
+        """Timeouts and aborts."""
+        return self._c("33", s)
+
+    def bold(self, s: str) -> str:
+        """Headers."""
+        return self._c("1", s)
+
+    def dim(self, s: str) -> str:
+        """Markers."""
+        return self._c("2", s)
+
+    def state(self, s: str) -> str:
+        """A state word, coloured by what it means."""
+        if s in ("SUCCESS", "OK"):
+            return self.green(s)
+        if s in ("TIMEOUT", "ABORTED"):
+            return self.yellow(s)
+        return self.red(s)
 
 
 class LineStreamer:
@@ -146,21 +258,29 @@ class LineStreamer:
 class Progress:
     """A one-line live progress on a terminal; silent otherwise."""
 
-    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool | None = None,
+                 canary: str | None = None) -> None:
         self.total = total
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.done = 0
         self.failed = 0
+        self.canary = canary
+        self.canary_state = ""
         self.lock = threading.Lock()
+        if self.enabled and canary:
+            self.stream.write(f"\r\x1b[Kcanary {canary} running, {total - 1} more connecting...")
+            self.stream.flush()
 
     def __call__(self, r: FanoutResult) -> None:
         with self.lock:
             self.done += 1
             if not r.ok:
                 self.failed += 1
+            if self.canary and r.host == self.canary:
+                self.canary_state = f"canary {r.host} {'ok' if r.ok else r.outcome.value}: "
             if self.enabled:
-                self.stream.write(f"\r\x1b[K{self.done}/{self.total} done, {self.failed} failed, "
+                self.stream.write(f"\r\x1b[K{self.canary_state}{self.done}/{self.total} done, {self.failed} failed, "
                                   f"{self.total - self.done} to go")
                 self.stream.flush()
 

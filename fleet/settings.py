@@ -31,6 +31,7 @@ class Settings:
     gated: tuple[str, ...] = ()
     dispatch_timeout: float = 1800.0
     ssh_config: str = "~/.ssh/config"
+    artifacts_keep: int = 50
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "Settings":
@@ -71,6 +72,22 @@ class Settings:
             updates[key] = value
         return replace(s, **updates)
 
+    def outside_project(self) -> "Settings":
+        """These settings for a command run outside any project: relative artifacts and journal
+        paths go under the user's state dir, and a relative inventory that is not here is looked
+        for in the user's config dir."""
+        state = os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fleet")
+        conf = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "fleet")
+        upd: dict[str, Any] = {}
+        for key in ("artifacts_dir", "journal"):
+            v = os.path.expanduser(str(getattr(self, key)))
+            if not os.path.isabs(v):
+                upd[key] = os.path.join(state, v)
+        inv = os.path.expanduser(self.inventory)
+        if not os.path.isabs(inv) and not os.path.exists(inv):
+            upd["inventory"] = os.path.join(conf, inv)
+        return replace(self, **upd)
+
     def path(self, key: str) -> str:
         """A path setting with ``~`` expanded."""
         return os.path.expanduser(str(getattr(self, key)))
@@ -81,7 +98,7 @@ DEFAULTS = Settings()
 # (minimum, must be > 0) for number settings
 _RANGES = {"concurrency": (1, True), "connect_timeout": (0, True), "command_timeout": (0, False),
            "preflight_timeout": (0, True), "attempts": (1, True), "retry_delay": (0, False),
-           "token_ttl": (1, True), "dispatch_timeout": (0, True)}
+           "token_ttl": (1, True), "dispatch_timeout": (0, True), "artifacts_keep": (0, False)}
 
 
 def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0, positive: bool = False) -> Any:

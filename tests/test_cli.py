@@ -127,10 +127,12 @@ def test_dx_dispatch_console_script(tmp_path):
         s.close()
 
 
-def test_aliases_file_defines_short_commands():
+def test_aliases_file_defines_short_commands(tmp_path):
     p = subprocess.run(["bash", "-c", f"source {ROOT / 'shell/fleet-aliases.sh'}; alias fpf ffo fdx; "
-                                      f"echo $FLEET_HOME; fleet --list | head -3"],
-                       capture_output=True, text=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+                                      f"alias fab 2>/dev/null && echo FAB-DEFINED; fleet --list"],
+                       capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
     assert p.returncode == 0, p.stderr
     assert "fleet preflight" in p.stdout and "fleet fanout" in p.stdout and "fleet dispatch" in p.stdout
-    assert str(ROOT) in p.stdout and "Available tasks" in p.stdout
+    assert "FAB-DEFINED" not in p.stdout  # Fabric's own `fab` is not shadowed
+    assert "fanout" in p.stdout and "lab.up" in p.stdout  # the installed command, from a temp dir

@@ -80,21 +80,26 @@ def test_rolling_batches_stop_at_failure_threshold(lab, lab_inv, tmp_path):
     assert any("2 of 5 hosts failed (40%) > --max-fail 35%" in r.error for r in run.results if r.outcome == FanoutOutcome.ABORTED)
 
 
-def test_enforced_refuses_out_of_route_and_needs_token(lab, tmp_path):
+def test_enforced_refuses_out_of_route_and_runs_ungated_without_token(lab, tmp_path):
     p = write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02", "lab03"],
                         extra_top="groups:\n  ok: [lab01, lab02]\nroutes:\n  fanout: '@ok'\n")
     inv = load_inventory(p)
     st = settings(tmp_path)
     with pytest.raises(Refused, match=r"lab03 is outside the route for 'fanout' \(@ok = lab01, lab02\)"):
         ops.fanout(inv, "all", args={"command": "true"}, mode="enforced", settings=st, options=opts(tmp_path))
+    # not gated: enforced keeps to the route and runs at once, no token
+    run = ops.fanout(inv, "@ok", args={"command": "true"}, mode="enforced", settings=st, options=opts(tmp_path))
+    assert run.exit_code == 0 and len(run.results) == 2
+    # gated by the settings: a token, bound to the plan
+    stg = settings(tmp_path, gated=("fanout",))
     with pytest.raises(ConfirmationRequired) as ei:
-        ops.fanout(inv, "@ok", args={"command": "true"}, mode="enforced", settings=st, options=opts(tmp_path))
+        ops.fanout(inv, "@ok", args={"command": "true"}, mode="enforced", settings=stg, options=opts(tmp_path))
     tok = ei.value.token
     assert "operation: fanout" in str(ei.value) and "lab01, lab02" in str(ei.value)
     with pytest.raises(TokenRefused, match="issued for 'fanout' on \\[lab01,lab02\\] with command='true'"):
-        ops.fanout(inv, "@ok", args={"command": "rm -rf /tmp/x"}, mode="enforced", confirm=tok, settings=st,
+        ops.fanout(inv, "@ok", args={"command": "rm -rf /tmp/x"}, mode="enforced", confirm=tok, settings=stg,
                    options=opts(tmp_path))
-    run = ops.fanout(inv, "@ok", args={"command": "true"}, mode="enforced", confirm=tok, settings=st,
+    run = ops.fanout(inv, "@ok", args={"command": "true"}, mode="enforced", confirm=tok, settings=stg,
                      options=opts(tmp_path))
     assert run.exit_code == 0 and len(run.results) == 2
 

@@ -1,0 +1,798 @@
+"""fleet's task collection and the ``fleet`` command: parse flags, call the library, render.
+
+The same collection serves ``inv`` in the checkout (``tasks.py`` imports it) and the installed
+``fleet`` command (:func:`main`, an Invoke ``Program`` over it), from any directory. Heavy
+imports (fabric, paramiko, httpx, slack-sdk) happen inside the tasks, so ``--list`` stays fast.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import asdict
+
+from invoke import Collection, Exit, task
+
+from fleet.errors import EXIT_INTERRUPTED, FleetError
+from fleet.settings import Settings
+
+HOSTS_HELP = "Hosts: name, alias, @group, tag:NAME, all, comma list, !x to exclude."
+
+
+def fleet_task(*args, **kwargs):
+    """``@task`` with fleet's error handling: one clear message and a distinct exit status."""
+    kwargs.setdefault("auto_shortflags", False)
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(c, *a, **kw):
+            try:
+                return fn(c, *a, **kw)
+            except FleetError as exc:
+                print(f"fleet: {exc}", file=sys.stderr)
+                raise Exit(code=exc.exit_code) from None
+            except KeyboardInterrupt:
+                print("fleet: interrupted", file=sys.stderr)
+                raise Exit(code=EXIT_INTERRUPTED) from None
+            except Exit:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must still read as one line
+                if os.environ.get("FLEET_DEBUG"):
+                    raise
+                print(f"fleet: unexpected error {type(exc).__name__}: {exc} (a bug: rerun with FLEET_DEBUG=1 "
+                      f"for the traceback and report it)", file=sys.stderr)
+                raise Exit(code=1) from None
+        return task(*args, **kwargs)(wrapper)
+    return deco
+
+
+def _num(flag: str, value, default, kind: type = float, minimum: float = 0, positive: bool = False):
+    """A number flag, or the setting's value when the flag is not given; bad values exit 2."""
+    from fleet.settings import number
+    return default if value is None else number(flag, value, kind, minimum, positive)
+
+
+def _settings(c) -> Settings:
+    st = Settings.from_mapping(c.config.get("fleet") or {})
+    if getattr(c.config, "_project_path", None) is None:
+        # outside a project (no invoke.yaml found): relative paths go to the user's state dir,
+        # not wherever the command happens to run
+        st = st.outside_project()
+    return st
+
+
+def _inventory(c, path: str | None):
+    from fleet.inventory import load_inventory
+
+    path = path or os.environ.get("FLEET_INVENTORY") or None
+
+    st = _settings(c)
+    return load_inventory(path or st.inventory or "inventory.yaml")
+
+
+def _selector(hosts: str | None, all_: bool, default: str | None = "all") -> str:
+    from fleet.errors import BadInput
+
+    if hosts and all_:
+        raise BadInput("give either --hosts SELECTOR or --all, not both")
+    if all_:
+        return "all"
+    if hosts:
+        return hosts
+    if default is None:
+        raise BadInput("choose hosts with --hosts SELECTOR (e.g. --hosts epyc6 or --hosts '@gpu') or --all")
+    return default
+
+
+def _emit(doc) -> None:
+    from fleet.render import to_json
+
+    print(to_json(doc))
+
+
+# ------------------------------------------------------------------------ inventory
+
+@fleet_task(help={"inventory": "Inventory file (default: the 'inventory' setting, then ./inventory.yaml)."})
+def inventory_check(c, inventory=None):
+    """Validate the inventory and print a one-line summary (exit 2 on any error)."""
+    from fleet.render import inventory_summary
+
+    print(inventory_summary(_inventory(c, inventory)))
+
+
+@fleet_task(help={"hosts": HOSTS_HELP, "all": "Same as --hosts all (the default).",
+                  "inventory": "Inventory file.", "json": "Print one JSON document."})
+def inventory_show(c, hosts=None, all_=False, inventory=None, json_=False):
+    """Print the resolved hosts (defaults merged) as a table or JSON."""
+    from fleet.render import host_dict, hosts_table
+    from fleet.selectors import select
+
+    inv = _inventory(c, inventory)
+    chosen = select(inv, _selector(hosts, all_))
+    if json_:
+        _emit({"inventory": inv.path, "hosts": [host_dict(h) for h in chosen]})
+    else:
+        print(hosts_table(chosen))
+
+
+@fleet_task(name="import", positional=["file"], help={"file": "Path of a vm-endpoints.json file."})
+def inventory_import(c, file):
+    """Convert the seed's vm-endpoints.json to inventory YAML on stdout (notes on stderr)."""
+    import json
+
+    from fleet.errors import BadInput
+    from fleet.importer import vm_endpoints_to_yaml
+
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise BadInput(f"{file}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{file}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    text, dropped = vm_endpoints_to_yaml(data, file)
+    sys.stdout.write(text)
+    for d in dropped:
+        print(f"fleet: dropped {d}", file=sys.stderr)
+    if not dropped:
+        print("fleet: nothing dropped", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------ preflight / fanout
+
+@fleet_task(help={"hosts": HOSTS_HELP + " Default: all.", "all": "Same as --hosts all.",
+                  "inventory": "Inventory file.", "json": "Print one JSON document.",
+                  "timeout": "Seconds per check (default: the 'preflight_timeout' setting, 5).",
+                  "concurrency": "Hosts checked at once (default: the 'concurrency' setting)."})
+def preflight(c, hosts=None, all_=False, inventory=None, json_=False, timeout=None, concurrency=None):
+    """Check every selected host is usable: mapping, DNS, TCP to SSH, auth available."""
+    from fleet.preflight import preflight_many
+    from fleet.render import preflight_table
+    from fleet.selectors import select
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    chosen = select(inv, _selector(hosts, all_))
+    results = preflight_many(chosen, _num("--timeout", timeout, st.preflight_timeout, positive=True),
+                             _num("--concurrency", concurrency, st.concurrency, int, 1), inventory=inv)
+    if json_:
+        _emit({"results": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
+    else:
+        print(preflight_table(results))
+    if not all(r.ok for r in results):
+        raise Exit(code=1)
+
+
+FANOUT_HELP = {
+    "command": "The shell command to run on each host (positional).",
+    "hosts": HOSTS_HELP, "all": "Run on every host (same as --hosts all).",
+    "inventory": "Inventory file.", "json": "Print one JSON document with every field.",
+    "mode": "off | canary | enforced (default: the 'mode' setting).",
+    "canary": "Host that runs first in canary mode (default: the inventory's canary).",
+    "batch": "Rolling batches: N hosts or N% of hosts at a time.",
+    "max_fail": "With --batch: stop when more than PCT% of hosts so far failed.",
+    "confirm": "Confirmation token printed by a refused gated run.",
+    "concurrency": "Hosts at once (default: the 'concurrency' setting, 32).",
+    "connect_timeout": "Seconds to connect and finish the SSH handshake (default 10).",
+    "timeout": "Seconds the command may run (default: 'command_timeout', 3600; 0 = none).",
+    "attempts": "Attempts per host (default 2). Never repeats auth or host-key failures.",
+    "retry_delay": "Seconds between attempts (default 2).",
+    "retry_on_exit": "Also retry a command that ran and exited non-zero.",
+    "no_preflight": "Skip the preflight checks.",
+    "accept_new_host_key": "Accept (and record) an unknown host key for this host; repeatable.",
+    "accept_new_host_keys": "Accept unknown host keys for every host of this run.",
+    "stream": "Print output lines live, prefixed 'host | ' (then the table).",
+    "gather": "Print identical outputs once, under their folded host list (the default).",
+    "quiet": "Print only the table.",
+    "diff": "Show the outputs as unified diffs against the most common one (clush --diff).",
+    "no_canary": "Canary mode without a canary: one call, every host at once.",
+    "log": "Also write the key=value log lines to stderr.",
+    "collect": "Fetch this remote file from each host into the run's artifacts; repeatable.",
+}
+
+
+def _fanout_options(c, concurrency, connect_timeout, timeout, attempts, retry_delay, retry_on_exit,
+                    no_preflight, accept_new_host_key, accept_new_host_keys, collect):
+    from fleet.fanout import FanoutOptions
+
+    st = _settings(c)
+    ct = _num("--timeout", timeout, st.command_timeout)
+    return FanoutOptions(
+        concurrency=_num("--concurrency", concurrency, st.concurrency, int, 1),
+        connect_timeout=_num("--connect-timeout", connect_timeout, st.connect_timeout, positive=True),
+        command_timeout=ct if ct > 0 else None,
+        attempts=_num("--attempts", attempts, st.attempts, int, 1),
+        retry_delay=_num("--retry-delay", retry_delay, st.retry_delay),
+        retry_on_exit=bool(retry_on_exit), preflight=not no_preflight,
+        preflight_timeout=st.preflight_timeout,
+        accept_new_host_keys=bool(accept_new_host_keys),
+        accept_host_keys_for=frozenset(accept_new_host_key or ()),
+        collect=tuple(collect or ()), artifacts_dir=st.artifacts_dir, ssh_config=st.ssh_config,
+        artifacts_keep=st.artifacts_keep).validate()
+
+
+def _render_run(run, json_: bool, gather: bool, stream: bool, quiet: bool = False, diff: bool = False) -> None:
+    from fleet.render import Colors, diffed, fanout_table, gathered, stderr_tails
+
+    if json_:
+        _emit(run.to_dict())
+        return
+    color = Colors()
+    for n in run.notes:
+        print(f"note: {n}", file=sys.stderr)
+    if diff:
+        text = diffed(run, color)
+    elif not (quiet or stream):
+        text = gathered(run, color)  # like clush -b: every host's output, identical ones once
+    else:
+        text = ""
+    if text:
+        print(text)
+    print(fanout_table(run, color))
+    tails = "" if quiet else stderr_tails(run)
+    if tails:
+        print(tails)
+
+
+def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_, gather, stream, log,
+               options, quiet=False, diff=False, no_canary=False, **extra):
+    from fleet.modes import is_gated, resolve_mode
+    from fleet.render import LineStreamer, Progress
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    sel = _selector(hosts, all_, default=None)
+    from fleet.modes import make_plan
+    from fleet.selectors import select
+
+    if json_ and stream:
+        from fleet.errors import BadInput
+        raise BadInput("--json and --stream do not mix (live lines would break the JSON document): keep one")
+    m = resolve_mode(mode, st)
+    preview = make_plan(inv, op.operation, sel, m, args, canary, no_canary=no_canary) if m == "canary" else None
+    progress = Progress(len(select(inv, sel)), enabled=None if not json_ and not stream else False,
+                        canary=preview.canary.name if preview is not None and preview.canary else None)
+    streamer = LineStreamer([h.name for h in inv.hosts] + ["local"]) if stream else None
+    gated = is_gated(op.operation, resolve_mode(mode, st), st, False)
+    trail = _trail(c, inv) if gated else None
+    try:
+        run = op(inv, sel, args=args, mode=mode, confirm=confirm, canary=canary, settings=st, no_canary=no_canary,
+                 options=options, on_output=streamer, on_result=progress,
+                 log_stream=sys.stderr if log else None, audit=trail.gate_event if trail else None, **extra)
+        if trail is not None:
+            for r in run.results:
+                trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=op.operation,
+                             run_id=run.run_id, error=r.error, **{k: str(v) for k, v in args.items()})
+    finally:
+        if trail is not None:
+            trail.close()
+    progress.clear()
+    _render_run(run, json_, gather, stream, quiet, diff)
+    if run.exit_code:
+        raise Exit(code=run.exit_code)
+
+
+@fleet_task(positional=["command"], iterable=["accept_new_host_key", "collect"],
+            help=FANOUT_HELP)
+def fanout(c, command, hosts=None, all_=False, inventory=None, json_=False, mode=None, canary=None,
+           batch=None, max_fail=None, confirm=None, concurrency=None, connect_timeout=None, timeout=None,
+           attempts=None, retry_delay=None, retry_on_exit=False, no_preflight=False,
+           accept_new_host_key=None, accept_new_host_keys=False, stream=False, gather=False, log=False,
+           collect=None, quiet=False, diff=False, no_canary=False):
+    """Run one shell command on many hosts; each host's output, then per-host results (exit 1 if any failed)."""
+    from fleet import ops
+    from fleet.errors import BadInput
+
+    if not command or not command.strip():
+        raise BadInput('give the command to run, e.g. inv fanout --all "make test"')
+    opts = _fanout_options(c, concurrency, connect_timeout, timeout, attempts, retry_delay, retry_on_exit,
+                           no_preflight, accept_new_host_key, accept_new_host_keys, collect)
+    _run_gated(c, ops.fanout, inventory, hosts, all_, {"command": command}, mode, confirm, canary, json_,
+               gather, stream, log, opts, quiet=quiet, diff=diff, no_canary=no_canary,
+               batch=batch, max_fail=max_fail)
+
+
+@fleet_task(iterable=["accept_new_host_key"], help={k: v for k, v in FANOUT_HELP.items()
+                                                    if k not in ("command", "hosts", "all", "collect")})
+def retry(c, inventory=None, json_=False, mode=None, canary=None, batch=None, max_fail=None, confirm=None,
+          concurrency=None, connect_timeout=None, timeout=None, attempts=None, retry_delay=None,
+          retry_on_exit=False, no_preflight=False, accept_new_host_key=None, accept_new_host_keys=False,
+          stream=False, gather=False, log=False, quiet=False, diff=False, no_canary=False):
+    """Rerun the last fanout's command on the hosts that did not succeed (Ansible's retry list)."""
+    from fleet.artifacts import last_failed
+
+    command, failed = last_failed(_settings(c).artifacts_dir)
+    print(f"retry: {command!r} on {len(failed)} host(s): {', '.join(failed)}", file=sys.stderr)
+    fanout(c, command, inventory=inventory, json_=json_, mode=mode, canary=canary, batch=batch, max_fail=max_fail,
+           confirm=confirm, concurrency=concurrency, connect_timeout=connect_timeout, timeout=timeout,
+           attempts=attempts, retry_delay=retry_delay, retry_on_exit=retry_on_exit, no_preflight=no_preflight,
+           accept_new_host_key=accept_new_host_key, accept_new_host_keys=accept_new_host_keys, stream=stream,
+           gather=gather, log=log, quiet=quiet, diff=diff, no_canary=no_canary, hosts=",".join(failed))
+
+
+@fleet_task(name="blow-away", iterable=["accept_new_host_key"], help={
+    "repo": "Repo whose working copy is removed (its path comes from the inventory's repos).",
+    "hosts": HOSTS_HELP, "all": "Every host.", "inventory": "Inventory file.", "json": "One JSON document.",
+    "mode": "off | canary | enforced.", "confirm": "The token printed by the refused run.",
+    "concurrency": FANOUT_HELP["concurrency"], "connect_timeout": FANOUT_HELP["connect_timeout"],
+    "timeout": FANOUT_HELP["timeout"], "log": FANOUT_HELP["log"],
+    "accept_new_host_key": FANOUT_HELP["accept_new_host_key"],
+    "accept_new_host_keys": FANOUT_HELP["accept_new_host_keys"]})
+def blow_away(c, repo, hosts=None, all_=False, inventory=None, json_=False, mode=None, confirm=None,
+              concurrency=None, connect_timeout=None, timeout=None, log=False, accept_new_host_key=None,
+              accept_new_host_keys=False):
+    """Remove a repo's working copy on hosts (gated: needs --confirm TOKEN)."""
+    from fleet import ops
+
+    ops.check_repo_name(repo)
+    opts = _fanout_options(c, concurrency, connect_timeout, timeout, 1, 0, False, False, accept_new_host_key,
+                           accept_new_host_keys, None)
+    _run_gated(c, ops.blow_away, inventory, hosts, all_, {"repo": repo}, mode, confirm, None, json_,
+               False, False, log, opts)
+
+
+# ------------------------------------------------------------------------ tokens
+
+@fleet_task(help={"json": "One JSON document."})
+def token_list(c, json_=False):
+    """List confirmation tokens issued here and their state (valid/used/expired/revoked)."""
+    from fleet.render import table
+    from fleet.tokens import TokenStore
+
+    st = _settings(c)
+    recs = TokenStore(st.token_dir, st.token_ttl).list()
+    if json_:
+        _emit({"tokens": recs})
+        return
+    print(table([[r["id"], r["state"], r["operation"], ",".join(r["hosts"]), r.get("args", "")]
+                 for r in recs], ["ID", "STATE", "OPERATION", "HOSTS", "ARGS"]))
+
+
+@fleet_task(positional=["token"], help={"token": "The token to revoke."})
+def token_revoke(c, token):
+    """Revoke a confirmation token so it can never be used."""
+    from fleet.tokens import TokenStore
+
+    st = _settings(c)
+    rec = TokenStore(st.token_dir, st.token_ttl).revoke(token)
+    print(f"revoked token {rec['id']} for '{rec['operation']}' on {','.join(rec['hosts'])}")
+
+
+# ------------------------------------------------------------------------ lab
+
+@fleet_task(help={"count": "Number of SSH hosts (default 3).", "dir": "Lab directory (default ./lab).",
+                  "agents": "Also start a real 'opencode serve' for the first M hosts (default 0).",
+                  "jump": "Add a jump host and reach every even host through it (ProxyJump)."})
+def lab_up(c, count=None, dir="lab", agents=None, jump=False):
+    """Start a local lab of real sshd hosts (and OpenCode agents) on loopback."""
+    import time
+
+    from fleet.lab import lab_up as up
+
+    t0 = time.monotonic()
+    lab = up(_num("--count", count, 3, int, 1), dir, _num("--agents", agents, 0, int, 0), jump=bool(jump))
+    n_agents = sum(1 for a in lab.agents if a.get("role") == "agent")
+    print(f"lab up: {len(lab.hosts)} hosts, {n_agents} agents in {time.monotonic() - t0:.2f}s")
+    rel = os.path.relpath(lab.inventory)
+    shown = rel if not rel.startswith("..") else str(lab.inventory)
+    print(f"inventory: {shown}")
+    rel_cfg = os.path.relpath(lab.ssh_config) if lab.ssh_config else ""
+    print(f"ssh_config: {rel_cfg if not rel_cfg.startswith('..') else lab.ssh_config} "
+          f"(plain OpenSSH: ssh -F {rel_cfg if not rel_cfg.startswith('..') else lab.ssh_config} lab01 true)")
+    print(f"try: inv fanout --inventory {shown} --all true")
+
+
+@fleet_task(help={"dir": "Lab directory (default ./lab)."})
+def lab_down(c, dir="lab"):
+    """Stop every process the lab started (by pid file)."""
+    from fleet.lab import lab_down as down
+
+    pids = down(dir)
+    print(f"lab down: stopped {len(pids)} process(es)")
+
+
+# ------------------------------------------------------------------------ audit helpers
+
+def _trail(c, inv, slack=True):
+    from fleet.app import audit_trail
+
+    return audit_trail(inv, _settings(c), post=slack)
+
+
+def _records(c):
+    from fleet.dispatch import SessionRecords
+
+    return SessionRecords(os.path.join(os.path.dirname(_settings(c).path("journal")), "sessions.jsonl"))
+
+
+# ------------------------------------------------------------------------ dispatch
+
+DISPATCH_HELP = {
+    "host": "The host whose agent gets the task (default: the inventory's default_host).",
+    "hosts": HOSTS_HELP + " Dispatches to each in parallel.", "all": "Every host (same as --hosts all).",
+    "repo": "Repo name: the task runs in that repo's directory on the host (inventory repos).",
+    "task": "The task text sent to the agent.",
+    "session": "Resume this session instead of creating one (one host only).",
+    "no_wait": "Send the task and return; do not wait for the answer.",
+    "issue": "Beads issue to claim for the host first (one host only).",
+    "model": "provider/model for this task (default: the server's).",
+    "timeout": "Seconds to wait for the agent (default: the 'dispatch_timeout' setting).",
+    "mode": "off | canary | enforced.", "canary": "Host whose agent must succeed before the rest get the task.",
+    "confirm": "Confirmation token, when the mode or config gates dispatch.",
+    "json": "Print one JSON document.", "inventory": "Inventory file.",
+    "no_slack": "Journal only; do not post this dispatch to Slack.",
+}
+
+
+class _Live:
+    """Session id at once, a live status line on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool, many: bool) -> None:
+        self.quiet = quiet
+        self.many = many
+        self.tty = sys.stderr.isatty()
+        self.t0 = __import__("time").monotonic()
+
+    def __call__(self, host: str, kind: str, text: str) -> None:
+        if self.quiet:
+            return
+        import time as _t
+
+        el = _t.monotonic() - self.t0
+        if kind == "session":
+            print(f"{host}: session {text}", file=sys.stderr, flush=True)
+        elif kind == "status" and self.tty and not self.many:
+            sys.stderr.write(f"\r\x1b[K{host}: {text} ({el:.0f}s)")
+            sys.stderr.flush()
+        elif kind == "status":
+            print(f"{host}: {text} ({el:.1f}s)", file=sys.stderr, flush=True)
+        elif kind == "answer" and self.tty and not self.many:
+            sys.stderr.write("\r\x1b[K")
+
+
+@fleet_task(help=DISPATCH_HELP)
+def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
+             model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
+             no_slack=False):
+    """Hand a task to the OpenCode agent on a host (or many) and follow it to the end."""
+    from fleet import dispatch as dx
+    from fleet.beads import Beads
+    from fleet.errors import BadInput
+    from fleet.render import first_line, table
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    if sum(bool(x) for x in (host, hosts, all_)) > 1:
+        raise BadInput("give one of --host NAME, --hosts SELECTOR or --all")
+    if not task or not task.strip():
+        raise BadInput('give the task text, e.g. --task "Run make test"')
+    if model and "/" not in model:
+        raise BadInput(f"--model {model}: write provider/model, e.g. --model anthropic/claude-sonnet-4-5")
+    sel = host or hosts or ("all" if all_ else inv.default_host)
+    if not sel:
+        raise BadInput("choose the host with --host NAME (the inventory has no default_host)")
+    trail = _trail(c, inv, slack=not no_slack)
+    beads = Beads() if issue else None
+    many = sel != host
+    live = _Live(json_, many)
+    try:
+        run = dx.dispatch(inv, sel, args={"task": task, "repo": repo, "session": session, "model": model,
+                                          "issue": issue},
+                          mode=mode, confirm=confirm, canary=canary, settings=st, store=None,
+                          audit=trail.gate_event, wait=not no_wait,
+                          timeout=_num("--timeout", timeout, st.dispatch_timeout, positive=True), concurrency=st.concurrency,
+                          records=_records(c), on_event=live, beads=beads, audit_trail=trail)
+    finally:
+        trail.close()
+    if json_:
+        _emit(run.to_dict())
+    elif len(run.results) == 1:
+        r = run.results[0]
+        if r.waited and r.answer:
+            print(r.answer)
+        tok = r.tokens or {}
+        print(f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
+              f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
+              f"duration={r.duration_ms / 1000:.1f}s" + (f"\nerror: {r.error}" if r.error else ""))
+    else:
+        print(table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
+                      first_line(r.answer, 60) or "-", first_line(r.error, 80)] for r in run.results],
+                    ["HOST", "STATE", "SESSION", "DURATION", "ANSWER", "ERROR"]))
+    if trail.status and not json_:
+        print(f"audit: {trail.status}", file=sys.stderr)
+    if run.exit_code:
+        raise Exit(code=run.exit_code)
+
+
+@fleet_task(help={"host": "Host whose agent to stop.", "session": "Session id to abort.",
+                  "all_sessions": "Abort every busy session on the host.", "reason": "Why (journal, Slack, Beads).",
+                  "inventory": "Inventory file.", "json": "One JSON document.", "no_slack": "Journal only."})
+def abort(c, host, session=None, all_sessions=False, reason="aborted by operator", inventory=None, json_=False,
+          no_slack=False):
+    """Stop a running agent session (marks its Beads issue blocked)."""
+    from fleet.beads import Beads
+    from fleet.dispatch import abort_sessions
+
+    inv = _inventory(c, inventory)
+    h = inv.host(host)
+    trail = _trail(c, inv, slack=not no_slack)
+    try:
+        done = abort_sessions(h, session, all_sessions, _records(c), trail, Beads(), reason)
+    finally:
+        trail.close()
+    if json_:
+        _emit({"host": h.name, "aborted": done})
+    else:
+        print(f"{h.name}: aborted {len(done)} session(s)" + (": " + ", ".join(done) if done else ""))
+
+
+@fleet_task(help={"hosts": HOSTS_HELP + " Default: hosts with an OpenCode server.", "all": "Every host.",
+                  "inventory": "Inventory file.", "json": "One JSON document."})
+def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
+    """What each host's agent is doing: sessions, busy/idle/retry, titles, age."""
+    from fleet.dispatch import host_sessions
+    from fleet.errors import FleetError
+    from fleet.render import table
+    from fleet.selectors import select
+
+    inv = _inventory(c, inventory)
+    chosen = [h for h in select(inv, _selector(hosts, all_)) if h.opencode is not None]
+    rows, errors = [], []
+    for h in chosen:
+        try:
+            rows += host_sessions(h, _records(c))
+        except FleetError as exc:
+            errors.append(str(exc))
+    if json_:
+        _emit({"sessions": [r.to_dict() for r in rows], "errors": errors})
+    else:
+        print(table([[r.host, r.session_id, r.state, f"{r.age_s}s", "yes" if r.fleet else "", r.title[:50]]
+                     for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET", "TITLE"]))
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    if errors:
+        raise Exit(code=1)
+
+
+@fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "inventory": "Inventory file.",
+                  "json": "One JSON document."})
+def status(c, hosts=None, all_=False, inventory=None, json_=False):
+    """Health and version of each host's OpenCode server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleet.dispatch import server_status
+    from fleet.render import table
+    from fleet.selectors import select
+
+    inv = _inventory(c, inventory)
+    chosen = [h for h in select(inv, _selector(hosts, all_)) if h.opencode is not None]
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(chosen)))) as pool:
+        res = list(pool.map(server_status, chosen))
+    if json_:
+        _emit({"servers": res})
+    else:
+        print(table([[r["host"], "healthy" if r["healthy"] else "DOWN", r["version"] or "-", f"{r['ms']}ms",
+                      r["url"], r["error"][:100]] for r in res], ["HOST", "STATE", "VERSION", "RTT", "URL", "ERROR"]))
+    if not all(r["healthy"] for r in res):
+        raise Exit(code=1)
+
+
+@fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "confirm": "The token printed by the refused run.",
+                  "mode": "off | canary | enforced.", "inventory": "Inventory file.", "json": "One JSON document."})
+def teardown(c, hosts=None, all_=False, confirm=None, mode=None, inventory=None, json_=False):
+    """Abort running agent sessions and delete the ones fleet created (gated: --confirm)."""
+    from fleet import dispatch as dx
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    trail = _trail(c, inv)
+    try:
+        out = dx.teardown(inv, _selector(hosts, all_, default=None), args={}, mode=mode, confirm=confirm,
+                          settings=st, audit=trail.gate_event, records=_records(c), audit_trail=trail)
+    finally:
+        trail.close()
+    if json_:
+        _emit({"teardown": out})
+    else:
+        for r in out:
+            if r.get("error"):
+                print(f"{r['host']}: error: {r['error']}")
+            else:
+                print(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)")
+    if any(r.get("error") for r in out):
+        raise Exit(code=1)
+
+
+# ------------------------------------------------------------------------ audit
+
+@fleet_task(help={"inventory": "Inventory file (for the Slack channel).", "max_wait":
+                  "Most seconds to spend waiting out Slack rate limits (default 300)."})
+def audit_replay(c, inventory=None, max_wait=300):
+    """Deliver pending journal events to Slack, in order, exactly once."""
+    from fleet.audit import replay
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    token = os.environ.get(inv.slack.token_env) if inv.slack else None
+    rep = replay(st.path("journal"), inv.slack, token, float(max_wait))
+    for t in rep.torn:
+        print(f"journal: set aside a torn line: {t[:80]!r}", file=sys.stderr)
+    print(f"delivered {rep.delivered}, pending {rep.pending}" + (f" ({rep.stopped})" if rep.stopped else ""))
+    if rep.pending:
+        raise Exit(code=1)
+
+
+@fleet_task(help={"lines": "How many events (default 20).", "json": "One JSON document."})
+def audit_tail(c, lines=None, json_=False):
+    """Print the last journal events."""
+    from fleet.audit import Journal, format_events
+
+    j = Journal(_settings(c).path("journal")).load()
+    ev = j.events[-_num("--lines", lines, 20, int, 1):]
+    if json_:
+        _emit({"events": ev, "pending": len(j.pending()), "torn": j.torn})
+    else:
+        print(format_events(ev, j.delivered))
+
+
+@fleet_task(name="show", positional=["dispatch_id"], help={"dispatch_id": "The dispatch id (dx-...).",
+                                                             "json": "One JSON document."})
+def audit_show(c, dispatch_id, json_=False):
+    """Print every journal event of one dispatch."""
+    from fleet.audit import Journal, format_events
+    from fleet.errors import BadInput
+
+    j = Journal(_settings(c).path("journal")).load()
+    ev = [e for e in j.events if e.get("dispatch_id") == dispatch_id]
+    if not ev:
+        raise BadInput(f"no events for dispatch '{dispatch_id}' in the journal: see 'inv audit.tail'")
+    if json_:
+        _emit({"events": ev})
+    else:
+        print(format_events(ev, j.delivered))
+
+
+# ------------------------------------------------------------------------ collection
+
+ns = Collection()
+for _t in (preflight, fanout, retry, blow_away, dispatch, abort, sessions, status, teardown):
+    ns.add_task(_t)
+for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
+                      ("lab", {"up": lab_up, "down": lab_down}),
+                      ("audit", {"replay": audit_replay, "tail": audit_tail, "show": audit_show}),
+                      ("token", {"list": token_list, "revoke": token_revoke})):
+    _sub = Collection(_name)
+    for _n, _t in _tasks.items():
+        _sub.add_task(_t, name=_n)
+    ns.add_collection(_sub)
+
+# Every key is None here: Invoke then passes INVOKE_FLEET_* values through as text (it cannot
+# cast text to a list, and would raise a traceback on a bad number), and Settings checks them.
+ns.configure({"fleet": {k: None for k in asdict(Settings())}})
+
+
+
+# ------------------------------------------------------------------------ the `fleet` command
+
+def _find_project(start: str) -> str | None:
+    """The nearest directory from ``start`` up that holds an ``invoke.yaml`` with a ``fleet:`` section."""
+    d = os.path.abspath(start)
+    while True:
+        p = os.path.join(d, "invoke.yaml")
+        try:
+            with open(p, encoding="utf-8") as f:
+                if any(line.startswith("fleet:") for line in f):
+                    return d
+        except OSError:
+            pass
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def _program():
+    from invoke import Config, Program
+    from invoke.exceptions import ParseError
+
+    from fleet import __version__
+
+    class FleetConfig(Config):
+        """Invoke's config with the user's file at ``~/.config/fleet/invoke.yaml``."""
+
+        prefix = "invoke"  # INVOKE_FLEET_* env vars and invoke.yaml project files, as with inv
+
+        def __init__(self, *a, **kw):
+            kw.setdefault("user_prefix", os.path.join(os.environ.get("XDG_CONFIG_HOME")
+                                                      or os.path.expanduser("~/.config"), "fleet", ""))
+            super().__init__(*a, **kw)
+
+    class FleetProgram(Program):
+        def update_config(self, merge: bool = True) -> None:
+            project = _find_project(os.getcwd())
+            if project is not None:
+                self.config.set_project_location(project)
+                self.config.load_project(merge=False)
+            super().update_config(merge)
+
+        def parse_tasks(self) -> None:
+            _check_flags(list(self.core.unparsed))
+            try:
+                super().parse_tasks()
+            except ParseError as exc:
+                raise Exit(_parse_error_message(exc, self), code=2) from None
+
+        def parse_core(self, argv) -> None:
+            try:
+                super().parse_core(argv)
+            except ParseError as exc:
+                raise Exit(_parse_error_message(exc, self), code=2) from None
+
+    return FleetProgram(namespace=ns, name="fleet", binary="fleet", version=__version__,
+                        config_class=FleetConfig)
+
+
+def _task_flags(name: str) -> list[str]:
+    t = ns[name]
+    out = ["--help", "-h"]
+    for a in t.get_arguments():
+        for n in a.names:
+            out.append(("--" + n.replace("_", "-")) if len(n) > 1 else "-" + n)
+            if a.kind is bool and len(n) > 1:
+                out.append("--no-" + n.replace("_", "-"))
+    return out
+
+
+def _check_flags(argv: list[str]) -> None:
+    """Invoke takes an unknown ``--flag`` for a positional value; say it the fleet way instead."""
+    import difflib
+
+    current = None
+    for tok in argv:
+        if tok == "--":
+            return
+        if not tok.startswith("-") and tok in ns.task_names:
+            current = tok
+            continue
+        if current is not None and tok.startswith("--"):
+            flag = tok.split("=", 1)[0]
+            known = _task_flags(current)
+            if flag not in known:
+                close = difflib.get_close_matches(flag, known, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"see 'fleet -h {current}'"
+                raise Exit(f"fleet: unknown flag {flag} for '{current}': {hint}", code=2)
+
+
+def _parse_error_message(exc, program) -> str:
+    """Invoke's parse errors said the fleet way, with a 'did you mean' for flags."""
+    import difflib
+    import re
+
+    msg = str(exc)
+    m = re.search(r"Flag <Argument: ([\w-]+)[^>]*> needed value", msg)
+    if m:
+        return f"fleet: --{m.group(1).replace('_', '-')} needs a value"
+    m = re.search(r"No idea what '([^']*)' is", msg)
+    hint = ""
+    if m and m.group(1).startswith("-"):
+        flags: list[str] = []
+        for t in ns.tasks.values():
+            for a in t.get_arguments():
+                flags += ["--" + n.replace("_", "-") for n in a.names if len(n) > 1]
+        close = difflib.get_close_matches(m.group(1), sorted(set(flags)), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; see 'fleet -h TASK' for its flags"
+    elif m:
+        close = difflib.get_close_matches(m.group(1), sorted(ns.task_names), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; see 'fleet --list'"
+    return f"fleet: {msg.rstrip('!')}{hint}"
+
+
+def main() -> None:
+    """Entry point of the ``fleet`` console script."""
+    try:
+        _program().run()
+    except BrokenPipeError:  # e.g. `fleet --list | head`
+        try:
+            sys.stdout.close()
+        except OSError:
+            pass
