@@ -713,6 +713,13 @@ def _program():
             if project is not None:
                 self.config.set_project_location(project)
                 self.config.load_project(merge=False)
+            # YAML 1.1 reads a bare `mode: off` as False; Invoke would then cast INVOKE_FLEET_MODE
+            # to a bool. Keep the word.
+            for level in ("_system", "_user", "_project"):
+                data = getattr(self.config, level, None) or {}
+                fl = data.get("fleet") if isinstance(data, dict) else None
+                if isinstance(fl, dict) and isinstance(fl.get("mode"), bool):
+                    fl["mode"] = "on" if fl["mode"] else "off"
             super().update_config(merge)
 
         def parse_tasks(self) -> None:

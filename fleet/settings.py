@@ -64,6 +64,8 @@ class Settings:
                         value = tuple(x.strip() for x in value.split(",") if x.strip())
                     else:
                         value = tuple(str(x) for x in (value or ()))
+                elif isinstance(value, bool):
+                    value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
                 else:
                     value = str(value)
             except (TypeError, ValueError):
