@@ -143,9 +143,11 @@ def inventory_import(c, file):
 @fleet_task(help={"hosts": HOSTS_HELP + " Default: all.", "all": "Same as --hosts all.",
                   "inventory": "Inventory file.", "json": "Print one JSON document.",
                   "timeout": "Seconds per check (default: the 'preflight_timeout' setting, 5).",
-                  "concurrency": "Hosts checked at once (default: the 'concurrency' setting)."})
-def preflight(c, hosts=None, all_=False, inventory=None, json_=False, timeout=None, concurrency=None):
-    """Check every selected host is usable: mapping, DNS, TCP to SSH, auth available."""
+                  "concurrency": "Hosts checked at once (default: the 'concurrency' setting).",
+                  "deep": "Also log in (run 'true' over SSH, as fanout would) and check each OpenCode "
+                          "server's health (default: the 'preflight_deep' setting)."})
+def preflight(c, hosts=None, all_=False, inventory=None, json_=False, timeout=None, concurrency=None, deep=False):
+    """Check every selected host is usable: mapping, DNS, TCP to SSH, auth (--deep: login, OpenCode)."""
     from fleet.preflight import preflight_many
     from fleet.render import preflight_table
     from fleet.selectors import select
@@ -153,8 +155,14 @@ def preflight(c, hosts=None, all_=False, inventory=None, json_=False, timeout=No
     st = _settings(c)
     inv = _inventory(c, inventory)
     chosen = select(inv, _selector(hosts, all_))
-    results = preflight_many(chosen, _num("--timeout", timeout, st.preflight_timeout, positive=True),
-                             _num("--concurrency", concurrency, st.concurrency, int, 1), inventory=inv)
+    t = _num("--timeout", timeout, st.preflight_timeout, positive=True)
+    n = _num("--concurrency", concurrency, st.concurrency, int, 1)
+    if deep or st.preflight_deep:
+        from fleet.checks import deep_preflight
+        opts = _fanout_options(c, n, None, None, 1, 0, False, False, None, False, None)
+        results = deep_preflight(inv, chosen, t, n, opts)
+    else:
+        results = preflight_many(chosen, t, n, inventory=inv, ssh_config=st.ssh_config)
     if json_:
         _emit({"results": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
     else:

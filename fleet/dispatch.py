@@ -428,11 +428,15 @@ def teardown(plan: Plan, *, records: SessionRecords, audit_trail: Any = None,
     return out
 
 
-def server_status(host: Host, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> dict[str, Any]:
-    """Health and version of one host's server, with the round-trip time."""
+def server_status(host: Host, client_factory: Callable[..., OpenCodeClient] | None = None,
+                  timeout: float = 3.0) -> dict[str, Any]:
+    """Health and version of one host's server, with the round-trip time; a wedged server is
+    DOWN after ``timeout`` seconds, never a hang."""
     t0 = time.monotonic()
+    factory = client_factory or (lambda h, d: OpenCodeClient(h, d, timeout=timeout, connect_timeout=timeout,
+                                                             connect_attempts=1))
     try:
-        with client_factory(host, None) as oc:
+        with factory(host, None) as oc:
             h = oc.health()
         return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": bool(h.get("healthy")),
                 "version": h.get("version", ""), "ms": int((time.monotonic() - t0) * 1000), "error": ""}

@@ -294,9 +294,14 @@ class Progress:
 def preflight_table(results: list[PreflightResult]) -> str:
     """Preflight per host: status, failed check, advice."""
     rows = sorted(results, key=lambda r: (r.ok,))
-    body = table([[r.host, r.status.value, r.auth_mode, r.failed_check or "-", _dur(r.duration_ms),
-                   first_line(r.error_detail, 140)] for r in rows],
-                 ["HOST", "STATUS", "AUTH", "FAILED CHECK", "DURATION", "ADVICE"])
+    if any(r.opencode for r in results):
+        body = table([[r.host, r.status.value, r.auth_mode, r.failed_check or "-", _dur(r.duration_ms),
+                       first_line(r.opencode, 50) or "-", first_line(r.error_detail, 120)] for r in rows],
+                     ["HOST", "STATUS", "AUTH", "FAILED CHECK", "DURATION", "OPENCODE", "ADVICE"])
+    else:
+        body = table([[r.host, r.status.value, r.auth_mode, r.failed_check or "-", _dur(r.duration_ms),
+                       first_line(r.error_detail, 140)] for r in rows],
+                     ["HOST", "STATUS", "AUTH", "FAILED CHECK", "DURATION", "ADVICE"])
     ok = sum(1 for r in results if r.ok)
     return body + f"\n{len(results)} hosts: {ok} OK, {len(results) - ok} FAILED"
 

@@ -49,6 +49,7 @@ class PreflightResult:
     failed_check: str = ""
     duration_ms: int = 0
     address: str | None = None  # resolved IP, reused by the connection
+    opencode: str = ""  # the host's OpenCode server: "", "ok <version>" or "DOWN: why" (preflight --deep)
 
     @property
     def ok(self) -> bool:

@@ -32,6 +32,7 @@ class Settings:
     dispatch_timeout: float = 1800.0
     ssh_config: str = "~/.ssh/config"
     artifacts_keep: int = 50
+    preflight_deep: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "Settings":
@@ -53,6 +54,10 @@ class Settings:
             flag = f"setting 'fleet.{key}' (INVOKE_FLEET_{key.upper()})"
             try:
                 if isinstance(default, bool):
+                    if isinstance(value, str):
+                        if value.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+                            raise ValueError
+                        value = value.strip().lower() in ("1", "true", "yes", "on")
                     value = bool(value)
                 elif isinstance(default, (int, float)):
                     lo, positive = _RANGES.get(key, (0, False))

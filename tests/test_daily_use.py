@@ -135,3 +135,35 @@ def test_fold_like_clustershell():
     assert fold([f"lab{i:02d}" for i in range(1, 121)]) == "lab[01-120]"
     assert fold([f"r{a}n{b:02d}" for a in (1, 2) for b in range(1, 5)]) == "r[1-2]n[01-04]"
     assert fold(["web2", "lab03", "lab01", "lab02", "db"]) == "db,lab[01-03],web2"
+
+
+def test_preflight_deep_proves_a_login_and_checks_opencode(lab, tmp_path):
+    from stand_ins import FakeOpenCode
+
+    good, wedged = FakeOpenCode(), FakeOpenCode()
+    wedged.faults["GET /global/health"] = "hang"
+    try:
+        inv = write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02", "lab03"], host_extra={
+            "lab01": f"opencode: '{good.url}'", "lab02": "user: nobody", "lab03": f"opencode: '{wedged.url}'"})
+        shallow = fleet("preflight", "--inventory", str(inv), "--all", "--json", cwd=tmp_path)
+        assert json.loads(shallow.stdout)["ok"] is True  # a wrong user passes the shallow checks...
+        p = fleet("preflight", "--inventory", str(inv), "--all", "--deep", "--json", "--timeout", "2", cwd=tmp_path)
+        doc = {r["host"]: r for r in json.loads(p.stdout)["results"]}
+        assert p.returncode == 1
+        assert doc["lab02"]["failed_check"] == "login" and "authentication failed" in doc["lab02"]["error_detail"]
+        assert doc["lab01"]["status"] == "OK" and doc["lab01"]["opencode"].startswith("ok ")
+        assert doc["lab03"]["opencode"].startswith("DOWN")
+    finally:
+        good.close()
+        wedged.close()
+
+
+def test_make_setup_again_needs_no_network(tmp_path):
+    """Once installed, `make setup` does nothing, even with the package index unreachable."""
+    from conftest import ROOT
+
+    env = dict(os.environ, PIP_INDEX_URL="http://127.0.0.1:9/simple", npm_config_registry="http://127.0.0.1:9/")
+    p = subprocess.run(["make", "-C", str(ROOT), "setup"], capture_output=True, text=True, env=env, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "installing" not in p.stdout and "warning" not in (p.stdout + p.stderr).lower()
