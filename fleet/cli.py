@@ -244,7 +244,7 @@ def _render_run(run, json_: bool, gather: bool, stream: bool, quiet: bool = Fals
 
 def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_, gather, stream, log,
                options, quiet=False, diff=False, no_canary=False, **extra):
-    from fleet.modes import is_gated, resolve_mode
+    from fleet.modes import resolve_mode
     from fleet.render import LineStreamer, Progress
 
     st = _settings(c)
@@ -261,19 +261,13 @@ def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_
     progress = Progress(len(select(inv, sel)), enabled=None if not json_ and not stream else False,
                         canary=preview.canary.name if preview is not None and preview.canary else None)
     streamer = LineStreamer([h.name for h in inv.hosts] + ["local"]) if stream else None
-    gated = is_gated(op.operation, resolve_mode(mode, st), st, False)
-    trail = _trail(c, inv) if gated else None
+    trail = _trail(c, inv)
     try:
         run = op(inv, sel, args=args, mode=mode, confirm=confirm, canary=canary, settings=st, no_canary=no_canary,
                  options=options, on_output=streamer, on_result=progress,
-                 log_stream=sys.stderr if log else None, audit=trail.gate_event if trail else None, **extra)
-        if trail is not None:
-            for r in run.results:
-                trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=op.operation,
-                             run_id=run.run_id, error=r.error, **{k: str(v) for k, v in args.items()})
+                 log_stream=sys.stderr if log else None, trail=trail, **extra)
     finally:
-        if trail is not None:
-            trail.close()
+        trail.close()
     progress.clear()
     _render_run(run, json_, gather, stream, quiet, diff)
     if run.exit_code:
@@ -410,7 +404,7 @@ def _trail(c, inv, slack=True):
 def _records(c):
     from fleet.dispatch import SessionRecords
 
-    return SessionRecords(os.path.join(os.path.dirname(_settings(c).path("journal")), "sessions.jsonl"))
+    return SessionRecords(_settings(c).sessions_path())
 
 
 # ------------------------------------------------------------------------ dispatch

@@ -198,10 +198,12 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     try:
         directory = repo_directory(host, repo)
         au("dispatch_requested", host.name, "requested", repo=repo, task=task, issue=issue)
-        if issue and beads is not None:
-            beads.claim(issue, host.name)
-            claimed = True
+        # everything that can fail before the session exists (password, client) comes before
+        # the claim, so a claim never outlives a dispatch that could not start
         with client_factory(host, directory) as oc:
+            if issue and beads is not None:
+                beads.claim(issue, host.name)
+                claimed = True
             try:
                 if session:
                     oc.get_session(session)
@@ -276,6 +278,8 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
     a = plan.args
     did = dispatch_id or new_dispatch_id()
+    if records is None and plan.settings is not None:
+        records = SessionRecords(plan.settings.sessions_path())
     run = DispatchRun(did, a["task"], a["repo"], plan.mode, notes=list(plan.notes))
     t0 = time.monotonic()
     stop = threading.Event()

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         inv = load_inventory(a.inventory or os.environ.get("FLEET_INVENTORY") or st.inventory)
         sel = ",".join(h.name for h in select(inv, "all") if h.opencode is not None) if a.all else vm
         trail = audit_trail(inv, st, post=slack)
-        records = dx.SessionRecords(os.path.join(os.path.dirname(st.path("journal")), "sessions.jsonl"))
+        records = dx.SessionRecords(st.sessions_path())
 
         def ev(host: str, kind: str, text: str) -> None:
             if kind == "session":

@@ -44,6 +44,7 @@ class Plan:
     kept_local: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     call_options: dict[str, Any] = field(default_factory=dict)  # the operation's own flags (batch, options...)
+    settings: Any = None  # the Settings the plan was made under
 
     @property
     def host_names(self) -> list[str]:
@@ -210,29 +211,62 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def guarded(operation: str, local_ok: bool = True, check: Callable[[Plan], None] | None = None,
             validate: Callable[[dict[str, Any]], None] | None = None) -> Callable[[F], F]:
-    """Decorator for a library operation ``fn(plan, **kw)``.
+    """Decorator for a library operation ``fn(plan, **kw)``: the one layer every face goes through.
 
     The wrapped function is called as ``fn(inv, selector, *, args, mode=None, confirm=None,
-    canary=None, settings=None, store=None, **kw)``. It validates ``fn``'s own flags
-    (``validate(kw)``: bad input fails before any plan, token or host), plans, applies the
-    mode, runs ``check`` (refusals no token can lift), checks the gate, then calls ``fn``.
+    canary=None, no_canary=False, settings=None, store=None, audit=None, trail=None, **kw)``. It
+    validates ``fn``'s own flags (``validate(kw)``: bad input fails before any plan, token or
+    host), plans, applies the mode, runs ``check`` (refusals no token can lift), checks the
+    gate, then calls ``fn``. Audit happens here whoever calls: without a ``trail`` (or an
+    ``audit`` callback) one is made for the inventory with every secret it names redacted, token
+    events and gated runs are journaled, and ``fn`` gets it as ``audit_trail`` if it takes one.
+    Settings default to what every face reads (project ``invoke.yaml``, user file, env).
     """
     def deco(fn: F) -> F:
+        import inspect
+
+        takes_trail = "audit_trail" in inspect.signature(fn).parameters
+
         @functools.wraps(fn)
         def wrapper(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
                     confirm: str | None = None, canary: str | None = None, settings: Settings | None = None,
                     store: TokenStore | None = None, audit: Callable[..., None] | None = None,
-                    no_canary: bool = False, **kw: Any) -> Any:
+                    no_canary: bool = False, trail: Any = None, **kw: Any) -> Any:
             if validate is not None:
                 validate(kw)
-            st = settings or Settings()
+            if settings is None:
+                import os
+
+                from .settings import load_settings
+                settings = load_settings(os.getcwd())
+            st = settings
             m = resolve_mode(mode, st)
             plan = make_plan(inv, operation, selector, m, args, canary, local_ok, no_canary)
             plan.call_options = dict(kw)
+            plan.settings = st
             if check is not None:
                 check(plan)
-            authorize(plan, confirm, st, store, audit)
-            return fn(plan, **kw)
+            trail = trail if trail is not None else kw.get("audit_trail")
+            own = None
+            if trail is None and audit is None:
+                from .app import audit_trail
+                own = trail = audit_trail(inv, st)
+            if audit is None and trail is not None:
+                audit = trail.gate_event
+            if takes_trail and kw.get("audit_trail") is None and trail is not None:
+                kw["audit_trail"] = trail
+            try:
+                spent = authorize(plan, confirm, st, store, audit)
+                result = fn(plan, **kw)
+                if trail is not None and (spent or is_gated(operation, m, st, plan.local)) and operation != "teardown":
+                    for r in getattr(result, "results", []):
+                        trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=operation,
+                                     run_id=getattr(result, "run_id", ""), error=getattr(r, "error", ""),
+                                     **{k: str(v) for k, v in args.items()})
+                return result
+            finally:
+                if own is not None:
+                    own.close()
         wrapper.operation = operation  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
     return deco

@@ -95,6 +95,10 @@ class Settings:
             upd["inventory"] = os.path.join(conf, inv)
         return replace(self, **upd)
 
+    def sessions_path(self) -> str:
+        """Where the records of the sessions fleet created live: beside the journal."""
+        return os.path.join(os.path.dirname(self.path("journal")), "sessions.jsonl")
+
     def path(self, key: str) -> str:
         """A path setting with ``~`` expanded."""
         return os.path.expanduser(str(getattr(self, key)))

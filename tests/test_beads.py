@@ -135,3 +135,34 @@ def test_two_concurrent_claims_leave_exactly_one_claimant(beads_dir):
         got = pool.map(_claim, [(str(beads_dir), h) for h in ("epyc6", "macmini", "epyc7", "wsl")])
     winners = [g for g in got if g]
     assert len(winners) == 1 and issue(beads_dir, "bd-a1b2")["assignee"] == winners[0]
+
+
+@pytest.mark.parametrize("problem", ["env_unset", "file_0644"])
+def test_claim_never_leaks_when_the_client_cannot_be_built(beads_dir, oc, tmp_path, problem, monkeypatch):
+    """The issue's reproduction: password env var unset, or password file 0644."""
+    if problem == "env_unset":
+        monkeypatch.delenv("NO_SUCH_PW", raising=False)
+        auth = "password_env: NO_SUCH_PW"
+    else:
+        pw = tmp_path / "pw"
+        pw.write_text("secret\n")
+        pw.chmod(0o644)
+        auth = f"password_file: {pw}"
+    inv = load_inventory_text(f"hosts:\n  epyc6: {{user: u, opencode: {{url: '{oc.url}', {auth}}}, "
+                              f"repos: {{root: /r}}}}\n", "t.yaml")
+    r = go(inv, "epyc6", "bd-a1b2", Beads(BD)).results[0]
+    assert r.outcome == FanoutOutcome.FAILURE
+    i = issue(beads_dir, "bd-a1b2")
+    assert i["status"] == "open" and not i.get("assignee")  # never claimed
+    assert not [h for h in oc.hits if h[1] == "/session"]
+
+
+def test_python_api_dispatch_journals_and_records_itself(oc, own_home):
+    """No audit trail, no records given: the library operation writes both (issue 11 #5)."""
+    run = dx.dispatch(inv_for(oc.url), "epyc6", args={"task": "hello", "repo": "demo"}, poll=0.05)
+    assert run.results[0].outcome == FanoutOutcome.SUCCESS, run.results[0].error
+    journal = Path(os.environ["INVOKE_FLEET_JOURNAL"])
+    ops_seen = [json.loads(l).get("operation") for l in journal.read_text().splitlines() if l.strip()]
+    assert "dispatch_requested" in ops_seen and "completed" in ops_seen
+    sessions = journal.parent / "sessions.jsonl"
+    assert run.results[0].session_id in sessions.read_text()
