@@ -83,10 +83,13 @@ class JournalState:
     delivered: dict[str, dict[str, Any]] = field(default_factory=dict)
     attempted: set[str] = field(default_factory=set)
     torn: list[str] = field(default_factory=list)
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # refused by Slack for good
+    skipped: int = 0  # well-formed JSON lines of a shape fleet does not know
 
-    def pending(self) -> list[dict[str, Any]]:
-        """Events not yet delivered, in journal order."""
-        return [e for e in self.events if e["id"] not in self.delivered]
+    def pending(self, include_failed: bool = False) -> list[dict[str, Any]]:
+        """Events not yet delivered (nor given up on, unless ``include_failed``), in journal order."""
+        return [e for e in self.events if e["id"] not in self.delivered
+                and (include_failed or e["id"] not in self.failed)]
 
     def thread_ts(self, dispatch_id: str) -> str | None:
         """Slack ts of the first delivered event of ``dispatch_id`` (the thread root)."""
@@ -132,17 +135,34 @@ class Journal:
 
     def _heal_tail(self) -> None:
         # A crash mid-write leaves a last line with no newline: set it aside, never glue to it.
+        # Only the last byte is read in the usual case, so an append costs the same whatever
+        # the journal's size.
         try:
             with open(self.path, "rb") as f:
-                content = f.read()
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                if size == 0:
+                    return
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    return
+                pos, tail = size, b""
+                while pos > 0 and b"\n" not in tail:
+                    step = min(65536, pos)
+                    pos -= step
+                    f.seek(pos)
+                    tail = f.read(step) + tail
+                content = tail
+                base = pos
         except FileNotFoundError:
             return
-        if not content or content.endswith(b"\n"):
-            return
-        cut = content.rfind(b"\n") + 1
+        cut_rel = content.rfind(b"\n") + 1
+        cut = base + cut_rel
+        content = content[cut_rel:]
+        cut_rel = 0
         aside = Path(str(self.path) + ".torn")
         with open(aside, "ab") as f:
-            f.write(content[cut:] + b"\n")
+            f.write(content + b"\n")
         os.chmod(aside, 0o600)
         with open(self.path, "r+b") as f:
             f.truncate(cut)
@@ -173,14 +193,27 @@ class Journal:
             except ValueError:
                 st.torn.append(ln)
                 continue
-            t = rec.get("type")
-            if t == "event":
+            t = rec.get("type") if isinstance(rec, dict) else None
+            if t == "event" and _is_event(rec):
                 st.events.append(rec)
-            elif t == "delivered":
-                st.delivered[rec["event_id"]] = rec
-            elif t == "attempt":
-                st.attempted.add(rec["event_id"])
+            elif t in ("delivered", "attempt", "failed", "retry") and isinstance(rec.get("event_id"), str):
+                if t == "delivered":
+                    st.delivered[rec["event_id"]] = rec
+                elif t == "attempt":
+                    st.attempted.add(rec["event_id"])
+                elif t == "failed":
+                    st.failed[rec["event_id"]] = rec
+                else:
+                    st.failed.pop(rec["event_id"], None)
+            else:
+                st.skipped += 1  # another shape (or a newer fleet's): never a crash
         return st
+
+
+def _is_event(rec: dict[str, Any]) -> bool:
+    return (isinstance(rec.get("id"), str) and isinstance(rec.get("operation"), str)
+            and isinstance(rec.get("detail", {}), dict) and all(
+                isinstance(rec.get(k, ""), str) for k in ("time", "host", "outcome", "dispatch_id", "channel")))
 
 
 def message_text(e: dict[str, Any]) -> str:
@@ -215,18 +248,31 @@ class SlackPoster:
 
     def find(self, e: dict[str, Any], thread_ts: str | None) -> str | None:
         """The ts of an already-posted message for ``e`` (by metadata event_id), if any."""
-        if thread_ts:
-            resp = self.client.conversations_replies(channel=self.channel, ts=thread_ts, include_all_metadata=True,
-                                                     limit=200)
-        else:
-            oldest = max(0.0, float(e.get("epoch", 0)) - 300)
-            resp = self.client.conversations_history(channel=self.channel, oldest=str(oldest),
-                                                     include_all_metadata=True, limit=200)
-        for m in resp.get("messages") or []:
-            md = (m.get("metadata") or {}).get("event_payload") or {}
-            if md.get("event_id") == e["id"]:
-                return str(m.get("ts"))
+        oldest = str(max(0.0, float(e.get("epoch", 0) or 0) - 300))
+        cursor = None
+        for _ in range(MAX_FIND_PAGES):  # every page back to the event's time, not only the first
+            kw: dict[str, Any] = {"channel": self.channel, "include_all_metadata": True, "limit": 200}
+            if cursor:
+                kw["cursor"] = cursor
+            if thread_ts:
+                resp = self.client.conversations_replies(ts=thread_ts, **kw)
+            else:
+                resp = self.client.conversations_history(oldest=oldest, **kw)
+            for m in resp.get("messages") or []:
+                md = (m.get("metadata") or {}).get("event_payload") or {}
+                if md.get("event_id") == e["id"]:
+                    return str(m.get("ts"))
+            cursor = ((resp.get("response_metadata") or {}).get("next_cursor") or "") if resp.get("has_more", True) else ""
+            if not cursor:
+                return None
         return None
+
+
+MAX_FIND_PAGES = 50
+# Slack errors that will not change on a retry of the same event: mark it failed and go on.
+PERMANENT_ERRORS = {"msg_too_long", "channel_not_found", "not_in_channel", "is_archived", "invalid_blocks",
+                    "invalid_metadata_format", "invalid_metadata_schema", "no_text", "too_many_attachments",
+                    "restricted_action", "invalid_arguments", "metadata_too_large"}
 
 
 class RateLimited(Exception):
@@ -238,7 +284,8 @@ class RateLimited(Exception):
 
 
 def deliver(journal: Journal, poster: SlackPoster, event_ids: set[str] | None = None,
-            on_rate_limit: Callable[[float], bool] | None = None, deadline: float | None = None) -> tuple[int, str]:
+            on_rate_limit: Callable[[float], bool] | None = None, deadline: float | None = None,
+            retry_failed: bool = False) -> tuple[int, str]:
     """Deliver pending events in order (all, or those in ``event_ids``). Returns (sent, stop reason).
 
     Holds the delivery lock throughout, so concurrent deliverers serialise and none repeats
@@ -247,12 +294,15 @@ def deliver(journal: Journal, poster: SlackPoster, event_ids: set[str] | None = 
     from slack_sdk.errors import SlackApiError
 
     sent = 0
+    gave_up: list[str] = []
     lk = journal.lock()
     try:
         st = journal.load()
-        for e in st.pending():
+        for e in st.pending(include_failed=retry_failed):
             if event_ids is not None and e["id"] not in event_ids:
                 continue
+            if e.get("channel", "") != poster.channel:
+                continue  # an event is only ever sent to the channel it was recorded for
             if deadline is not None and time.monotonic() > deadline:
                 return sent, "out of time"
             thread = st.thread_ts(e["dispatch_id"]) if e.get("dispatch_id") else None
@@ -279,9 +329,18 @@ def deliver(journal: Journal, poster: SlackPoster, event_ids: set[str] | None = 
                             continue
                         return sent, f"rate limited (retry after {ra:g}s)"
                     err = (resp.get("error") if hasattr(resp, "get") else None) or f"HTTP {resp.status_code}"
+                    if err in PERMANENT_ERRORS:
+                        rec = {"type": "failed", "event_id": e["id"], "error": err, "time": _now()}
+                        journal.append(rec)
+                        st.failed[e["id"]] = rec
+                        gave_up.append(err)
+                        break  # this event is given up on (audit.replay --retry-failed); the rest go on
                     return sent, f"Slack refused the post: {err}"
                 except Exception as exc:  # noqa: BLE001 - any transport failure leaves it pending
                     return sent, f"Slack unreachable: {type(exc).__name__}"
+        if gave_up:
+            return sent, (f"Slack refused {len(gave_up)} event(s) for good ({', '.join(sorted(set(gave_up)))}): "
+                          f"marked failed; see audit.tail, retry with audit.replay --retry-failed")
         return sent, ""
     finally:
         lk.close()
@@ -321,8 +380,8 @@ class AuditTrail:
         now = time.time()
         e = {"type": "event", "id": "ev_" + secrets.token_hex(8), "time": _now(), "epoch": now,
              "actor": self.actor, "host": host or "", "operation": operation, "outcome": outcome,
-             "dispatch_id": dispatch_id or "", "detail": self.redactor.value({k: v for k, v in detail.items()
-                                                                             if v not in (None, "")})}
+             "dispatch_id": dispatch_id or "", "channel": self.slack.channel if self.slack else "",
+             "detail": self.redactor.value({k: v for k, v in detail.items() if v not in (None, "")})}
         self.journal.append(e)
         if self.poster is not None:
             self._idle.clear()
@@ -365,8 +424,11 @@ class AuditTrail:
         """Wait at most ``timeout`` (default flush_timeout) for posts in flight. True if all went."""
         if self._thread is None:
             return True
+        if getattr(self, "_closed", None) is not None:
+            return self._closed
         done = self._idle.wait(self.flush_timeout if timeout is None else timeout)
         self._q.put(None)
+        self._closed = done
         return done
 
 
@@ -387,7 +449,7 @@ class ReplayReport:
 
 
 def replay(journal: str, slack: SlackSettings | None, token: str | None, max_wait: float = 300.0,
-           sleep: Callable[[float], None] = time.sleep) -> ReplayReport:
+           sleep: Callable[[float], None] = time.sleep, retry_failed: bool = False) -> ReplayReport:
     """Deliver every pending event in order, waiting out rate limits (up to ``max_wait`` s in all)."""
     j = Journal(journal)
     st = j.load()
@@ -404,15 +466,20 @@ def replay(journal: str, slack: SlackSettings | None, token: str | None, max_wai
         waited[0] += ra
         sleep(ra)
         return True
-    sent, why = deliver(j, poster, None, on_rl)
-    return ReplayReport(sent, len(j.load().pending()), st.torn, why)
+    sent, why = deliver(j, poster, None, on_rl, retry_failed=retry_failed)
+    after = j.load()
+    return ReplayReport(sent, len([e for e in after.pending() if e.get("channel", "") == slack.channel]),
+                        st.torn, why)
 
 
-def format_events(events: list[dict[str, Any]], delivered: dict[str, Any]) -> str:
+def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
+                  failed: dict[str, Any] | None = None) -> str:
     """Journal events for a person, one per line."""
     out = []
+    failed = failed or {}
     for e in events:
-        state = "sent" if e["id"] in delivered else "pending"
+        state = "sent" if e["id"] in delivered else (
+            f"failed: {failed[e['id']].get('error', '')}" if e["id"] in failed else "pending")
         d = e.get("detail") or {}
         extra = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
                          for k, v in d.items())

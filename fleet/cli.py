@@ -32,8 +32,12 @@ def fleet_task(*args, **kwargs):
                 print(f"fleet: {exc}", file=sys.stderr)
                 raise Exit(code=exc.exit_code) from None
             except KeyboardInterrupt:
+                # A Ctrl-C that gets here is a second one (the first ends the run with its
+                # summary): stop now, without waiting for worker threads.
                 print("fleet: interrupted", file=sys.stderr)
-                raise Exit(code=EXIT_INTERRUPTED) from None
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_INTERRUPTED)
             except Exit:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug must still read as one line
@@ -395,6 +399,17 @@ def lab_down(c, dir="lab"):
 
 # ------------------------------------------------------------------------ audit helpers
 
+def _say_audit(trail) -> None:
+    """One line on stderr when audit events did not all reach Slack by the end of the command."""
+    done = trail.close()
+    if trail.status:
+        print(f"audit: {trail.status}", file=sys.stderr)
+    elif not done or trail.last_error:
+        why = f" ({trail.last_error})" if trail.last_error else " (Slack is slow)"
+        print(f"audit: some events are not yet delivered to Slack{why}; they stay pending in the "
+              f"journal: fleet audit.replay", file=sys.stderr)
+
+
 def _trail(c, inv, slack=True):
     from fleet.app import audit_trail
 
@@ -500,8 +515,8 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
         print(table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
                       first_line(r.answer, 60) or "-", first_line(r.error, 80)] for r in run.results],
                     ["HOST", "STATE", "SESSION", "DURATION", "ANSWER", "ERROR"]))
-    if trail.status and not json_:
-        print(f"audit: {trail.status}", file=sys.stderr)
+    if not json_:
+        _say_audit(trail)
     if run.exit_code:
         raise Exit(code=run.exit_code)
 
@@ -608,15 +623,17 @@ def teardown(c, hosts=None, all_=False, confirm=None, mode=None, inventory=None,
 # ------------------------------------------------------------------------ audit
 
 @fleet_task(help={"inventory": "Inventory file (for the Slack channel).", "max_wait":
-                  "Most seconds to spend waiting out Slack rate limits (default 300)."})
-def audit_replay(c, inventory=None, max_wait=300):
-    """Deliver pending journal events to Slack, in order, exactly once."""
+                  "Most seconds to spend waiting out Slack rate limits (default 300).",
+                  "retry_failed": "Also try again the events Slack refused for good (e.g. msg_too_long)."})
+def audit_replay(c, inventory=None, max_wait=None, retry_failed=False):
+    """Deliver pending journal events to their Slack channel, in order, exactly once."""
     from fleet.audit import replay
 
     st = _settings(c)
     inv = _inventory(c, inventory)
     token = os.environ.get(inv.slack.token_env) if inv.slack else None
-    rep = replay(st.path("journal"), inv.slack, token, float(max_wait))
+    rep = replay(st.path("journal"), inv.slack, token, _num("--max-wait", max_wait, 300.0),
+                 retry_failed=retry_failed)
     for t in rep.torn:
         print(f"journal: set aside a torn line: {t[:80]!r}", file=sys.stderr)
     print(f"delivered {rep.delivered}, pending {rep.pending}" + (f" ({rep.stopped})" if rep.stopped else ""))
@@ -632,9 +649,12 @@ def audit_tail(c, lines=None, json_=False):
     j = Journal(_settings(c).path("journal")).load()
     ev = j.events[-_num("--lines", lines, 20, int, 1):]
     if json_:
-        _emit({"events": ev, "pending": len(j.pending()), "torn": j.torn})
+        _emit({"events": ev, "pending": len(j.pending()), "failed": j.failed, "torn": j.torn,
+               "skipped": j.skipped})
     else:
-        print(format_events(ev, j.delivered))
+        print(format_events(ev, j.delivered, j.failed))
+        if j.skipped:
+            print(f"journal: skipped {j.skipped} line(s) of an unknown shape", file=sys.stderr)
 
 
 @fleet_task(name="show", positional=["dispatch_id"], help={"dispatch_id": "The dispatch id (dx-...).",
@@ -651,7 +671,7 @@ def audit_show(c, dispatch_id, json_=False):
     if json_:
         _emit({"events": ev})
     else:
-        print(format_events(ev, j.delivered))
+        print(format_events(ev, j.delivered, j.failed))
 
 
 # ------------------------------------------------------------------------ collection

@@ -201,6 +201,8 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
         # everything that can fail before the session exists (password, client) comes before
         # the claim, so a claim never outlives a dispatch that could not start
         with client_factory(host, directory) as oc:
+            if wait and hasattr(oc, "deadline"):
+                oc.deadline = t0 + timeout + 5.0  # the whole dispatch, not only each read, is bounded
             if issue and beads is not None:
                 beads.claim(issue, host.name)
                 claimed = True

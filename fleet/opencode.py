@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -169,9 +170,12 @@ class OpenCodeClient:
         self._secrets = secret_forms(password, self.username) if password else []
         auth = httpx.BasicAuth(self.username, password) if password is not None else None
         self.connect_attempts = max(1, connect_attempts)
-        self.http = httpx.Client(base_url=self.base, auth=auth, transport=transport,
-                                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                                 headers={"User-Agent": "fleet/0.1"})
+        self.timeout = timeout
+        self.deadline: float | None = None  # monotonic time no call may outlive (set by dispatch)
+        self._make = lambda: httpx.Client(base_url=self.base, auth=auth, transport=transport,
+                                          timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                                          headers={"User-Agent": "fleet/0.2"})
+        self.http = self._make()
 
     def __enter__(self) -> "OpenCodeClient":
         return self
@@ -184,6 +188,29 @@ class OpenCodeClient:
         self.http.close()
 
     # ------------------------------------------------------------------ transport
+    def _send(self, method: str, path: str, kwargs: dict[str, Any], total: float) -> httpx.Response:
+        """One HTTP exchange with an overall deadline: httpx bounds each read, not the whole reply,
+        so a server that trickles a byte at a time would never end. The exchange runs on a
+        helper thread; past ``total`` its client is dropped (closing its socket) and a fresh one
+        serves later calls. Ctrl-C reaches the waiting (main) thread at once."""
+        box: dict[str, Any] = {}
+
+        def go() -> None:
+            try:
+                box["resp"] = self.http.request(method, path, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["exc"] = exc
+        t = threading.Thread(target=go, name="fleet-http", daemon=True)
+        t.start()
+        t.join(max(0.05, total))
+        if t.is_alive():
+            stuck, self.http = self.http, self._make()
+            threading.Thread(target=stuck.close, daemon=True).start()
+            raise httpx.ReadTimeout(f"no complete reply within {total:g}s")
+        if "exc" in box:
+            raise box["exc"]
+        return box["resp"]
+
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 expect_json: bool = True, timeout: float | None = None) -> Any:
         """One call. Connect failures are retried (nothing was sent); everything else is mapped once."""
@@ -196,11 +223,18 @@ class OpenCodeClient:
             kwargs["json"] = json
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=self.http.timeout.connect)
+        total = (timeout if timeout is not None else self.timeout) + self.http.timeout.connect
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise ResponseTimeout(self.host.name, url, f"out of time before {method} {path} (the "
+                                      f"operation's deadline passed)")
+            total = min(total, left)
         try:
             for attempt in Retrying(stop=stop_after_attempt(self.connect_attempts), wait=wait_fixed(0.5),
                                     retry=retry_if_exception_type(httpx.ConnectError), reraise=True):
                 with attempt:
-                    resp = self.http.request(method, path, **kwargs)
+                    resp = self._send(method, path, kwargs, total)
         except httpx.ConnectError as exc:
             raise Unreachable(self.host.name, url, f"cannot connect to the OpenCode server after "
                               f"{self.connect_attempts} attempts ({exc or 'connection refused'}); is "

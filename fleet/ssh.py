@@ -665,6 +665,9 @@ class SSHSession:
             self.sock = None
         for conn in reversed(list(self.conns)):
             try:
+                # Fabric's close() does nothing until open() has returned; closing the paramiko
+                # client also ends a handshake in progress (Ctrl-C on a silent peer).
+                conn.client.close()
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass

@@ -83,6 +83,19 @@ class _OCHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)  # the body stops short: the peer hangs up mid-reply
             return
+        if fault == "trickle":  # headers at once, then one byte every half second, forever
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(600):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+            return
         if fault == "hang":
             time.sleep(30)
             return
@@ -147,6 +160,9 @@ class FakeSlack(_Server):
 
     def __init__(self) -> None:
         self.mode = "ok"
+        self.refuse_text: str | None = None  # a post whose text holds this gets msg_too_long
+        self.page_size: int | None = None    # history/replies pages smaller than asked
+        self.reads: list[str] = []
         self.delay = 10.0
         self.retry_after = 1
         self.limit_count = 0
@@ -181,10 +197,16 @@ class _SlackHandler(BaseHTTPRequestHandler):
         if u.path.endswith("conversations.replies"):
             msgs = [p for p in srv.posts if p["ts"] == q.get("ts") or p.get("thread_ts") == q.get("ts")]
         elif u.path.endswith("conversations.history"):
-            msgs = [p for p in srv.posts if not p.get("thread_ts")]
+            msgs = [p for p in srv.posts if not p.get("thread_ts")][::-1]  # newest first, as Slack does
         else:
             return self._json(404, {"ok": False, "error": "unknown_method"})
-        return self._json(200, {"ok": True, "messages": msgs})
+        srv.reads.append(u.path.rsplit("/", 1)[-1])
+        size = min(int(q.get("limit") or 100), srv.page_size or 10**9)
+        start = int(q.get("cursor") or 0)
+        page = msgs[start:start + size]
+        more = start + size < len(msgs)
+        return self._json(200, {"ok": True, "messages": page, "has_more": more,
+                                "response_metadata": {"next_cursor": str(start + size) if more else ""}})
 
     def do_POST(self):
         srv: FakeSlack = self.server.owner  # type: ignore[attr-defined]
@@ -206,6 +228,8 @@ class _SlackHandler(BaseHTTPRequestHandler):
             if srv.mode == "error":
                 return self._json(200, {"ok": False, "error": "channel_not_found"})
             doc = json.loads(raw or b"{}")
+            if srv.refuse_text and srv.refuse_text in (doc.get("text") or ""):
+                return self._json(200, {"ok": False, "error": "msg_too_long"})
             srv.seq += 1
             ts = f"1700000000.{srv.seq:06d}"
             post = {"ts": ts, "text": doc.get("text"), "channel": doc.get("channel"),

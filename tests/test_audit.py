@@ -71,7 +71,7 @@ def test_outage_then_replay_delivers_everything_once(tmp_path):
     down = FakeSlack()
     url = down.url
     down.close()  # Slack is down
-    t = AuditTrail(tmp_path / "j.jsonl", SlackSettings(channel="C0", base_url=url + "/api/"), TOKEN)
+    t = AuditTrail(tmp_path / "j.jsonl", SlackSettings(channel="C0AUDIT", base_url=url + "/api/"), TOKEN)
     dispatch_events(t, "dx-1")
     dispatch_events(t, "dx-2", "macmini")
     t.close(timeout=5)
@@ -99,19 +99,74 @@ def test_rate_limit_is_honoured(slack, tmp_path):
     assert rep.delivered == 3 and slept == [3.0, 3.0] and len(slack.posts) == 3
 
 
-def test_slack_error_leaves_events_pending(slack, tmp_path):
-    slack.mode = "error"
+def test_slack_refusing_for_good_marks_failed_and_retry_failed_delivers(slack, tmp_path):
+    slack.mode = "error"  # channel_not_found: no retry of the same event will change it
     t = AuditTrail(tmp_path / "j.jsonl", settings(slack), TOKEN)
     dispatch_events(t)
     t.close(timeout=5)
-    assert len(Journal(tmp_path / "j.jsonl").load().pending()) == 3
+    st = Journal(tmp_path / "j.jsonl").load()
+    assert len(st.failed) == 3 and {f["error"] for f in st.failed.values()} == {"channel_not_found"}
+    assert "channel_not_found" in t.last_error
     rep = replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN)
-    assert rep.pending == 3 and "channel_not_found" in rep.stopped
+    assert rep.delivered == 0 and rep.pending == 0  # failed ones wait for --retry-failed
+    slack.mode = "ok"
+    rep = replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN, retry_failed=True)
+    assert rep.delivered == 3 and len(slack.posts) == 3
+
+
+def test_one_refused_event_does_not_block_the_rest(slack, tmp_path):
+    slack.refuse_text = "REFUSE-ME"
+    t = AuditTrail(tmp_path / "j.jsonl", settings(slack), TOKEN, post=False)
+    t.record("dispatch_requested", "epyc6", "requested", dispatch_id="dx-1", task="REFUSE-ME " * 3)
+    t.record("session_created", "epyc6", "ok", dispatch_id="dx-1", session_id="ses_1")
+    t.record("completed", "epyc6", "success", dispatch_id="dx-1", session_id="ses_1")
+    rep = replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN)
+    assert rep.delivered == 2 and "msg_too_long" in rep.stopped
+    from fleet.audit import format_events
+    st = Journal(tmp_path / "j.jsonl").load()
+    assert "[failed: msg_too_long]" in format_events(st.events, st.delivered, st.failed)
+
+
+def test_wrong_shaped_journal_lines_are_skipped_not_fatal(slack, tmp_path):
+    t = AuditTrail(tmp_path / "j.jsonl", settings(slack), TOKEN, post=False)
+    t.record("completed", "epyc6", "success", dispatch_id="dx-1")
+    with open(tmp_path / "j.jsonl", "a") as f:
+        for bad in ('[1,2,3]', 'null', '{"type":"event"}', '{"type":"delivered"}', '"text"', '{"type":"event","id":5}'):
+            f.write(bad + "\n")
+    st = Journal(tmp_path / "j.jsonl").load()
+    assert len(st.events) == 1 and st.skipped == 6
+    rep = replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN)
+    assert rep.delivered == 1
+
+
+def test_replay_never_sends_to_another_channel(slack, tmp_path):
+    t = AuditTrail(tmp_path / "j.jsonl", settings(slack), TOKEN, post=False)
+    dispatch_events(t)
+    other = SlackSettings(channel="C0OTHER", base_url=slack.url + "/api/")
+    rep = replay(str(tmp_path / "j.jsonl"), other, TOKEN)
+    assert rep.delivered == 0 and slack.posts == []
+    assert replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN).delivered == 3
+
+
+def test_find_pages_back_to_the_event(slack, tmp_path):
+    """An event posted before a crash (attempt journaled, no 'delivered') is found on a later page."""
+    from fleet.audit import SlackPoster
+    t = AuditTrail(tmp_path / "j.jsonl", settings(slack), TOKEN, post=False)
+    e = t.record("completed", "epyc6", "success")  # no dispatch id: a root message
+    SlackPoster(settings(slack), TOKEN).post(e, None)
+    Journal(tmp_path / "j.jsonl").append({"type": "attempt", "event_id": e["id"], "time": "x"})
+    poster = SlackPoster(settings(slack), TOKEN)
+    for i in range(7):  # newer messages in front of it
+        poster.post({"id": f"ev_other{i}", "operation": "x", "outcome": "y"}, None)
+    slack.page_size = 2
+    rep = replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN)
+    assert rep.delivered == 1 and len(slack.posts) == 8  # found, not posted twice
+    assert slack.reads.count("conversations.history") >= 4
 
 
 def _replay(args):
     path, url = args
-    return replay(path, SlackSettings(channel="C0", base_url=url + "/api/"), TOKEN).delivered
+    return replay(path, SlackSettings(channel="C0AUDIT", base_url=url + "/api/"), TOKEN).delivered
 
 
 def test_two_concurrent_replays_post_each_event_once(slack, tmp_path):

@@ -116,3 +116,27 @@ def test_resume_unknown_session_is_clear(oc_server):
                     settings=Settings(token_dir="/tmp/x"), poll=0.05).results[0]
     assert r.outcome == FanoutOutcome.FAILURE and r.error_kind == "not_found" and "ses_nope" in r.error
     assert not any(p.endswith("prompt_async") for _, p, _ in oc_server.hits)
+
+
+def test_trickling_server_cannot_hold_a_dispatch_past_its_deadline():
+    """The issue's reproduction: a server that trickles one byte at a time never ends a read."""
+    import threading as _t
+
+    from fleet import dispatch as dxm
+    from fleet.inventory import load_inventory_text
+    from fleet.settings import Settings
+
+    s = FakeOpenCode()
+    s.faults["GET /session/status"] = "trickle"
+    try:
+        inv = load_inventory_text(f"hosts:\n  h: {{opencode: '{s.url}', repos: {{root: /r}}}}\n", "t.yaml")
+        box = {}
+        th = _t.Thread(target=lambda: box.update(run=dxm.dispatch(
+            inv, "h", args={"task": "t", "repo": "demo"}, settings=Settings(), timeout=2, poll=0.05)), daemon=True)
+        th.start()
+        th.join(30)
+        assert not th.is_alive(), "dispatch still running past its deadline"
+        r = box["run"].results[0]
+        assert r.outcome.value == "TIMEOUT" and "h" in r.error
+    finally:
+        s.close()

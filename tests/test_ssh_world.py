@@ -391,3 +391,21 @@ def test_logfmt_lines_escape_control_characters_and_quote_command():
     assert line.startswith('success host=lab01 command="true" ')
     assert "\t" not in line and "\x01" not in line and "\n" not in line
     assert parse_line(line)[1]["note"] == "a\tb\x01c\n"
+
+
+def test_ctrl_c_during_a_silent_handshake_ends_promptly(lab, tmp_path, silent_port):
+    """Ctrl-C while a peer accepts TCP and never speaks SSH: no waiting out the connect timeout."""
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f"hosts:\n  mute: {{address: 127.0.0.1, port: {silent_port}, user: x, "
+                   f"identity_file: {lab.key}}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(ROOT), "fanout", "--inventory",
+                             str(inv), "--all", "--connect-timeout", "120", "--no-preflight", "true"],
+                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=15)  # a hang would wait out the 120 s connect timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and b"ABORTED" in out, err
