@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -321,6 +321,10 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     for h in plan.hosts:
         if h.name not in results:
             results[h.name] = DispatchResult(h.name, FanoutOutcome.ABORTED, error="interrupted", error_kind="aborted")
+    red = getattr(audit_trail, "redactor", None)
+    if red is not None:
+        # an agent may echo a secret back (its answer, an error body): every face prints these
+        results = {k: replace(r, answer=red.text(r.answer), error=red.text(r.error)) for k, r in results.items()}
     run.results = [results[h.name] for h in plan.hosts]
     run.duration_ms = int((time.monotonic() - t0) * 1000)
     return run

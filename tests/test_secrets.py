@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -9,14 +10,46 @@ from pathlib import Path
 from urllib.parse import quote
 
 from conftest import inv_cmd
-from stand_ins import FakeOpenCode
+from stand_ins import FakeOpenCode, FakeSlack
 
 PASSWORD = "s3cr3t+pw/with=odd&chars"
+SLACK_TOKEN = "xoxb-1111-2222-secretslacktokenvalue"
 
 
 def forms(pw: str) -> list[str]:
     return [pw, quote(pw, safe=""), base64.b64encode(pw.encode()).decode(),
             base64.b64encode(f"opencode:{pw}".encode()).decode()]
+
+
+def test_every_task_with_a_known_password_and_slack_token_leaks_nothing(tmp_path, own_home):
+    s = FakeOpenCode(password=PASSWORD)
+    slack = FakeSlack()
+    try:
+        inv = tmp_path / "inv.yaml"
+        inv.write_text(f"slack: {{channel: C0AUDIT, base_url: '{slack.url}/api/'}}\n"
+                       f"hosts:\n  epyc6: {{user: u, opencode: {{url: '{s.url}', password_env: OC_PW}}, "
+                       f"repos: {{root: /r}}}}\n")
+        env = {"OC_PW": PASSWORD, "SLACK_BOT_TOKEN": SLACK_TOKEN}
+        outs = []
+        for args in (["dispatch", "--host", "epyc6", "--repo", "demo", "--task", f"say {PASSWORD}"],
+                     ["sessions", "--all"], ["status", "--all"], ["sessions", "--all", "--json"],
+                     ["abort", "--host", "epyc6", "--all-sessions"], ["teardown", "--all"],
+                     ["audit.tail", "--json"], ["audit.replay"], ["inventory.show", "--all", "--json"]):
+            p = inv_cmd(*args[:1], "--inventory", str(inv), *args[1:], env=env) if args[0] not in (
+                "audit.tail",) else inv_cmd(*args, env=env)
+            outs += [p.stdout, p.stderr]
+        exe = str(Path(sys.executable).parent / "dx-dispatch")
+        p = subprocess.run([exe, "epyc6", "demo", f"again {PASSWORD}"], capture_output=True, text=True,
+                           env=dict(os.environ, **env, FLEET_INVENTORY=str(inv)), cwd=tmp_path, timeout=60)
+        outs += [p.stdout, p.stderr]
+        posts = [json.dumps(x) for x in slack.posts]
+        assert posts, "nothing reached the Slack stand-in"
+        hay = outs + posts
+        leaks = scan([own_home, tmp_path], hay) + [SLACK_TOKEN for h in hay if SLACK_TOKEN in h]
+        assert leaks == [], leaks
+    finally:
+        s.close()
+        slack.close()
 
 
 def scan(paths: list[Path], texts: list[str]) -> list[str]:

@@ -409,3 +409,14 @@ def test_ctrl_c_during_a_silent_handshake_ends_promptly(lab, tmp_path, silent_po
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and b"ABORTED" in out, err
+
+
+def test_two_hop_proxyjump_like_openssh(jump_lab, tmp_path):
+    text = jump_lab.ssh_config.read_text().replace("ProxyJump jump", "ProxyJump jump,jump")
+    cfg = tmp_path / "cfg"
+    cfg.write_text(text)
+    by, plain = _fleet_and_ssh(jump_lab, cfg, tmp_path, ["lab02"])
+    assert by["lab02"].outcome == FanoutOutcome.SUCCESS, by["lab02"].error
+    assert plain["lab02"] == 0
+    t = resolve_host(load_inventory(tmp_path / "inv.yaml").host("lab02"), load_ssh_config(str(cfg)))
+    assert [h.name for h in t.chain()] == ["jump", "jump", "lab02"]
