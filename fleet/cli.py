@@ -752,6 +752,7 @@ def _program():
                 raise Exit(_parse_error_message(exc, self), code=2) from None
 
         def parse_core(self, argv) -> None:
+            argv = _retry_alias(list(argv or sys.argv))
             try:
                 super().parse_core(argv)
             except ParseError as exc:
@@ -759,6 +760,16 @@ def _program():
 
     return FleetProgram(namespace=ns, name="fleet", binary="fleet", version=__version__,
                         config_class=FleetConfig)
+
+
+def _retry_alias(argv: list[str]) -> list[str]:
+    """``fleet fanout --retry-failed [flags]`` is ``fleet retry [flags]`` (Invoke would demand the
+    fanout's command positional first)."""
+    if "fanout" in argv and "--retry-failed" in argv:
+        i = argv.index("fanout")
+        rest = [a for a in argv[i + 1:] if a != "--retry-failed"]
+        return argv[:i] + ["retry"] + rest
+    return argv
 
 
 def _task_flags(name: str) -> list[str]:

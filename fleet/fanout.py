@@ -136,7 +136,7 @@ class CanaryGate:
                         self.verdict = f"not run: no selected host passed preflight to be the canary"
                 elif r.ok:
                     self.verdict = True
-                    self.notes.append(f"canary {r.host} ok: ran the other host(s)")
+                    self.notes.append(f"canary {r.host} ok: ran the other {len(self.order) - 1} host(s)")
                 else:
                     self.verdict = (f"not run: canary {r.host} ended {r.outcome.value}"
                                     f"{': ' + r.error if r.error else ''}")

@@ -124,7 +124,7 @@ def test_retry_reruns_only_the_failed_hosts(lab, tmp_path):
     p = fleet("fanout", "--inventory", str(inv), "--all", "--no-canary", cmd, cwd=tmp_path)
     assert p.returncode == 1
     flag.touch()
-    r = fleet("retry", "--inventory", str(inv), "--json", cwd=tmp_path)
+    r = fleet("fanout", "--retry-failed", "--inventory", str(inv), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [x["host"] for x in doc["results"]] == ["lab12"]
