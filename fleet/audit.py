@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import BadInput, FleetError
 from .inventory import Inventory, SlackSettings
+from .errors import AuditError  # noqa: F401 - re-exported where they were defined
 
 EVENT_TYPE = "fleet_audit"
 _TOKEN_RE = re.compile(r"\b[a-z2-7]{4}(?:-[a-z2-7]{4}){5}\b")  # fleet confirmation tokens
@@ -488,7 +489,3 @@ def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
     return "\n".join(out)
 
 
-class AuditError(FleetError):
-    """The journal cannot be written."""
-
-    exit_code = 1

@@ -14,24 +14,10 @@ import subprocess
 from typing import Any
 
 from .errors import FleetError
+from .errors import BeadsError, AlreadyClaimed  # noqa: F401 - re-exported where they were defined
 
 _CLAIMED_BY = re.compile(r"already claimed by (.+)$")
 _NOT_CLAIMABLE = re.compile(r"not claimable: status (\S+)")
-
-
-class BeadsError(FleetError):
-    """bd refused, is missing, or answered something unexpected. Nothing else was done."""
-
-    exit_code = 1
-
-
-class AlreadyClaimed(BeadsError):
-    """Another host holds the issue."""
-
-    def __init__(self, issue: str, holder: str, host: str) -> None:
-        self.holder = holder
-        super().__init__(f"Beads issue {issue} is already claimed by {holder}; not dispatching to {host} "
-                         f"(two machines must never work the same issue)")
 
 
 class Beads:

@@ -30,6 +30,7 @@ from .results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
 from .ssh import (Aborted, HostKeyStore, KeyCache, NonZeroExit, SSHFailure,
                   SSHSession)
 from .sshconfig import Hop, resolve_host
+from .errors import NotRun  # noqa: F401 - re-exported where they were defined
 
 OutputHook = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", line)
 ResultHook = Callable[[FanoutResult], None]
@@ -77,12 +78,6 @@ class FanoutOptions:
             if not p or "\0" in p:
                 raise BadInput("--collect needs a remote file path, e.g. --collect /var/log/syslog")
         return self
-
-
-class NotRun(Aborted):
-    """The host was ready but its command was not run: the canary failed."""
-
-    kind = "canary_failed"
 
 
 class CanaryGate:

@@ -27,18 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BadInput, FleetError
+from .errors import LabError  # noqa: F401 - re-exported where they were defined
 
 PORTS_PER_SSHD = 16  # OpenSSH refuses more than 16 ListenAddress lines
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 MARKER = ".fleet-lab"   # a directory holding this was made by lab_up and may be reused
 OTHER_USER = "fleet-lab"  # the throwaway non-root login made when the lab runs as root
 JUMP_ADDRESS = "127.77.250.1"
-
-
-class LabError(FleetError):
-    """The lab could not be brought up or down."""
-
-    exit_code = 1
 
 
 @dataclass

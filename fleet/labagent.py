@@ -21,14 +21,9 @@ import httpx
 
 from .errors import FleetError
 from .lab import Lab, free_ports
+from .errors import AgentError  # noqa: F401 - re-exported where they were defined
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class AgentError(FleetError):
-    """An agent could not be started."""
-
-    exit_code = 1
 
 
 def find_opencode() -> str:

@@ -16,6 +16,7 @@ from .inventory import Host, Inventory
 from .selectors import select
 from .settings import Settings
 from .tokens import Scope, TokenStore
+from .errors import ConfirmationRequired  # noqa: F401 - re-exported where they were defined
 
 MODES = ("off", "canary", "enforced")
 ALWAYS_GATED = ("teardown", "blow-away")
@@ -164,20 +165,6 @@ def is_gated(operation: str, mode: str, settings: Settings, local: bool) -> bool
     """teardown and blow-away always, and any operation under ``gated:``. (``enforced`` mode
     keeps operations to their routes; it asks no token for what is not gated.)"""
     return operation in ALWAYS_GATED or operation in settings.gated
-
-
-class ConfirmationRequired(Refused):
-    """A gated operation was run without a token: carries the plan and a fresh token."""
-
-    def __init__(self, plan: Plan, token: str, ttl: int) -> None:
-        self.plan = plan
-        self.token = token
-        msg = (f"'{plan.operation}' is gated and needs confirmation. Nothing was done. The plan:\n"
-               f"{plan.describe()}\n"
-               f"To run exactly this plan, rerun the same command with --confirm {token}\n"
-               f"(the token works once, for this operation, these hosts and these arguments, "
-               f"and expires in {ttl // 60} min)")
-        super().__init__(msg)
 
 
 def authorize(plan: Plan, confirm: str | None, settings: Settings, store: TokenStore | None = None,

@@ -19,54 +19,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from .errors import BadInput, FleetError
 from .inventory import Host, OpenCodeEndpoint
-
-
-class OpenCodeError(FleetError):
-    """A failure talking to a host's OpenCode server. Names the host and the URL."""
-
-    exit_code = 1
-    kind = "opencode"
-
-    def __init__(self, host: str, url: str, message: str) -> None:
-        self.host = host
-        self.url = url
-        super().__init__(f"{host}: {message} ({url})")
-
-
-class Unreachable(OpenCodeError):
-    """Could not connect (refused, timed out, DNS)."""
-
-    kind = "unreachable"
-
-
-class AuthRefused(OpenCodeError):
-    """HTTP 401: the password (or its absence) was refused."""
-
-    kind = "auth"
-
-
-class SessionNotFound(OpenCodeError):
-    """HTTP 404 for a session id."""
-
-    kind = "not_found"
-
-
-class ServerError(OpenCodeError):
-    """HTTP 4xx/5xx other than 401/404, with the status and a body excerpt."""
-
-    kind = "server_error"
-
-
-class ProtocolError(OpenCodeError):
-    """The server answered something the contract does not allow (non-JSON, wrong shape)."""
-
-    kind = "protocol"
-
-
-class ResponseTimeout(OpenCodeError):
-    """Connected, but the server did not answer in time."""
-
-    kind = "timeout"
+from .errors import OpenCodeError, Unreachable, AuthRefused, SessionNotFound, ServerError, ProtocolError, ResponseTimeout  # noqa: F401 - re-exported where they were defined
 
 
 def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:

@@ -33,113 +33,12 @@ from paramiko.message import Message
 from .inventory import Host
 from .knownhosts import Entry, KnownHosts, Verdict
 from .sshconfig import Hop
+from .errors import SSHFailure, ConnectTimeout, ConnectFailed, DNSFailure, AuthFailed, UnknownHostKey, HostKeyChanged, HostKeyRevoked, CommandTimeout, ConnectionLost, Aborted, NonZeroExit  # noqa: F401 - re-exported where they were defined
 
 KEEP_BYTES = 1 << 20  # per stream, per host: the tail kept in memory for the table and JSON
 
 
 # ----------------------------------------------------------------------------- errors
-
-class SSHFailure(Exception):
-    """A typed transport failure. ``kind`` is stable (for JSON); ``retryable`` drives tenacity.
-
-    Only failures before the command started are ever retryable. ``stdout``/``stderr`` hold
-    what arrived before a failure that happened while the command ran.
-    """
-
-    kind = "ssh"
-    retryable = True
-    timeout = False
-
-    def __init__(self, host: str, message: str, stdout: str = "", stderr: str = "") -> None:
-        self.host = host
-        self.stdout = stdout
-        self.stderr = stderr
-        super().__init__(message)
-
-
-class ConnectTimeout(SSHFailure):
-    """TCP or the SSH handshake did not finish within the connect timeout."""
-
-    kind = "connect_timeout"
-    timeout = True
-
-
-class ConnectFailed(SSHFailure):
-    """Refused, unreachable, reset before the handshake finished, or a jump that would not forward."""
-
-    kind = "connect_failed"
-
-
-class DNSFailure(SSHFailure):
-    """The name does not resolve."""
-
-    kind = "dns"
-    retryable = False
-
-
-class AuthFailed(SSHFailure):
-    """The server refused every credential, or none was available. Never retried."""
-
-    kind = "auth"
-    retryable = False
-
-
-class UnknownHostKey(SSHFailure):
-    """The host's key is in no known_hosts file and was not accepted. Never retried."""
-
-    kind = "unknown_host_key"
-    retryable = False
-
-
-class HostKeyChanged(SSHFailure):
-    """The host presented a key different from the known one. Never retried, never accepted."""
-
-    kind = "host_key_changed"
-    retryable = False
-
-
-class HostKeyRevoked(SSHFailure):
-    """The host presented a key marked ``@revoked`` in known_hosts. Never retried, never accepted."""
-
-    kind = "host_key_revoked"
-    retryable = False
-
-
-class CommandTimeout(SSHFailure):
-    """The command ran longer than the command timeout; its processes were killed."""
-
-    kind = "command_timeout"
-    retryable = False
-    timeout = True
-
-
-class ConnectionLost(SSHFailure):
-    """The connection dropped while the command ran. Not retried: the command may have acted."""
-
-    kind = "connection_lost"
-    retryable = False
-
-
-class Aborted(SSHFailure):
-    """The run was interrupted (Ctrl-C) while this host was in flight."""
-
-    kind = "aborted"
-    retryable = False
-
-
-class NonZeroExit(SSHFailure):
-    """The command ran and exited non-zero or was killed by a signal (retried only with retry_on_exit)."""
-
-    kind = "exit"
-    retryable = False
-
-    def __init__(self, host: str, code: int | None, stdout: str, stderr: str, signal: str | None = None) -> None:
-        msg = f"killed by signal {signal}" if signal else f"Exit code {code}"
-        super().__init__(host, msg, stdout, stderr)
-        self.code = code
-        self.signal = signal
-        if signal:
-            self.kind = "signal"
 
 
 # -------------------------------------------------------------------------- host keys

@@ -25,19 +25,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BadInput, Refused
+from .errors import TokenRefused  # noqa: F401 - re-exported where they were defined
 
 _NONCE = 4
 _EXP = 4
 _MAC = 7
 _RAW = _NONCE + _EXP + _MAC  # 15 bytes -> 24 base32 characters, no padding
-
-
-class TokenRefused(Refused):
-    """The confirmation token does not confirm this operation. ``reason`` is a stable word."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
