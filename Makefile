@@ -34,7 +34,7 @@ $(OPENCODE_STAMP):
 setup: $(SETUP_STAMP) $(OPENCODE_STAMP)
 
 demo: system-deps setup
-	@$(BIN)/python -m fleet.demo --dir $(LAB)
+	@$(BIN)/python -m fleet.lab.demo --dir $(LAB)
 
 demo-down:
 	@$(BIN)/fleet lab.down --dir $(LAB)

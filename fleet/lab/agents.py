@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 
-from .errors import FleetError
-from .lab import Lab, free_ports
-from .errors import AgentError  # noqa: F401 - re-exported where they were defined
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from .base import Lab, free_ports
+from ..errors import AgentError  # noqa: F401 - re-exported where they were defined
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def find_opencode() -> str:
@@ -76,7 +76,7 @@ def start_agents(lab: Lab, count: int, timeout: float = 90.0) -> list[dict[str, 
     lab.agents = agents  # filled as processes start, so a failure half-way is still cleaned up
     mport = free_ports(1)[0]
     mlog = adir / "fakellm.log"
-    model = subprocess.Popen([sys.executable, "-m", "fleet.fakellm", "--port", str(mport), "--tag", str(lab.dir)],
+    model = subprocess.Popen([sys.executable, "-m", "fleet.lab.fakellm", "--port", str(mport), "--tag", str(lab.dir)],
                              stdout=open(mlog, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=str(PROJECT_ROOT), start_new_session=True,
                              env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))

@@ -2,7 +2,7 @@
 
 Replies ``DONE: <last user text>``. A prompt containing ``[slow]`` stalls for
 ``FAKE_SLOW_DELAY`` seconds (default 60) so abort can be shown; ``[fail]`` answers
-HTTP 400 so the agent ends with an error. Loopback only. Run: ``python -m fleet.fakellm --port P``.
+HTTP 400 so the agent ends with an error. Loopback only. Run: ``python -m fleet.lab.fakellm --port P``.
 """
 from __future__ import annotations
 

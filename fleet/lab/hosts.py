@@ -26,43 +26,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadInput, FleetError
-from .errors import LabError  # noqa: F401 - re-exported where they were defined
+from ..errors import BadInput, FleetError
+from .base import (Lab, LabHost, _children, _cmdline, _cwd, _pid_alive, free_ports, host_address,  # noqa: F401
+                   state_file)
+from ..errors import LabError  # noqa: F401 - re-exported where they were defined
 
 PORTS_PER_SSHD = 16  # OpenSSH refuses more than 16 ListenAddress lines
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 MARKER = ".fleet-lab"   # a directory holding this was made by lab_up and may be reused
 OTHER_USER = "fleet-lab"  # the throwaway non-root login made when the lab runs as root
 JUMP_ADDRESS = "127.77.250.1"
-
-
-@dataclass
-class LabHost:
-    """One lab host: its name, where its sshd listens, and how the inventory addresses it."""
-
-    name: str
-    port: int
-    repos_root: str
-    address: str = "127.0.0.1"   # what the inventory / ssh_config call it (a name or an IP)
-    listen: str = "127.0.0.1"    # the loopback IP sshd binds
-    jump: str | None = None      # the ProxyJump host in ssh_config, if any
-
-
-@dataclass
-class Lab:
-    """What ``lab_up`` built. ``inventory`` is ready for every fleet task."""
-
-    dir: Path
-    user: str
-    hosts: list[LabHost]
-    key: Path
-    known_hosts: Path
-    inventory: Path
-    sshd_pids: list[int] = field(default_factory=list)
-    agents: list[dict] = field(default_factory=list)
-    ssh_config: Path | None = None
-    jump: LabHost | None = None
-    other_user: str | None = None  # a non-root login the lab accepts (None when not run as root)
 
 
 def find_sshd() -> str:
@@ -75,25 +48,6 @@ def find_sshd() -> str:
         return found
     raise LabError("OpenSSH server (sshd) is not installed: run 'apt-get install openssh-server' "
                    "(Debian/Ubuntu) or 'make test', which installs it")
-
-
-def host_address(i: int) -> str:
-    """The loopback address of the i-th lab host (1-based): one address per host."""
-    return f"127.77.{i // 200}.{i % 200 + 10}"
-
-
-def free_ports(n: int, addresses: list[str] | None = None) -> list[int]:
-    """``n`` distinct free TCP ports (on ``addresses[i]``, default 127.0.0.1), held at once so none repeats."""
-    socks = []
-    try:
-        for i in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((addresses[i] if addresses else "127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -150,55 +104,6 @@ def _wait_listening(listens: list[tuple[str, int]], deadline: float) -> list[tup
         if pending:
             time.sleep(0.02)
     return pending
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _cwd(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return ""
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().split(") ", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            out.append(int(entry))
-    return out
-
-
-def state_file(lab_dir: Path) -> Path:
-    """Where the lab records what it started."""
-    return lab_dir / "lab.json"
 
 
 def ensure_other_user() -> str | None:
@@ -337,7 +242,7 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
         lab.hosts.append(h)
     write_ssh_config(lab)
     if agents:
-        from .labagent import start_agents
+        from .agents import start_agents
         try:
             lab.agents = start_agents(lab, agents)
         except BaseException:
