@@ -3,23 +3,15 @@ every secret the inventory names, so redaction is the same whoever calls (``inv`
 ``dx-dispatch``, the Python API)."""
 from __future__ import annotations
 
-import base64
 import os
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+
+from .redact import secret_forms
 
 if TYPE_CHECKING:  # pragma: no cover
     from .audit import AuditTrail
     from .inventory import Inventory
     from .settings import Settings
-
-
-def secret_forms(value: str, username: str | None = None) -> list[str]:
-    """Every form a secret may take in text: plain, URL-encoded, base64, and inside HTTP Basic auth."""
-    out = [value, quote(value, safe=""), base64.b64encode(value.encode()).decode()]
-    if username:
-        out.append(base64.b64encode(f"{username}:{value}".encode()).decode())
-    return [s for s in dict.fromkeys(out) if s]
 
 
 def inventory_secrets(inv: "Inventory") -> list[str]:

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 from typing import Any
 
-from .errors import FleetError
 from .errors import BeadsError, AlreadyClaimed  # noqa: F401 - re-exported where they were defined
 
 _CLAIMED_BY = re.compile(r"already claimed by (.+)$")

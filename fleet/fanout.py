@@ -128,7 +128,7 @@ class CanaryGate:
                         self.notes.append(f"canary {r.host} failed preflight (it tested nothing); "
                                           f"{self.current} runs first instead")
                     else:
-                        self.verdict = f"not run: no selected host passed preflight to be the canary"
+                        self.verdict = "not run: no selected host passed preflight to be the canary"
                 elif r.ok:
                     self.verdict = True
                     self.notes.append(f"canary {r.host} ok: ran the other {len(self.order) - 1} host(s)")

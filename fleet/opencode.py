@@ -17,9 +17,10 @@ from typing import Any, Callable
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from .errors import BadInput, FleetError
+from .errors import BadInput
 from .inventory import Host, OpenCodeEndpoint
-from .errors import OpenCodeError, Unreachable, AuthRefused, SessionNotFound, ServerError, ProtocolError, ResponseTimeout  # noqa: F401 - re-exported where they were defined
+from .errors import (AuthRefused, OpenCodeError, ProtocolError, ResponseTimeout, ServerError,  # noqa: F401
+                     SessionNotFound, Unreachable)
 
 
 def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:
@@ -117,7 +118,7 @@ class OpenCodeClient:
         self.username = host.opencode.username
         password = resolve_password(host.opencode, host.name)
         self.has_password = password is not None
-        from .app import secret_forms
+        from .redact import secret_forms
         # A server may echo the request (Authorization header included) in an error body: every
         # reply text that goes into an error is scrubbed of our own credentials first.
         self._secrets = secret_forms(password, self.username) if password else []

@@ -23,10 +23,10 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+
 from pathlib import Path
 
-from ..errors import BadInput, FleetError
+from ..errors import BadInput
 from .base import (Lab, LabHost, _children, _cmdline, _cwd, _pid_alive, free_ports, host_address,  # noqa: F401
                    state_file)
 from ..errors import LabError  # noqa: F401 - re-exported where they were defined
