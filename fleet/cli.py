@@ -785,7 +785,7 @@ def _task_flags(name: str) -> list[str]:
 
 def _check_flags(argv: list[str]) -> None:
     """Invoke takes an unknown ``--flag`` for a positional value; say it the fleet way instead."""
-    import difflib
+    from fleet.names import did_you_mean
 
     current = None
     for tok in argv:
@@ -798,15 +798,15 @@ def _check_flags(argv: list[str]) -> None:
             flag = tok.split("=", 1)[0]
             known = _task_flags(current)
             if flag not in known:
-                close = difflib.get_close_matches(flag, known, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"see 'fleet -h {current}'"
+                hint = did_you_mean(flag, known) or f"see 'fleet -h {current}'"
                 raise Exit(f"fleet: unknown flag {flag} for '{current}': {hint}", code=2)
 
 
 def _parse_error_message(exc, program) -> str:
     """Invoke's parse errors said the fleet way, with a 'did you mean' for flags."""
-    import difflib
     import re
+
+    from fleet.names import did_you_mean
 
     msg = str(exc)
     m = re.search(r"Flag <Argument: ([\w-]+)[^>]*> needed value", msg)
@@ -819,11 +819,11 @@ def _parse_error_message(exc, program) -> str:
         for t in ns.tasks.values():
             for a in t.get_arguments():
                 flags += ["--" + n.replace("_", "-") for n in a.names if len(n) > 1]
-        close = difflib.get_close_matches(m.group(1), sorted(set(flags)), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else "; see 'fleet -h TASK' for its flags"
+        hint = did_you_mean(m.group(1), sorted(set(flags)))
+        hint = f"; {hint}" if hint else "; see 'fleet -h TASK' for its flags"
     elif m:
-        close = difflib.get_close_matches(m.group(1), sorted(ns.task_names), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else "; see 'fleet --list'"
+        hint = did_you_mean(m.group(1), sorted(ns.task_names))
+        hint = f"; {hint}" if hint else "; see 'fleet --list'"
     return f"fleet: {msg.rstrip('!')}{hint}"
 
 

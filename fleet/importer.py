@@ -5,6 +5,7 @@ import json
 import re
 from typing import Any
 
+from .names import is_plain_name
 from .errors import BadInput
 
 _KNOWN_VM = {"opencode", "ssh", "tailscale", "local"}
@@ -27,7 +28,7 @@ def vm_endpoints_to_yaml(data: Any, source: str = "vm-endpoints.json") -> tuple[
             dropped.append(f"top-level key '{k}' (no place in the inventory)")
     lines = [f"# Imported from {source} by 'inv inventory.import'.", "hosts:"]
     for name, vm in data["vms"].items():
-        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name)):
+        if not is_plain_name(str(name)):
             raise BadInput(f"{source}: VM name '{name}' is not a plain hostname; rename it first")
         if not isinstance(vm, dict):
             raise BadInput(f"{source}: vms.{name} must be an object")

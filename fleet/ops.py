@@ -200,8 +200,8 @@ def blow_away(plan: Plan, *, options: FanoutOptions | None = None, on_output: Ou
 
 def check_repo_name(repo: str) -> str:
     """Repo names are plain names (they become path components)."""
-    import re
-    if not repo or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", repo) or repo in (".", ".."):
+    from .names import is_plain_name
+    if not repo or not is_plain_name(repo):
         raise BadInput(f"--repo '{repo}' is not a plain repo name: write e.g. --repo affordabot")
     return repo
 

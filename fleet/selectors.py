@@ -6,28 +6,16 @@ keeps inventory order and holds each host once. No I/O.
 """
 from __future__ import annotations
 
-import difflib
-from typing import TYPE_CHECKING
-
 from .errors import SelectorError
+from .inventory.model import Host, Inventory, unknown_host
+from .names import did_you_mean
 
-if TYPE_CHECKING:
-    from .inventory import Host, Inventory
+unknown_name_error = unknown_host  # the name this module gave it first
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def unknown_name_error(inv: "Inventory", name: str) -> SelectorError:
-    """The error for a host name or alias the inventory does not know."""
-    names = list(inv.names_index())
-    hint = _did_you_mean(name, names)
-    if not hint:
-        hint = f"; known hosts: {', '.join(h.name for h in inv.hosts[:20])}" + (
-            ", ..." if len(inv.hosts) > 20 else "")
-    return SelectorError(f"unknown host '{name}' in {inv.path}{hint}")
+    hint = did_you_mean(word, choices, 0.5)
+    return f"; {hint}" if hint else ""
 
 
 def _term(inv: "Inventory", term: str, index: dict[str, str], selector: str) -> set[str]:

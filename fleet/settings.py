@@ -46,9 +46,9 @@ class Settings:
             if value is None:
                 continue  # not set: the default
             if key not in known:
-                import difflib
-                close = difflib.get_close_matches(key, list(known), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; known settings: {', '.join(known)}"
+                from .names import did_you_mean
+                hint = did_you_mean(key, known)
+                hint = f"; {hint}" if hint else f"; known settings: {', '.join(known)}"
                 raise BadInput(f"unknown setting 'fleet.{key}'{hint}")
             default = getattr(s, key)
             flag = f"setting 'fleet.{key}' (INVOKE_FLEET_{key.upper()})"

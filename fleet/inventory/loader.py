@@ -1,4 +1,4 @@
-"""The inventory: which machines exist, how to reach them, and what they are called.
+"""The inventory loader: YAML text -> :class:`~fleet.inventory.model.Inventory`, strictly.
 
 Loaded strictly from YAML. Every rejection names the file, line and column, what is wrong
 and what to write instead. Plain ``yaml.safe_load`` keeps the last of two duplicate keys
@@ -7,136 +7,31 @@ mistake) are caught with their position.
 """
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import yaml
 
-from .errors import InventoryError
+from ..errors import InventoryError
+from ..names import did_you_mean, is_plain_name
+from .model import (AUTH_MODES, DEFAULTS_KEYS, HOST_KEYS, OPENCODE_KEYS, REPOS_KEYS, SLACK_KEYS, SSH_FIELDS,
+                    TOP_KEYS, _RESERVED, Host, Inventory, OpenCodeEndpoint, SlackSettings)
 
-AUTH_MODES = ("local", "ssh-key", "tailscale", "agent")
-
-HOST_KEYS = ("user", "address", "port", "auth", "aliases", "tags", "identity_file",
-             "opencode", "repos")
-DEFAULTS_KEYS = tuple(k for k in HOST_KEYS if k not in ("aliases", "address"))
-TOP_KEYS = ("hosts", "default_host", "canary", "groups", "routes", "slack", "known_hosts",
-            "ssh_config", "defaults")
-# Fields whose inventory value wins over ssh_config only when the inventory states them.
-SSH_FIELDS = ("address", "port", "user", "identity_file")
-OPENCODE_KEYS = ("url", "username", "password_env", "password_file")
-REPOS_KEYS = ("root", "paths")
-SLACK_KEYS = ("channel", "base_url", "token_env")
 
 # A plain hostname label sequence: it can never start with '-' (an option) and never
 # hold a space or a shell metacharacter.
-_NAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})$")
 _SHELL_SPECIAL = re.compile(r"""[$`"'\\;&|<>()*?\[\]{}!#=%^]""")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RESERVED = {"all"}
-
-
-@dataclass(frozen=True)
-class OpenCodeEndpoint:
-    """Where a host's OpenCode server listens and how to find its password (never inline)."""
-
-    url: str
-    username: str = "opencode"
-    password_env: str | None = None
-    password_file: str | None = None
-
-
-@dataclass(frozen=True)
-class Host:
-    """One machine, with defaults already merged in."""
-
-    name: str
-    address: str
-    port: int = 22
-    user: str | None = None
-    auth: str = "ssh-key"
-    aliases: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    identity_file: str | None = None
-    opencode: OpenCodeEndpoint | None = None
-    repos_root: str | None = None
-    repos: Mapping[str, str] = field(default_factory=dict)
-    # Which of SSH_FIELDS the inventory stated (host or defaults); None: all (a Host built in Python).
-    explicit: frozenset[str] | None = field(default=None, compare=False)
-
-    def is_explicit(self, name: str) -> bool:
-        """True when the inventory said ``name`` itself (so it wins over ssh_config)."""
-        return self.explicit is None or name in self.explicit
-
-    def repo_path(self, repo: str) -> str | None:
-        """The working-copy path of ``repo`` on this host, or None if the inventory has none."""
-        path = self.repos.get(repo)
-        if path is None:
-            if self.repos_root is None:
-                return None
-            return f"{self.repos_root.rstrip('/')}/{repo}"
-        if path.startswith("/") or path.startswith("~"):
-            return path
-        if self.repos_root is None:
-            return None
-        return f"{self.repos_root.rstrip('/')}/{path}"
-
-
-@dataclass(frozen=True)
-class SlackSettings:
-    """The audit channel. The token comes from the env var ``token_env``, never a file."""
-
-    channel: str
-    base_url: str | None = None
-    token_env: str = "SLACK_BOT_TOKEN"
-
-
-@dataclass(frozen=True)
-class Inventory:
-    """A validated inventory. Hosts keep the order of the file."""
-
-    path: str
-    hosts: tuple[Host, ...]
-    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    default_host: str | None = None
-    canary: str | None = None
-    routes: Mapping[str, str] = field(default_factory=dict)
-    slack: SlackSettings | None = None
-    known_hosts: str | None = None
-    ssh_config: str | None = None
-    digest: str = ""  # of the file's text: confirmation tokens are bound to it
-
-    def host(self, name: str) -> Host:
-        """The host called ``name`` (canonical name or alias)."""
-        canon = self.names_index().get(name)
-        if canon is None:
-            from .selectors import unknown_name_error
-            raise unknown_name_error(self, name)
-        for h in self.hosts:
-            if h.name == canon:
-                return h
-        raise KeyError(name)  # unreachable: the index is built from hosts
-
-    def names_index(self) -> dict[str, str]:
-        """Every name and alias -> canonical name."""
-        index: dict[str, str] = {}
-        for h in self.hosts:
-            index[h.name] = h.name
-            for a in h.aliases:
-                index[a] = h.name
-        return index
 
 
 # --------------------------------------------------------------------------- helpers
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else ""
+_suggest = did_you_mean
 
 
 class _Loader:
@@ -208,7 +103,7 @@ class _Loader:
         if s in _RESERVED:
             raise self.fail(node, f"{what} '{s}' is reserved (it selects every host)",
                             "pick another name")
-        if not _NAME_RE.fullmatch(s) or s.endswith("-"):
+        if not is_plain_name(s):
             raise self.fail(node, f"{what} '{s}' is not a plain hostname",
                             "use letters, digits, '.', '_' and '-' only, not starting with '-' "
                             "(no spaces or shell characters), e.g. epyc6 or mac-mini")
@@ -550,8 +445,8 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
     extra["digest"] = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()[:16]
     inv = Inventory(path=path, hosts=inv.hosts, groups=groups, **extra)
     if "routes" in sections:
-        from .selectors import select
-        from .errors import SelectorError
+        from ..errors import SelectorError
+        from ..selectors import select
         routes: dict[str, str] = {}
         for op, ok, rv in ld.mapping(sections["routes"][1], "routes"):
             sel = ld.string(rv, f"route for '{op}'", "'@gpu'")
