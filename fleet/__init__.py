@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "make_plan": "modes", "resolve_mode": "modes",
     "Scope": "tokens", "TokenRefused": "tokens", "TokenStore": "tokens",
     # dispatch, audit, beads
-    "DispatchResult": "dispatch", "DispatchRun": "dispatch", "SessionRecords": "dispatch",
+    "DispatchResult": "dispatch", "DispatchRun": "dispatch", "SessionRecords": "records",
     "AuditTrail": "audit", "Journal": "audit", "replay": "audit",
     "AlreadyClaimed": "beads", "Beads": "beads", "BeadsError": "beads",
 }
@@ -57,7 +57,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static names for type checkers and IDEs
     from .audit import AuditTrail, Journal, replay
     from .beads import AlreadyClaimed, Beads, BeadsError
-    from .dispatch import DispatchResult, DispatchRun, SessionRecords
+    from .dispatch import DispatchResult, DispatchRun
+    from .records import SessionRecords
     from .errors import (EXIT_BAD_INPUT, EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, BadInput,
                          FleetError, InventoryError, Refused, SelectorError)
     from .fanout import FanoutOptions, FanoutRunner, fanout_hosts, fanout_ssh

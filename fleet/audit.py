@@ -5,7 +5,6 @@ rate-limited, failing, down or unconfigured Slack costs the operation at most
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import queue
 import secrets
@@ -155,19 +154,4 @@ def replay(journal: str, slack: SlackSettings | None, token: str | None, max_wai
                         st.torn, why)
 
 
-def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
-                  failed: dict[str, Any] | None = None) -> str:
-    """Journal events for a person, one per line."""
-    out = []
-    failed = failed or {}
-    for e in events:
-        state = "sent" if e["id"] in delivered else (
-            f"failed: {failed[e['id']].get('error', '')}" if e["id"] in failed else "pending")
-        d = e.get("detail") or {}
-        extra = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
-                         for k, v in d.items())
-        out.append(f"{e['time']}  {e.get('dispatch_id') or '-':<28} {e.get('host') or '-':<10} "
-                   f"{e['operation']:<18} {e['outcome']:<9} [{state}] {extra}".rstrip())
-    return "\n".join(out)
-
-
+from .render import format_events  # noqa: E402,F401 - rendering lives in fleet.render

@@ -11,7 +11,7 @@ from .results import CheckResult, FanoutOutcome, PreflightResult, PreflightStatu
 
 
 def _health(host: Host, timeout: float) -> str:
-    from .dispatch import server_status
+    from .sessions import server_status
 
     r = server_status(host, timeout=timeout)
     if r["healthy"]:

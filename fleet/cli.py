@@ -417,7 +417,7 @@ def _trail(c, inv, slack=True):
 
 
 def _records(c):
-    from fleet.dispatch import SessionRecords
+    from fleet.records import SessionRecords
 
     return SessionRecords(_settings(c).sessions_path())
 
@@ -441,32 +441,6 @@ DISPATCH_HELP = {
 }
 
 
-class _Live:
-    """Session id at once, a live status line on a terminal, plain lines otherwise."""
-
-    def __init__(self, quiet: bool, many: bool) -> None:
-        self.quiet = quiet
-        self.many = many
-        self.tty = sys.stderr.isatty()
-        self.t0 = __import__("time").monotonic()
-
-    def __call__(self, host: str, kind: str, text: str) -> None:
-        if self.quiet:
-            return
-        import time as _t
-
-        el = _t.monotonic() - self.t0
-        if kind == "session":
-            print(f"{host}: session {text}", file=sys.stderr, flush=True)
-        elif kind == "status" and self.tty and not self.many:
-            sys.stderr.write(f"\r\x1b[K{host}: {text} ({el:.0f}s)")
-            sys.stderr.flush()
-        elif kind == "status":
-            print(f"{host}: {text} ({el:.1f}s)", file=sys.stderr, flush=True)
-        elif kind == "answer" and self.tty and not self.many:
-            sys.stderr.write("\r\x1b[K")
-
-
 @fleet_task(help=DISPATCH_HELP)
 def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
              model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
@@ -475,7 +449,7 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
     from fleet import dispatch as dx
     from fleet.beads import Beads
     from fleet.errors import BadInput
-    from fleet.render import first_line, table
+    from fleet.render import DispatchLive, dispatch_report
 
     st = _settings(c)
     inv = _inventory(c, inventory)
@@ -491,7 +465,7 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
     trail = _trail(c, inv, slack=not no_slack)
     beads = Beads() if issue else None
     many = sel != host
-    live = _Live(json_, many)
+    live = DispatchLive(json_, many)
     try:
         run = dx.dispatch(inv, sel, args={"task": task, "repo": repo, "session": session, "model": model,
                                           "issue": issue},
@@ -503,18 +477,8 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
         trail.close()
     if json_:
         _emit(run.to_dict())
-    elif len(run.results) == 1:
-        r = run.results[0]
-        if r.waited and r.answer:
-            print(r.answer)
-        tok = r.tokens or {}
-        print(f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
-              f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
-              f"duration={r.duration_ms / 1000:.1f}s" + (f"\nerror: {r.error}" if r.error else ""))
     else:
-        print(table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
-                      first_line(r.answer, 60) or "-", first_line(r.error, 80)] for r in run.results],
-                    ["HOST", "STATE", "SESSION", "DURATION", "ANSWER", "ERROR"]))
+        print(dispatch_report(run))
     if not json_:
         _say_audit(trail)
     if run.exit_code:
@@ -528,7 +492,8 @@ def abort(c, host, session=None, all_sessions=False, reason="aborted by operator
           no_slack=False):
     """Stop a running agent session (marks its Beads issue blocked)."""
     from fleet.beads import Beads
-    from fleet.dispatch import abort_sessions
+    from fleet.render import abort_line
+    from fleet.sessions import abort_sessions
 
     inv = _inventory(c, inventory)
     h = inv.host(host)
@@ -540,31 +505,23 @@ def abort(c, host, session=None, all_sessions=False, reason="aborted by operator
     if json_:
         _emit({"host": h.name, "aborted": done})
     else:
-        print(f"{h.name}: aborted {len(done)} session(s)" + (": " + ", ".join(done) if done else ""))
+        print(abort_line(h.name, done))
 
 
 @fleet_task(help={"hosts": HOSTS_HELP + " Default: hosts with an OpenCode server.", "all": "Every host.",
                   "inventory": "Inventory file.", "json": "One JSON document."})
 def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
     """What each host's agent is doing: sessions, busy/idle/retry, titles, age."""
-    from fleet.dispatch import host_sessions
-    from fleet.errors import FleetError
-    from fleet.render import table
+    from fleet.render import sessions_table
     from fleet.selectors import select
+    from fleet.sessions import sessions_many
 
     inv = _inventory(c, inventory)
-    chosen = [h for h in select(inv, _selector(hosts, all_)) if h.opencode is not None]
-    rows, errors = [], []
-    for h in chosen:
-        try:
-            rows += host_sessions(h, _records(c))
-        except FleetError as exc:
-            errors.append(str(exc))
+    rows, errors = sessions_many(select(inv, _selector(hosts, all_)), _records(c))
     if json_:
         _emit({"sessions": [r.to_dict() for r in rows], "errors": errors})
     else:
-        print(table([[r.host, r.session_id, r.state, f"{r.age_s}s", "yes" if r.fleet else "", r.title[:50]]
-                     for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET", "TITLE"]))
+        print(sessions_table(rows))
         for e in errors:
             print(f"error: {e}", file=sys.stderr)
     if errors:
@@ -575,21 +532,16 @@ def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
                   "json": "One JSON document."})
 def status(c, hosts=None, all_=False, inventory=None, json_=False):
     """Health and version of each host's OpenCode server."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from fleet.dispatch import server_status
-    from fleet.render import table
+    from fleet.render import status_table
     from fleet.selectors import select
+    from fleet.sessions import server_statuses
 
     inv = _inventory(c, inventory)
-    chosen = [h for h in select(inv, _selector(hosts, all_)) if h.opencode is not None]
-    with ThreadPoolExecutor(max_workers=max(1, min(32, len(chosen)))) as pool:
-        res = list(pool.map(server_status, chosen))
+    res = server_statuses(select(inv, _selector(hosts, all_)))
     if json_:
         _emit({"servers": res})
     else:
-        print(table([[r["host"], "healthy" if r["healthy"] else "DOWN", r["version"] or "-", f"{r['ms']}ms",
-                      r["url"], r["error"][:100]] for r in res], ["HOST", "STATE", "VERSION", "RTT", "URL", "ERROR"]))
+        print(status_table(res))
     if not all(r["healthy"] for r in res):
         raise Exit(code=1)
 
@@ -598,24 +550,21 @@ def status(c, hosts=None, all_=False, inventory=None, json_=False):
                   "mode": "off | canary | enforced.", "inventory": "Inventory file.", "json": "One JSON document."})
 def teardown(c, hosts=None, all_=False, confirm=None, mode=None, inventory=None, json_=False):
     """Abort running agent sessions and delete the ones fleet created (gated: --confirm)."""
-    from fleet import dispatch as dx
+    from fleet.render import teardown_lines
+    from fleet.sessions import teardown as do_teardown
 
     st = _settings(c)
     inv = _inventory(c, inventory)
     trail = _trail(c, inv)
     try:
-        out = dx.teardown(inv, _selector(hosts, all_, default=None), args={}, mode=mode, confirm=confirm,
+        out = do_teardown(inv, _selector(hosts, all_, default=None), args={}, mode=mode, confirm=confirm,
                           settings=st, audit=trail.gate_event, records=_records(c), audit_trail=trail)
     finally:
         trail.close()
     if json_:
         _emit({"teardown": out})
     else:
-        for r in out:
-            if r.get("error"):
-                print(f"{r['host']}: error: {r['error']}")
-            else:
-                print(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)")
+        print(teardown_lines(out))
     if any(r.get("error") for r in out):
         raise Exit(code=1)
 
@@ -644,7 +593,8 @@ def audit_replay(c, inventory=None, max_wait=None, retry_failed=False):
 @fleet_task(help={"lines": "How many events (default 20).", "json": "One JSON document."})
 def audit_tail(c, lines=None, json_=False):
     """Print the last journal events."""
-    from fleet.audit import Journal, format_events
+    from fleet.journal import Journal
+    from fleet.render import format_events
 
     j = Journal(_settings(c).path("journal")).load()
     ev = j.events[-_num("--lines", lines, 20, int, 1):]
@@ -661,7 +611,8 @@ def audit_tail(c, lines=None, json_=False):
                                                              "json": "One JSON document."})
 def audit_show(c, dispatch_id, json_=False):
     """Print every journal event of one dispatch."""
-    from fleet.audit import Journal, format_events
+    from fleet.journal import Journal
+    from fleet.render import format_events
     from fleet.errors import BadInput
 
     j = Journal(_settings(c).path("journal")).load()
@@ -691,148 +642,3 @@ for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory
 # Every key is None here: Invoke then passes INVOKE_FLEET_* values through as text (it cannot
 # cast text to a list, and would raise a traceback on a bad number), and Settings checks them.
 ns.configure({"fleet": {k: None for k in asdict(Settings())}})
-
-
-
-# ------------------------------------------------------------------------ the `fleet` command
-
-def _find_project(start: str) -> str | None:
-    """The nearest directory from ``start`` up that holds an ``invoke.yaml`` with a ``fleet:`` section."""
-    d = os.path.abspath(start)
-    while True:
-        p = os.path.join(d, "invoke.yaml")
-        try:
-            with open(p, encoding="utf-8") as f:
-                if any(line.startswith("fleet:") for line in f):
-                    return d
-        except OSError:
-            pass
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
-
-
-def _program():
-    from invoke import Config, Program
-    from invoke.exceptions import ParseError
-
-    from fleet import __version__
-
-    class FleetConfig(Config):
-        """Invoke's config with the user's file at ``~/.config/fleet/invoke.yaml``."""
-
-        prefix = "invoke"  # INVOKE_FLEET_* env vars and invoke.yaml project files, as with inv
-
-        def __init__(self, *a, **kw):
-            kw.setdefault("user_prefix", os.path.join(os.environ.get("XDG_CONFIG_HOME")
-                                                      or os.path.expanduser("~/.config"), "fleet", ""))
-            super().__init__(*a, **kw)
-
-    class FleetProgram(Program):
-        def update_config(self, merge: bool = True) -> None:
-            project = _find_project(os.getcwd())
-            if project is not None:
-                self.config.set_project_location(project)
-                self.config.load_project(merge=False)
-            # YAML 1.1 reads a bare `mode: off` as False; Invoke would then cast INVOKE_FLEET_MODE
-            # to a bool. Keep the word.
-            for level in ("_system", "_user", "_project"):
-                data = getattr(self.config, level, None) or {}
-                fl = data.get("fleet") if isinstance(data, dict) else None
-                if isinstance(fl, dict) and isinstance(fl.get("mode"), bool):
-                    fl["mode"] = "on" if fl["mode"] else "off"
-            super().update_config(merge)
-
-        def parse_tasks(self) -> None:
-            _check_flags(list(self.core.unparsed))
-            try:
-                super().parse_tasks()
-            except ParseError as exc:
-                raise Exit(_parse_error_message(exc, self), code=2) from None
-
-        def parse_core(self, argv) -> None:
-            argv = _retry_alias(list(argv or sys.argv))
-            try:
-                super().parse_core(argv)
-            except ParseError as exc:
-                raise Exit(_parse_error_message(exc, self), code=2) from None
-
-    return FleetProgram(namespace=ns, name="fleet", binary="fleet", version=__version__,
-                        config_class=FleetConfig)
-
-
-def _retry_alias(argv: list[str]) -> list[str]:
-    """``fleet fanout --retry-failed [flags]`` is ``fleet retry [flags]`` (Invoke would demand the
-    fanout's command positional first)."""
-    if "fanout" in argv and "--retry-failed" in argv:
-        i = argv.index("fanout")
-        rest = [a for a in argv[i + 1:] if a != "--retry-failed"]
-        return argv[:i] + ["retry"] + rest
-    return argv
-
-
-def _task_flags(name: str) -> list[str]:
-    t = ns[name]
-    out = ["--help", "-h"]
-    for a in t.get_arguments():
-        for n in a.names:
-            out.append(("--" + n.replace("_", "-")) if len(n) > 1 else "-" + n)
-            if a.kind is bool and len(n) > 1:
-                out.append("--no-" + n.replace("_", "-"))
-    return out
-
-
-def _check_flags(argv: list[str]) -> None:
-    """Invoke takes an unknown ``--flag`` for a positional value; say it the fleet way instead."""
-    from fleet.names import did_you_mean
-
-    current = None
-    for tok in argv:
-        if tok == "--":
-            return
-        if not tok.startswith("-") and tok in ns.task_names:
-            current = tok
-            continue
-        if current is not None and tok.startswith("--"):
-            flag = tok.split("=", 1)[0]
-            known = _task_flags(current)
-            if flag not in known:
-                hint = did_you_mean(flag, known) or f"see 'fleet -h {current}'"
-                raise Exit(f"fleet: unknown flag {flag} for '{current}': {hint}", code=2)
-
-
-def _parse_error_message(exc, program) -> str:
-    """Invoke's parse errors said the fleet way, with a 'did you mean' for flags."""
-    import re
-
-    from fleet.names import did_you_mean
-
-    msg = str(exc)
-    m = re.search(r"Flag <Argument: ([\w-]+)[^>]*> needed value", msg)
-    if m:
-        return f"fleet: --{m.group(1).replace('_', '-')} needs a value"
-    m = re.search(r"No idea what '([^']*)' is", msg)
-    hint = ""
-    if m and m.group(1).startswith("-"):
-        flags: list[str] = []
-        for t in ns.tasks.values():
-            for a in t.get_arguments():
-                flags += ["--" + n.replace("_", "-") for n in a.names if len(n) > 1]
-        hint = did_you_mean(m.group(1), sorted(set(flags)))
-        hint = f"; {hint}" if hint else "; see 'fleet -h TASK' for its flags"
-    elif m:
-        hint = did_you_mean(m.group(1), sorted(ns.task_names))
-        hint = f"; {hint}" if hint else "; see 'fleet --list'"
-    return f"fleet: {msg.rstrip('!')}{hint}"
-
-
-def main() -> None:
-    """Entry point of the ``fleet`` console script."""
-    try:
-        _program().run()
-    except BrokenPipeError:  # e.g. `fleet --list | head`
-        try:
-            sys.stdout.close()
-        except OSError:
-            pass

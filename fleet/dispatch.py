@@ -6,14 +6,9 @@ record, Beads metadata, audit) -> send the prompt once -> wait for the run to en
 """
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import secrets
 import threading
 import time
 from dataclasses import replace, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BadInput, FleetError
@@ -21,14 +16,10 @@ from .inventory import Host
 from .modes import Plan, guarded
 from .opencode import OpenCodeClient, OpenCodeError, ResponseTimeout
 from .pool import run_bounded
+from .records import SessionRecords, new_dispatch_id
 from .results import FanoutOutcome, RunSummary
 
 EventHook = Callable[[str, str, str], None]  # (host, kind, text): kind in session, status, answer
-
-
-def new_dispatch_id() -> str:
-    """A short id grouping every event of one dispatch (one Slack thread)."""
-    return "dx-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 @dataclass(frozen=True)
@@ -81,71 +72,6 @@ class DispatchRun(RunSummary):
         return {"dispatch_id": self.dispatch_id, "task": self.task, "repo": self.repo, "mode": self.mode,
                 "interrupted": self.interrupted, "exit_code": self.exit_code, "duration_ms": self.duration_ms,
                 "notes": list(self.notes), "results": [r.to_dict() for r in self.results]}
-
-
-class SessionRecords:
-    """The sessions fleet created (teardown deletes only these). JSON Lines under a lock."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(os.path.expanduser(str(path)))
-
-    def _locked(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        f = open(self.path.with_suffix(".lock"), "a")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        return f
-
-    def add(self, rec: dict[str, Any]) -> None:
-        """Append one record (fsynced)."""
-        lock = self._locked()
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            lock.close()
-
-    def all(self) -> list[dict[str, Any]]:
-        """Every record (torn lines skipped)."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for ln in lines:
-            try:
-                out.append(json.loads(ln))
-            except ValueError:
-                continue
-        return out
-
-    def for_host(self, host: str) -> list[dict[str, Any]]:
-        """Records of one host."""
-        return [r for r in self.all() if r.get("host") == host]
-
-    def find(self, host: str, sid: str) -> dict[str, Any] | None:
-        """The record of one session, if fleet created it."""
-        for r in self.for_host(host):
-            if r.get("session_id") == sid:
-                return r
-        return None
-
-    def remove(self, host: str, sids: set[str]) -> None:
-        """Drop records (atomic rewrite under the lock)."""
-        lock = self._locked()
-        try:
-            keep = [r for r in self.all() if not (r.get("host") == host and r.get("session_id") in sids)]
-            tmp = self.path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            lock.close()
 
 
 def repo_directory(host: Host, repo: str) -> str:
@@ -333,123 +259,6 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
 # ---------------------------------------------------------------------------- abort / sessions
 
 
-@dataclass(frozen=True)
-class SessionRow:
-    """One session on one host, for ``inv sessions``."""
-
-    host: str
-    session_id: str
-    title: str
-    state: str
-    age_s: int
-    directory: str
-    fleet: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data."""
-        return dict(self.__dict__)
-
-
-def host_sessions(host: Host, records: SessionRecords | None = None, limit: int = 50,
-                  client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[SessionRow]:
-    """Sessions on ``host`` with their state (busy/idle/retry), newest first."""
-    mine = {r["session_id"] for r in (records.for_host(host.name) if records else [])}
-    with client_factory(host, None) as oc:
-        sessions = oc.list_sessions(all_dirs=True)[:limit]
-        states: dict[str, Any] = {}
-        for d in sorted({s.get("directory") for s in sessions if s.get("directory")}):
-            oc.directory = d
-            states.update(oc.status())
-    now = time.time() * 1000
-    rows = []
-    for s in sessions:
-        st = states.get(s["id"]) or {"type": "idle"}
-        created = ((s.get("time") or {}).get("created")) or now
-        rows.append(SessionRow(host.name, s["id"], str(s.get("title", "")), st.get("type", "idle"),
-                               int((now - created) / 1000), str(s.get("directory", "")), s["id"] in mine))
-    return rows
-
-
-def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = False,
-                   records: SessionRecords | None = None, audit: Any = None, beads: Any = None,
-                   reason: str = "aborted by fleet", client_factory: Callable[..., OpenCodeClient] = OpenCodeClient
-                   ) -> list[str]:
-    """Abort one session, or every busy one on ``host``; returns the aborted ids."""
-    if not session and not all_sessions:
-        raise BadInput("say which session: --session ID, or --all-sessions for every busy one")
-    targets: list[str] = []
-    if session:
-        targets = [session]
-    else:
-        targets = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)
-                   if r.state in ("busy", "retry")]
-    done = []
-    with client_factory(host, None) as oc:
-        for sid in targets:
-            oc.abort(sid)
-            done.append(sid)
-            rec = records.find(host.name, sid) if records else None
-            did = (rec or {}).get("dispatch_id") or new_dispatch_id()
-            if audit is not None:
-                audit.record(operation="aborted", host=host.name, outcome="aborted", dispatch_id=did,
-                             session_id=sid, reason=reason)
-            issue = (rec or {}).get("issue")
-            if issue and beads is not None:
-                beads.block(issue, host.name, f"session {sid} on {host.name} aborted: {reason}")
-    return done
-
-
-def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
-                  client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> dict[str, Any]:
-    """Abort every running session on ``host`` and delete the sessions fleet created there."""
-    aborted = abort_sessions(host, all_sessions=True, records=records, audit=audit, reason="teardown",
-                             client_factory=client_factory)
-    deleted = []
-    gone = set()
-    with client_factory(host, None) as oc:
-        for rec in records.for_host(host.name):
-            sid = rec["session_id"]
-            try:
-                oc.delete_session(sid)
-                deleted.append(sid)
-            except OpenCodeError as exc:
-                if exc.kind != "not_found":
-                    raise
-            gone.add(sid)
-    records.remove(host.name, gone)
-    return {"host": host.name, "aborted": aborted, "deleted": deleted}
-
-
-@guarded("teardown", local_ok=False)
-def teardown(plan: Plan, *, records: SessionRecords, audit_trail: Any = None,
-             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[dict[str, Any]]:
-    """Gated: abort running sessions and delete fleet's sessions on every planned host."""
-    out = []
-    for h in plan.hosts:
-        try:
-            out.append(teardown_host(h, records, audit_trail, client_factory))
-        except OpenCodeError as exc:
-            out.append({"host": h.name, "error": str(exc), "aborted": [], "deleted": []})
-    if audit_trail is not None:
-        for r in out:
-            audit_trail.record(operation="gated_action_run", host=r["host"], outcome="failure" if r.get("error")
-                               else "success", dispatch_id="", action="teardown", aborted=len(r["aborted"]),
-                               deleted=len(r["deleted"]), error=r.get("error"))
-    return out
-
-
-def server_status(host: Host, client_factory: Callable[..., OpenCodeClient] | None = None,
-                  timeout: float = 3.0) -> dict[str, Any]:
-    """Health and version of one host's server, with the round-trip time; a wedged server is
-    DOWN after ``timeout`` seconds, never a hang."""
-    t0 = time.monotonic()
-    factory = client_factory or (lambda h, d: OpenCodeClient(h, d, timeout=timeout, connect_timeout=timeout,
-                                                             connect_attempts=1))
-    try:
-        with factory(host, None) as oc:
-            h = oc.health()
-        return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": bool(h.get("healthy")),
-                "version": h.get("version", ""), "ms": int((time.monotonic() - t0) * 1000), "error": ""}
-    except FleetError as exc:
-        return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": False,
-                "version": "", "ms": int((time.monotonic() - t0) * 1000), "error": str(exc)}
+# Sessions, abort, teardown and status live in fleet.sessions; these names stay importable here.
+from .sessions import (SessionRow, abort_sessions, host_sessions, server_status, teardown,  # noqa: E402,F401
+                       teardown_host)

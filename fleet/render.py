@@ -339,3 +339,88 @@ def inventory_summary(inv: Inventory) -> str:
     tail = ("; " + "; ".join(extra)) if extra else ""
     return (f"{inv.path}: OK, {len(inv.hosts)} hosts ({a}), {len(inv.groups)} groups, "
             f"{len({t for h in inv.hosts for t in h.tags})} tags{tail}")
+
+
+# ---------------------------------------------------------------------- dispatch and agents
+
+class DispatchLive:
+    """Dispatch's live lines: the session id at once, a status line on a terminal (one host),
+    plain lines otherwise (many hosts, or not a terminal)."""
+
+    def __init__(self, quiet: bool, many: bool, stream: TextIO | None = None) -> None:
+        import time
+
+        self.quiet = quiet
+        self.many = many
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.t0 = time.monotonic()
+
+    def __call__(self, host: str, kind: str, text: str) -> None:
+        import time
+
+        if self.quiet:
+            return
+        el = time.monotonic() - self.t0
+        if kind == "session":
+            print(f"{host}: session {text}", file=self.stream, flush=True)
+        elif kind == "status" and self.tty and not self.many:
+            self.stream.write(f"\r\x1b[K{host}: {text} ({el:.0f}s)")
+            self.stream.flush()
+        elif kind == "status":
+            print(f"{host}: {text} ({el:.1f}s)", file=self.stream, flush=True)
+        elif kind == "answer" and self.tty and not self.many:
+            self.stream.write("\r\x1b[K")
+
+
+def dispatch_report(run: Any) -> str:
+    """One host: the agent's answer, then a line of outcome, tokens, cost; many: a table."""
+    if len(run.results) == 1:
+        r = run.results[0]
+        tok = r.tokens or {}
+        head = (r.answer + "\n") if r.waited and r.answer else ""
+        return (head + f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
+                f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
+                f"duration={r.duration_ms / 1000:.1f}s" + (f"\nerror: {r.error}" if r.error else ""))
+    return table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
+                   first_line(r.answer, 60) or "-", first_line(r.error, 80)] for r in run.results],
+                 ["HOST", "STATE", "SESSION", "DURATION", "ANSWER", "ERROR"])
+
+
+def sessions_table(rows: list[Any]) -> str:
+    """``sessions``: one line per session."""
+    return table([[r.host, r.session_id, r.state, f"{r.age_s}s", "yes" if r.fleet else "", r.title[:50]]
+                  for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET", "TITLE"])
+
+
+def status_table(servers: list[dict[str, Any]]) -> str:
+    """``status``: health, version and round trip of each OpenCode server."""
+    return table([[r["host"], "healthy" if r["healthy"] else "DOWN", r["version"] or "-", f"{r['ms']}ms",
+                   r["url"], r["error"][:100]] for r in servers], ["HOST", "STATE", "VERSION", "RTT", "URL", "ERROR"])
+
+
+def abort_line(host: str, aborted: list[str]) -> str:
+    """``abort``: what was stopped."""
+    return f"{host}: aborted {len(aborted)} session(s)" + (": " + ", ".join(aborted) if aborted else "")
+
+
+def teardown_lines(out: list[dict[str, Any]]) -> str:
+    """``teardown``: per host, what was aborted and deleted, or the error."""
+    return "\n".join(f"{r['host']}: error: {r['error']}" if r.get("error") else
+                     f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)" for r in out)
+
+
+def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
+                  failed: dict[str, Any] | None = None) -> str:
+    """Journal events for a person, one per line."""
+    out = []
+    failed = failed or {}
+    for e in events:
+        state = "sent" if e["id"] in delivered else (
+            f"failed: {failed[e['id']].get('error', '')}" if e["id"] in failed else "pending")
+        d = e.get("detail") or {}
+        extra = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
+                         for k, v in d.items())
+        out.append(f"{e['time']}  {e.get('dispatch_id') or '-':<28} {e.get('host') or '-':<10} "
+                   f"{e['operation']:<18} {e['outcome']:<9} [{state}] {extra}".rstrip())
+    return "\n".join(out)
