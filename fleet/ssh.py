@@ -14,16 +14,14 @@
 """
 from __future__ import annotations
 
-import base64
 import errno
-import hashlib
 import os
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import Callable
 
 import paramiko
 from paramiko.channel import Channel
@@ -31,112 +29,18 @@ from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
 from .inventory import Host
-from .knownhosts import Entry, KnownHosts, Verdict
 from .sshconfig import Hop
-from .errors import SSHFailure, ConnectTimeout, ConnectFailed, DNSFailure, AuthFailed, UnknownHostKey, HostKeyChanged, HostKeyRevoked, CommandTimeout, ConnectionLost, Aborted, NonZeroExit  # noqa: F401 - re-exported where they were defined
-
-KEEP_BYTES = 1 << 20  # per stream, per host: the tail kept in memory for the table and JSON
+from .errors import (Aborted, AuthFailed, CommandTimeout, ConnectFailed, ConnectionLost,  # noqa: F401
+                     ConnectTimeout, DNSFailure, HostKeyChanged, HostKeyRevoked, NonZeroExit, SSHFailure,
+                     UnknownHostKey)
+from .output import KEEP_BYTES, StreamSink  # noqa: F401
+from .hostkeys import HostKeyStore, _NoKeys, _Policy, fingerprint, fingerprint_blob  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- errors
 
 
 # -------------------------------------------------------------------------- host keys
-
-def fingerprint_blob(blob: bytes) -> str:
-    """OpenSSH-style SHA256 fingerprint of a public key blob."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH-style SHA256 fingerprint."""
-    return fingerprint_blob(key.asbytes())
-
-
-class HostKeyStore:
-    """known_hosts for a run: parsed once, shared by every connection and hop (thread-safe).
-
-    ``files`` are read for every hop whose ssh_config sets no UserKnownHostsFile. Unknown keys
-    are accepted only for ``accept_all``, for a name in ``accept_hosts`` (host or hop name), or
-    for a hop whose ssh_config says ``StrictHostKeyChecking accept-new``; accepted keys are
-    appended to ``write_to`` (or the hop's own known_hosts file). A changed or revoked key is
-    always refused.
-    """
-
-    def __init__(self, files: list[str], write_to: str | None = None, accept_all: bool = False,
-                 accept_hosts: set[str] | None = None) -> None:
-        self.files = tuple(os.path.expanduser(f) for f in files if f)
-        self.kh = KnownHosts()
-        self.write_to = write_to
-        self.accept_all = accept_all
-        self.accept_hosts = set(accept_hosts or ())
-        self.lock = threading.Lock()
-        self.accepted: list[tuple[str, str]] = []
-
-    def files_for(self, hop: Hop) -> tuple[str, ...]:
-        """The known_hosts files that decide ``hop``'s key."""
-        return hop.known_hosts or self.files
-
-    def known_types(self, hop: Hop) -> list[str]:
-        """Key types known for ``hop`` (asked for first in the handshake, as OpenSSH does)."""
-        return self.kh.known_types(self.files_for(hop), hop.key_name)
-
-    def check(self, hop: Hop, host: Host, key: paramiko.PKey, is_target: bool) -> None:
-        """Accept ``key`` for ``hop`` or raise the typed failure, naming the hop."""
-        blob = key.asbytes()
-        bare = hop.hostname if hop.key_name == f"[{hop.hostname}]:{hop.port}" else None
-        verdict, entries = self.kh.verdict(self.files_for(hop), hop.key_name, key.get_name(), blob, bare)
-        fp = fingerprint_blob(blob)
-        who = host.name if is_target else f"jump host {hop.name} (on the way to {host.name})"
-        where = f"{who} [{hop.key_name}]"
-        if verdict == Verdict.KNOWN:
-            return
-        if verdict == Verdict.REVOKED:
-            e = entries[0]
-            raise HostKeyRevoked(host.name, f"REVOKED host key for {where}: {key.get_name()} {fp} is marked "
-                                 f"@revoked in {e.path}:{e.line}; nothing was run")
-        if verdict == Verdict.CHANGED:
-            e = entries[0]
-            raise HostKeyChanged(
-                host.name, f"HOST KEY CHANGED for {where}: it now offers {key.get_name()} {fp}, "
-                f"{e.path}:{e.line} has {fingerprint_blob(e.blob)}. This may be an attack; nothing was "
-                f"run. If the host was really reinstalled, remove that line")
-        names = {host.name, hop.name, *host.aliases} if is_target else {hop.name}
-        if not (self.accept_all or hop.accept_new or names & self.accept_hosts):
-            other = f" (known_hosts has only {', '.join(sorted({e.keytype for e in entries}))} keys for it)" \
-                if entries else ""
-            flag = host.name if is_target else hop.name
-            raise UnknownHostKey(
-                host.name, f"unknown host key for {where}: {key.get_name()} {fp}{other}; nothing was run. "
-                f"If this fingerprint is right, rerun with --accept-new-host-key {flag} "
-                f"(or --accept-new-host-keys for every host and hop of this run)")
-        target = hop.known_hosts[0] if hop.known_hosts else (self.write_to or (self.files[0] if self.files else None))
-        entry = Entry("", hop.key_name, key.get_name(), blob, target or "<memory>", 0)
-        with self.lock:
-            self.accepted.append((hop.name, fp))
-            self.kh.add(target or "<memory>", entry)
-            if target:
-                path = Path(target)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "a", encoding="utf-8") as f:
-                    f.write(f"{hop.key_name} {key.get_name()} {key.get_base64()}\n")
-
-
-class _Policy(paramiko.MissingHostKeyPolicy):
-    """paramiko asks this for every key (its own store is left empty): fleet decides."""
-
-    def __init__(self, store: HostKeyStore, hop: Hop, host: Host, is_target: bool) -> None:
-        self.store, self.hop, self.host, self.is_target = store, hop, host, is_target
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        self.store.check(self.hop, self.host, key, self.is_target)
-
-
-class _NoKeys(dict):
-    """An always-empty host key table for paramiko, so every key goes to :class:`_Policy`."""
-
-    def get(self, *_a, **_k):  # type: ignore[override]
-        return None
 
 
 def _handle_request(chan: Channel, m: Message) -> None:
@@ -172,51 +76,6 @@ def _transport_factory(preferred: list[str]) -> Callable[..., paramiko.Transport
 
 
 # ----------------------------------------------------------------------------- output
-
-class StreamSink:
-    """One stream of one command: to the artifact file byte-exact, a bounded tail in memory,
-    and whole lines to the live hook."""
-
-    def __init__(self, path: Path | None, on_line: Callable[[str], None] | None, keep: int = KEEP_BYTES) -> None:
-        self.path = path
-        self.file: IO[bytes] | None = open(path, "wb") if path is not None else None
-        self.on_line = on_line
-        self.keep = keep
-        self.tail = bytearray()
-        self.total = 0
-        self._pending = b""
-
-    def write(self, data: bytes) -> None:
-        """Take one chunk."""
-        self.total += len(data)
-        if self.file is not None:
-            self.file.write(data)
-        self.tail += data
-        if len(self.tail) > self.keep:
-            del self.tail[:len(self.tail) - self.keep]
-        if self.on_line is not None:
-            buf = self._pending + data
-            *lines, self._pending = buf.split(b"\n")
-            for ln in lines:
-                self.on_line(ln.decode(errors="replace"))
-
-    def close(self) -> None:
-        """Flush the last partial line and close the file."""
-        if self.on_line is not None and self._pending:
-            self.on_line(self._pending.decode(errors="replace"))
-            self._pending = b""
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-    def text(self) -> str:
-        """What is kept, decoded for display, with a note when the start was cut."""
-        s = bytes(self.tail).decode(errors="replace")
-        cut = self.total - len(self.tail)
-        if cut > 0:
-            where = f"; whole output in {self.path}" if self.path is not None else ""
-            s = f"[fleet: first {cut} of {self.total} bytes not kept{where}]\n" + s
-        return s
 
 
 @dataclass
