@@ -7,7 +7,6 @@ skipped and counted; a torn last line (a crash mid-write) is set aside, never gl
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .files import append_line, locked
 
 
 @dataclass
@@ -49,31 +50,16 @@ class Journal:
         self.path = Path(os.path.expanduser(str(path)))
         self._tlock = threading.RLock()
 
-    def _lockfile(self, suffix: str):
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        f = open(str(self.path) + suffix, "a")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        return f
-
     def lock(self):
         """The delivery lock: held while sending an event and recording its fate."""
-        return self._lockfile(".deliver.lock")
+        return locked(self.path, ".deliver.lock")
 
     def append(self, rec: dict[str, Any]) -> None:
         """Append one line and fsync before returning."""
         line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
-        with self._tlock:
-            lk = self._lockfile(".lock")
-            try:
-                self._heal_tail()
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, line.encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            finally:
-                lk.close()
+        with self._tlock, locked(self.path):
+            self._heal_tail()
+            append_line(self.path, line)
 
     def _heal_tail(self) -> None:
         # A crash mid-write leaves a last line with no newline: set it aside, never glue to it.
@@ -114,19 +100,15 @@ class Journal:
     def load(self) -> JournalState:
         """Fold the journal. A torn last line is reported in ``torn`` and moved aside."""
         st = JournalState()
-        with self._tlock:
-            lk = self._lockfile(".lock")
+        with self._tlock, locked(self.path):
             try:
-                try:
-                    raw = self.path.read_bytes()
-                except FileNotFoundError:
-                    return st
-                if raw and not raw.endswith(b"\n"):
-                    st.torn.append(raw[raw.rfind(b"\n") + 1:].decode(errors="replace"))
-                    self._heal_tail()
-                    raw = raw[: raw.rfind(b"\n") + 1]
-            finally:
-                lk.close()
+                raw = self.path.read_bytes()
+            except FileNotFoundError:
+                return st
+            if raw and not raw.endswith(b"\n"):
+                st.torn.append(raw[raw.rfind(b"\n") + 1:].decode(errors="replace"))
+                self._heal_tail()
+                raw = raw[: raw.rfind(b"\n") + 1]
         for ln in raw.decode(errors="replace").splitlines():
             if not ln.strip():
                 continue

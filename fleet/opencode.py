@@ -8,7 +8,6 @@ retried with tenacity; nothing that may have reached the server is ever sent twi
 from __future__ import annotations
 
 import os
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from .errors import BadInput
+from .files import loose_mode
 from .inventory import Host, OpenCodeEndpoint
 from .errors import (AuthRefused, OpenCodeError, ProtocolError, ResponseTimeout, ServerError,  # noqa: F401
                      SessionNotFound, Unreachable)
@@ -34,13 +34,13 @@ def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:
     if ep.password_file:
         p = ep.password_file
         try:
-            st = os.stat(p)
+            loose = loose_mode(p)
         except FileNotFoundError:
             raise BadInput(f"{host}: OpenCode password_file {p} does not exist: create it with the password "
                            f"and 'chmod 600 {p}'") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if loose is not None:
             raise BadInput(f"{host}: OpenCode password_file {p} is readable by others (mode "
-                           f"{stat.S_IMODE(st.st_mode):04o}): run 'chmod 600 {p}'")
+                           f"{loose:04o}): run 'chmod 600 {p}'")
         with open(p, encoding="utf-8") as f:
             val = f.read().strip()
         if not val:

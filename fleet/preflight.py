@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from .errors import BadInput
+from .files import loose_mode
 from .inventory import Host, Inventory
 from .results import CheckResult, PreflightResult, PreflightStatus
 from .sshconfig import DEFAULT_IDENTITIES, Hop, load_ssh_config, resolve_host
@@ -122,10 +122,10 @@ def _check_auth(host: Host, target: Hop | None, timeout: float) -> tuple[bool, s
         for p in paths:
             if p and os.path.isfile(p) and os.access(p, os.R_OK):
                 try:
-                    mode = os.stat(p).st_mode
+                    loose = loose_mode(p)
                 except OSError:
                     continue
-                if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                if loose is not None:
                     return False, (f"key file {p} is readable by others: run 'chmod 600 {p}' "
                                    f"(ssh refuses such keys)")
                 return True, ""

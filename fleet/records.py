@@ -2,13 +2,14 @@
 fsynced append-only file, so ``sessions`` can mark fleet's own and ``teardown`` knows what to delete."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
 import time
 from pathlib import Path
 from typing import Any
+
+from .files import append_line, locked
 
 
 def new_dispatch_id() -> str:
@@ -23,22 +24,12 @@ class SessionRecords:
         self.path = Path(os.path.expanduser(str(path)))
 
     def _locked(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        f = open(self.path.with_suffix(".lock"), "a")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        return f
+        return locked(self.path.with_suffix(""), ".lock")
 
     def add(self, rec: dict[str, Any]) -> None:
         """Append one record (fsynced)."""
-        lock = self._locked()
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            lock.close()
+        with self._locked():
+            append_line(self.path, json.dumps(rec, sort_keys=True) + "\n")
 
     def all(self) -> list[dict[str, Any]]:
         """Every record (torn lines skipped)."""
@@ -67,8 +58,7 @@ class SessionRecords:
 
     def remove(self, host: str, sids: set[str]) -> None:
         """Drop records (atomic rewrite under the lock)."""
-        lock = self._locked()
-        try:
+        with self._locked():
             keep = [r for r in self.all() if not (r.get("host") == host and r.get("session_id") in sids)]
             tmp = self.path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -77,5 +67,3 @@ class SessionRecords:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        finally:
-            lock.close()

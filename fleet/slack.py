@@ -97,8 +97,7 @@ def deliver(journal: Journal, poster: SlackPoster, event_ids: set[str] | None = 
 
     sent = 0
     gave_up: list[str] = []
-    lk = journal.lock()
-    try:
+    with journal.lock():
         st = journal.load()
         for e in st.pending(include_failed=retry_failed):
             if event_ids is not None and e["id"] not in event_ids:
@@ -144,5 +143,3 @@ def deliver(journal: Journal, poster: SlackPoster, event_ids: set[str] | None = 
             return sent, (f"Slack refused {len(gave_up)} event(s) for good ({', '.join(sorted(set(gave_up)))}): "
                           f"marked failed; see audit.tail, retry with audit.replay --retry-failed")
         return sent, ""
-    finally:
-        lk.close()

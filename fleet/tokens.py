@@ -17,7 +17,6 @@ import hmac
 import json
 import os
 import secrets
-import stat
 import struct
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BadInput, Refused
+from .files import loose_mode
 from .errors import TokenRefused  # noqa: F401 - re-exported where they were defined
 
 _NONCE = 4
@@ -121,9 +121,10 @@ class TokenStore:
                     f.flush()
                     os.fsync(f.fileno())
         st = os.stat(p)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        loose = loose_mode(p)
+        if loose is not None:
             raise Refused(f"token secret {p} is readable or writable by others (mode "
-                          f"{stat.S_IMODE(st.st_mode):04o}): refusing to use it. Run 'chmod 600 {p}' "
+                          f"{loose:04o}): refusing to use it. Run 'chmod 600 {p}' "
                           f"and, if others may have read it, delete it so a new one is made")
         if st.st_uid != os.geteuid():
             raise Refused(f"token secret {p} belongs to another user (uid {st.st_uid}): refusing to use it")
