@@ -2,11 +2,11 @@
 (``true`` is run), and a health check of the host's OpenCode server with a short timeout."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .fanout import FanoutOptions, FanoutRunner
 from .inventory import Host, Inventory
+from .pool import run_bounded
 from .results import CheckResult, FanoutOutcome, PreflightResult, PreflightStatus
 
 
@@ -31,8 +31,9 @@ def deep_preflight(inv: Inventory, hosts: list[Host], timeout: float = 5.0, conc
         results = runner.run_hosts(hosts)
     finally:
         runner.finish()
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts)))) as pool:
-        health = list(pool.map(lambda h: _health(h, min(timeout, 3.0)) if h.opencode else "", hosts))
+    done, _ = run_bounded(hosts, lambda h: _health(h, min(timeout, 3.0)) if h.opencode else "", concurrency,
+                          "fleet-health", on_interrupt=lambda: None, not_started=lambda h: "")
+    health = [done[h.name] for h in hosts]
     out = []
     for h, r, oc in zip(hosts, results, health):
         pf = r.preflight or PreflightResult(host=h.name, user=r.user, auth_mode=h.auth,

@@ -6,8 +6,10 @@ every host still gets a result.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable, Sequence, TypeVar
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable, Sequence, TypeVar
 
 from .inventory import Host
 
@@ -63,3 +65,23 @@ def run_bounded(hosts: Sequence[Host], work: Callable[[Host], R], width: int, na
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return results, interrupted
+
+
+# Blocking calls that take no timeout of their own (getaddrinfo) run on a small helper pool,
+# made on first use, so the caller can stop waiting.
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def call_with_timeout(fn: Callable[..., R], *args: Any, timeout: float, **kwargs: Any) -> R:
+    """``fn(*args, **kwargs)``, or :class:`TimeoutError` after ``timeout`` seconds (the call is
+    left to finish on its own)."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-helper")
+    fut = _helpers.submit(fn, *args, **kwargs)
+    try:
+        return fut.result(timeout=timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"no answer in {timeout:g}s") from None

@@ -13,13 +13,11 @@ import shutil
 import socket
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-import threading
 from typing import TYPE_CHECKING, Callable
 
 from .errors import BadInput
 from .files import loose_mode
+from .pool import call_with_timeout, run_bounded
 from .inventory import Host, Inventory
 from .results import CheckResult, PreflightResult, PreflightStatus
 from .sshconfig import DEFAULT_IDENTITIES, Hop, load_ssh_config, resolve_host
@@ -28,19 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import paramiko
 
 DEFAULT_KEYS = DEFAULT_IDENTITIES
-
-# getaddrinfo cannot be given a timeout, so lookups run on a small shared pool (made on first use).
-_dns_pool: ThreadPoolExecutor | None = None
-_dns_lock = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _dns_pool
-    with _dns_lock:
-        if _dns_pool is None:
-            _dns_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-dns")
-        return _dns_pool
-
 
 def _ms(t0: float) -> int:
     return int((time.monotonic() - t0) * 1000)
@@ -61,10 +46,10 @@ def _host_bytes(name: str) -> bytes | str:
 
 
 def _check_dns(hop: Hop, timeout: float, hint_tailscale: bool) -> tuple[bool, str, list[str]]:
-    fut = _pool().submit(socket.getaddrinfo, _host_bytes(hop.hostname), hop.port, type=socket.SOCK_STREAM)
     try:
-        infos = fut.result(timeout=timeout)
-    except FutureTimeout:
+        infos = call_with_timeout(socket.getaddrinfo, _host_bytes(hop.hostname), hop.port, type=socket.SOCK_STREAM,
+                                  timeout=timeout)
+    except TimeoutError:
         return False, (f"DNS lookup of {hop.hostname} took longer than {timeout:g}s: check your "
                        f"resolver (and 'tailscale status' if it is a tailnet name)"), []
     except socket.gaierror as exc:
@@ -239,12 +224,15 @@ def preflight_many(hosts: list[Host], timeout: float = 5.0, concurrency: int = 6
                    ssh_config: "paramiko.SSHConfig | str | None" = None) -> list[PreflightResult]:
     """Preflight ``hosts`` concurrently; results in the order of ``hosts``."""
     cfg = config_for(inventory, ssh_config)
-    results: dict[str, PreflightResult] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(hosts)))) as pool:
-        futs = {pool.submit(run_preflight_checks, h, timeout, inventory, None, cfg): h for h in hosts}
-        for f in futs:
-            r = f.result()
-            results[r.host] = r
-            if on_result:
-                on_result(r)
+
+    def one(h: Host) -> PreflightResult:
+        r = run_preflight_checks(h, timeout, inventory, None, cfg)
+        if on_result:
+            on_result(r)
+        return r
+    results, _ = run_bounded(hosts, one, concurrency, "fleet-preflight", on_interrupt=lambda: None,
+                             not_started=lambda h: PreflightResult(host=h.name, user=h.user, auth_mode=h.auth,
+                                                                   status=PreflightStatus.FAILED,
+                                                                   error_detail="not checked: interrupted",
+                                                                   failed_check="interrupted"))
     return [results[h.name] for h in hosts]
