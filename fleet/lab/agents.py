@@ -45,6 +45,8 @@ def find_opencode() -> str:
 def _config(model_port: int) -> dict[str, Any]:
     return {"$schema": "https://opencode.ai/config.json", "autoupdate": False, "share": "disabled",
             "model": "fake/fake-model", "small_model": "fake/fake-model",
+            # bash commands that start with "ask" need a person's approval: a real permission.asked
+            "permission": {"bash": {"*": "allow", "echo ask*": "ask"}, "edit": "allow"},
             "provider": {"fake": {"npm": "@ai-sdk/openai-compatible", "name": "Fake LLM",
                                   "options": {"baseURL": f"http://127.0.0.1:{model_port}/v1", "apiKey": "dummy"},
                                   "models": {"fake-model": {"name": "Fake Model"}}}}}

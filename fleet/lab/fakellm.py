@@ -1,18 +1,59 @@
 """A stand-in model server (OpenAI chat-completions, streaming) for the lab's real OpenCode.
 
-Replies ``DONE: <last user text>``. A prompt containing ``[slow]`` stalls for
-``FAKE_SLOW_DELAY`` seconds (default 60) so abort can be shown; ``[fail]`` answers
-HTTP 400 so the agent ends with an error. Loopback only. Run: ``python -m fleet.lab.fakellm --port P``.
+Replies ``DONE: <last user text>``. Markers in the prompt make it act like a model that works:
+
+- ``[bash: CMD]``: asks OpenCode's ``bash`` tool to run CMD, then (after the tool's result)
+  answers ``DONE: ran CMD: <first line of output>``; the real server runs the real tool, and
+  the lab's permission rules make ``[bash: ask-...]`` commands ask for approval first;
+- ``[write: PATH]``: asks the ``write`` tool to write PATH (so the session's diff is real);
+- ``[slow]``: stalls ``FAKE_SLOW_DELAY`` seconds (default 60), so abort can be shown;
+- ``[fail]``: answers HTTP 400, so the agent ends with an error.
+
+Loopback only. Run: ``python -m fleet.lab.fakellm --port P``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+_BASH = re.compile(r"\[bash:\s*([^\]]+)\]")
+_WRITE = re.compile(r"\[write:\s*([^\]]+)\]")
+
+
+def _tool_param(tools: list, name: str, wanted: tuple[str, ...]) -> str:
+    """The parameter of tool ``name`` (from the request's schema) that best matches ``wanted``."""
+    for t in tools or []:
+        fn = (t or {}).get("function") or {}
+        if fn.get("name") == name:
+            props = list(((fn.get("parameters") or {}).get("properties") or {}).keys())
+            for w in wanted:
+                if w in props:
+                    return w
+    return wanted[0]
+
+
+def _plan_tool(last_user: str, msgs: list, tools: list) -> tuple[str, dict] | None:
+    """The tool call the prompt's marker asks for, if its result is not in the conversation yet."""
+    if not tools or (msgs and msgs[-1].get("role") == "tool"):
+        return None
+    m = _BASH.search(last_user)
+    if m:
+        cmd = m.group(1).strip()
+        return "bash", {_tool_param(tools, "bash", ("command", "cmd")): cmd,
+                        _tool_param(tools, "bash", ("description",)): f"run {cmd[:40]}"}
+    m = _WRITE.search(last_user)
+    if m:
+        path = m.group(1).strip()
+        return "write", {_tool_param(tools, "write", ("filePath", "file_path", "path")): path,
+                         _tool_param(tools, "write", ("content",)): f"written by the lab agent for: {last_user[:60]}\n"}
+    return None
 
 
 def _text(content) -> str:
@@ -71,6 +112,10 @@ class Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         reply = "DONE: " + last.strip()
+        tool = None if is_title else _plan_tool(last, msgs, req.get("tools") or [])
+        if msgs and msgs[-1].get("role") == "tool" and not is_title:
+            out = _text(msgs[-1].get("content")).strip().splitlines()
+            reply = f"DONE: {last.strip()} -> tool said: {out[0][:200] if out else '(nothing)'}"
         if not req.get("stream"):
             return self._json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                                     "model": "fake-model", "choices": [{"index": 0, "message": {
@@ -92,9 +137,15 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         try:
             chunk({"role": "assistant", "content": ""})
-            chunk({"content": "DONE:"})
-            chunk({"content": " " + last.strip()})
-            chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+            if tool is not None:
+                name, args = tool
+                chunk({"tool_calls": [{"index": 0, "id": f"call_{int(time.time() * 1000)}", "type": "function",
+                                       "function": {"name": name, "arguments": json.dumps(args)}}]})
+                chunk({}, "tool_calls", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+            else:
+                chunk({"content": reply[:5]})
+                chunk({"content": reply[5:]})
+                chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
