@@ -438,13 +438,15 @@ DISPATCH_HELP = {
     "confirm": "Confirmation token, when the mode or config gates dispatch.",
     "json": "Print one JSON document.", "inventory": "Inventory file.",
     "no_slack": "Journal only; do not post this dispatch to Slack.",
+    "on_permission": "When the agent asks a permission: ask (say needs-input, wait for 'fleet approve'/'deny'), "
+                     "allow (approve once) or deny. Default: ask.",
 }
 
 
 @fleet_task(help=DISPATCH_HELP)
 def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
              model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
-             no_slack=False):
+             no_slack=False, on_permission="ask"):
     """Hand a task to the OpenCode agent on a host (or many) and follow it to the end."""
     from fleet import dispatch as dx
     from fleet.beads import Beads
@@ -472,7 +474,8 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
                           mode=mode, confirm=confirm, canary=canary, settings=st, store=None,
                           audit=trail.gate_event, wait=not no_wait,
                           timeout=_num("--timeout", timeout, st.dispatch_timeout, positive=True), concurrency=st.concurrency,
-                          records=_records(c), on_event=live, beads=beads, audit_trail=trail)
+                          records=_records(c), on_event=live, beads=beads, audit_trail=trail,
+                          on_permission=on_permission)
     finally:
         trail.close()
     if json_:
@@ -485,18 +488,32 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
         raise Exit(code=run.exit_code)
 
 
-@fleet_task(help={"host": "Host whose agent to stop.", "session": "Session id to abort.",
+def _session_host(c, inv, host, session):
+    """The host to act on: --host, else the one fleet's records know the session from."""
+    from fleet.errors import BadInput
+    from fleet.sessions import find_session_host
+
+    if host:
+        return inv.host(host)
+    h = find_session_host(list(inv.hosts), _records(c), session) if session else None
+    if h is None:
+        raise BadInput("say which host: --host NAME (fleet's records do not know this session)")
+    return h
+
+
+@fleet_task(help={"host": "Host whose agent to stop (default: the host fleet's records know the session from).",
+                  "session": "Session id to abort.",
                   "all_sessions": "Abort every busy session on the host.", "reason": "Why (journal, Slack, Beads).",
                   "inventory": "Inventory file.", "json": "One JSON document.", "no_slack": "Journal only."})
-def abort(c, host, session=None, all_sessions=False, reason="aborted by operator", inventory=None, json_=False,
+def abort(c, host=None, session=None, all_sessions=False, reason="aborted by operator", inventory=None, json_=False,
           no_slack=False):
-    """Stop a running agent session (marks its Beads issue blocked)."""
+    """Stop a running agent session and check it stopped (marks its Beads issue blocked)."""
     from fleet.beads import Beads
     from fleet.render import abort_line
     from fleet.sessions import abort_sessions
 
     inv = _inventory(c, inventory)
-    h = inv.host(host)
+    h = _session_host(c, inv, host, session)
     trail = _trail(c, inv, slack=not no_slack)
     try:
         done = abort_sessions(h, session, all_sessions, _records(c), trail, Beads(), reason)
@@ -506,6 +523,38 @@ def abort(c, host, session=None, all_sessions=False, reason="aborted by operator
         _emit({"host": h.name, "aborted": done})
     else:
         print(abort_line(h.name, done))
+
+
+def _answer(c, host, session, reply, message, inventory, json_):
+    from fleet.sessions import answer_permission
+
+    inv = _inventory(c, inventory)
+    h = _session_host(c, inv, host, session)
+    trail = _trail(c, inv)
+    try:
+        done = answer_permission(h, session, reply, message, trail, _records(c))
+    finally:
+        trail.close()
+    if json_:
+        _emit({"host": h.name, "session": session, "reply": reply, "answered": done})
+    else:
+        print(f"{h.name}: {reply} for session {session}: {'; '.join(done)}")
+
+
+ANSWER_HELP = {"host": "Host of the session (default: from fleet's records).", "session": "The waiting session.",
+               "inventory": "Inventory file.", "json": "One JSON document."}
+
+
+@fleet_task(help=dict(ANSWER_HELP, always="Approve this and matching requests from now on."))
+def approve(c, session, host=None, always=False, inventory=None, json_=False):
+    """Approve the permission an agent waits on (needs-input in sessions and dispatch)."""
+    _answer(c, host, session, "always" if always else "once", None, inventory, json_)
+
+
+@fleet_task(help=dict(ANSWER_HELP, message="Tell the agent why (it reads this)."))
+def deny(c, session, host=None, message=None, inventory=None, json_=False):
+    """Reject the permission an agent waits on."""
+    _answer(c, host, session, "reject", message, inventory, json_)
 
 
 @fleet_task(help={"hosts": HOSTS_HELP + " Default: hosts with an OpenCode server.", "all": "Every host.",
@@ -628,7 +677,7 @@ def audit_show(c, dispatch_id, json_=False):
 # ------------------------------------------------------------------------ collection
 
 ns = Collection()
-for _t in (preflight, fanout, retry, blow_away, dispatch, abort, sessions, status, teardown):
+for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, sessions, status, teardown):
     ns.add_task(_t)
 for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
                       ("lab", {"up": lab_up, "down": lab_down}),

@@ -14,9 +14,10 @@ from typing import Any, Callable
 from .errors import BadInput, FleetError
 from .inventory import Host
 from .modes import Plan, guarded
-from .opencode import OpenCodeClient, OpenCodeError, ResponseTimeout
+from .opencode import OpenCodeClient, OpenCodeError, ResponseTimeout, describe_request
 from .pool import run_bounded
 from .records import SessionRecords, new_dispatch_id
+from .render import files_summary
 from .results import FanoutOutcome, RunSummary
 
 EventHook = Callable[[str, str, str], None]  # (host, kind, text): kind in session, status, answer
@@ -40,6 +41,9 @@ class DispatchResult:
     created: bool = False
     waited: bool = True
     issue: str | None = None
+    files: tuple[dict[str, Any], ...] = ()   # what the agent changed: file, additions, deletions, status
+    todo: tuple[dict[str, Any], ...] = ()
+    pending: str = ""  # a permission request the agent waits on, when it ended waiting
 
     @property
     def ok(self) -> bool:
@@ -51,7 +55,8 @@ class DispatchResult:
         return {"host": self.host, "outcome": self.outcome.value, "session_id": self.session_id, "url": self.url,
                 "directory": self.directory, "answer": self.answer, "tokens": dict(self.tokens), "cost": self.cost,
                 "duration_ms": self.duration_ms, "error": self.error, "error_kind": self.error_kind,
-                "created": self.created, "waited": self.waited, "issue": self.issue}
+                "created": self.created, "waited": self.waited, "issue": self.issue,
+                "files": [dict(f) for f in self.files], "todo": [dict(t) for t in self.todo], "pending": self.pending}
 
 
 @dataclass
@@ -104,8 +109,13 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                   on_event: EventHook | None = None, audit: Any = None, beads: Any = None,
                   issue: str | None = None, dispatch_id: str | None = None,
                   stop: Callable[[], bool] | None = None, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
-                  poll: float = 0.5) -> DispatchResult:
-    """Dispatch ``task`` to one host's agent. Never raises for the host's own failures."""
+                  poll: float = 0.5, on_permission: str = "ask") -> DispatchResult:
+    """Dispatch ``task`` to one host's agent. Never raises for the host's own failures.
+
+    ``on_permission``: what to do when the agent asks for a permission: ``ask`` (report
+    needs-input, journal it, and keep waiting for ``fleet approve``/``deny``), ``allow`` (answer
+    once) or ``deny`` (reject it).
+    """
     t0 = time.monotonic()
     did = dispatch_id or new_dispatch_id()
     au = _Audit(audit, did)
@@ -129,6 +139,7 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
         with client_factory(host, directory) as oc:
             if wait and hasattr(oc, "deadline"):
                 oc.deadline = t0 + timeout + 5.0  # the whole dispatch, not only each read, is bounded
+            _check_repo_dir(oc, host, directory)
             if issue and beads is not None:
                 beads.claim(issue, host.name)
                 claimed = True
@@ -156,7 +167,27 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
             if not wait:
                 ev("status", "sent (not waiting)")
                 return result(FanoutOutcome.SUCCESS)
-            ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=lambda s: ev("status", s), stop=stop)
+            seen: set[str] = set()
+
+            def on_input(req: dict[str, Any]) -> str | None:
+                rid, what = str(req.get("id")), describe_request(req)
+                if rid not in seen:
+                    seen.add(rid)
+                    au("needs_input", host.name, "waiting", session_id=sid, request=what, request_id=rid,
+                       policy=on_permission)
+                reply = {"allow": "once", "deny": "reject"}.get(on_permission)
+                if reply:
+                    au("permission_answered", host.name, reply, session_id=sid, request=what, by="policy")
+                return reply
+            ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=lambda s: ev("status", s), stop=stop,
+                               on_input=on_input)
+            if ans is None and oc.pending_input is not None:
+                what = describe_request(oc.pending_input)
+                au("failed", host.name, "timeout", session_id=sid, error=f"waiting for input: {what}")
+                return result(FanoutOutcome.TIMEOUT, pending=what, error_kind="needs_input",
+                              error=f"the agent is waiting for a permission ({what}) and nobody answered in "
+                              f"{timeout:g}s: fleet approve --host {host.name} --session {sid} (or deny); "
+                              f"or dispatch with --on-permission allow|deny")
             if ans is None:
                 if stop is not None and stop():
                     au("wait_stopped", host.name, "aborted", session_id=sid)
@@ -167,12 +198,19 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                               f"running: follow with 'inv sessions --hosts {host.name}', stop with "
                               f"'inv abort --host {host.name} --session {sid}'", error_kind="timeout")
             ev("answer", ans.text)
+            files, todo = _review(oc, sid, before)
+            if ans.error and ans.error_name == "MessageAbortedError":
+                au("failed", host.name, "aborted", session_id=sid, error=ans.error)
+                return result(FanoutOutcome.ABORTED, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
+                              todo=todo, error=f"the session was aborted: {ans.error}", error_kind="aborted")
             if ans.error:
                 au("failed", host.name, "failure", session_id=sid, error=ans.error)
-                return result(FanoutOutcome.FAILURE, answer=ans.text, tokens=ans.tokens, cost=ans.cost,
-                              error=f"agent error {ans.error_name}: {ans.error}", error_kind="agent_error")
-            au("completed", host.name, "success", session_id=sid, answer=ans.text[:300])
-            return result(FanoutOutcome.SUCCESS, answer=ans.text, tokens=ans.tokens, cost=ans.cost)
+                return result(FanoutOutcome.FAILURE, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
+                              todo=todo, error=f"agent error {ans.error_name}: {ans.error}", error_kind="agent_error")
+            au("completed", host.name, "success", session_id=sid, answer=ans.text[:300],
+               changed=files_summary(files), tokens=(ans.tokens or {}).get("total"), cost=ans.cost)
+            return result(FanoutOutcome.SUCCESS, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
+                          todo=todo)
     except ResponseTimeout as exc:
         au("failed", host.name, "timeout", session_id=sid, error=str(exc))
         return result(FanoutOutcome.TIMEOUT, error=str(exc), error_kind=exc.kind)
@@ -182,6 +220,44 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     except FleetError as exc:
         au("failed", host.name, "failure", session_id=sid, error=str(exc))
         return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
+
+
+def _check_repo_dir(oc: Any, host: Host, directory: str) -> None:
+    """Refuse a repo directory that is not on the host (else the agent idles with no reply),
+    naming the repos the host has."""
+    if not hasattr(oc, "list_dir"):
+        return
+    try:
+        oc.list_dir(directory)
+        return
+    except OpenCodeError:
+        pass
+    parent = directory.rstrip("/").rsplit("/", 1)[0] or "/"
+    try:
+        have = sorted(e.get("name", "") for e in oc.list_dir(parent) if e.get("type") == "directory"
+                      and not str(e.get("name", "")).startswith("."))
+        where = f"; {parent} there holds: {', '.join(have) or 'no repos'}"
+    except OpenCodeError:
+        where = f"; {parent} is not there either"
+    raise BadInput(f"{host.name}: repo directory {directory} does not exist on the host{where}. "
+                   f"Check --repo and the inventory's repos for {host.name}")
+
+
+def _review(oc: Any, sid: str, before: int) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
+    """What this turn changed (files with +/-) and the session's todo list; empty if the server says nothing."""
+    files: list[dict[str, Any]] = []
+    todo: list[dict[str, Any]] = []
+    try:
+        msgs = oc.messages(sid)
+        mid = (msgs[before].get("info") or {}).get("id") if len(msgs) > before else None
+        files = [{"file": d.get("file", ""), "additions": int(d.get("additions") or 0),
+                  "deletions": int(d.get("deletions") or 0), "status": d.get("status", "")}
+                 for d in (oc.diff(sid, mid) if hasattr(oc, "diff") else [])]
+        todo = [{"content": t.get("content", ""), "status": t.get("status", "")}
+                for t in (oc.todo(sid) if hasattr(oc, "todo") else [])]
+    except (OpenCodeError, ValueError, TypeError):
+        pass
+    return tuple(files), tuple(todo)
 
 
 def _check_dispatch(plan: Plan) -> None:
@@ -198,11 +274,18 @@ def _check_dispatch(plan: Plan) -> None:
                        "dispatch one host at a time with --issue")
 
 
-@guarded("dispatch", local_ok=False, check=_check_dispatch)
+def _validate_dispatch(kw: dict[str, Any]) -> None:
+    pol = kw.get("on_permission", "ask")
+    if pol not in ("ask", "allow", "deny"):
+        raise BadInput(f"--on-permission {pol}: write ask (report and wait for fleet approve/deny), "
+                       f"allow (approve once) or deny")
+
+
+@guarded("dispatch", local_ok=False, check=_check_dispatch, validate=_validate_dispatch)
 def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurrency: int = 32,
              records: SessionRecords | None = None, on_event: EventHook | None = None, audit_trail: Any = None,
              beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
-             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> DispatchRun:
+             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask") -> DispatchRun:
     """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
     a = plan.args
     did = dispatch_id or new_dispatch_id()
@@ -216,7 +299,8 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
         return dispatch_host(h, a["repo"], a["task"], session=a.get("session"), wait=must_wait,
                              model=a.get("model"), timeout=timeout, records=records, on_event=on_event,
                              audit=audit_trail, beads=beads, issue=a.get("issue"), dispatch_id=did,
-                             stop=stop.is_set, client_factory=client_factory, poll=poll)
+                             stop=stop.is_set, client_factory=client_factory, poll=poll,
+                             on_permission=on_permission)
 
     hosts = list(plan.hosts)
     results: dict[str, DispatchResult] = {}

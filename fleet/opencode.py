@@ -81,6 +81,13 @@ class Answer:
     completed: bool = False
 
 
+def describe_request(req: dict[str, Any]) -> str:
+    """A pending permission request for a person: ``bash: echo ask-me``."""
+    pats = req.get("patterns") or []
+    what = ", ".join(str(p) for p in pats) if isinstance(pats, list) else str(pats)
+    return f"{req.get('permission', 'permission')}: {what}".strip().rstrip(":")
+
+
 def extract_answer(message: dict[str, Any]) -> Answer:
     """From one ``{info, parts}`` assistant message: text parts joined, error, tokens, cost."""
     info = message.get("info") or {}
@@ -126,6 +133,7 @@ class OpenCodeClient:
         self.connect_attempts = max(1, connect_attempts)
         self.timeout = timeout
         self.deadline: float | None = None  # monotonic time no call may outlive (set by dispatch)
+        self.pending_input: dict[str, Any] | None = None  # the request a session waits on, if any
         self._make = lambda: httpx.Client(base_url=self.base, auth=auth, transport=transport,
                                           timeout=httpx.Timeout(timeout, connect=connect_timeout),
                                           headers={"User-Agent": "fleet/0.2"})
@@ -280,9 +288,46 @@ class OpenCodeClient:
         """``DELETE /session/{id}``."""
         return bool(self.request("DELETE", f"/session/{sid}"))
 
+    def permissions(self, sid: str | None = None) -> list[dict[str, Any]]:
+        """Pending permission requests (``GET /permission``), of one session if ``sid``. A server
+        without the endpoint has none."""
+        try:
+            got = self._shape(self.request("GET", "/permission"), list, "permissions", "/permission")
+        except SessionNotFound:
+            return []
+        return [p for p in got if isinstance(p, dict) and (sid is None or p.get("sessionID") == sid)]
+
+    def list_dir(self, path: str) -> list[dict[str, Any]]:
+        """Entries of a directory on the host (``GET /file?path=.`` scoped to it); raises if it is not there."""
+        saved = self.directory
+        self.directory = path
+        try:
+            got = self.request("GET", "/file", params={"path": "."})
+        finally:
+            self.directory = saved
+        return [e for e in got if isinstance(e, dict)] if isinstance(got, list) else []
+
+    def reply_permission(self, request_id: str, reply: str, message: str | None = None) -> bool:
+        """Answer a permission request: ``once``, ``always`` or ``reject``."""
+        body: dict[str, Any] = {"reply": reply}
+        if message:
+            body["message"] = message
+        return bool(self.request("POST", f"/permission/{request_id}/reply", json=body))
+
+    def diff(self, sid: str, message_id: str | None = None) -> list[dict[str, Any]]:
+        """Files the session (or one turn of it, ``message_id``) changed: file, additions, deletions, status."""
+        got = self.request("GET", f"/session/{sid}/diff", params={"messageID": message_id} if message_id else None)
+        return [d for d in got if isinstance(d, dict)] if isinstance(got, list) else []
+
+    def todo(self, sid: str) -> list[dict[str, Any]]:
+        """The session's todo list."""
+        got = self.request("GET", f"/session/{sid}/todo")
+        return [t for t in got if isinstance(t, dict)] if isinstance(got, list) else []
+
     def wait_idle(self, sid: str, after: int, timeout: float, poll: float = 0.5,
                   on_status: Callable[[str], None] | None = None,
-                  stop: Callable[[], bool] | None = None, start_grace: float = 60.0) -> Answer | None:
+                  stop: Callable[[], bool] | None = None, start_grace: float = 60.0,
+                  on_input: Callable[[dict[str, Any]], str | None] | None = None) -> Answer | None:
         """Poll until the run that started after message index ``after`` ends; None on timeout.
 
         The status map drops idle sessions, and a run may not be marked busy yet right after
@@ -293,6 +338,8 @@ class OpenCodeClient:
         last_state = ""
         idle_since = time.monotonic()
         started = False
+        answered: set[str] = set()
+        self.pending_input = None
         while True:
             st = self.status().get(sid) or {"type": "idle"}
             state = st.get("type", "idle") if isinstance(st, dict) else "idle"
@@ -300,6 +347,16 @@ class OpenCodeClient:
                 state = f"retry (attempt {st.get('attempt')}: {st.get('message', '')})"
             if state != "idle":
                 started = True
+                # a pending permission is "needs-input": say so at once, let the policy answer it
+                pend = [p for p in self.permissions(sid) if p.get("id") not in answered]
+                self.pending_input = pend[0] if pend else None
+                if pend:
+                    state = "needs-input: " + describe_request(pend[0])
+                    if on_input is not None:
+                        reply = on_input(pend[0])
+                        if reply:
+                            self.reply_permission(str(pend[0]["id"]), reply)
+                            answered.add(str(pend[0]["id"]))
             shown = state if started or state != "idle" else "queued"
             if on_status and shown != last_state:
                 on_status(shown)

@@ -379,17 +379,35 @@ def dispatch_report(run: Any) -> str:
         r = run.results[0]
         tok = r.tokens or {}
         head = (r.answer + "\n") if r.waited and r.answer else ""
+        changed = "".join(f"\n  {f['status'] or 'changed':<8} {f['file']} +{f['additions']} -{f['deletions']}"
+                          for f in r.files)
+        todo = "".join(f"\n  [{t['status']}] {t['content']}" for t in r.todo)
         return (head + f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
                 f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
-                f"duration={r.duration_ms / 1000:.1f}s" + (f"\nerror: {r.error}" if r.error else ""))
-    return table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
-                   first_line(r.answer, 60) or "-", first_line(r.error, 80)] for r in run.results],
-                 ["HOST", "STATE", "SESSION", "DURATION", "ANSWER", "ERROR"])
+                f"duration={r.duration_ms / 1000:.1f}s" + (f"\nchanged:{changed}" if changed else "")
+                + (f"\ntodo:{todo}" if todo else "") + (f"\nerror: {r.error}" if r.error else ""))
+    body = table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
+                   files_summary(r.files) or "-", first_line(r.answer, 50) or "-", first_line(r.error, 80)]
+                  for r in run.results], ["HOST", "STATE", "SESSION", "DURATION", "CHANGED", "ANSWER", "ERROR"])
+    files = [f for r in run.results for f in r.files]
+    cost = sum(r.cost for r in run.results)
+    toks = sum(int((r.tokens or {}).get("total") or 0) for r in run.results)
+    return body + (f"\ntotal: {len(run.results)} hosts, {files_summary(files) or 'no files changed'}, "
+                   f"{toks} tokens, ${cost:.4f}")
+
+
+def files_summary(files: Any) -> str:
+    """``3 files +12 -4`` for what an agent changed (empty when nothing)."""
+    if not files:
+        return ""
+    return (f"{len(files)} file{'s' if len(files) != 1 else ''} +{sum(f['additions'] for f in files)} "
+            f"-{sum(f['deletions'] for f in files)}")
 
 
 def sessions_table(rows: list[Any]) -> str:
     """``sessions``: one line per session."""
-    return table([[r.host, r.session_id, r.state, f"{r.age_s}s", "yes" if r.fleet else "", r.title[:50]]
+    return table([[r.host, r.session_id, r.state + (f" ({r.waiting})" if r.waiting else ""), f"{r.age_s}s",
+                   "yes" if r.fleet else "", r.title[:50]]
                   for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET", "TITLE"])
 
 

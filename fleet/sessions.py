@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .errors import BadInput, FleetError, OpenCodeError
 from .inventory import Host
 from .modes import Plan, guarded
-from .opencode import OpenCodeClient
+from .opencode import OpenCodeClient, describe_request
 from .pool import run_bounded
 from .records import SessionRecords, new_dispatch_id
 
@@ -25,6 +25,7 @@ class SessionRow:
     age_s: int
     directory: str
     fleet: bool
+    waiting: str = ""  # the permission it waits on (state needs-input)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -38,46 +39,113 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
     with client_factory(host, None) as oc:
         sessions = oc.list_sessions(all_dirs=True)[:limit]
         states: dict[str, Any] = {}
+        waiting: dict[str, str] = {}
         for d in sorted({s.get("directory") for s in sessions if s.get("directory")}):
             oc.directory = d
             states.update(oc.status())
+            for p in oc.permissions():
+                waiting.setdefault(str(p.get("sessionID")), describe_request(p))
     now = time.time() * 1000
     rows = []
     for s in sessions:
         st = states.get(s["id"]) or {"type": "idle"}
         created = ((s.get("time") or {}).get("created")) or now
-        rows.append(SessionRow(host.name, s["id"], str(s.get("title", "")), st.get("type", "idle"),
-                               int((now - created) / 1000), str(s.get("directory", "")), s["id"] in mine))
+        state = "needs-input" if s["id"] in waiting else st.get("type", "idle")
+        rows.append(SessionRow(host.name, s["id"], str(s.get("title", "")), state,
+                               int((now - created) / 1000), str(s.get("directory", "")), s["id"] in mine,
+                               waiting.get(s["id"], "")))
     return rows
 
 
 def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = False,
                    records: SessionRecords | None = None, audit: Any = None, beads: Any = None,
-                   reason: str = "aborted by fleet", client_factory: Callable[..., OpenCodeClient] = OpenCodeClient
-                   ) -> list[str]:
-    """Abort one session, or every busy one on ``host``; returns the aborted ids."""
+                   reason: str = "aborted by fleet", client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
+                   settle: float = 5.0) -> list[str]:
+    """Abort one session, or every busy one on ``host``; returns the ids that are idle afterwards.
+
+    An unknown session is an error (nothing is journaled). After ``POST /abort`` the session
+    must go idle within ``settle`` seconds; one that stays busy is an error naming it (OpenCode
+    #16721: an abort that does not stop), and is journaled as such.
+    """
     if not session and not all_sessions:
         raise BadInput("say which session: --session ID, or --all-sessions for every busy one")
-    targets: list[str] = []
-    if session:
-        targets = [session]
-    else:
-        targets = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)
-                   if r.state in ("busy", "retry")]
-    done = []
+    done: list[str] = []
+    stuck: list[str] = []
     with client_factory(host, None) as oc:
+        if session:
+            try:
+                oc.get_session(session)
+            except OpenCodeError as exc:
+                if getattr(exc, "kind", "") != "not_found":
+                    raise
+                have = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)][:10]
+                raise BadInput(f"{host.name} has no session {session}: nothing was aborted"
+                               + (f"; its sessions: {', '.join(have)}" if have else "")) from None
+            targets = [session]
+        else:
+            targets = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)
+                       if r.state in ("busy", "retry")]
         for sid in targets:
             oc.abort(sid)
-            done.append(sid)
+            end = time.monotonic() + settle
+            while time.monotonic() < end and (oc.status().get(sid) or {}).get("type", "idle") != "idle":
+                time.sleep(0.2)
+            still = (oc.status().get(sid) or {}).get("type", "idle") != "idle"
             rec = records.find(host.name, sid) if records else None
             did = (rec or {}).get("dispatch_id") or new_dispatch_id()
             if audit is not None:
-                audit.record(operation="aborted", host=host.name, outcome="aborted", dispatch_id=did,
+                audit.record(operation="aborted" if not still else "abort_failed", host=host.name,
+                             outcome="aborted" if not still else "still_busy", dispatch_id=did,
                              session_id=sid, reason=reason)
+            if still:
+                stuck.append(sid)
+                continue
+            done.append(sid)
             issue = (rec or {}).get("issue")
             if issue and beads is not None:
                 beads.block(issue, host.name, f"session {sid} on {host.name} aborted: {reason}")
+    if stuck:
+        raise FleetError(f"{host.name}: still busy {settle:g}s after abort: {', '.join(stuck)}"
+                         + (f" (aborted: {', '.join(done)})" if done else "")
+                         + "; the server may be running a shell command that ignores the abort: check it, "
+                           "or restart the server")
     return done
+
+
+def find_session_host(hosts: list[Host], records: SessionRecords | None, session: str) -> Host | None:
+    """The host fleet's records say ``session`` runs on, if any."""
+    if records is None:
+        return None
+    for rec in records.all():
+        if rec.get("session_id") == session:
+            for h in hosts:
+                if h.name == rec.get("host"):
+                    return h
+    return None
+
+
+def answer_permission(host: Host, session: str, reply: str, message: str | None = None, audit: Any = None,
+                      records: SessionRecords | None = None,
+                      client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[str]:
+    """Answer the permission requests ``session`` waits on (``once``, ``always`` or ``reject``);
+    returns what was answered. Nothing pending is an error."""
+    if reply not in ("once", "always", "reject"):
+        raise BadInput(f"reply {reply!r}: write once, always or reject")
+    with client_factory(host, None) as oc:
+        pend = oc.permissions(session)
+        if not pend:
+            raise BadInput(f"session {session} on {host.name} is not waiting for a permission: nothing to answer "
+                           f"(see fleet sessions --hosts {host.name})")
+        out = []
+        for req in pend[:1] if reply != "always" else pend:
+            oc.reply_permission(str(req["id"]), reply, message)
+            out.append(describe_request(req))
+            if audit is not None:
+                rec = records.find(host.name, session) if records else None
+                audit.record(operation="permission_answered", host=host.name, outcome=reply,
+                             dispatch_id=(rec or {}).get("dispatch_id", ""), session_id=session,
+                             request=describe_request(req), by="operator", message=message)
+    return out
 
 
 def teardown_host(host: Host, records: SessionRecords, audit: Any = None,

@@ -119,6 +119,12 @@ class _OCHandler(BaseHTTPRequestHandler):
             return self._send(404, json.dumps({"name": "NotFoundError", "data": {"message": f"Session not found: {parts[1]}"}}).encode())
         if key == "GET /session/status":
             return self._send(200, b"{}")
+        if key == "GET /permission":
+            return self._send(200, b"[]")
+        if key == "GET /file":  # the directory listing (contract: list of {name, path, type})
+            return self._send(200, json.dumps([{"name": "README.md", "type": "file"}]).encode())
+        if len(parts) == 3 and parts[2] in ("diff", "todo") and method == "GET":
+            return self._send(200, b"[]")
         if len(parts) == 3 and parts[2] == "prompt_async":
             sid = parts[1]
             text = json.loads(body)["parts"][0]["text"]
@@ -139,6 +145,8 @@ class _OCHandler(BaseHTTPRequestHandler):
             return self._send(200, b"true")
         if key == "GET /session":
             return self._send(200, json.dumps(list(srv.sessions.values())).encode())
+        if len(parts) == 2 and parts[0] == "session" and method == "GET":
+            return self._send(200, json.dumps(srv.sessions[parts[1]]).encode())
         return self._send(404, json.dumps({"name": "NotFoundError", "data": {"message": "no route"}}).encode())
 
     def do_GET(self):

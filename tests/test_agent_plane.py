@@ -1,0 +1,147 @@
+"""See and steer agents, against the real `opencode serve` running real tools (the lab's stand-in
+model asks for them): needs-input from a real permission request, approve / deny / policies,
+a missing repo found fast, abort that tells the truth, and what the agent changed."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet import dispatch as dx
+from fleet.errors import BadInput
+from fleet.inventory import load_inventory
+from fleet.lab import lab_down, lab_up
+from fleet.results import FanoutOutcome
+from fleet.sessions import abort_sessions, answer_permission, host_sessions
+from fleet.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory):
+    d = tmp_path_factory.mktemp("planelab")
+    lab = lab_up(2, d, agents=2)
+    yield lab
+    lab_down(d)
+
+
+@pytest.fixture
+def st(tmp_path):
+    return Settings(token_dir=str(tmp_path / "tok"), journal=str(tmp_path / "journal.jsonl"))
+
+
+def records(tmp_path):
+    return dx.SessionRecords(tmp_path / "sessions.jsonl")
+
+
+def run_async(fn):
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(out=fn()), daemon=True)
+    t.start()
+    return t, box
+
+
+def wait_for(cond, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    return None
+
+
+def test_real_tool_runs_and_its_change_is_reported(agents, tmp_path, st):
+    inv = load_inventory(agents.inventory)
+    r = dx.dispatch(inv, "lab01", args={"task": "please [write: notes-from-agent.txt]", "repo": "demo"},
+                    settings=st, records=records(tmp_path), poll=0.2).results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS, r.error
+    assert (Path(agents.hosts[0].repos_root) / "demo" / "notes-from-agent.txt").exists()
+    assert [f["file"] for f in r.files] == ["notes-from-agent.txt"] and r.files[0]["additions"] == 1
+    r2 = dx.dispatch(inv, "lab01", args={"task": "please [bash: echo tool-output-42]", "repo": "demo"},
+                     settings=st, records=records(tmp_path), poll=0.2).results[0]
+    assert r2.outcome == FanoutOutcome.SUCCESS and "tool-output-42" in r2.answer
+
+
+def test_permission_shows_as_needs_input_then_approve_finishes(agents, tmp_path, st):
+    inv = load_inventory(agents.inventory)
+    events: list = []
+    t, box = run_async(lambda: dx.dispatch(
+        inv, "lab02", args={"task": "please [bash: echo ask-approve-me]", "repo": "demo"}, settings=st,
+        records=records(tmp_path), poll=0.2, on_event=lambda h, k, x: events.append((k, x))))
+    sid = wait_for(lambda: next((x for k, x in events if k == "session"), None))
+    row = wait_for(lambda: next((r for r in host_sessions(inv.host("lab02"), records(tmp_path))
+                                 if r.session_id == sid and r.state == "needs-input"), None))
+    assert row is not None and "echo ask-approve-me" in row.waiting
+    assert any(k == "status" and x.startswith("needs-input: bash") for k, x in events)
+    answered = answer_permission(inv.host("lab02"), sid, "once", records=records(tmp_path))
+    assert answered == ["bash: echo ask-approve-me"]
+    t.join(60)
+    r = box["out"].results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS and "ask-approve-me" in r.answer
+
+
+def test_deny_ends_the_turn_with_the_denial(agents, tmp_path, st):
+    inv = load_inventory(agents.inventory)
+    events: list = []
+    t, box = run_async(lambda: dx.dispatch(
+        inv, "lab02", args={"task": "please [bash: echo ask-deny-me]", "repo": "demo"}, settings=st,
+        records=records(tmp_path), poll=0.2, on_event=lambda h, k, x: events.append((k, x))))
+    sid = wait_for(lambda: next((x for k, x in events if k == "session"), None))
+    assert wait_for(lambda: any(k == "status" and x.startswith("needs-input") for k, x in events))
+    answer_permission(inv.host("lab02"), sid, "reject", "not on this machine", records=records(tmp_path))
+    t.join(60)
+    r = box["out"].results[0]
+    assert not t.is_alive() and r.outcome != FanoutOutcome.TIMEOUT
+    assert "tool said: ask-deny-me" not in r.answer  # the command never ran
+
+
+@pytest.mark.parametrize("policy", ["allow", "deny"])
+def test_unattended_policy_never_hangs(agents, tmp_path, st, policy):
+    inv = load_inventory(agents.inventory)
+    r = dx.dispatch(inv, "lab01", args={"task": f"please [bash: echo ask-policy-{policy}]", "repo": "demo"},
+                    settings=st, records=records(tmp_path), poll=0.2, timeout=60,
+                    on_permission=policy).results[0]
+    assert r.outcome != FanoutOutcome.TIMEOUT, r.error
+    ran = f"tool said: ask-policy-{policy}" in r.answer
+    assert ran == (policy == "allow")
+
+
+def test_nobody_answers_ends_timeout_naming_the_request(agents, tmp_path, st):
+    inv = load_inventory(agents.inventory)
+    r = dx.dispatch(inv, "lab01", args={"task": "please [bash: echo ask-nobody]", "repo": "demo"},
+                    settings=st, records=records(tmp_path), poll=0.2, timeout=6).results[0]
+    assert r.outcome == FanoutOutcome.TIMEOUT and r.error_kind == "needs_input"
+    assert r.pending == "bash: echo ask-nobody" and "fleet approve" in r.error
+    answer_permission(inv.host("lab01"), r.session_id, "reject", records=records(tmp_path))  # leave it clean
+
+
+def test_missing_repo_fails_in_seconds_naming_what_is_there(agents, tmp_path, st):
+    inv = load_inventory(agents.inventory)
+    r = dx.dispatch(inv, "lab01", args={"task": "t", "repo": "dmeo"}, settings=st,
+                    records=records(tmp_path), poll=0.2, timeout=600).results[0]
+    assert r.outcome == FanoutOutcome.FAILURE and "does not exist" in r.error and "demo" in r.error
+    assert not r.session_id  # nothing was sent
+
+
+def test_abort_unknown_session_is_an_error(agents, tmp_path):
+    inv = load_inventory(agents.inventory)
+    with pytest.raises(BadInput, match="has no session ses_doesnotexist"):
+        abort_sessions(inv.host("lab01"), "ses_doesnotexist", records=records(tmp_path))
+
+
+def test_abort_of_a_busy_session_ends_aborted_and_idle(agents, tmp_path, st):
+    inv = load_inventory(agents.inventory)
+    events: list = []
+    t, box = run_async(lambda: dx.dispatch(
+        inv, "lab02", args={"task": "please [slow] think", "repo": "demo"}, settings=st,
+        records=records(tmp_path), poll=0.2, on_event=lambda h, k, x: events.append((k, x))))
+    sid = wait_for(lambda: next((x for k, x in events if k == "session"), None))
+    assert wait_for(lambda: any(k == "status" and x == "busy" for k, x in events))
+    done = abort_sessions(inv.host("lab02"), sid, records=records(tmp_path))
+    assert done == [sid]
+    t.join(60)
+    assert box["out"].results[0].outcome == FanoutOutcome.ABORTED
+    row = next(r for r in host_sessions(inv.host("lab02"), records(tmp_path)) if r.session_id == sid)
+    assert row.state == "idle"
