@@ -577,6 +577,47 @@ def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
         raise Exit(code=1)
 
 
+@fleet_task(help={"hosts": HOSTS_HELP + " Default: hosts with an OpenCode server.", "all": "Every host.",
+                  "inventory": "Inventory file.", "json": "One JSON object per change, one per line (for scripts).",
+                  "duration": "Stop after this many seconds (default: until Ctrl-C)."})
+def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None):
+    """A live board of every agent: state, current step, what it asks for. Ctrl-C ends it."""
+    import json as _json
+    import threading
+    import time
+
+    from fleet.render import Colors, watch_board, watch_line
+    from fleet.selectors import select
+    from fleet.watch import Watcher
+
+    inv = _inventory(c, inventory)
+    limit = _num("--duration", duration, 0.0)
+    tty = sys.stdout.isatty() and not json_
+    lock = threading.Lock()
+    holder: dict = {}
+
+    def on_change(row) -> None:
+        with lock:
+            if json_:
+                print(_json.dumps(row, sort_keys=True), flush=True)
+            elif not tty:
+                print(watch_line(row), flush=True)
+            elif "w" in holder:
+                sys.stdout.write("\x1b[H\x1b[J" + watch_board(holder["w"].rows(), Colors()) + "\n")
+                sys.stdout.flush()
+    w = Watcher(select(inv, _selector(hosts, all_)), on_change, _records(c))
+    holder["w"] = w
+    t0 = time.monotonic()
+    try:
+        w.start()
+        while not limit or time.monotonic() - t0 < limit:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        w.close()
+
+
 @fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "inventory": "Inventory file.",
                   "json": "One JSON document."})
 def status(c, hosts=None, all_=False, inventory=None, json_=False):
@@ -677,7 +718,7 @@ def audit_show(c, dispatch_id, json_=False):
 # ------------------------------------------------------------------------ collection
 
 ns = Collection()
-for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, sessions, status, teardown):
+for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, sessions, watch, status, teardown):
     ns.add_task(_t)
 for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
                       ("lab", {"up": lab_up, "down": lab_down}),

@@ -109,7 +109,7 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                   on_event: EventHook | None = None, audit: Any = None, beads: Any = None,
                   issue: str | None = None, dispatch_id: str | None = None,
                   stop: Callable[[], bool] | None = None, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
-                  poll: float = 0.5, on_permission: str = "ask") -> DispatchResult:
+                  poll: float = 0.5, on_permission: str = "ask", events: bool = True) -> DispatchResult:
     """Dispatch ``task`` to one host's agent. Never raises for the host's own failures.
 
     ``on_permission``: what to do when the agent asks for a permission: ``ask`` (report
@@ -162,6 +162,17 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                 beads.record_session(issue, host.name, sid)
             au("session_created" if created else "session_resumed", host.name, "ok", session_id=sid)
             before = len(oc.messages(sid))
+            waker = None
+            if wait and events:
+                from .events import EventStream, SessionWaker
+                # follow the server's events first, then send: completion is seen as it happens
+                waker = SessionWaker(sid, on_step=lambda step: ev("status", f"busy: {step}"))
+                try:
+                    waker.stream = EventStream(host, waker, directory=directory,
+                                               on_connect=waker.reconnected).start()
+                    waker.stream.connected.wait(2.0)
+                except (ValueError, FleetError):
+                    waker = None
             oc.prompt_async(sid, task, model)
             au("task_sent", host.name, "ok", session_id=sid)
             if not wait:
@@ -179,8 +190,12 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                 if reply:
                     au("permission_answered", host.name, reply, session_id=sid, request=what, by="policy")
                 return reply
-            ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=lambda s: ev("status", s), stop=stop,
-                               on_input=on_input)
+            try:
+                ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=lambda s: ev("status", s), stop=stop,
+                                   on_input=on_input, waker=waker)
+            finally:
+                if waker is not None and getattr(waker, "stream", None) is not None:
+                    waker.stream.close()
             if ans is None and oc.pending_input is not None:
                 what = describe_request(oc.pending_input)
                 au("failed", host.name, "timeout", session_id=sid, error=f"waiting for input: {what}")

@@ -327,12 +327,15 @@ class OpenCodeClient:
     def wait_idle(self, sid: str, after: int, timeout: float, poll: float = 0.5,
                   on_status: Callable[[str], None] | None = None,
                   stop: Callable[[], bool] | None = None, start_grace: float = 60.0,
-                  on_input: Callable[[dict[str, Any]], str | None] | None = None) -> Answer | None:
+                  on_input: Callable[[dict[str, Any]], str | None] | None = None,
+                  waker: Any = None) -> Answer | None:
         """Poll until the run that started after message index ``after`` ends; None on timeout.
 
         The status map drops idle sessions, and a run may not be marked busy yet right after
         ``prompt_async`` returns, so the end is: not busy AND a finished assistant message
-        beyond ``after``.
+        beyond ``after``. With a ``waker`` (:class:`fleet.events.SessionWaker` fed by the server's
+        event stream), the state is re-read when an event about the session arrives, not on a
+        timer; while the stream is down it falls back to polling every ``poll`` seconds.
         """
         deadline = time.monotonic() + timeout
         last_state = ""
@@ -345,6 +348,8 @@ class OpenCodeClient:
             state = st.get("type", "idle") if isinstance(st, dict) else "idle"
             if state == "retry":
                 state = f"retry (attempt {st.get('attempt')}: {st.get('message', '')})"
+            if state != "idle" and waker is not None and getattr(waker, "step", ""):
+                state = f"busy: {waker.step}" if state == "busy" else state
             if state != "idle":
                 started = True
                 # a pending permission is "needs-input": say so at once, let the policy answer it
@@ -374,4 +379,9 @@ class OpenCodeClient:
                                       f"for {start_grace:g}s with no reply); check the server's log")
             if time.monotonic() >= deadline or (stop is not None and stop()):
                 return None
-            time.sleep(poll)
+            stream = getattr(waker, "stream", None)
+            if stream is not None and stream.connected.is_set():
+                waker.wake.wait(min(2.0, max(0.05, deadline - time.monotonic())))
+                waker.wake.clear()
+            else:
+                time.sleep(poll)

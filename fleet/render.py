@@ -442,3 +442,23 @@ def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
         out.append(f"{e['time']}  {e.get('dispatch_id') or '-':<28} {e.get('host') or '-':<10} "
                    f"{e['operation']:<18} {e['outcome']:<9} [{state}] {extra}".rstrip())
     return "\n".join(out)
+
+
+def watch_line(row: dict[str, Any]) -> str:
+    """One change on the board, as a line (not a terminal)."""
+    extra = f" ({row['waiting']})" if row.get("waiting") else (f" ({row['step']})" if row.get("step") else "")
+    return f"{row['host']}  {row['session']}  {row['state']}{extra}  {row.get('title', '')[:40]}".rstrip()
+
+
+def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None) -> str:
+    """The whole board (a terminal): needs-input first and highlighted."""
+    c = color or Colors(False)
+    order = {"needs-input": 0, "error": 1, "retry": 2, "busy": 3, "idle": 4}
+    rows = sorted(rows, key=lambda r: (order.get(r["state"], 5), r["host"]))
+    body = table([[r["host"], r["session"], r["state"], r.get("waiting") or r.get("step") or "", r.get("title", "")[:40]]
+                  for r in rows], ["HOST", "SESSION", "STATE", "DOING / ASKS", "TITLE"])
+    out = body.splitlines()
+    for k, r in enumerate(rows, start=1):
+        if r["state"] == "needs-input":
+            out[k] = c.yellow(out[k])
+    return "\n".join(out)

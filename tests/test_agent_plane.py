@@ -145,3 +145,59 @@ def test_abort_of_a_busy_session_ends_aborted_and_idle(agents, tmp_path, st):
     assert box["out"].results[0].outcome == FanoutOutcome.ABORTED
     row = next(r for r in host_sessions(inv.host("lab02"), records(tmp_path)) if r.session_id == sid)
     assert row.state == "idle"
+
+
+def test_watch_json_shows_busy_needs_input_idle(agents, tmp_path, st):
+    import json
+    import subprocess
+    import sys
+
+    inv = load_inventory(agents.inventory)
+    fleet = str(Path(sys.executable).parent / "fleet")
+    w = subprocess.Popen([fleet, "watch", "--inventory", str(agents.inventory), "--hosts", "lab01", "--json",
+                          "--duration", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        time.sleep(2.0)  # the watcher is connected
+        events: list = []
+        t, box = run_async(lambda: dx.dispatch(
+            inv, "lab01", args={"task": "please [bash: echo ask-watched]", "repo": "demo"}, settings=st,
+            records=records(tmp_path), poll=0.2, on_event=lambda h, k, x: events.append((k, x))))
+        sid = wait_for(lambda: next((x for k, x in events if k == "session"), None))
+        assert wait_for(lambda: any(k == "status" and x.startswith("needs-input") for k, x in events))
+        answer_permission(inv.host("lab01"), sid, "once", records=records(tmp_path))
+        t.join(60)
+        assert box["out"].results[0].outcome == FanoutOutcome.SUCCESS
+        time.sleep(1.0)
+    finally:
+        w.terminate()
+        out, err = w.communicate(timeout=10)
+    states = [json.loads(line)["state"] for line in out.splitlines()
+              if line.strip() and json.loads(line)["session"] == sid]
+    firsts = [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
+    assert "busy" in firsts and "needs-input" in firsts and firsts[-1] == "idle", firsts
+    assert firsts.index("busy") < firsts.index("needs-input") < len(firsts) - 1
+
+
+def test_event_stream_dropped_mid_run_still_ends(agents, tmp_path):
+    """Kill the stream's connection while the agent works: it reconnects, re-reads, and the wait ends."""
+    from fleet.events import EventStream, SessionWaker
+    from fleet.opencode import OpenCodeClient
+
+    inv = load_inventory(agents.inventory)
+    h = inv.host("lab02")
+    d = h.repo_path("demo")
+    with OpenCodeClient(h, d) as oc:
+        sid = oc.create_session("drop test")["id"]
+        waker = SessionWaker(sid)
+        waker.stream = EventStream(h, waker, directory=d, on_connect=waker.reconnected).start()
+        assert waker.stream.connected.wait(10)
+        before = len(oc.messages(sid))
+        oc.prompt_async(sid, "please [bash: sleep 2; echo survived-the-drop]")
+        threading.Timer(1.0, waker.stream.drop).start()
+        try:
+            ans = oc.wait_idle(sid, before, 60, poll=5.0, waker=waker)  # a slow poll: events must carry it
+        finally:
+            waker.stream.close()
+    assert ans is not None and "survived-the-drop" in ans.text
+    assert waker.stream.reconnects >= 1

@@ -1,0 +1,165 @@
+"""Live events from OpenCode servers: one SSE subscription per server, reconnecting with backoff.
+
+OpenCode's ``GET /event`` (one directory) and ``GET /global/event`` (all of them, each event
+wrapped as ``{directory, payload}``) stream ``data: {json}`` lines: ``session.status``,
+``session.idle``, ``session.error``, ``permission.asked``, ``message.part.updated`` (tool steps)
+and more, with a heartbeat every 10 s. Events carry no ids and a reconnect loses the gap, so
+fleet uses them as *wake-ups*: whoever waits re-reads the state over REST when woken (and after
+every reconnect), and falls back to polling while the stream is down. Completion is then seen
+within milliseconds of the server saying so, and nothing is polled between events.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable
+
+import httpx
+
+from .inventory import Host
+from .opencode import resolve_password
+
+Handler = Callable[[dict[str, Any]], None]
+
+
+def session_of(ev: dict[str, Any]) -> str | None:
+    """The session an event is about, if it says."""
+    p = ev.get("properties") or {}
+    for key in ("sessionID",):
+        if isinstance(p.get(key), str):
+            return p[key]
+    for inner in ("info", "part"):
+        v = p.get(inner)
+        if isinstance(v, dict) and isinstance(v.get("sessionID"), str):
+            return v["sessionID"]
+    return None
+
+
+def step_of(ev: dict[str, Any]) -> str | None:
+    """``bash: make test`` for a tool step that is running, from ``message.part.updated``."""
+    if ev.get("type") != "message.part.updated":
+        return None
+    part = (ev.get("properties") or {}).get("part") or {}
+    if part.get("type") != "tool":
+        return None
+    state = part.get("state") or {}
+    if state.get("status") not in ("pending", "running"):
+        return None
+    inp = state.get("input") or {}
+    what = state.get("title") or inp.get("command") or inp.get("filePath") or inp.get("description") or ""
+    return f"{part.get('tool', 'tool')}: {str(what)[:80]}".rstrip(": ")
+
+
+class EventStream:
+    """A background SSE subscription to one server. ``on_event(ev)`` gets every event (for
+    ``/global/event``, the payload with ``directory`` added); ``on_connect()`` runs after each
+    (re)connect, so the listener can re-read what the gap may have hidden."""
+
+    def __init__(self, host: Host, on_event: Handler, directory: str | None = None,
+                 on_connect: Callable[[], None] | None = None, backoff_max: float = 5.0) -> None:
+        if host.opencode is None:
+            raise ValueError(f"{host.name} has no OpenCode server")
+        self.host = host
+        self.directory = directory
+        self.on_event = on_event
+        self.on_connect = on_connect
+        self.backoff_max = backoff_max
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._client: httpx.Client | None = None
+        pw = resolve_password(host.opencode, host.name)
+        self._auth = httpx.BasicAuth(host.opencode.username, pw) if pw is not None else None
+        self._thread = threading.Thread(target=self._run, name=f"fleet-events-{host.name}", daemon=True)
+
+    def start(self) -> "EventStream":
+        """Begin following (returns at once)."""
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop following and drop the connection."""
+        self._stop.set()
+        self.drop()
+
+    def drop(self) -> None:
+        """Cut the current connection (it reconnects unless closed): what a network blip does."""
+        c = self._client
+        if c is not None:
+            threading.Thread(target=c.close, daemon=True).start()
+
+    def _run(self) -> None:
+        delay = 0.2
+        path = "/event" if self.directory else "/global/event"
+        params = {"directory": self.directory} if self.directory else None
+        while not self._stop.is_set():
+            self._client = httpx.Client(base_url=self.host.opencode.url, auth=self._auth,
+                                        timeout=httpx.Timeout(5.0, read=35.0))  # heartbeats every 10 s
+            try:
+                with self._client.stream("GET", path, params=params,
+                                         headers={"Accept": "text/event-stream"}) as resp:
+                    if resp.status_code != 200:
+                        raise httpx.HTTPError(f"HTTP {resp.status_code}")
+                    self.connected.set()
+                    if self.on_connect is not None:
+                        self.on_connect()
+                    delay = 0.2
+                    for line in resp.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if not line.startswith("data:"):
+                            continue
+                        try:
+                            ev = json.loads(line[5:].strip())
+                        except ValueError:
+                            continue
+                        if not isinstance(ev, dict):
+                            continue
+                        if "payload" in ev and isinstance(ev["payload"], dict):  # /global/event wrapper
+                            ev = dict(ev["payload"], directory=ev.get("directory"))
+                        self.on_event(ev)
+            except Exception:  # noqa: BLE001 - any break of the stream: reconnect (REST covers the gap)
+                pass
+            finally:
+                self.connected.clear()
+                try:
+                    self._client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            if self._stop.is_set():
+                return
+            self.reconnects += 1
+            self._stop.wait(delay)
+            delay = min(self.backoff_max, delay * 2)
+
+
+class SessionWaker:
+    """Wakes a waiter when an event concerns its session, and remembers the agent's current step."""
+
+    def __init__(self, sid: str, on_step: Callable[[str], None] | None = None) -> None:
+        self.sid = sid
+        self.wake = threading.Event()
+        self.step = ""
+        self.on_step = on_step
+        self.last_event = time.monotonic()
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev.get("type") in ("server.connected", "server.heartbeat"):
+            return
+        if session_of(ev) not in (self.sid, None):
+            return
+        self.last_event = time.monotonic()
+        step = step_of(ev)
+        if step and step != self.step:
+            self.step = step
+            if self.on_step is not None:
+                self.on_step(step)
+        self.wake.set()
+
+    def reconnected(self) -> None:
+        """After a (re)connect the gap is unknown: wake the waiter to re-read the state."""
+        self.wake.set()
+
+
+__all__ = ["EventStream", "SessionWaker", "session_of", "step_of"]

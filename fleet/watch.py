@@ -1,0 +1,101 @@
+"""``watch``: every agent on the selected hosts, live, from their servers' event streams.
+
+One :class:`~fleet.events.EventStream` per server (``/global/event``: every directory). The
+board starts from REST (``sessions``) and after every reconnect re-reads it; events then move
+each session between ``busy`` (with its current step), ``retry``, ``needs-input`` (and what it
+asks), ``idle`` and ``error``. Each change is handed to ``on_change`` as a plain dict.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from .events import EventStream, session_of, step_of
+from .inventory import Host
+from .opencode import describe_request
+from .records import SessionRecords
+from .sessions import host_sessions
+
+Change = Callable[[dict[str, Any]], None]
+
+
+class Watcher:
+    """The live board of every session on ``hosts``; ``on_change(row)`` for every change."""
+
+    def __init__(self, hosts: list[Host], on_change: Change, records: SessionRecords | None = None) -> None:
+        self.hosts = [h for h in hosts if h.opencode is not None]
+        self.on_change = on_change
+        self.records = records
+        self.board: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.streams: list[EventStream] = []
+
+    def _set(self, host: str, sid: str, **kw: Any) -> None:
+        with self.lock:
+            row = self.board.setdefault((host, sid), {"host": host, "session": sid, "state": "idle", "step": "",
+                                                      "waiting": "", "title": "", "directory": ""})
+            changed = any(row.get(k) != v for k, v in kw.items())
+            row.update(kw)
+            row["updated"] = time.time()
+            snapshot = dict(row)
+        if changed:
+            self.on_change(snapshot)
+
+    def _resync(self, host: Host) -> None:
+        try:
+            for r in host_sessions(host, self.records):
+                self._set(host.name, r.session_id, state=r.state, waiting=r.waiting, title=r.title,
+                          directory=r.directory)
+        except Exception:  # noqa: BLE001 - the stream keeps the board going; the next resync retries
+            pass
+
+    def _handler(self, host: Host) -> Callable[[dict[str, Any]], None]:
+        def on(ev: dict[str, Any]) -> None:
+            t = ev.get("type", "")
+            sid = session_of(ev)
+            if not sid:
+                return
+            p = ev.get("properties") or {}
+            if t == "session.status":
+                st = (p.get("status") or {}).get("type", "idle")
+                self._set(host.name, sid, state=st, **({"step": "", "waiting": ""} if st == "idle" else {}))
+            elif t == "session.idle":
+                self._set(host.name, sid, state="idle", step="", waiting="")
+            elif t == "session.error":
+                err = (p.get("error") or {}).get("name", "error")
+                self._set(host.name, sid, state="error", step=str(err))
+            elif t == "permission.asked":
+                self._set(host.name, sid, state="needs-input", waiting=describe_request(p))
+            elif t == "permission.replied":
+                self._set(host.name, sid, state="busy", waiting="")
+            else:
+                step = step_of(ev)
+                if step:
+                    with self.lock:
+                        row = self.board.get((host.name, sid)) or {}
+                        asking = row.get("state") == "needs-input" and row.get("waiting")
+                    # a tool step of a request still waiting for its answer is not "busy" yet
+                    self._set(host.name, sid, step=step, **({} if asking else {"state": "busy"}))
+        return on
+
+    def start(self) -> "Watcher":
+        """Read the board, then follow every server."""
+        for h in self.hosts:
+            self._resync(h)
+            s = EventStream(h, self._handler(h), on_connect=lambda h=h: self._resync(h))
+            self.streams.append(s.start())
+        return self
+
+    def close(self) -> None:
+        """Stop following."""
+        for s in self.streams:
+            s.close()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The board, host by host, newest change first."""
+        with self.lock:
+            return sorted((dict(r) for r in self.board.values()), key=lambda r: (r["host"], -r.get("updated", 0)))
+
+
+__all__ = ["Watcher"]
