@@ -300,7 +300,8 @@ def _validate_dispatch(kw: dict[str, Any]) -> None:
 def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurrency: int = 32,
              records: SessionRecords | None = None, on_event: EventHook | None = None, audit_trail: Any = None,
              beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
-             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask") -> DispatchRun:
+             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask",
+             events: bool = True) -> DispatchRun:
     """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
     a = plan.args
     did = dispatch_id or new_dispatch_id()
@@ -315,7 +316,7 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
                              model=a.get("model"), timeout=timeout, records=records, on_event=on_event,
                              audit=audit_trail, beads=beads, issue=a.get("issue"), dispatch_id=did,
                              stop=stop.is_set, client_factory=client_factory, poll=poll,
-                             on_permission=on_permission)
+                             on_permission=on_permission, events=events)
 
     hosts = list(plan.hosts)
     results: dict[str, DispatchResult] = {}
