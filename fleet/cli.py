@@ -618,6 +618,41 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
         w.close()
 
 
+@fleet_task(help={"inventory": "Inventory file (its slack: channel and allowed_users).",
+                  "interval": "Seconds between reads of the threads (default 5).",
+                  "duration": "Stop after this many seconds (default: until Ctrl-C).",
+                  "json": "One JSON object per action, one per line."})
+def listen(c, inventory=None, interval=None, duration=None, json_=False):
+    """Act on replies in each open dispatch's Slack thread: stop, approve, deny, status (allowed users only)."""
+    import json as _json
+    import time
+
+    from fleet.beads import Beads
+    from fleet.errors import BadInput
+    from fleet.listen import Listener
+
+    inv = _inventory(c, inventory)
+    token = os.environ.get(inv.slack.token_env) if inv.slack else None
+    if inv.slack is not None and not token:
+        raise BadInput(f"${inv.slack.token_env} is not set: export the Slack bot token to listen")
+    trail = _trail(c, inv)
+    limit = _num("--duration", duration, 0.0)
+    t0 = time.monotonic()
+    try:
+        lst = Listener(inv, trail, token or "", _records(c), Beads())
+        if not inv.slack.allowed_users:
+            print("listen: slack.allowed_users is empty: every reply will be refused", file=sys.stderr)
+        lst.run(_num("--interval", interval, 5.0, positive=True),
+                until=(lambda: time.monotonic() - t0 >= limit) if limit else None,
+                on_action=lambda a: print(_json.dumps(a, sort_keys=True) if json_ else
+                                          f"{a['dispatch_id']}: {a['command'] or '-'} by {a['by']}: {a['outcome']}",
+                                          flush=True))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        trail.close()
+
+
 @fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "inventory": "Inventory file.",
                   "json": "One JSON document."})
 def status(c, hosts=None, all_=False, inventory=None, json_=False):
@@ -718,7 +753,8 @@ def audit_show(c, dispatch_id, json_=False):
 # ------------------------------------------------------------------------ collection
 
 ns = Collection()
-for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, sessions, watch, status, teardown):
+for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, sessions, watch, listen, status,
+           teardown):
     ns.add_task(_t)
 for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
                       ("lab", {"up": lab_up, "down": lab_down}),

@@ -201,3 +201,43 @@ def test_event_stream_dropped_mid_run_still_ends(agents, tmp_path):
             waker.stream.close()
     assert ans is not None and "survived-the-drop" in ans.text
     assert waker.stream.reconnects >= 1
+
+
+def test_slack_stop_from_an_allowed_user_aborts_and_others_are_refused(agents, tmp_path, st):
+    """The seed's human interrupt flow, with the Slack stand-in serving conversations.replies."""
+    from fleet.audit import AuditTrail
+    from fleet.inventory import load_inventory_text
+    from fleet.journal import Journal
+    from fleet.listen import Listener
+    from stand_ins import FakeSlack
+
+    slack = FakeSlack()
+    try:
+        text = (f"slack: {{channel: C0AUDIT, base_url: '{slack.url}/api/', allowed_users: [U0ALLOWED]}}\n"
+                + agents.inventory.read_text())
+        inv = load_inventory_text(text, str(agents.inventory))
+        trail = AuditTrail(tmp_path / "journal.jsonl", inv.slack, "xoxb-test")
+        recs = records(tmp_path)
+        r = dx.dispatch(inv, "lab02", args={"task": "please [slow] work", "repo": "demo"}, settings=st,
+                        records=recs, wait=False, audit_trail=trail).results[0]
+        assert r.outcome == FanoutOutcome.SUCCESS and trail.close(timeout=5)
+        did = recs.find("lab02", r.session_id)["dispatch_id"]
+        root = Journal(tmp_path / "journal.jsonl").load().thread_ts(did)
+        assert root and any(p["ts"] == root for p in slack.posts)
+        slack.posts.append({"ts": "1700009999.000001", "thread_ts": root, "user": "U0OTHER", "text": "stop"})
+        lst = Listener(inv, AuditTrail(tmp_path / "journal.jsonl", inv.slack, "xoxb-test"), "xoxb-test", recs)
+        acts = lst.poll_once()
+        assert [a["outcome"] for a in acts] == ["refused"]
+        row = next(x for x in host_sessions(inv.host("lab02"), recs) if x.session_id == r.session_id)
+        assert row.state == "busy"  # someone else's "stop" changed nothing
+        slack.posts.append({"ts": "1700009999.000002", "thread_ts": root, "user": "U0ALLOWED", "text": "stop"})
+        acts = lst.poll_once()
+        assert [(a["command"], a["outcome"]) for a in acts] == [("stop", "ok")]
+        row = next(x for x in host_sessions(inv.host("lab02"), recs) if x.session_id == r.session_id)
+        assert row.state == "idle"
+        replies = [p for p in slack.posts if p.get("thread_ts") == root and "Stopped. What next?" in (p["text"] or "")]
+        assert replies
+        ops = {(e["operation"], e["detail"].get("by")) for e in Journal(tmp_path / "journal.jsonl").load().events}
+        assert ("slack_stop", "U0ALLOWED") in ops and ("listen_refused", "U0OTHER") in ops
+    finally:
+        slack.close()

@@ -436,6 +436,13 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
                     sd["base_url"] = ld.string(v, "slack base_url", "https://slack.com/api/")
                     if not re.match(r"^https?://[^\s/]+", sd["base_url"]):
                         raise ld.fail(v, "slack base_url is not a URL", "write e.g. https://slack.com/api/")
+                elif key == "allowed_users":
+                    users = ld.str_list(v, "slack allowed_users", as_name=False)
+                    for u, unode in users:
+                        if not re.fullmatch(r"[UW][A-Z0-9]{2,20}", u):
+                            raise ld.fail(unode, f"slack allowed_users entry '{u}' is not a Slack user id",
+                                          "write the member id from the user's Slack profile, e.g. U04ABCDEF")
+                    sd["allowed_users"] = tuple(u for u, _ in users)
                 else:
                     sd["token_env"] = ld.env_name(v, "slack token_env", "SLACK_BOT_TOKEN")
             if "channel" not in sd:

@@ -37,7 +37,7 @@ OPENCODE_KEYS = ("url", "username", "password_env", "password_file")
 REPOS_KEYS = ("root", "paths")
 
 
-SLACK_KEYS = ("channel", "base_url", "token_env")
+SLACK_KEYS = ("channel", "base_url", "token_env", "allowed_users")
 
 
 _RESERVED = {"all"}
@@ -96,6 +96,7 @@ class SlackSettings:
     channel: str
     base_url: str | None = None
     token_env: str = "SLACK_BOT_TOKEN"
+    allowed_users: tuple[str, ...] = ()  # Slack user ids whose replies in a dispatch thread act (fleet listen)
 
 
 @dataclass(frozen=True)

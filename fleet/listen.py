@@ -1,0 +1,176 @@
+"""The seed's human interrupt flow: act on replies in each open dispatch's Slack thread.
+
+``fleet listen`` follows the thread of every open dispatch (one the journal knows, whose root
+reached Slack, that has not completed), with ``conversations.replies`` polled (Retry-After
+honoured). A reply from a user in the inventory's ``slack.allowed_users`` is a command:
+
+- ``stop``: abort the dispatch's session(s), mark its Beads issue blocked, answer "Stopped. What next?";
+- ``approve`` / ``deny``: answer the permission the agent waits on;
+- ``status``: answer with each session's state.
+
+fleet's own posts (they carry its message metadata) are ignored; anyone else's reply is ignored
+and journaled as refused. Every action is journaled with who asked, and answered in the thread.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .audit import AuditTrail
+from .errors import BadInput, FleetError
+from .inventory import Inventory
+from .journal import Journal
+from .records import SessionRecords
+from .slack import EVENT_TYPE
+
+COMMANDS = ("stop", "approve", "deny", "status")
+ENDED = {"completed", "failed", "aborted"}
+
+
+@dataclass
+class OpenDispatch:
+    """A dispatch whose thread is followed."""
+
+    dispatch_id: str
+    thread_ts: str
+    sessions: list[tuple[str, str]] = field(default_factory=list)  # (host, session id)
+    seen: set[str] = field(default_factory=set)  # message ts already handled
+
+
+def open_dispatches(journal: Journal, channel: str, max_age_s: float = 86400.0) -> list[OpenDispatch]:
+    """Dispatches with a Slack thread in ``channel`` that have not ended, newest last."""
+    st = journal.load()
+    now = time.time()
+    by: dict[str, OpenDispatch] = {}
+    ended: set[str] = set()
+    for e in st.events:
+        did = e.get("dispatch_id")
+        if not did or e.get("channel", "") != channel:
+            continue
+        if e["operation"] in ENDED:
+            ended.add(did)
+        if now - float(e.get("epoch", now) or now) > max_age_s:
+            continue
+        ts = st.thread_ts(did)
+        if ts and did not in by:
+            by[did] = OpenDispatch(did, ts)
+        sid = (e.get("detail") or {}).get("session_id")
+        if did in by and sid and e["operation"] in ("session_created", "session_resumed"):
+            if (e.get("host", ""), sid) not in by[did].sessions:
+                by[did].sessions.append((e.get("host", ""), sid))
+    return [d for did, d in by.items() if did not in ended]
+
+
+class Listener:
+    """One pass (:meth:`poll_once`) or a loop (:meth:`run`) over the open dispatches' threads."""
+
+    def __init__(self, inv: Inventory, trail: AuditTrail, token: str, records: SessionRecords | None = None,
+                 beads: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        if inv.slack is None:
+            raise BadInput("the inventory has no 'slack:' section: add slack: {channel: C..., allowed_users: [U...]}")
+        from slack_sdk import WebClient
+
+        kw: dict[str, Any] = {"token": token, "timeout": 10, "retry_handlers": []}
+        if inv.slack.base_url:
+            kw["base_url"] = inv.slack.base_url if inv.slack.base_url.endswith("/") else inv.slack.base_url + "/"
+        self.client = WebClient(**kw)
+        self.inv = inv
+        self.channel = inv.slack.channel
+        self.allowed = set(inv.slack.allowed_users)
+        self.trail = trail
+        self.records = records
+        self.beads = beads
+        self.sleep = sleep
+        self.followed: dict[str, OpenDispatch] = {}
+        self.started = time.time()
+
+    def _replies(self, d: OpenDispatch) -> list[dict[str, Any]]:
+        from slack_sdk.errors import SlackApiError
+
+        while True:
+            try:
+                resp = self.client.conversations_replies(channel=self.channel, ts=d.thread_ts,
+                                                         include_all_metadata=True, limit=200)
+                return list(resp.get("messages") or [])
+            except SlackApiError as exc:
+                r = exc.response
+                if getattr(r, "status_code", 0) == 429:
+                    self.sleep(float((r.headers or {}).get("Retry-After", 1) or 1))
+                    continue
+                raise
+
+    def _say(self, d: OpenDispatch, text: str) -> None:
+        self.client.chat_postMessage(channel=self.channel, thread_ts=d.thread_ts, text=text,
+                                     metadata={"event_type": EVENT_TYPE, "event_payload": {
+                                         "event_id": f"reply-{d.dispatch_id}-{time.time():.6f}",
+                                         "dispatch_id": d.dispatch_id}})
+
+    def poll_once(self) -> list[dict[str, Any]]:
+        """Read every open thread once; act on new commands. Returns what was done."""
+        for d in open_dispatches(self.trail.journal, self.channel):
+            known = self.followed.setdefault(d.dispatch_id, d)
+            known.sessions = d.sessions
+        done = []
+        for d in list(self.followed.values()):
+            for m in self._replies(d):
+                ts = str(m.get("ts", ""))
+                if ts in d.seen or ts == d.thread_ts:
+                    continue
+                d.seen.add(ts)
+                if ((m.get("metadata") or {}).get("event_type") == EVENT_TYPE) or m.get("bot_id"):
+                    continue  # fleet's own posts
+                done.append(self._act(d, m))
+        return done
+
+    def _act(self, d: OpenDispatch, m: dict[str, Any]) -> dict[str, Any]:
+        user = str(m.get("user", ""))
+        words = str(m.get("text", "")).strip().lower().split()
+        cmd = words[0] if words else ""
+        host = d.sessions[0][0] if d.sessions else ""
+        if user not in self.allowed:
+            self.trail.record("listen_refused", host, "refused", dispatch_id=d.dispatch_id, by=user, command=cmd)
+            return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": "refused"}
+        if cmd not in COMMANDS:
+            self._say(d, f"I know: {', '.join(COMMANDS)}.")
+            return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": "unknown"}
+        from .sessions import abort_sessions, answer_permission, host_sessions
+
+        outcome, notes = "ok", []
+        for hname, sid in d.sessions:
+            h = self.inv.host(hname)
+            try:
+                if cmd == "stop":
+                    abort_sessions(h, sid, records=self.records, audit=self.trail, beads=self.beads,
+                                   reason=f"stopped from Slack by {user}")
+                    notes.append(f"{hname} {sid}: stopped")
+                elif cmd in ("approve", "deny"):
+                    got = answer_permission(h, sid, "once" if cmd == "approve" else "reject",
+                                            f"{cmd} from Slack by {user}", audit=self.trail, records=self.records)
+                    notes.append(f"{hname} {sid}: {cmd}d {'; '.join(got)}")
+                else:
+                    row = next((r for r in host_sessions(h, self.records) if r.session_id == sid), None)
+                    notes.append(f"{hname} {sid}: {row.state if row else 'gone'}"
+                                 + (f" ({row.waiting})" if row and row.waiting else ""))
+            except FleetError as exc:
+                outcome = "failed"
+                notes.append(f"{hname} {sid}: {exc}")
+        self.trail.record(f"slack_{cmd}", host, outcome, dispatch_id=d.dispatch_id, by=user,
+                          result="; ".join(notes))
+        head = {"stop": "Stopped. What next?", "approve": "Approved.", "deny": "Denied.", "status": "Status:"}[cmd]
+        self._say(d, head + ("\n" + "\n".join(notes) if notes else " (no session yet)"))
+        if cmd == "stop":
+            self.followed.pop(d.dispatch_id, None)
+        return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": outcome, "notes": notes}
+
+    def run(self, interval: float = 5.0, until: Callable[[], bool] | None = None,
+            on_action: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Poll every ``interval`` seconds until ``until()`` (or Ctrl-C)."""
+        while until is None or not until():
+            for a in self.poll_once():
+                if on_action:
+                    on_action(a)
+            self.sleep(interval)
+
+
+__all__ = ["Listener", "OpenDispatch", "open_dispatches"]
