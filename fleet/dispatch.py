@@ -139,6 +139,7 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
         with client_factory(host, directory) as oc:
             if wait and hasattr(oc, "deadline"):
                 oc.deadline = t0 + timeout + 5.0  # the whole dispatch, not only each read, is bounded
+            _check_server(oc, host)
             _check_repo_dir(oc, host, directory)
             if issue and beads is not None:
                 beads.claim(issue, host.name)
@@ -235,6 +236,22 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     except FleetError as exc:
         au("failed", host.name, "failure", session_id=sid, error=str(exc))
         return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
+
+
+KNOWN_API_MAJOR = "1"  # the classic OpenCode HTTP API fleet speaks (contracts: 1.18 to 1.19)
+
+
+def _check_server(oc: Any, host: Host) -> None:
+    """Healthy, and an API fleet knows: refuse a server of another major version up front."""
+    if not hasattr(oc, "health"):
+        return
+    h = oc.health()
+    ver = str(h.get("version", ""))
+    if not h.get("healthy", False):
+        raise BadInput(f"{host.name}: the OpenCode server says it is not healthy ({h}); see its log")
+    if ver and ver.split(".")[0] != KNOWN_API_MAJOR:
+        raise BadInput(f"{host.name}: OpenCode {ver} speaks an API fleet does not know (fleet speaks "
+                       f"{KNOWN_API_MAJOR}.x, tested with 1.18.33): pin the server to 1.x or update fleet")
 
 
 def _check_repo_dir(oc: Any, host: Host, directory: str) -> None:

@@ -73,6 +73,8 @@ class _OCHandler(BaseHTTPRequestHandler):
         if fault == "500":
             return self._send(500, json.dumps({"name": "UnknownError", "data": {"message": "database is locked",
                                                                                   "ref": "err_1234"}}).encode())
+        if fault == "v2":
+            return self._send(200, b'{"healthy": true, "version": "2.0.1"}')
         if fault == "echo_auth":  # a server that echoes the request's credentials in its error
             return self._send(500, json.dumps({"name": "UnknownError", "data": {
                 "message": f"bad request with Authorization: {self.headers.get('Authorization')}"}}).encode())

@@ -140,3 +140,19 @@ def test_trickling_server_cannot_hold_a_dispatch_past_its_deadline():
         assert r.outcome.value == "TIMEOUT" and "h" in r.error
     finally:
         s.close()
+
+
+def test_server_of_an_unknown_api_version_is_refused_before_sending():
+    from fleet import dispatch as dxm
+    from fleet.inventory import load_inventory_text
+    from fleet.settings import Settings
+
+    s = FakeOpenCode()
+    s.faults["GET /global/health"] = "v2"
+    try:
+        inv = load_inventory_text(f"hosts:\n  h: {{opencode: '{s.url}', repos: {{root: /r}}}}\n", "t.yaml")
+        r = dxm.dispatch(inv, "h", args={"task": "t", "repo": "demo"}, settings=Settings(), poll=0.05).results[0]
+        assert r.outcome.value == "FAILURE" and "API fleet does not know" in r.error
+        assert not [h for h in s.hits if h[1] == "/session"]
+    finally:
+        s.close()
