@@ -114,10 +114,11 @@ class Beads:
         if code != 0:
             raise self._fail("release", issue, out, err)
 
-    def record_session(self, issue: str, host: str, session_id: str) -> None:
-        """Store the OpenCode session and host on the issue's metadata."""
+    def record_session(self, issue: str, host: str, session_id: str, worktree: str | None = None) -> None:
+        """Store the OpenCode session, host and worktree (the seed's Session Tracking) on the issue."""
+        extra = ["--set-metadata", f"worktree={worktree}"] if worktree else []
         code, out, err = self._run(["update", issue, "--set-metadata", f"session_id={session_id}",
-                                    "--set-metadata", f"fleet_host={host}", "--json"], actor=host)
+                                    "--set-metadata", f"fleet_host={host}", *extra, "--json"], actor=host)
         if code != 0:
             raise self._fail("update", issue, out, err)
         self._array("update", issue, out)

@@ -397,6 +397,59 @@ def lab_down(c, dir="lab"):
     print(f"lab down: stopped {len(pids)} process(es)")
 
 
+# ------------------------------------------------------------------------ worktrees
+
+@fleet_task(help={"hosts": HOSTS_HELP + " Default: all.", "all": "Every host.", "inventory": "Inventory file.",
+                  "json": "One JSON document."})
+def worktrees_list(c, hosts=None, all_=False, inventory=None, json_=False):
+    """The git worktrees fleet made, per host: repo, branch, path, age, dirty or clean, ahead, session."""
+    from fleet.render import worktrees_table
+    from fleet.selectors import select
+    from fleet.worktrees import list_worktrees
+
+    inv = _inventory(c, inventory)
+    opts = _fanout_options(c, None, None, None, 1, 0, False, False, None, False, None)
+    rows, errors = list_worktrees(inv, select(inv, _selector(hosts, all_)), opts, _records(c))
+    if json_:
+        _emit({"worktrees": [r.to_dict() for r in rows], "errors": errors})
+    else:
+        print(worktrees_table(rows))
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    if errors:
+        raise Exit(code=1)
+
+
+@fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "repo": "The repo the worktree belongs to.",
+                  "name": "The worktree's name (the issue or dispatch id; see 'fleet worktrees').",
+                  "force": "Remove it even with uncommitted changes.", "delete_branch": "Also delete its branch.",
+                  "confirm": "The token printed by the refused run.", "mode": "off | canary | enforced.",
+                  "inventory": "Inventory file.", "json": "One JSON document."})
+def worktrees_remove(c, repo, name, hosts=None, all_=False, force=False, delete_branch=False, confirm=None,
+                     mode=None, inventory=None, json_=False):
+    """Remove a fleet-made worktree (gated: --confirm; refuses uncommitted changes unless --force)."""
+    from fleet.worktrees import remove_worktree
+
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    trail = _trail(c, inv)
+    try:
+        out = remove_worktree(inv, _selector(hosts, all_, default=None),
+                              args={"repo": repo, "name": name, "force": bool(force),
+                                    "delete_branch": bool(delete_branch)},
+                              mode=mode, confirm=confirm, settings=st, trail=trail,
+                              options=_fanout_options(c, None, None, None, 1, 0, False, False, None, False, None))
+    finally:
+        trail.close()
+    if json_:
+        _emit({"worktrees": out})
+    else:
+        for r in out:
+            print(f"{r['host']}: {r['detail']}")
+    if any(r["outcome"] != "removed" for r in out):
+        raise Exit(code=1)
+
+
 # ------------------------------------------------------------------------ audit helpers
 
 def _say_audit(trail) -> None:
@@ -438,6 +491,9 @@ DISPATCH_HELP = {
     "confirm": "Confirmation token, when the mode or config gates dispatch.",
     "json": "Print one JSON document.", "inventory": "Inventory file.",
     "no_slack": "Journal only; do not post this dispatch to Slack.",
+    "worktree": "Work in a new git worktree on the host (branch fleet/<issue or dispatch id>); "
+                "default: the 'worktree' setting.",
+    "base": "With --worktree: the commit or branch to start from (default: the repo's HEAD).",
     "on_permission": "When the agent asks a permission: ask (say needs-input, wait for 'fleet approve'/'deny'), "
                      "allow (approve once) or deny. Default: ask.",
 }
@@ -446,7 +502,7 @@ DISPATCH_HELP = {
 @fleet_task(help=DISPATCH_HELP)
 def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
              model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
-             no_slack=False, on_permission="ask"):
+             no_slack=False, on_permission="ask", worktree=False, base=None):
     """Hand a task to the OpenCode agent on a host (or many) and follow it to the end."""
     from fleet import dispatch as dx
     from fleet.beads import Beads
@@ -475,7 +531,8 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
                           audit=trail.gate_event, wait=not no_wait,
                           timeout=_num("--timeout", timeout, st.dispatch_timeout, positive=True), concurrency=st.concurrency,
                           records=_records(c), on_event=live, beads=beads, audit_trail=trail,
-                          on_permission=on_permission)
+                          on_permission=on_permission, worktree=bool(worktree or st.worktree), base=base,
+                          ssh_options=_fanout_options(c, None, None, None, 1, 0, False, False, None, False, None))
     finally:
         trail.close()
     if json_:
@@ -759,10 +816,11 @@ for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, 
 for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
                       ("lab", {"up": lab_up, "down": lab_down}),
                       ("audit", {"replay": audit_replay, "tail": audit_tail, "show": audit_show}),
+                      ("worktrees", {"list": worktrees_list, "remove": worktrees_remove}),
                       ("token", {"list": token_list, "revoke": token_revoke})):
     _sub = Collection(_name)
     for _n, _t in _tasks.items():
-        _sub.add_task(_t, name=_n)
+        _sub.add_task(_t, name=_n, default=(_name, _n) == ("worktrees", "list"))
     ns.add_collection(_sub)
 
 # Every key is None here: Invoke then passes INVOKE_FLEET_* values through as text (it cannot

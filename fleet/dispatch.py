@@ -44,6 +44,8 @@ class DispatchResult:
     files: tuple[dict[str, Any], ...] = ()   # what the agent changed: file, additions, deletions, status
     todo: tuple[dict[str, Any], ...] = ()
     pending: str = ""  # a permission request the agent waits on, when it ended waiting
+    worktree: str = ""  # the git worktree the session works in (--worktree), and its branch
+    branch: str = ""
 
     @property
     def ok(self) -> bool:
@@ -56,7 +58,8 @@ class DispatchResult:
                 "directory": self.directory, "answer": self.answer, "tokens": dict(self.tokens), "cost": self.cost,
                 "duration_ms": self.duration_ms, "error": self.error, "error_kind": self.error_kind,
                 "created": self.created, "waited": self.waited, "issue": self.issue,
-                "files": [dict(f) for f in self.files], "todo": [dict(t) for t in self.todo], "pending": self.pending}
+                "files": [dict(f) for f in self.files], "todo": [dict(t) for t in self.todo], "pending": self.pending,
+                "worktree": self.worktree, "branch": self.branch}
 
 
 @dataclass
@@ -109,7 +112,8 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                   on_event: EventHook | None = None, audit: Any = None, beads: Any = None,
                   issue: str | None = None, dispatch_id: str | None = None,
                   stop: Callable[[], bool] | None = None, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
-                  poll: float = 0.5, on_permission: str = "ask", events: bool = True) -> DispatchResult:
+                  poll: float = 0.5, on_permission: str = "ask", events: bool = True, worktree: bool = False,
+                  base: str | None = None, inventory: Any = None, ssh_options: Any = None) -> DispatchResult:
     """Dispatch ``task`` to one host's agent. Never raises for the host's own failures.
 
     ``on_permission``: what to do when the agent asks for a permission: ``ask`` (report
@@ -125,15 +129,24 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     sid = session or ""
     created = False
     claimed = False
+    wt: dict[str, str] = {}
 
     def result(outcome: FanoutOutcome, **kw: Any) -> DispatchResult:
         return DispatchResult(host=host.name, outcome=outcome, session_id=sid, url=url, directory=directory,
                               duration_ms=int((time.monotonic() - t0) * 1000), created=created, issue=issue,
-                              waited=wait, **kw)
+                              waited=wait, worktree=wt.get("path", ""), branch=wt.get("branch", ""), **kw)
 
     try:
         directory = repo_directory(host, repo)
-        au("dispatch_requested", host.name, "requested", repo=repo, task=task, issue=issue)
+        au("dispatch_requested", host.name, "requested", repo=repo, task=task, issue=issue,
+           worktree=worktree or None)
+        if worktree:
+            # the agent's own checkout, made before anything else: if it cannot be made, nothing
+            # is claimed and no session exists
+            from .worktrees import create_worktree, worktree_name
+            wt = create_worktree(inventory, host, repo, directory, worktree_name(issue, did), base, ssh_options)
+            directory = wt["path"]
+            au("worktree_created", host.name, "ok", worktree=wt["path"], branch=wt["branch"], base=wt["base"])
         # everything that can fail before the session exists (password, client) comes before
         # the claim, so a claim never outlives a dispatch that could not start
         with client_factory(host, directory) as oc:
@@ -158,9 +171,10 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
             ev("session", sid)
             if created and records is not None:
                 records.add({"host": host.name, "url": url, "session_id": sid, "directory": directory,
-                             "dispatch_id": did, "issue": issue, "created": time.time()})
+                             "dispatch_id": did, "issue": issue, "created": time.time(),
+                             "worktree": wt.get("path", ""), "branch": wt.get("branch", "")})
             if issue and beads is not None:
-                beads.record_session(issue, host.name, sid)
+                beads.record_session(issue, host.name, sid, wt.get("path"))
             au("session_created" if created else "session_resumed", host.name, "ok", session_id=sid)
             before = len(oc.messages(sid))
             waker = None
@@ -299,6 +313,9 @@ def _check_dispatch(plan: Plan) -> None:
             raise BadInput(f"{h.name} has no OpenCode server in the inventory: add opencode: {{url: ...}} "
                            f"or leave it out of the selection")
         repo_directory(h, repo)
+    if plan.call_options.get("worktree") and plan.args.get("session"):
+        raise BadInput("--worktree makes a new checkout for a new session: drop --session (a resumed "
+                       "session keeps its directory)")
     if len(plan.hosts) > 1 and plan.args.get("session"):
         raise BadInput("--session resumes one session on one host: use --host NAME with it")
     if len(plan.hosts) > 1 and plan.args.get("issue"):
@@ -318,7 +335,8 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
              records: SessionRecords | None = None, on_event: EventHook | None = None, audit_trail: Any = None,
              beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask",
-             events: bool = True) -> DispatchRun:
+             events: bool = True, worktree: bool = False, base: str | None = None,
+             ssh_options: Any = None) -> DispatchRun:
     """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
     a = plan.args
     did = dispatch_id or new_dispatch_id()
@@ -333,7 +351,8 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
                              model=a.get("model"), timeout=timeout, records=records, on_event=on_event,
                              audit=audit_trail, beads=beads, issue=a.get("issue"), dispatch_id=did,
                              stop=stop.is_set, client_factory=client_factory, poll=poll,
-                             on_permission=on_permission, events=events)
+                             on_permission=on_permission, events=events, worktree=worktree, base=base,
+                             inventory=plan.inventory, ssh_options=ssh_options)
 
     hosts = list(plan.hosts)
     results: dict[str, DispatchResult] = {}

@@ -19,7 +19,7 @@ from .tokens import Scope, TokenStore
 from .errors import ConfirmationRequired  # noqa: F401 - re-exported where they were defined
 
 MODES = ("off", "canary", "enforced")
-ALWAYS_GATED = ("teardown", "blow-away")
+ALWAYS_GATED = ("teardown", "blow-away", "worktrees.remove")
 
 
 def resolve_mode(value: str | None, settings: Settings | None = None) -> str:
@@ -245,7 +245,8 @@ def guarded(operation: str, local_ok: bool = True, check: Callable[[Plan], None]
             try:
                 spent = authorize(plan, confirm, st, store, audit)
                 result = fn(plan, **kw)
-                if trail is not None and (spent or is_gated(operation, m, st, plan.local)) and operation != "teardown":
+                if trail is not None and (spent or is_gated(operation, m, st, plan.local)) and operation not in (
+                        "teardown", "worktrees.remove"):  # those journal each host themselves
                     for r in getattr(result, "results", []):
                         trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=operation,
                                      run_id=getattr(result, "run_id", ""), error=getattr(r, "error", ""),

@@ -384,7 +384,9 @@ def dispatch_report(run: Any) -> str:
         todo = "".join(f"\n  [{t['status']}] {t['content']}" for t in r.todo)
         return (head + f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
                 f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
-                f"duration={r.duration_ms / 1000:.1f}s" + (f"\nchanged:{changed}" if changed else "")
+                f"duration={r.duration_ms / 1000:.1f}s"
+                + (f"\nworktree: {r.worktree} (branch {r.branch})" if r.worktree else "")
+                + (f"\nchanged:{changed}" if changed else "")
                 + (f"\ntodo:{todo}" if todo else "") + (f"\nerror: {r.error}" if r.error else ""))
     body = table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
                    files_summary(r.files) or "-", first_line(r.answer, 50) or "-", first_line(r.error, 80)]
@@ -407,8 +409,8 @@ def files_summary(files: Any) -> str:
 def sessions_table(rows: list[Any]) -> str:
     """``sessions``: one line per session."""
     return table([[r.host, r.session_id, r.state + (f" ({r.waiting})" if r.waiting else ""), f"{r.age_s}s",
-                   "yes" if r.fleet else "", r.title[:50]]
-                  for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET", "TITLE"])
+                   "yes" if r.fleet else "", r.branch or "-", r.title[:50]]
+                  for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET", "WORKTREE BRANCH", "TITLE"])
 
 
 def status_table(servers: list[dict[str, Any]]) -> str:
@@ -462,3 +464,12 @@ def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None) -> st
         if r["state"] == "needs-input":
             out[k] = c.yellow(out[k])
     return "\n".join(out)
+
+
+def worktrees_table(rows: list[Any]) -> str:
+    """``worktrees``: one line per fleet-made worktree."""
+    def age(s: int) -> str:
+        return f"{s // 86400}d" if s >= 86400 else (f"{s // 3600}h" if s >= 3600 else f"{s // 60}m")
+    return table([[w.host, w.repo, w.branch, w.path, age(w.age_s), "dirty" if w.dirty else "clean", w.ahead,
+                   w.session or "-"] for w in rows],
+                 ["HOST", "REPO", "BRANCH", "PATH", "AGE", "STATE", "AHEAD", "SESSION"])

@@ -26,6 +26,8 @@ class SessionRow:
     directory: str
     fleet: bool
     waiting: str = ""  # the permission it waits on (state needs-input)
+    worktree: str = ""  # the git worktree fleet made for it (--worktree), and its branch
+    branch: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -35,7 +37,8 @@ class SessionRow:
 def host_sessions(host: Host, records: SessionRecords | None = None, limit: int = 50,
                   client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[SessionRow]:
     """Sessions on ``host`` with their state (busy/idle/retry), newest first."""
-    mine = {r["session_id"] for r in (records.for_host(host.name) if records else [])}
+    recs = {r["session_id"]: r for r in (records.for_host(host.name) if records else [])}
+    mine = set(recs)
     with client_factory(host, None) as oc:
         sessions = oc.list_sessions(all_dirs=True)[:limit]
         states: dict[str, Any] = {}
@@ -51,9 +54,10 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
         st = states.get(s["id"]) or {"type": "idle"}
         created = ((s.get("time") or {}).get("created")) or now
         state = "needs-input" if s["id"] in waiting else st.get("type", "idle")
+        rec = recs.get(s["id"]) or {}
         rows.append(SessionRow(host.name, s["id"], str(s.get("title", "")), state,
                                int((now - created) / 1000), str(s.get("directory", "")), s["id"] in mine,
-                               waiting.get(s["id"], "")))
+                               waiting.get(s["id"], ""), rec.get("worktree", "") or "", rec.get("branch", "") or ""))
     return rows
 
 

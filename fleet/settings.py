@@ -33,6 +33,7 @@ class Settings:
     ssh_config: str = "~/.ssh/config"
     artifacts_keep: int = 50
     preflight_deep: bool = False
+    worktree: bool = False  # dispatch in a new git worktree by default
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "Settings":

@@ -98,7 +98,13 @@ def start_agents(lab: Lab, count: int, timeout: float = 90.0) -> list[dict[str, 
             f.write(pw + "\n")
         repo = Path(h.repos_root) / "demo"
         repo.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "init", "-q", str(repo)], check=False, capture_output=True)
+        if not (repo / ".git").exists():
+            # a real repository with a commit, so worktrees, branches and the agent's edits are real
+            (repo / "README.md").write_text("# demo\nThe lab's demo repository.\n")
+            git = ["git", "-C", str(repo), "-c", "user.name=fleet lab", "-c", "user.email=lab@fleet.invalid"]
+            subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=False, capture_output=True)
+            subprocess.run(git + ["add", "README.md"], check=False, capture_output=True)
+            subprocess.run(git + ["commit", "-q", "-m", "lab: initial commit"], check=False, capture_output=True)
         env = dict(os.environ, HOME=str(home), OPENCODE_SERVER_PASSWORD=pw, OPENCODE_DISABLE_AUTOUPDATE="1",
                    OPENCODE_DISABLE_MODELS_FETCH="1", OPENCODE_DISABLE_SHARE="1",
                    OPENCODE_DISABLE_LSP_DOWNLOAD="1", npm_config_registry="http://127.0.0.1:9/",

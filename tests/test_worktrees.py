@@ -1,0 +1,113 @@
+"""One worktree per dispatch, on the lab (real sshd, real git, real `opencode serve`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet import dispatch as dx
+from fleet.inventory import load_inventory
+from fleet.lab import lab_down, lab_up
+from fleet.modes import ConfirmationRequired
+from fleet.results import FanoutOutcome
+from fleet.settings import Settings
+from fleet.worktrees import list_worktrees, remove_worktree
+
+
+@pytest.fixture(scope="module")
+def wlab(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wtlab")
+    lab = lab_up(1, d, agents=1)
+    yield lab
+    lab_down(d)
+
+
+@pytest.fixture
+def st(tmp_path):
+    return Settings(token_dir=str(tmp_path / "tok"), journal=str(tmp_path / "journal.jsonl"))
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_two_worktree_dispatches_work_in_two_checkouts(wlab, tmp_path, st):
+    inv = load_inventory(wlab.inventory)
+    recs = dx.SessionRecords(tmp_path / "sessions.jsonl")
+    runs = [dx.dispatch(inv, "lab01", args={"task": f"please [write: from-{i}.txt]", "repo": "demo"},
+                        settings=st, records=recs, poll=0.2, worktree=True).results[0] for i in (1, 2)]
+    assert all(r.outcome == FanoutOutcome.SUCCESS for r in runs), [r.error for r in runs]
+    a, b = runs
+    assert a.worktree != b.worktree and a.directory == a.worktree and a.branch.startswith("fleet/dx-")
+    demo = Path(wlab.hosts[0].repos_root) / "demo"
+    listed = git("worktree", "list", "--porcelain", cwd=demo)
+    assert a.worktree in listed and b.worktree in listed
+    assert (Path(a.worktree) / "from-1.txt").exists() and not (demo / "from-1.txt").exists()
+    assert (Path(b.worktree) / "from-2.txt").exists() and not (Path(a.worktree) / "from-2.txt").exists()
+    events = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert any(e["operation"] == "worktree_created" and e["detail"]["worktree"] == a.worktree for e in events)
+    rows, errors = list_worktrees(inv, [inv.host("lab01")], records=recs)
+    mine = {w.path: w for w in rows}
+    assert not errors and mine[a.worktree].dirty and mine[a.worktree].session == a.session_id
+    # commit in one worktree: clean, one commit ahead of the base
+    git("-c", "user.name=t", "-c", "user.email=t@t.invalid", "add", "-A", cwd=Path(b.worktree))
+    git("-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "agent work", cwd=Path(b.worktree))
+    rows, _ = list_worktrees(inv, [inv.host("lab01")], records=recs)
+    w = next(x for x in rows if x.path == b.worktree)
+    assert not w.dirty and w.ahead == "1"
+
+
+def test_worktree_failure_leaves_no_session(wlab, tmp_path, st):
+    inv = load_inventory(wlab.inventory)
+    plain = Path(wlab.hosts[0].repos_root) / "plain"
+    plain.mkdir(exist_ok=True)  # a directory, not a git repository
+    from fleet.opencode import OpenCodeClient
+    with OpenCodeClient(inv.host("lab01")) as oc:
+        before = {s["id"] for s in oc.list_sessions(all_dirs=True)}
+    r = dx.dispatch(inv, "lab01", args={"task": "t", "repo": "plain"}, settings=st, poll=0.2,
+                    worktree=True).results[0]
+    assert r.outcome == FanoutOutcome.FAILURE and "not a git repository" in r.error and not r.session_id
+    with OpenCodeClient(inv.host("lab01")) as oc:
+        assert {s["id"] for s in oc.list_sessions(all_dirs=True)} == before
+
+
+def test_remove_needs_a_token_refuses_dirty_without_force(wlab, tmp_path, st):
+    inv = load_inventory(wlab.inventory)
+    r = dx.dispatch(inv, "lab01", args={"task": "please [write: dirt.txt]", "repo": "demo"}, settings=st,
+                    poll=0.2, worktree=True).results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS, r.error
+    name = r.branch.split("/", 1)[1]
+    args = {"repo": "demo", "name": name, "force": False, "delete_branch": False}
+    with pytest.raises(ConfirmationRequired) as ei:
+        remove_worktree(inv, "lab01", args=args, settings=st)
+    out = remove_worktree(inv, "lab01", args=args, settings=st, confirm=ei.value.token)
+    assert out[0]["outcome"] == "refused" and "has changes" in out[0]["detail"]
+    assert Path(r.worktree).exists()
+    forced = dict(args, force=True, delete_branch=True)
+    with pytest.raises(ConfirmationRequired) as ei:
+        remove_worktree(inv, "lab01", args=forced, settings=st)
+    out = remove_worktree(inv, "lab01", args=forced, settings=st, confirm=ei.value.token)
+    assert out[0]["outcome"] == "removed" and not Path(r.worktree).exists()
+    demo = Path(wlab.hosts[0].repos_root) / "demo"
+    assert r.branch not in git("branch", "--list", cwd=demo)
+
+
+def test_remove_never_leaves_the_worktrees_dir(wlab, tmp_path, st):
+    """A symlink planted where a worktree would be, pointing at a throwaway victim: refused."""
+    inv = load_inventory(wlab.inventory)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("keep")
+    wt_dir = Path(wlab.hosts[0].repos_root) / ".worktrees" / "demo"
+    wt_dir.mkdir(parents=True, exist_ok=True)
+    (wt_dir / "evil").symlink_to(victim)
+    args = {"repo": "demo", "name": "evil", "force": True, "delete_branch": False}
+    with pytest.raises(ConfirmationRequired) as ei:
+        remove_worktree(inv, "lab01", args=args, settings=st)
+    out = remove_worktree(inv, "lab01", args=args, settings=st, confirm=ei.value.token)
+    assert out[0]["outcome"] == "refused" and (victim / "keep").read_text() == "keep"
+    from fleet.errors import BadInput
+    with pytest.raises(BadInput):
+        remove_worktree(inv, "lab01", args=dict(args, name="../../x"), settings=st)
