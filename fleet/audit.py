@@ -24,7 +24,10 @@ from .slack import (EVENT_TYPE, PERMANENT_ERRORS, RateLimited, SlackPoster, deli
 
 
 def actor() -> str:
-    """``user@hostname`` of whoever runs fleet here."""
+    """The orchestrating machine: ``$FLEET_MACHINE`` if set (e.g. ``wsl`` or ``macmini``), else
+    ``user@hostname`` of whoever runs fleet here."""
+    if os.environ.get("FLEET_MACHINE"):
+        return os.environ["FLEET_MACHINE"]
     try:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001

@@ -161,7 +161,12 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                 if session:
                     oc.get_session(session)
                 else:
-                    s = oc.create_session(f"fleet {did}: {task[:60]}")
+                    from .audit import actor
+                    # fleet's marks on the server itself: any orchestrator can find, abort and
+                    # tear down this session, and continue its Slack thread (local records are a cache)
+                    s = oc.create_session(f"fleet {did}: {task[:60]}", {"fleet": {
+                        "dispatch_id": did, "machine": actor(), "repo": repo, "issue": issue or "",
+                        "worktree": wt.get("path", ""), "branch": wt.get("branch", ""), "directory": directory}})
                     sid = s["id"]
                     created = True
             except BaseException:

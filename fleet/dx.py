@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inventory", help="inventory file (default: $FLEET_INVENTORY or ./inventory.yaml)")
     ap.add_argument("--no-wait", action="store_true", help="send and return")
     ap.add_argument("--mode", help="off | canary | enforced (default: the 'mode' setting)")
+    ap.add_argument("--worktree", action="store_true", help="work in a new git worktree on the host")
     ap.add_argument("--confirm", help="confirmation token printed by a refused gated run")
     a = ap.parse_args(argv)
     want = 2 if a.all else 3
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run = dx.dispatch(inv, sel, args={"task": task, "repo": repo, "session": a.session, "model": None,
                                               "issue": None}, settings=st, audit=trail.gate_event,
-                              mode=a.mode, confirm=a.confirm,
+                              mode=a.mode, confirm=a.confirm, worktree=a.worktree or st.worktree,
                               wait=not a.no_wait, timeout=st.dispatch_timeout, concurrency=st.concurrency,
                               records=records, on_event=ev, audit_trail=trail)
         finally:

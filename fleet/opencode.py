@@ -242,9 +242,12 @@ class OpenCodeClient:
         return self._shape(self.request("GET", "/global/health"),
                            dict, "health", "/global/health")
 
-    def create_session(self, title: str) -> dict[str, Any]:
-        """``POST /session``; returns the Session (with ``id``)."""
-        s = self._shape(self.request("POST", "/session", json={"title": title}), dict, "session", "/session")
+    def create_session(self, title: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /session``; returns the Session (with ``id``). ``metadata`` is kept by the server."""
+        body: dict[str, Any] = {"title": title}
+        if metadata:
+            body["metadata"] = metadata
+        s = self._shape(self.request("POST", "/session", json=body), dict, "session", "/session")
         if not isinstance(s.get("id"), str):
             raise ProtocolError(self.host.name, self.base + "/session", "created session has no id")
         return s

@@ -28,10 +28,19 @@ class SessionRow:
     waiting: str = ""  # the permission it waits on (state needs-input)
     worktree: str = ""  # the git worktree fleet made for it (--worktree), and its branch
     branch: str = ""
+    machine: str = ""  # the orchestrating machine that dispatched it (fleet's marks on the server)
+    dispatch_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         return dict(self.__dict__)
+
+
+def fleet_marks(session: dict[str, Any]) -> dict[str, Any]:
+    """What fleet wrote on a session it created (``metadata.fleet``), or {}."""
+    md = session.get("metadata") if isinstance(session, dict) else None
+    mark = md.get("fleet") if isinstance(md, dict) else None
+    return mark if isinstance(mark, dict) else {}
 
 
 def host_sessions(host: Host, records: SessionRecords | None = None, limit: int = 50,
@@ -55,9 +64,12 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
         created = ((s.get("time") or {}).get("created")) or now
         state = "needs-input" if s["id"] in waiting else st.get("type", "idle")
         rec = recs.get(s["id"]) or {}
+        mark = fleet_marks(s)
         rows.append(SessionRow(host.name, s["id"], str(s.get("title", "")), state,
-                               int((now - created) / 1000), str(s.get("directory", "")), s["id"] in mine,
-                               waiting.get(s["id"], ""), rec.get("worktree", "") or "", rec.get("branch", "") or ""))
+                               int((now - created) / 1000), str(s.get("directory", "")),
+                               s["id"] in mine or bool(mark), waiting.get(s["id"], ""),
+                               rec.get("worktree") or mark.get("worktree", ""), rec.get("branch") or mark.get("branch", ""),
+                               mark.get("machine", ""), rec.get("dispatch_id") or mark.get("dispatch_id", "")))
     return rows
 
 
@@ -75,10 +87,11 @@ def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = 
         raise BadInput("say which session: --session ID, or --all-sessions for every busy one")
     done: list[str] = []
     stuck: list[str] = []
+    marks: dict[str, dict[str, Any]] = {}
     with client_factory(host, None) as oc:
         if session:
             try:
-                oc.get_session(session)
+                marks[session] = fleet_marks(oc.get_session(session))
             except OpenCodeError as exc:
                 if getattr(exc, "kind", "") != "not_found":
                     raise
@@ -87,8 +100,10 @@ def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = 
                                + (f"; its sessions: {', '.join(have)}" if have else "")) from None
             targets = [session]
         else:
-            targets = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)
-                       if r.state in ("busy", "retry")]
+            rows = [r for r in host_sessions(host, records, client_factory=client_factory)
+                    if r.state in ("busy", "retry", "needs-input")]
+            targets = [r.session_id for r in rows]
+            marks = {r.session_id: {"dispatch_id": r.dispatch_id} for r in rows}
         for sid in targets:
             oc.abort(sid)
             end = time.monotonic() + settle
@@ -96,7 +111,7 @@ def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = 
                 time.sleep(0.2)
             still = (oc.status().get(sid) or {}).get("type", "idle") != "idle"
             rec = records.find(host.name, sid) if records else None
-            did = (rec or {}).get("dispatch_id") or new_dispatch_id()
+            did = (rec or {}).get("dispatch_id") or marks.get(sid, {}).get("dispatch_id") or new_dispatch_id()
             if audit is not None:
                 audit.record(operation="aborted" if not still else "abort_failed", host=host.name,
                              outcome="aborted" if not still else "still_busy", dispatch_id=did,
@@ -117,14 +132,22 @@ def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = 
 
 
 def find_session_host(hosts: list[Host], records: SessionRecords | None, session: str) -> Host | None:
-    """The host fleet's records say ``session`` runs on, if any."""
-    if records is None:
-        return None
-    for rec in records.all():
+    """The host ``session`` runs on: from this machine's records, else by asking each server
+    (another orchestrator may have dispatched it)."""
+    for rec in (records.all() if records is not None else []):
         if rec.get("session_id") == session:
             for h in hosts:
                 if h.name == rec.get("host"):
                     return h
+    for h in hosts:
+        if h.opencode is None:
+            continue
+        try:
+            with OpenCodeClient(h, None, timeout=5.0, connect_attempts=1) as oc:
+                oc.get_session(session)
+                return h
+        except FleetError:
+            continue
     return None
 
 
@@ -160,8 +183,11 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
     deleted = []
     gone = set()
     with client_factory(host, None) as oc:
-        for rec in records.for_host(host.name):
-            sid = rec["session_id"]
+        # fleet's sessions: those its marks on the server say (from any orchestrator), and the
+        # ones this machine's records know
+        ids = [s["id"] for s in oc.list_sessions(all_dirs=True) if fleet_marks(s)]
+        ids += [r["session_id"] for r in records.for_host(host.name) if r["session_id"] not in ids]
+        for sid in ids:
             try:
                 oc.delete_session(sid)
                 deleted.append(sid)

@@ -46,26 +46,38 @@ class SlackPoster:
                                                                   "dispatch_id": e.get("dispatch_id", "")}})
         return str(resp["ts"])
 
-    def find(self, e: dict[str, Any], thread_ts: str | None) -> str | None:
-        """The ts of an already-posted message for ``e`` (by metadata event_id), if any."""
-        oldest = str(max(0.0, float(e.get("epoch", 0) or 0) - 300))
+    def _messages(self, method: Callable[..., Any], **kw: Any):
+        """Every message a history call returns, page after page (at most MAX_FIND_PAGES)."""
         cursor = None
-        for _ in range(MAX_FIND_PAGES):  # every page back to the event's time, not only the first
-            kw: dict[str, Any] = {"channel": self.channel, "include_all_metadata": True, "limit": 200}
+        for _ in range(MAX_FIND_PAGES):
+            args = dict(kw, channel=self.channel, include_all_metadata=True, limit=200)
             if cursor:
-                kw["cursor"] = cursor
-            if thread_ts:
-                resp = self.client.conversations_replies(ts=thread_ts, **kw)
-            else:
-                resp = self.client.conversations_history(oldest=oldest, **kw)
-            for m in resp.get("messages") or []:
-                md = (m.get("metadata") or {}).get("event_payload") or {}
-                if md.get("event_id") == e["id"]:
-                    return str(m.get("ts"))
+                args["cursor"] = cursor
+            resp = method(**args)
+            yield from resp.get("messages") or []
             cursor = ((resp.get("response_metadata") or {}).get("next_cursor") or "") if resp.get("has_more", True) else ""
             if not cursor:
-                return None
+                return
+
+    def find(self, e: dict[str, Any], thread_ts: str | None) -> str | None:
+        """The ts of an already-posted message for ``e`` (by metadata event_id), paging back to its time."""
+        msgs = (self._messages(self.client.conversations_replies, ts=thread_ts) if thread_ts else
+                self._messages(self.client.conversations_history,
+                               oldest=str(max(0.0, float(e.get("epoch", 0) or 0) - 300))))
+        for m in msgs:
+            if ((m.get("metadata") or {}).get("event_payload") or {}).get("event_id") == e["id"]:
+                return str(m.get("ts"))
         return None
+
+    def find_thread(self, dispatch_id: str) -> str | None:
+        """The ts of the thread root of ``dispatch_id`` in the channel (its earliest root message), if any."""
+        found = None
+        for m in self._messages(self.client.conversations_history):
+            md = (m.get("metadata") or {}).get("event_payload") or {}
+            root = not m.get("thread_ts") or m.get("thread_ts") == m.get("ts")
+            if md.get("dispatch_id") == dispatch_id and root and (found is None or float(m["ts"]) < float(found)):
+                found = str(m["ts"])
+        return found
 
 
 MAX_FIND_PAGES = 50
@@ -97,6 +109,7 @@ def deliver(journal: Journal, poster: SlackPoster, event_ids: set[str] | None = 
 
     sent = 0
     gave_up: list[str] = []
+    threads: dict[str, str] = {}
     with journal.lock():
         st = journal.load()
         for e in st.pending(include_failed=retry_failed):
@@ -107,6 +120,12 @@ def deliver(journal: Journal, poster: SlackPoster, event_ids: set[str] | None = 
             if deadline is not None and time.monotonic() > deadline:
                 return sent, "out of time"
             thread = st.thread_ts(e["dispatch_id"]) if e.get("dispatch_id") else None
+            if thread is None and e.get("dispatch_id") and e["operation"] != "dispatch_requested":
+                # a dispatch this machine did not start (another orchestrator's): continue its
+                # thread, found in the channel by the dispatch id in fleet's message metadata
+                thread = threads.get(e["dispatch_id"]) or poster.find_thread(e["dispatch_id"])
+                if thread:
+                    threads[e["dispatch_id"]] = thread
             while True:
                 try:
                     ts = None

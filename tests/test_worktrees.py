@@ -111,3 +111,46 @@ def test_remove_never_leaves_the_worktrees_dir(wlab, tmp_path, st):
     from fleet.errors import BadInput
     with pytest.raises(BadInput):
         remove_worktree(inv, "lab01", args=dict(args, name="../../x"), settings=st)
+
+
+def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab, tmp_path, monkeypatch):
+    """Two HOMEs as two machines: B has no records of A's dispatch, and works from the server's marks;
+    B's abort is posted in A's Slack thread."""
+    from fleet.audit import AuditTrail
+    from fleet.inventory import load_inventory_text
+    from fleet.journal import Journal
+    from fleet.sessions import abort_sessions, find_session_host, host_sessions, teardown
+    from stand_ins import FakeSlack
+
+    slack = FakeSlack()
+    try:
+        text = f"slack: {{channel: C0AUDIT, base_url: '{slack.url}/api/'}}\n" + wlab.inventory.read_text()
+        inv = load_inventory_text(text, str(wlab.inventory))
+        a_home, b_home = tmp_path / "a", tmp_path / "b"
+        monkeypatch.setenv("FLEET_MACHINE", "machine-a")
+        a_trail = AuditTrail(a_home / "journal.jsonl", inv.slack, "xoxb-t")
+        a = dx.dispatch(inv, "lab01", args={"task": "please [slow] long job", "repo": "demo"},
+                        settings=Settings(token_dir=str(a_home / "tok"), journal=str(a_home / "journal.jsonl")),
+                        records=dx.SessionRecords(a_home / "sessions.jsonl"), wait=False, worktree=True,
+                        audit_trail=a_trail).results[0]
+        assert a.outcome == FanoutOutcome.SUCCESS and a_trail.close(timeout=5)
+        a_root = Journal(a_home / "journal.jsonl").load().thread_ts(
+            next(e for e in Journal(a_home / "journal.jsonl").load().events if e["operation"] == "dispatch_requested")
+            ["dispatch_id"])
+        monkeypatch.setenv("FLEET_MACHINE", "machine-b")
+        b_recs = dx.SessionRecords(b_home / "sessions.jsonl")  # empty: B never saw the dispatch
+        row = next(r for r in host_sessions(inv.host("lab01"), b_recs) if r.session_id == a.session_id)
+        assert row.fleet and row.machine == "machine-a" and row.branch == a.branch and row.worktree == a.worktree
+        assert find_session_host(list(inv.hosts), b_recs, a.session_id).name == "lab01"
+        b_trail = AuditTrail(b_home / "journal.jsonl", inv.slack, "xoxb-t")
+        assert abort_sessions(inv.host("lab01"), a.session_id, records=b_recs, audit=b_trail) == [a.session_id]
+        assert b_trail.close(timeout=5)
+        aborted = [p for p in slack.posts if "aborted" in (p["text"] or "")]
+        assert aborted and aborted[-1]["thread_ts"] == a_root  # B's abort lands in A's thread
+        b_st = Settings(token_dir=str(b_home / "tok"), journal=str(b_home / "journal.jsonl"))
+        with pytest.raises(ConfirmationRequired) as ei:
+            teardown(inv, "lab01", args={}, settings=b_st, records=b_recs)
+        out = teardown(inv, "lab01", args={}, settings=b_st, records=b_recs, confirm=ei.value.token)
+        assert a.session_id in out[0]["deleted"]
+    finally:
+        slack.close()
