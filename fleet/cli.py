@@ -450,6 +450,16 @@ def worktrees_remove(c, repo, name, hosts=None, all_=False, force=False, delete_
         raise Exit(code=1)
 
 
+# ------------------------------------------------------------------------ mcp
+
+@fleet_task(help={"inventory": "Inventory file (default: $FLEET_INVENTORY or the 'inventory' setting)."})
+def mcp(c, inventory=None):
+    """Serve fleet to an orchestrator agent over MCP (stdio); gated plans are confirmed by the person."""
+    from fleet.mcp_server import serve
+
+    serve(inventory)
+
+
 # ------------------------------------------------------------------------ audit helpers
 
 def _say_audit(trail) -> None:
@@ -811,7 +821,7 @@ def audit_show(c, dispatch_id, json_=False):
 
 ns = Collection()
 for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, sessions, watch, listen, status,
-           teardown):
+           teardown, mcp):
     ns.add_task(_t)
 for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
                       ("lab", {"up": lab_up, "down": lab_down}),

@@ -107,7 +107,10 @@ def _plain(v: Any) -> Any:
         return [_plain(x) for x in v]
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
-    return v
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    # a helper object (records, a Beads client, a trail): what kind it is, never its address
+    return f"<{type(v).__name__}>"
 
 
 def make_plan(inv: Inventory, operation: str, selector: str, mode: str, args: dict[str, Any],

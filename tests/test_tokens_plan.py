@@ -94,3 +94,20 @@ def test_cli_token_list_and_revoke_by_id(tmp_path):
     r = inv_cmd("token.revoke", rid)
     assert r.returncode == 0, r.stderr
     assert "revoked" in r.stdout
+
+
+def test_cli_teardown_token_confirms_across_processes(tmp_path):
+    """Each CLI run is a new process: the plan's digest must not depend on object addresses."""
+    from stand_ins import FakeOpenCode
+    s = FakeOpenCode()
+    try:
+        inv = tmp_path / "inv.yaml"
+        inv.write_text(f"hosts:\n  h: {{opencode: '{s.url}', repos: {{root: /srv/r}}}}\n")
+        p = inv_cmd("teardown", "--inventory", str(inv), "--hosts", "h")
+        assert p.returncode == 3
+        import re
+        tok = re.search(r"--confirm (\S+)", p.stderr).group(1)
+        q = inv_cmd("teardown", "--inventory", str(inv), "--hosts", "h", "--confirm", tok)
+        assert q.returncode == 0, q.stderr
+    finally:
+        s.close()

@@ -1,0 +1,133 @@
+"""`fleet mcp` driven by the MCP SDK's own client over stdio: a real MCP session, no mocks."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
+
+from fleet.lab import lab_down, lab_up
+
+FLEET = str(Path(sys.executable).parent / "fleet")
+TOKEN_RE = re.compile(r"\b[a-z2-7]{4}(?:-[a-z2-7]{4}){5}\b")
+
+
+@pytest.fixture(scope="module")
+def mlab(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mcplab")
+    lab = lab_up(2, d, agents=1)
+    yield lab
+    lab_down(d)
+
+
+def call(inventory: Path, steps, elicit=None, cwd: Path | None = None):
+    """Open a session to `fleet mcp`, run ``steps(session)`` (async), return its result."""
+    async def main():
+        params = StdioServerParameters(command=FLEET, args=["mcp", "--inventory", str(inventory)],
+                                       env=dict(os.environ), cwd=str(cwd) if cwd else None)
+        async with stdio_client(params) as (r, w):
+            async with ClientSession(r, w, elicitation_callback=elicit,
+                                     client_info=types.Implementation(name="test-client", version="1")) as s:
+                await s.initialize()
+                return await steps(s)
+    return anyio.run(main)
+
+
+def data(result: types.CallToolResult) -> dict:
+    assert not result.isError, result.content
+    if result.structuredContent is not None:
+        return result.structuredContent.get("result", result.structuredContent)
+    return json.loads(result.content[0].text)
+
+
+def journal() -> list[dict]:
+    p = Path(os.environ["INVOKE_FLEET_JOURNAL"])
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+
+def test_tools_preflight_fanout_and_the_journal_names_the_client(mlab, tmp_path):
+    async def steps(s):
+        tools = {t.name for t in (await s.list_tools()).tools}
+        pre = data(await s.call_tool("preflight", {"selector": "all"}))
+        seen = []
+
+        async def progress(p, total, message):
+            seen.append((p, total, message))
+        fan = data(await s.call_tool("fanout", {"command": "echo hi-$((40+2))", "selector": "all",
+                                                 "no_canary": True}, progress_callback=progress))
+        return tools, pre, fan, seen
+    tools, pre, fan, seen = call(mlab.inventory, steps, cwd=tmp_path)
+    assert {"hosts", "preflight", "fanout", "dispatch", "sessions", "status", "abort", "approve", "deny",
+            "teardown", "audit_tail"} <= tools
+    assert pre["ok"] is True
+    assert [r["outcome"] for r in fan["results"]] == ["SUCCESS", "SUCCESS"]
+    assert all(r["stdout"] == "hi-42\n" for r in fan["results"])
+    assert len(seen) == 2 and seen[-1][0] == 2  # one progress step per host
+    calls = [e for e in journal() if e["operation"] == "mcp_call"]
+    assert {e["detail"]["tool"] for e in calls} >= {"preflight", "fanout"}
+    assert all(e["detail"]["client"] == "test-client/1" for e in calls)
+
+
+def test_errors_are_one_line_tool_errors(mlab, tmp_path):
+    async def steps(s):
+        return await s.call_tool("fanout", {"command": "true", "selector": "nosuchhost"})
+    res = call(mlab.inventory, steps, cwd=tmp_path)
+    assert res.isError and "unknown host 'nosuchhost'" in res.content[0].text
+    assert "Traceback" not in res.content[0].text
+
+
+def _gated(mlab, tmp_path, elicit):
+    async def steps(s):
+        return await s.call_tool("teardown", {"selector": "lab01"})
+    return call(mlab.inventory, steps, elicit=elicit, cwd=tmp_path)
+
+
+def test_gated_tool_runs_once_when_the_person_accepts(mlab, tmp_path):
+    asked = []
+
+    async def accept(ctx, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"confirm": True})
+    res = _gated(mlab, tmp_path, accept)
+    out = data(res)
+    assert out["teardown"][0]["host"] == "lab01"
+    assert len(asked) == 1 and "operation: teardown" in asked[0] and "lab01" in asked[0]
+    assert not TOKEN_RE.search(json.dumps(out))  # the token never reaches the model
+    used = [e for e in journal() if e["operation"] == "token_used"]
+    assert len(used) == 1
+
+
+def test_gated_tool_declined_does_nothing(mlab, tmp_path):
+    async def decline(ctx, params):
+        return types.ElicitResult(action="decline")
+    res = _gated(mlab, tmp_path, decline)
+    assert res.isError and "declined" in res.content[0].text
+    assert not [e for e in journal() if e["operation"] in ("token_used", "gated_action_run")]
+
+
+def test_client_without_elicitation_gets_the_plan_not_the_token(mlab, tmp_path):
+    res = _gated(mlab, tmp_path, None)
+    text = res.content[0].text
+    assert res.isError and "operation: teardown" in text and "fleet command" in text
+    assert not TOKEN_RE.search(text)
+
+
+def test_dispatch_follows_progress_to_the_end(mlab, tmp_path):
+    async def steps(s):
+        seen = []
+
+        async def progress(p, total, message):
+            seen.append(message)
+        out = data(await s.call_tool("dispatch", {"repo": "demo", "task": "say hi", "selector": "lab01"},
+                                     progress_callback=progress))
+        return out, seen
+    out, seen = call(mlab.inventory, steps, cwd=tmp_path)
+    r = out["results"][0]
+    assert r["outcome"] == "SUCCESS" and r["answer"] == "DONE: say hi"
+    assert any("session ses" in m for m in seen) and any(m and "busy" in m for m in seen)
