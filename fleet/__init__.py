@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 _EXPORTS: dict[str, str] = {
+    "Fleet": "api", "ConnectionPool": "connpool",
     # errors and exit statuses
     "BadInput": "errors", "FleetError": "errors", "InventoryError": "errors", "Refused": "errors",
     "SelectorError": "errors", "EXIT_BAD_INPUT": "errors", "EXIT_HOST_FAILED": "errors",

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
@@ -27,7 +27,7 @@ from .kvlog import KVLog
 from .pool import run_bounded
 from .preflight import config_for, run_preflight_checks
 from .results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
-from .ssh import (Aborted, HostKeyStore, KeyCache, NonZeroExit, SSHFailure,
+from .ssh import (Aborted, ConnectFailed, HostKeyStore, KeyCache, NonZeroExit, SSHFailure,
                   SSHSession)
 from .sshconfig import Hop, resolve_host
 from .errors import NotRun  # noqa: F401 - re-exported where they were defined
@@ -121,7 +121,7 @@ class FanoutRunner:
 
     def __init__(self, inventory: Inventory, command: str, options: FanoutOptions | None = None,
                  on_output: OutputHook | None = None, on_result: ResultHook | None = None,
-                 log_stream=None, mode: str = "", run_id: str | None = None) -> None:
+                 log_stream=None, mode: str = "", run_id: str | None = None, pool: Any = None) -> None:
         # paramiko logs handshake failures with tracebacks; fleet reports each failure itself, once.
         logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.inventory = inventory
@@ -143,6 +143,7 @@ class FanoutRunner:
         self.ssh_config = config_for(inventory, self.options.ssh_config)
         self._targets: dict[str, Hop] = {}
         self.gate: CanaryGate | None = None
+        self.pool = pool  # warm connections kept across runs (a long-lived caller's), or None
         self.dir: Path | None = None
         self._logfile = None
         if self.options.artifacts_dir:
@@ -267,7 +268,11 @@ class FanoutRunner:
         user = target.user if target is not None else host.user
         pf = None
         kept: list = []  # preflight's TCP connection, reused by the first attempt
-        if opts.preflight:
+        # a warm connection kept from an earlier command (long-lived callers): it shows the host is
+        # reachable, so preflight is skipped for it
+        warm = [self.pool.take(host, target)] if self.pool is not None and target is not None else []
+        warm = [w for w in warm if w is not None]
+        if opts.preflight and not warm:
             pf = self._preflight(host, target, kept if target is not None else None)
             if not pf.ok:
                 for sock in kept:
@@ -314,23 +319,45 @@ class FanoutRunner:
                     if self.abort.is_set():
                         raise Aborted(host.name, "interrupted before this attempt started")
                     attempts += 1
-                    sess = SSHSession(host, target, self.store, self.keys, opts.connect_timeout, address,
-                                      sock=kept.pop() if kept else None)
+                    reused = bool(warm)
+                    sess = warm.pop() if warm else SSHSession(host, target, self.store, self.keys,
+                                                              opts.connect_timeout, address,
+                                                              sock=kept.pop() if kept else None)
                     with self._lock:
                         self._sessions.add(sess)
+                    keep = False
                     try:
-                        sess.connect()
+                        if not reused:
+                            self._dial(sess)
                         if self.gate is not None:
                             self.gate.wait_turn(host.name)
-                        res = sess.run(cmd, opts.command_timeout or None, self.abort, self._emit(host.name),
-                                       prefix)
+                        try:
+                            res = sess.run(cmd, opts.command_timeout or None, self.abort, self._emit(host.name),
+                                           prefix)
+                        except ConnectFailed:
+                            if not reused:
+                                raise
+                            # the kept connection died since: dial again, once, before the command starts
+                            sess.close()
+                            with self._lock:
+                                self._sessions.discard(sess)
+                            sess = SSHSession(host, target, self.store, self.keys, opts.connect_timeout, address)
+                            with self._lock:
+                                self._sessions.add(sess)
+                            self._dial(sess)
+                            res = sess.run(cmd, opts.command_timeout or None, self.abort, self._emit(host.name),
+                                           prefix)
                         if opts.collect:
                             last.update(collected=self._collect(sess, host))
+                        keep = self.pool is not None  # the connection is sound, whatever the exit code
                         if res.exit_code != 0:
                             raise NonZeroExit(host.name, res.exit_code, res.stdout, res.stderr, res.signal)
                         last.update(res=res)
                     finally:
-                        sess.close()
+                        if keep and not self.abort.is_set():
+                            self.pool.give(sess)
+                        else:
+                            sess.close()
                         with self._lock:
                             self._sessions.discard(sess)
         except NonZeroExit as exc:
@@ -353,6 +380,11 @@ class FanoutRunner:
         res = last["res"]
         return self._finish(FanoutResult(host.name, FanoutOutcome.SUCCESS, cmd, user, 0, res.stdout,
                                          res.stderr, attempts, _ms(t0), "", "", pf, last.get("collected", ())))
+
+    def _dial(self, sess: SSHSession) -> None:
+        sess.connect()
+        if self.pool is not None:
+            self.pool.dials += 1
 
     def _collect(self, sess: SSHSession, host: Host) -> tuple[str, ...]:
         """Fetch the --collect files. A failure is logged and reported, never retried."""

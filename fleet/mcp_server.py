@@ -126,6 +126,8 @@ async def _run(ctx: Context, tool: str, fn: Callable[[], Any], inv: Any = None) 
 def build_server(inventory: str | None = None) -> FastMCP:
     """The MCP server with fleet's tools (``inventory``: path, else $FLEET_INVENTORY or the setting)."""
     logging.getLogger("paramiko").setLevel(logging.WARNING)  # stderr is the client's log: keep it quiet
+    from .connpool import ConnectionPool
+    pool = ConnectionPool(idle=_settings().warm_idle)  # warm connections across calls of this session
     server = FastMCP("fleet", instructions="Drive a fleet of machines that run OpenCode agents: preflight, "
                      "fanout, dispatch, sessions, abort, approvals. Gated operations are confirmed by the person.")
 
@@ -175,7 +177,7 @@ def build_server(inventory: str | None = None) -> FastMCP:
         def go(confirm: str | None = None) -> dict:
             return ops.fanout(inv, selector, args={"command": command}, mode=mode, canary=canary,
                               no_canary=no_canary, settings=st, options=opts, on_result=step,
-                              confirm=confirm).to_dict()
+                              confirm=confirm, pool=pool).to_dict()
         return await _run(ctx, "fanout", go, inv)
 
     @server.tool()
@@ -288,6 +290,7 @@ def build_server(inventory: str | None = None) -> FastMCP:
         return await _run(ctx, "audit_tail", lambda: {"events": j.events[-max(1, lines):],
                                                       "pending": len(j.pending())}, _inventory(inventory))
 
+    server.fleet_pool = pool  # type: ignore[attr-defined]
     return server
 
 

@@ -15,8 +15,9 @@ from .results import FanoutOutcome, FanoutRun
 
 def _run_plan(plan: Plan, command: Any, label: str, options: FanoutOptions | None,
               on_output: OutputHook | None, on_result: ResultHook | None, log_stream: Any,
-              batch: str | None, max_fail: str | float | None) -> FanoutRun:
-    runner = FanoutRunner(plan.inventory, label, options, on_output, on_result, log_stream, mode=plan.mode)
+              batch: str | None, max_fail: str | float | None, pool: Any = None) -> FanoutRun:
+    runner = FanoutRunner(plan.inventory, label, options, on_output, on_result, log_stream, mode=plan.mode,
+                          pool=pool)
     runner.run.notes.extend(plan.notes)
     try:
         if plan.local:
@@ -87,10 +88,11 @@ def _validate_fanout_flags(kw: dict[str, Any]) -> None:
 @guarded("fanout", validate=_validate_fanout_flags)
 def fanout(plan: Plan, *, options: FanoutOptions | None = None, on_output: OutputHook | None = None,
            on_result: ResultHook | None = None, log_stream: Any = None, batch: str | None = None,
-           max_fail: str | float | None = None) -> FanoutRun:
-    """Run ``args['command']`` on the selected hosts under the mode (canary first, batches)."""
+           max_fail: str | float | None = None, pool: Any = None) -> FanoutRun:
+    """Run ``args['command']`` on the selected hosts under the mode (canary first, batches).
+    ``pool``: a :class:`~fleet.connpool.ConnectionPool` of warm connections to use and refill."""
     cmd = plan.args["command"]
-    return _run_plan(plan, cmd, cmd, options, on_output, on_result, log_stream, batch, max_fail)
+    return _run_plan(plan, cmd, cmd, options, on_output, on_result, log_stream, batch, max_fail, pool)
 
 
 # Top-level system directories: never a repos root, and nothing under them is one either.

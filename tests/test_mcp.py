@@ -131,3 +131,49 @@ def test_dispatch_follows_progress_to_the_end(mlab, tmp_path):
     r = out["results"][0]
     assert r["outcome"] == "SUCCESS" and r["answer"] == "DONE: say hi"
     assert any("session ses" in m for m in seen) and any(m and "busy" in m for m in seen)
+
+
+def accepted(lab) -> int:
+    return sum(p.read_text().count("Accepted publickey") for p in Path(lab.dir).glob("sshd/*/sshd.log"))
+
+
+def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly(mlab, tmp_path):
+    import signal
+    import subprocess
+    import time as _t
+
+    counts = []
+
+    async def steps(s):
+        counts.append(accepted(mlab))
+        first = data(await s.call_tool("fanout", {"command": "echo one", "selector": "all", "no_canary": True}))
+        _t.sleep(0.5)
+        counts.append(accepted(mlab))
+        second = data(await s.call_tool("fanout", {"command": "echo two", "selector": "all", "no_canary": True}))
+        _t.sleep(0.5)
+        counts.append(accepted(mlab))
+        # kill the hosts' sshd and its per-connection children: the kept connections die
+        pid = mlab.sshd_pids[0]
+        subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+        os.kill(pid, signal.SIGKILL)
+        _t.sleep(0.5)
+        third = await s.call_tool("fanout", {"command": "echo three", "selector": "all", "no_canary": True})
+        return first, second, third
+    first, second, third = call(mlab.inventory, steps, cwd=tmp_path)
+    assert [r["outcome"] for r in first["results"]] == ["SUCCESS", "SUCCESS"]
+    assert [r["stdout"] for r in second["results"]] == ["two\n", "two\n"]
+    assert counts[1] - counts[0] == 2 and counts[2] == counts[1]  # the second run: no handshake at all
+    out = data(third)  # the dead kept connections are dropped, the hosts dialled again: a clean failure
+    assert all(r["outcome"] in ("FAILURE", "PREFLIGHT_FAILED") for r in out["results"])
+    assert all("refused" in r["error"] for r in out["results"])
+
+
+def test_python_fleet_object_keeps_connections(lab, tmp_path):
+    from fleet import Fleet
+    from test_modes import opts, settings
+
+    with Fleet(str(lab.inventory), settings=settings(tmp_path)) as f:
+        a = f.fanout("lab01,lab02", "true", no_canary=True, options=opts(tmp_path))
+        b = f.fanout("lab01,lab02", "true", no_canary=True, options=opts(tmp_path))
+        assert a.exit_code == b.exit_code == 0
+        assert f.pool.dials == 2 and f.pool.reused == 2
