@@ -223,6 +223,24 @@ def _fanout_options(c, concurrency, connect_timeout, timeout, attempts, retry_de
         artifacts_keep=st.artifacts_keep).validate()
 
 
+def _ssh_options(c):
+    """The SSH engine's options from the settings, one attempt: for SSH work that is not a fanout
+    (worktrees, preflight --deep, dispatch's worktree)."""
+    return _fanout_options(c, None, None, None, 1, 0, False, False, None, False, None)
+
+
+def _rows_out(json_: bool, key: str, rows, text: str, errors: list[str]) -> None:
+    """A list result: one JSON document, or the table and the errors on stderr; exit 1 on errors."""
+    if json_:
+        _emit({key: [r.to_dict() for r in rows], "errors": errors})
+    else:
+        print(text)
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+    if errors:
+        raise Exit(code=1)
+
+
 def _render_run(run, json_: bool, gather: bool, stream: bool, quiet: bool = False, diff: bool = False) -> None:
     from fleet.render import Colors, diffed, fanout_table, gathered, stderr_tails
 
@@ -408,16 +426,9 @@ def worktrees_list(c, hosts=None, all_=False, inventory=None, json_=False):
     from fleet.worktrees import list_worktrees
 
     inv = _inventory(c, inventory)
-    opts = _fanout_options(c, None, None, None, 1, 0, False, False, None, False, None)
+    opts = _ssh_options(c)
     rows, errors = list_worktrees(inv, select(inv, _selector(hosts, all_)), opts, _records(c))
-    if json_:
-        _emit({"worktrees": [r.to_dict() for r in rows], "errors": errors})
-    else:
-        print(worktrees_table(rows))
-        for e in errors:
-            print(f"error: {e}", file=sys.stderr)
-    if errors:
-        raise Exit(code=1)
+    _rows_out(json_, "worktrees", rows, worktrees_table(rows), errors)
 
 
 @fleet_task(help={"hosts": HOSTS_HELP, "all": "Every host.", "repo": "The repo the worktree belongs to.",
@@ -438,7 +449,7 @@ def worktrees_remove(c, repo, name, hosts=None, all_=False, force=False, delete_
                               args={"repo": repo, "name": name, "force": bool(force),
                                     "delete_branch": bool(delete_branch)},
                               mode=mode, confirm=confirm, settings=st, trail=trail,
-                              options=_fanout_options(c, None, None, None, 1, 0, False, False, None, False, None))
+                              options=_ssh_options(c))
     finally:
         trail.close()
     if json_:
@@ -542,7 +553,7 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
                           timeout=_num("--timeout", timeout, st.dispatch_timeout, positive=True), concurrency=st.concurrency,
                           records=_records(c), on_event=live, beads=beads, audit_trail=trail,
                           on_permission=on_permission, worktree=bool(worktree or st.worktree), base=base,
-                          ssh_options=_fanout_options(c, None, None, None, 1, 0, False, False, None, False, None))
+                          ssh_options=_ssh_options(c))
     finally:
         trail.close()
     if json_:
@@ -634,14 +645,7 @@ def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
 
     inv = _inventory(c, inventory)
     rows, errors = sessions_many(select(inv, _selector(hosts, all_)), _records(c))
-    if json_:
-        _emit({"sessions": [r.to_dict() for r in rows], "errors": errors})
-    else:
-        print(sessions_table(rows))
-        for e in errors:
-            print(f"error: {e}", file=sys.stderr)
-    if errors:
-        raise Exit(code=1)
+    _rows_out(json_, "sessions", rows, sessions_table(rows), errors)
 
 
 @fleet_task(help={"hosts": HOSTS_HELP + " Default: hosts with an OpenCode server.", "all": "Every host.",
