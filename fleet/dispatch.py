@@ -113,7 +113,8 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                   issue: str | None = None, dispatch_id: str | None = None,
                   stop: Callable[[], bool] | None = None, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
                   poll: float = 0.5, on_permission: str = "ask", events: bool = True, worktree: bool = False,
-                  base: str | None = None, inventory: Any = None, ssh_options: Any = None) -> DispatchResult:
+                  base: str | None = None, inventory: Any = None, ssh_options: Any = None,
+                  stall_timeout: float | None = None) -> DispatchResult:
     """Dispatch ``task`` to one host's agent. Never raises for the host's own failures.
 
     ``on_permission``: what to do when the agent asks for a permission: ``ask`` (report
@@ -211,8 +212,15 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                     au("permission_answered", host.name, reply, session_id=sid, request=what, by="policy")
                 return reply
             try:
-                ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=lambda s: ev("status", s), stop=stop,
-                                   on_input=on_input, waker=waker)
+                stuck_said: list[bool] = []
+
+                def on_status(state: str) -> None:
+                    ev("status", state)
+                    if state.startswith("stuck") and not stuck_said:
+                        stuck_said.append(True)
+                        au("stuck", host.name, "stuck", session_id=sid, state=state)
+                ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=on_status, stop=stop,
+                                   on_input=on_input, waker=waker, stall=stall_timeout)
             finally:
                 if waker is not None and getattr(waker, "stream", None) is not None:
                     waker.stream.close()
@@ -341,7 +349,7 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
              beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask",
              events: bool = True, worktree: bool = False, base: str | None = None,
-             ssh_options: Any = None) -> DispatchRun:
+             ssh_options: Any = None, stall_timeout: float | None = None) -> DispatchRun:
     """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
     a = plan.args
     did = dispatch_id or new_dispatch_id()
@@ -357,7 +365,9 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
                              audit=audit_trail, beads=beads, issue=a.get("issue"), dispatch_id=did,
                              stop=stop.is_set, client_factory=client_factory, poll=poll,
                              on_permission=on_permission, events=events, worktree=worktree, base=base,
-                             inventory=plan.inventory, ssh_options=ssh_options)
+                             inventory=plan.inventory, ssh_options=ssh_options,
+                             stall_timeout=stall_timeout if stall_timeout is not None else
+                             getattr(plan.settings, "stall_timeout", None))
 
     hosts = list(plan.hosts)
     results: dict[str, DispatchResult] = {}

@@ -331,7 +331,7 @@ class OpenCodeClient:
                   on_status: Callable[[str], None] | None = None,
                   stop: Callable[[], bool] | None = None, start_grace: float = 60.0,
                   on_input: Callable[[dict[str, Any]], str | None] | None = None,
-                  waker: Any = None) -> Answer | None:
+                  waker: Any = None, stall: float | None = None) -> Answer | None:
         """Poll until the run that started after message index ``after`` ends; None on timeout.
 
         The status map drops idle sessions, and a run may not be marked busy yet right after
@@ -353,6 +353,11 @@ class OpenCodeClient:
                 state = f"retry (attempt {st.get('attempt')}: {st.get('message', '')})"
             if state != "idle" and waker is not None and getattr(waker, "step", ""):
                 state = f"busy: {waker.step}" if state == "busy" else state
+            quiet = time.monotonic() - getattr(waker, "last_event", time.monotonic()) if waker is not None else 0.0
+            if stall and state.startswith("busy") and quiet > stall and getattr(waker, "stream", None) is not None \
+                    and waker.stream.connected.is_set():
+                # busy, the stream is up, and the server has said nothing about it for a while
+                state = f"stuck (no event for {quiet:.0f}s{'; ' + waker.step if waker.step else ''})"
             if state != "idle":
                 started = True
                 # a pending permission is "needs-input": say so at once, let the policy answer it

@@ -92,10 +92,15 @@ class Watcher:
         for s in self.streams:
             s.close()
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The board, host by host, newest change first."""
+    def rows(self, stall: float | None = None) -> list[dict[str, Any]]:
+        """The board, host by host, newest change first; busy with no event for ``stall`` s is stuck."""
+        now = time.time()
         with self.lock:
-            return sorted((dict(r) for r in self.board.values()), key=lambda r: (r["host"], -r.get("updated", 0)))
+            rows = [dict(r) for r in self.board.values()]
+        for r in rows:
+            if stall and r["state"] == "busy" and now - r.get("updated", now) > stall:
+                r["state"] = "stuck"
+        return sorted(rows, key=lambda r: (r["host"], -r.get("updated", 0)))
 
 
 __all__ = ["Watcher"]

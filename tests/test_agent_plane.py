@@ -3,6 +3,7 @@ model asks for them): needs-input from a real permission request, approve / deny
 a missing repo found fast, abort that tells the truth, and what the agent changed."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -241,3 +242,15 @@ def test_slack_stop_from_an_allowed_user_aborts_and_others_are_refused(agents, t
         assert ("slack_stop", "U0ALLOWED") in ops and ("listen_refused", "U0OTHER") in ops
     finally:
         slack.close()
+
+
+def test_busy_with_no_event_shows_stuck_then_finishes(agents, tmp_path, st):
+    inv = load_inventory(agents.inventory)
+    events: list = []
+    r = dx.dispatch(inv, "lab01", args={"task": "please [bash: sleep 5; echo woke]", "repo": "demo"},
+                    settings=st, records=records(tmp_path), poll=0.2, stall_timeout=1.5,
+                    on_event=lambda h, k, x: events.append((k, x))).results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS and "woke" in r.answer
+    assert any(k == "status" and x.startswith("stuck (no event for") for k, x in events), events
+    ops = [json.loads(x)["operation"] for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert "stuck" in ops
