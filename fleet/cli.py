@@ -629,6 +629,24 @@ def approve(c, session, host=None, always=False, inventory=None, json_=False):
     _answer(c, host, session, "always" if always else "once", None, inventory, json_)
 
 
+@fleet_task(help=dict(ANSWER_HELP, text="The answer: an option's label, or free text."))
+def answer(c, session, text, host=None, inventory=None, json_=False):
+    """Answer the question an agent asks (its question tool; needs-input in sessions)."""
+    from fleet.sessions import answer_question
+
+    inv = _inventory(c, inventory)
+    h = _session_host(c, inv, host, session)
+    trail = _trail(c, inv)
+    try:
+        done = answer_question(h, session, text, trail, _records(c))
+    finally:
+        trail.close()
+    if json_:
+        _emit({"host": h.name, "session": session, "answer": text, "answered": done})
+    else:
+        print(f"{h.name}: answered {'; '.join(done)} with {text!r}")
+
+
 @fleet_task(help=dict(ANSWER_HELP, message="Tell the agent why (it reads this)."))
 def deny(c, session, host=None, message=None, inventory=None, json_=False):
     """Reject the permission an agent waits on."""
@@ -824,8 +842,8 @@ def audit_show(c, dispatch_id, json_=False):
 # ------------------------------------------------------------------------ collection
 
 ns = Collection()
-for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, sessions, watch, listen, status,
-           teardown, mcp):
+for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, answer, sessions, watch, listen,
+           status, teardown, mcp):
     ns.add_task(_t)
 for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),
                       ("lab", {"up": lab_up, "down": lab_down}),

@@ -82,7 +82,12 @@ class Answer:
 
 
 def describe_request(req: dict[str, Any]) -> str:
-    """A pending permission request for a person: ``bash: echo ask-me``."""
+    """A pending request for a person: ``bash: echo ask-me``, or ``question: deploy now? (yes/no)``."""
+    if isinstance(req.get("questions"), list):
+        qs = [q for q in req["questions"] if isinstance(q, dict)]
+        return "question: " + "; ".join(
+            f"{q.get('question', '')}" + (f" ({'/'.join(str(o.get('label')) for o in q.get('options') or [])})"
+                                          if q.get("options") else "") for q in qs)
     pats = req.get("patterns") or []
     what = ", ".join(str(p) for p in pats) if isinstance(pats, list) else str(pats)
     return f"{req.get('permission', 'permission')}: {what}".strip().rstrip(":")
@@ -300,6 +305,18 @@ class OpenCodeClient:
             return []
         return [p for p in got if isinstance(p, dict) and (sid is None or p.get("sessionID") == sid)]
 
+    def questions(self, sid: str | None = None) -> list[dict[str, Any]]:
+        """Pending questions (``GET /question``: the agent's question tool), of one session if ``sid``."""
+        try:
+            got = self._shape(self.request("GET", "/question"), list, "questions", "/question")
+        except SessionNotFound:
+            return []
+        return [q for q in got if isinstance(q, dict) and (sid is None or q.get("sessionID") == sid)]
+
+    def reply_question(self, request_id: str, answers: list[list[str]]) -> bool:
+        """Answer a question request: one list of chosen labels (or free text) per question."""
+        return bool(self.request("POST", f"/question/{request_id}/reply", json={"answers": answers}))
+
     def list_dir(self, path: str) -> list[dict[str, Any]]:
         """Entries of a directory on the host (``GET /file?path=.`` scoped to it); raises if it is not there."""
         saved = self.directory
@@ -362,10 +379,12 @@ class OpenCodeClient:
                 started = True
                 # a pending permission is "needs-input": say so at once, let the policy answer it
                 pend = [p for p in self.permissions(sid) if p.get("id") not in answered]
+                if not pend:
+                    pend = self.questions(sid)  # a question waits for a person whatever the policy
                 self.pending_input = pend[0] if pend else None
                 if pend:
                     state = "needs-input: " + describe_request(pend[0])
-                    if on_input is not None:
+                    if on_input is not None and "questions" not in pend[0]:
                         reply = on_input(pend[0])
                         if reply:
                             self.reply_permission(str(pend[0]["id"]), reply)

@@ -55,7 +55,7 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
         for d in sorted({s.get("directory") for s in sessions if s.get("directory")}):
             oc.directory = d
             states.update(oc.status())
-            for p in oc.permissions():
+            for p in oc.permissions() + oc.questions():
                 waiting.setdefault(str(p.get("sessionID")), describe_request(p))
     now = time.time() * 1000
     rows = []
@@ -257,3 +257,27 @@ def server_statuses(hosts: list[Host], timeout: float = 3.0) -> list[dict[str, A
                           not_started=lambda h: {"host": h.name, "url": h.opencode.url if h.opencode else "",
                                                  "healthy": False, "version": "", "ms": 0, "error": "interrupted"})
     return [done[h.name] for h in chosen]
+
+
+def answer_question(host: Host, session: str, text: str, audit: Any = None, records: SessionRecords | None = None,
+                    client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[str]:
+    """Answer the question ``session`` waits on with ``text`` (an option's label, or free text);
+    returns what was answered. Nothing pending is an error."""
+    with client_factory(host, None) as oc:
+        pend = oc.questions(session)
+        if not pend:
+            raise BadInput(f"session {session} on {host.name} is not waiting for an answer: nothing to answer "
+                           f"(see fleet sessions --hosts {host.name})")
+        req = pend[0]
+        answers = []
+        for q in req.get("questions") or [{}]:
+            labels = [str(o.get("label")) for o in (q.get("options") or []) if isinstance(o, dict)]
+            pick = next((lab for lab in labels if lab.lower() == text.strip().lower()), text.strip())
+            answers.append([pick])
+        oc.reply_question(str(req["id"]), answers)
+        if audit is not None:
+            rec = records.find(host.name, session) if records else None
+            audit.record(operation="question_answered", host=host.name, outcome="answered",
+                         dispatch_id=(rec or {}).get("dispatch_id", ""), session_id=session,
+                         request=describe_request(req), answer=text, by="operator")
+    return [describe_request(req)]

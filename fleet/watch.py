@@ -65,9 +65,9 @@ class Watcher:
             elif t == "session.error":
                 err = (p.get("error") or {}).get("name", "error")
                 self._set(host.name, sid, state="error", step=str(err))
-            elif t == "permission.asked":
+            elif t in ("permission.asked", "question.asked"):
                 self._set(host.name, sid, state="needs-input", waiting=describe_request(p))
-            elif t == "permission.replied":
+            elif t in ("permission.replied", "question.replied"):
                 self._set(host.name, sid, state="busy", waiting="")
             else:
                 step = step_of(ev)

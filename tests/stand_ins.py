@@ -121,7 +121,7 @@ class _OCHandler(BaseHTTPRequestHandler):
             return self._send(404, json.dumps({"name": "NotFoundError", "data": {"message": f"Session not found: {parts[1]}"}}).encode())
         if key == "GET /session/status":
             return self._send(200, b"{}")
-        if key == "GET /permission":
+        if key in ("GET /permission", "GET /question"):
             return self._send(200, b"[]")
         if key == "GET /file":  # the directory listing (contract: list of {name, path, type})
             return self._send(200, json.dumps([{"name": "README.md", "type": "file"}]).encode())

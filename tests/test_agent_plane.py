@@ -254,3 +254,24 @@ def test_busy_with_no_event_shows_stuck_then_finishes(agents, tmp_path, st):
     assert any(k == "status" and x.startswith("stuck (no event for") for k, x in events), events
     ops = [json.loads(x)["operation"] for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
     assert "stuck" in ops
+
+
+def test_a_question_shows_as_needs_input_and_answer_lets_it_go_on(agents, tmp_path, st):
+    from fleet.sessions import answer_question
+
+    inv = load_inventory(agents.inventory)
+    events: list = []
+    t, box = run_async(lambda: dx.dispatch(
+        inv, "lab01", args={"task": "please [ask: deploy now?]", "repo": "demo"}, settings=st,
+        records=records(tmp_path), poll=0.2, on_permission="allow",  # a policy never answers a question
+        on_event=lambda h, k, x: events.append((k, x))))
+    sid = wait_for(lambda: next((x for k, x in events if k == "session"), None))
+    assert wait_for(lambda: any(k == "status" and x.startswith("needs-input: question: deploy now? (yes/no)")
+                                for k, x in events))
+    row = next(r for r in host_sessions(inv.host("lab01"), records(tmp_path)) if r.session_id == sid)
+    assert row.state == "needs-input" and "deploy now?" in row.waiting
+    assert answer_question(inv.host("lab01"), sid, "YES", records=records(tmp_path)) == [
+        "question: deploy now? (yes/no)"]
+    t.join(60)
+    r = box["out"].results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS and '"deploy now?"="yes"' in r.answer

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _BASH = re.compile(r"\[bash:\s*([^\]]+)\]")
 _WRITE = re.compile(r"\[write:\s*([^\]]+)\]")
+_ASK = re.compile(r"\[ask:\s*([^\]]+)\]")
 
 
 def _tool_param(tools: list, name: str, wanted: tuple[str, ...]) -> str:
@@ -48,6 +49,11 @@ def _plan_tool(last_user: str, msgs: list, tools: list) -> tuple[str, dict] | No
         cmd = m.group(1).strip()
         return "bash", {_tool_param(tools, "bash", ("command", "cmd")): cmd,
                         _tool_param(tools, "bash", ("description",)): f"run {cmd[:40]}"}
+    m = _ASK.search(last_user)
+    if m and any(((t or {}).get("function") or {}).get("name") == "question" for t in tools):
+        return "question", {"questions": [{"question": m.group(1).strip(), "header": "fleet lab",
+                                           "options": [{"label": "yes", "description": "go on"},
+                                                       {"label": "no", "description": "stop here"}]}]}
     m = _WRITE.search(last_user)
     if m:
         path = m.group(1).strip()
