@@ -57,3 +57,9 @@ def test_lab_up_refuses_a_directory_it_did_not_make(tmp_path):
     p = inv_cmd("lab.up", "--count", "1", "--dir", str(d))
     assert p.returncode == 2 and "not a fleet lab" in p.stderr
     assert (d / "inventory.yaml").read_text() == "mine\n" and (d / "sshd").is_dir()
+
+
+def test_a_tag_that_does_not_fit_its_text_is_an_inventory_error():
+    """Found by the fuzz test: PyYAML raises ValueError for `!!int http`."""
+    with pytest.raises(InventoryError, match="does not fit its tag"):
+        load_inventory_text("hosts:\n  h: {port: !!int http}\n", "t.yaml")

@@ -84,6 +84,10 @@ class _Loader:
             return loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
             raise self.fail(node, f"{what}: {exc}") from None
+        except (ValueError, TypeError, OverflowError):
+            # PyYAML's constructors raise these for a tag that does not fit its text (!!int http)
+            raise self.fail(node, f"{what}: '{node.value}' does not fit its tag {node.tag}",
+                            "drop the !!tag, or write a value of that type") from None
         finally:
             loader.dispose()
 
