@@ -117,12 +117,6 @@ class AuditTrail:
         return done
 
 
-def for_inventory(inv: Inventory, journal: str, post: bool = True, secrets_: Iterable[str] = ()) -> AuditTrail:
-    """An AuditTrail for the inventory's Slack channel, token from its env var."""
-    token = os.environ.get(inv.slack.token_env) if inv.slack else None
-    return AuditTrail(journal, inv.slack, token, secrets_=secrets_, post=post)
-
-
 @dataclass
 class ReplayReport:
     """What a replay did."""
@@ -156,5 +150,3 @@ def replay(journal: str, slack: SlackSettings | None, token: str | None, max_wai
     return ReplayReport(sent, len([e for e in after.pending() if e.get("channel", "") == slack.channel]),
                         st.torn, why)
 
-
-from .render import format_events  # noqa: E402,F401 - rendering lives in fleet.render

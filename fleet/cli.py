@@ -590,29 +590,31 @@ def abort(c, host=None, session=None, all_sessions=False, reason="aborted by ope
     from fleet.render import abort_line
     from fleet.sessions import abort_sessions
 
-    inv = _inventory(c, inventory)
-    h = _session_host(c, inv, host, session)
-    trail = _trail(c, inv, slack=not no_slack)
-    try:
-        done = abort_sessions(h, session, all_sessions, _records(c), trail, Beads(), reason)
-    finally:
-        trail.close()
+    h, done = _on_session(c, inventory, host, session, lambda h, trail, recs: abort_sessions(
+        h, session, all_sessions, recs, trail, Beads(), reason), slack=not no_slack)
     if json_:
         _emit({"host": h.name, "aborted": done})
     else:
         print(abort_line(h.name, done))
 
 
+def _on_session(c, inventory, host, session, op, slack=True):
+    """Run ``op(host, trail, records)`` on the session's host (found from the records or the
+    servers when --host is not given) with the audit trail open; returns (host, op's result)."""
+    inv = _inventory(c, inventory)
+    h = _session_host(c, inv, host, session)
+    trail = _trail(c, inv, slack=slack)
+    try:
+        return h, op(h, trail, _records(c))
+    finally:
+        trail.close()
+
+
 def _answer(c, host, session, reply, message, inventory, json_):
     from fleet.sessions import answer_permission
 
-    inv = _inventory(c, inventory)
-    h = _session_host(c, inv, host, session)
-    trail = _trail(c, inv)
-    try:
-        done = answer_permission(h, session, reply, message, trail, _records(c))
-    finally:
-        trail.close()
+    h, done = _on_session(c, inventory, host, session,
+                          lambda h, trail, recs: answer_permission(h, session, reply, message, trail, recs))
     if json_:
         _emit({"host": h.name, "session": session, "reply": reply, "answered": done})
     else:
@@ -634,13 +636,8 @@ def answer(c, session, text, host=None, inventory=None, json_=False):
     """Answer the question an agent asks (its question tool; needs-input in sessions)."""
     from fleet.sessions import answer_question
 
-    inv = _inventory(c, inventory)
-    h = _session_host(c, inv, host, session)
-    trail = _trail(c, inv)
-    try:
-        done = answer_question(h, session, text, trail, _records(c))
-    finally:
-        trail.close()
+    h, done = _on_session(c, inventory, host, session,
+                          lambda h, trail, recs: answer_question(h, session, text, trail, recs))
     if json_:
         _emit({"host": h.name, "session": session, "answer": text, "answered": done})
     else:

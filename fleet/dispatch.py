@@ -408,8 +408,3 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
 
 
 # ---------------------------------------------------------------------------- abort / sessions
-
-
-# Sessions, abort, teardown and status live in fleet.sessions; these names stay importable here.
-from .sessions import (SessionRow, abort_sessions, host_sessions, server_status, teardown,  # noqa: E402,F401
-                       teardown_host)

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,34 @@ def own_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("INVOKE_FLEET_ARTIFACTS_DIR", str(home / "artifacts"))
     monkeypatch.setenv("PYTEST_SCRATCH", str(home))
     return home
+
+
+@contextmanager
+def running_lab(d: Path, count: int, **kw):
+    """A lab of its own for a test module (``agents=M``, ``jump=True``...), always taken down."""
+    lb = lab_up(count, d, **kw)
+    try:
+        yield lb
+    finally:
+        lab_down(d)
+
+
+def agent_settings(home: Path):
+    """Settings whose journal and tokens live under ``home`` (one orchestrator's state)."""
+    from fleet.settings import Settings
+    return Settings(token_dir=str(home / "tok"), journal=str(home / "journal.jsonl"))
+
+
+@pytest.fixture
+def st(tmp_path):
+    """This test's own settings (journal and tokens in its temp dir)."""
+    return agent_settings(tmp_path)
+
+
+def records(tmp_path: Path):
+    """The session records beside ``st``'s journal."""
+    from fleet.records import SessionRecords
+    return SessionRecords(tmp_path / "sessions.jsonl")
 
 
 @pytest.fixture(scope="session")

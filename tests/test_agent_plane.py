@@ -10,30 +10,21 @@ from pathlib import Path
 
 import pytest
 
+from conftest import records, running_lab
+
 from fleet import dispatch as dx
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
-from fleet.lab import lab_down, lab_up
 from fleet.results import FanoutOutcome
 from fleet.sessions import abort_sessions, answer_permission, host_sessions
-from fleet.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def agents(tmp_path_factory):
-    d = tmp_path_factory.mktemp("planelab")
-    lab = lab_up(2, d, agents=2)
-    yield lab
-    lab_down(d)
+    with running_lab(tmp_path_factory.mktemp("planelab"), 2, agents=2) as lab:
+        yield lab
 
 
-@pytest.fixture
-def st(tmp_path):
-    return Settings(token_dir=str(tmp_path / "tok"), journal=str(tmp_path / "journal.jsonl"))
-
-
-def records(tmp_path):
-    return dx.SessionRecords(tmp_path / "sessions.jsonl")
 
 
 def run_async(fn):

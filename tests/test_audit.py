@@ -122,7 +122,7 @@ def test_one_refused_event_does_not_block_the_rest(slack, tmp_path):
     t.record("completed", "epyc6", "success", dispatch_id="dx-1", session_id="ses_1")
     rep = replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN)
     assert rep.delivered == 2 and "msg_too_long" in rep.stopped
-    from fleet.audit import format_events
+    from fleet.render import format_events
     st = Journal(tmp_path / "j.jsonl").load()
     assert "[failed: msg_too_long]" in format_events(st.events, st.delivered, st.failed)
 

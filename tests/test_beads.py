@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleet import dispatch as dx
+from fleet import sessions as ses
 from fleet.beads import AlreadyClaimed, Beads
 from fleet.inventory import load_inventory_text
 from fleet.results import FanoutOutcome
@@ -109,7 +110,7 @@ def test_abort_marks_blocked_with_who_and_why(beads_dir, oc, tmp_path):
     recs = dx.SessionRecords(tmp_path / "s.jsonl")
     inv = inv_for(oc.url)
     r = go(inv, "epyc6", "bd-a1b2", Beads(BD), records=recs).results[0]
-    dx.abort_sessions(inv.host("epyc6"), r.session_id, records=recs, beads=Beads(BD), reason="wrong branch")
+    ses.abort_sessions(inv.host("epyc6"), r.session_id, records=recs, beads=Beads(BD), reason="wrong branch")
     i = issue(beads_dir, "bd-a1b2")
     assert i["status"] == "blocked" and "wrong branch" in i["notes"] and r.session_id in i["notes"]
 

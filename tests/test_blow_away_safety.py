@@ -7,7 +7,6 @@ the test's own temp dir.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 

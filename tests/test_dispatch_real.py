@@ -8,31 +8,21 @@ from pathlib import Path
 import pytest
 
 from fleet import dispatch as dx
+from fleet import sessions as ses
 from fleet.inventory import load_inventory
-from fleet.lab import lab_down, lab_up
 from fleet.modes import ConfirmationRequired
 from fleet.opencode import AuthRefused, OpenCodeClient
 from fleet.results import FanoutOutcome
-from fleet.settings import Settings
 
-from conftest import inv_cmd
+from conftest import inv_cmd, records, running_lab
 
 
 @pytest.fixture(scope="module")
 def agents(tmp_path_factory):
-    d = tmp_path_factory.mktemp("agentlab")
-    lab = lab_up(4, d, agents=3)
-    yield lab
-    lab_down(d)
+    with running_lab(tmp_path_factory.mktemp("agentlab"), 4, agents=3) as lab:
+        yield lab
 
 
-@pytest.fixture
-def st(tmp_path):
-    return Settings(token_dir=str(tmp_path / "tok"), journal=str(tmp_path / "journal.jsonl"))
-
-
-def records(tmp_path):
-    return dx.SessionRecords(tmp_path / "sessions.jsonl")
 
 
 def test_dispatch_waits_for_the_answer(agents, tmp_path, st):
@@ -103,14 +93,14 @@ def test_canary_failure_means_the_rest_never_get_the_task(agents, tmp_path, st):
     inv = load_inventory(agents.inventory)
     before = {}
     for name in ("lab02", "lab03"):
-        before[name] = len(dx.host_sessions(inv.host(name)))
+        before[name] = len(ses.host_sessions(inv.host(name)))
     run = dx.dispatch(inv, "@agents", args={"task": "x [fail]", "repo": "demo"}, mode="canary", canary="lab01",
                       settings=st, records=records(tmp_path), poll=0.2)
     by = {r.host: r for r in run.results}
     assert by["lab01"].outcome == FanoutOutcome.FAILURE
     assert by["lab02"].outcome == by["lab03"].outcome == FanoutOutcome.ABORTED
     for name in ("lab02", "lab03"):
-        assert len(dx.host_sessions(inv.host(name))) == before[name]
+        assert len(ses.host_sessions(inv.host(name))) == before[name]
 
 
 def test_mode_off_refuses_remote_agents(agents, tmp_path, st):
@@ -126,11 +116,11 @@ def test_teardown_is_gated_and_deletes_fleet_sessions(agents, tmp_path, st):
     r = dx.dispatch(inv, "lab02", args={"task": "t", "repo": "demo"}, settings=st, records=recs,
                     poll=0.2).results[0]
     with pytest.raises(ConfirmationRequired) as ei:
-        dx.teardown(inv, "lab02", args={}, settings=st, records=recs)
-    assert any(x.session_id == r.session_id for x in dx.host_sessions(inv.host("lab02")))
-    out = dx.teardown(inv, "lab02", args={}, settings=st, records=recs, confirm=ei.value.token)
+        ses.teardown(inv, "lab02", args={}, settings=st, records=recs)
+    assert any(x.session_id == r.session_id for x in ses.host_sessions(inv.host("lab02")))
+    out = ses.teardown(inv, "lab02", args={}, settings=st, records=recs, confirm=ei.value.token)
     assert r.session_id in out[0]["deleted"]
-    assert not any(x.session_id == r.session_id for x in dx.host_sessions(inv.host("lab02")))
+    assert not any(x.session_id == r.session_id for x in ses.host_sessions(inv.host("lab02")))
     assert recs.for_host("lab02") == []
 
 
@@ -162,14 +152,14 @@ def test_no_wait_then_sessions_shows_busy_then_abort(agents, tmp_path, st):
     assert r.outcome == FanoutOutcome.SUCCESS and not r.waited and time.monotonic() - t0 < 15
     state = ""
     for _ in range(60):
-        rows = {x.session_id: x for x in dx.host_sessions(h, records(tmp_path))}
+        rows = {x.session_id: x for x in ses.host_sessions(h, records(tmp_path))}
         state = rows[r.session_id].state
         if state == "busy":
             time.sleep(2)  # let the run settle into the model call before stopping it
             break
         time.sleep(0.25)
     assert state == "busy" and rows[r.session_id].fleet
-    assert dx.abort_sessions(h, r.session_id, records=records(tmp_path)) == [r.session_id]
+    assert ses.abort_sessions(h, r.session_id, records=records(tmp_path)) == [r.session_id]
     with OpenCodeClient(h, r.directory) as oc:
         for _ in range(40):
             if r.session_id not in oc.status():

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+
+from conftest import running_lab
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
-from fleet.lab import lab_down, lab_up
 
 FLEET = str(Path(sys.executable).parent / "fleet")
 TOKEN_RE = re.compile(r"\b[a-z2-7]{4}(?:-[a-z2-7]{4}){5}\b")
@@ -20,10 +21,8 @@ TOKEN_RE = re.compile(r"\b[a-z2-7]{4}(?:-[a-z2-7]{4}){5}\b")
 
 @pytest.fixture(scope="module")
 def mlab(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mcplab")
-    lab = lab_up(2, d, agents=1)
-    yield lab
-    lab_down(d)
+    with running_lab(tmp_path_factory.mktemp("mcplab"), 2, agents=1) as lab:
+        yield lab
 
 
 def call(inventory: Path, steps, elicit=None, cwd: Path | None = None):

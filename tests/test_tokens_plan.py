@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -82,7 +81,6 @@ def test_token_list_id_is_what_revoke_takes(tmp_path):
 
 
 def test_cli_token_list_and_revoke_by_id(tmp_path):
-    from conftest import ROOT  # noqa: F401 - the CLI runs from the checkout
     inv = tmp_path / "inv.yaml"
     inv.write_text("hosts:\n  h: {address: 127.0.0.1, repos: {root: /srv/repos}}\n")
     p = inv_cmd("blow-away", "--inventory", str(inv), "--hosts", "h", "--repo", "demo")

@@ -7,26 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import agent_settings, running_lab
+
 from fleet import dispatch as dx
 from fleet.inventory import load_inventory
-from fleet.lab import lab_down, lab_up
 from fleet.modes import ConfirmationRequired
 from fleet.results import FanoutOutcome
-from fleet.settings import Settings
 from fleet.worktrees import list_worktrees, remove_worktree
 
 
 @pytest.fixture(scope="module")
 def wlab(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wtlab")
-    lab = lab_up(1, d, agents=1)
-    yield lab
-    lab_down(d)
+    with running_lab(tmp_path_factory.mktemp("wtlab"), 1, agents=1) as lab:
+        yield lab
 
-
-@pytest.fixture
-def st(tmp_path):
-    return Settings(token_dir=str(tmp_path / "tok"), journal=str(tmp_path / "journal.jsonl"))
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -130,7 +124,7 @@ def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab
         monkeypatch.setenv("FLEET_MACHINE", "machine-a")
         a_trail = AuditTrail(a_home / "journal.jsonl", inv.slack, "xoxb-t")
         a = dx.dispatch(inv, "lab01", args={"task": "please [slow] long job", "repo": "demo"},
-                        settings=Settings(token_dir=str(a_home / "tok"), journal=str(a_home / "journal.jsonl")),
+                        settings=agent_settings(a_home),
                         records=dx.SessionRecords(a_home / "sessions.jsonl"), wait=False, worktree=True,
                         audit_trail=a_trail).results[0]
         assert a.outcome == FanoutOutcome.SUCCESS and a_trail.close(timeout=5)
@@ -147,7 +141,7 @@ def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab
         assert b_trail.close(timeout=5)
         aborted = [p for p in slack.posts if "aborted" in (p["text"] or "")]
         assert aborted and aborted[-1]["thread_ts"] == a_root  # B's abort lands in A's thread
-        b_st = Settings(token_dir=str(b_home / "tok"), journal=str(b_home / "journal.jsonl"))
+        b_st = agent_settings(b_home)
         with pytest.raises(ConfirmationRequired) as ei:
             teardown(inv, "lab01", args={}, settings=b_st, records=b_recs)
         out = teardown(inv, "lab01", args={}, settings=b_st, records=b_recs, confirm=ei.value.token)
