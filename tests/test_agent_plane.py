@@ -66,7 +66,7 @@ def test_permission_shows_as_needs_input_then_approve_finishes(agents, tmp_path,
     row = wait_for(lambda: next((r for r in host_sessions(inv.host("lab02"), records(tmp_path))
                                  if r.session_id == sid and r.state == "needs-input"), None))
     assert row is not None and "echo ask-approve-me" in row.waiting
-    assert any(k == "status" and x.startswith("needs-input: bash") for k, x in events)
+    assert wait_for(lambda: any(k == "status" and x.startswith("needs-input: bash") for k, x in events))
     answered = answer_permission(inv.host("lab02"), sid, "once", records=records(tmp_path))
     assert answered == ["bash: echo ask-approve-me"]
     t.join(60)
