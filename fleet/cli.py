@@ -555,6 +555,7 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
                           on_permission=on_permission, worktree=bool(worktree or st.worktree), base=base,
                           ssh_options=_ssh_options(c))
     finally:
+        live.close()
         trail.close()
     if json_:
         _emit(run.to_dict())
@@ -677,10 +678,16 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
     from fleet.watch import Watcher
 
     inv = _inventory(c, inventory)
+    stall = _settings(c).stall_timeout
     limit = _num("--duration", duration, 0.0)
     tty = sys.stdout.isatty() and not json_
     lock = threading.Lock()
     holder: dict = {}
+
+    def draw() -> None:
+        if "w" in holder:
+            sys.stdout.write("\x1b[H\x1b[J" + watch_board(holder["w"].rows(stall), Colors()) + "\n")
+            sys.stdout.flush()
 
     def on_change(row) -> None:
         with lock:
@@ -688,16 +695,18 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
                 print(_json.dumps(row, sort_keys=True), flush=True)
             elif not tty:
                 print(watch_line(row), flush=True)
-            elif "w" in holder:
-                sys.stdout.write("\x1b[H\x1b[J" + watch_board(holder["w"].rows(), Colors()) + "\n")
-                sys.stdout.flush()
+            else:
+                draw()
     w = Watcher(select(inv, _selector(hosts, all_)), on_change, _records(c))
     holder["w"] = w
     t0 = time.monotonic()
     try:
         w.start()
         while not limit or time.monotonic() - t0 < limit:
-            time.sleep(0.2)
+            time.sleep(1.0 if not limit else max(0.05, min(1.0, limit - (time.monotonic() - t0))))
+            if tty:
+                with lock:
+                    draw()  # the ages move, and a quiet busy session turns stuck
     except KeyboardInterrupt:
         pass
     finally:

@@ -20,7 +20,9 @@ from .records import SessionRecords, new_dispatch_id
 from .render import files_summary
 from .results import FanoutOutcome, RunSummary
 
-EventHook = Callable[[str, str, str], None]  # (host, kind, text): kind in session, status, answer
+# (host, kind, text): kind is session (its id), status (queued, busy: STEP, needs-input: WHAT...),
+# usage (tokens and cost so far), answer (the final text) or end (the outcome, and the error if any)
+EventHook = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     wt: dict[str, str] = {}
 
     def result(outcome: FanoutOutcome, **kw: Any) -> DispatchResult:
+        ev("end", outcome.value + (f": {kw['error']}" if kw.get("error") else ""))
         return DispatchResult(host=host.name, outcome=outcome, session_id=sid, url=url, directory=directory,
                               duration_ms=int((time.monotonic() - t0) * 1000), created=created, issue=issue,
                               waited=wait, worktree=wt.get("path", ""), branch=wt.get("branch", ""), **kw)
@@ -187,7 +190,9 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
             if wait and events:
                 from .events import EventStream, SessionWaker
                 # follow the server's events first, then send: completion is seen as it happens
-                waker = SessionWaker(sid, on_step=lambda step: ev("status", f"busy: {step}"))
+                from .events import usage_text
+                waker = SessionWaker(sid, on_step=lambda step: ev("status", f"busy: {step}"),
+                                     on_usage=lambda tok, cost: ev("usage", usage_text(tok, cost)))
                 try:
                     waker.stream = EventStream(host, waker, directory=directory,
                                                on_connect=waker.reconnected).start()
@@ -358,6 +363,12 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     run = DispatchRun(did, a["task"], a["repo"], plan.mode, notes=list(plan.notes))
     t0 = time.monotonic()
     stop = threading.Event()
+    red = getattr(audit_trail, "redactor", None)
+    if on_event is not None and red is not None:
+        shown = on_event  # an agent may echo a secret back: the live lines are redacted too
+
+        def on_event(host: str, kind: str, text: str) -> None:
+            shown(host, kind, red.text(text))
 
     def one(h: Host, must_wait: bool) -> DispatchResult:
         return dispatch_host(h, a["repo"], a["task"], session=a.get("session"), wait=must_wait,
@@ -398,7 +409,6 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     for h in plan.hosts:
         if h.name not in results:
             results[h.name] = DispatchResult(h.name, FanoutOutcome.ABORTED, error="interrupted", error_kind="aborted")
-    red = getattr(audit_trail, "redactor", None)
     if red is not None:
         # an agent may echo a secret back (its answer, an error body): every face prints these
         results = {k: replace(r, answer=red.text(r.answer), error=red.text(r.error)) for k, r in results.items()}

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import httpx
 
 from .inventory import Host
-from .opencode import resolve_password
+from .opencode import add_usage, resolve_password
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -134,14 +134,60 @@ class EventStream:
             delay = min(self.backoff_max, delay * 2)
 
 
-class SessionWaker:
-    """Wakes a waiter when an event concerns its session, and remembers the agent's current step."""
+def message_usage(ev: dict[str, Any]) -> tuple[str, dict[str, Any], float] | None:
+    """``(message id, tokens, cost)`` from a ``message.updated`` event of an assistant message:
+    OpenCode bills each model call (step) on its message as the step finishes."""
+    if ev.get("type") != "message.updated":
+        return None
+    info = (ev.get("properties") or {}).get("info") or {}
+    if not isinstance(info, dict) or info.get("role") != "assistant" or not info.get("id"):
+        return None
+    try:
+        cost = float(info.get("cost") or 0.0)
+    except (TypeError, ValueError):
+        cost = 0.0
+    return str(info["id"]), dict(info.get("tokens") or {}), cost
 
-    def __init__(self, sid: str, on_step: Callable[[str], None] | None = None) -> None:
+
+class Usage:
+    """Tokens and cost so far, message by message (a message is re-sent as it grows)."""
+
+    def __init__(self) -> None:
+        self.by_message: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def update(self, mid: str, tokens: dict[str, Any], cost: float) -> bool:
+        """Record one message's latest figures; True if the totals changed."""
+        old = self.by_message.get(mid)
+        self.by_message[mid] = (tokens, cost)
+        return old != (tokens, cost)
+
+    def totals(self) -> tuple[int, float]:
+        """(total tokens, cost) over every message seen."""
+        t: dict[str, Any] = {}
+        for tok, _ in self.by_message.values():
+            add_usage(t, tok)
+        return int(t.get("total") or 0), sum(c for _, c in self.by_message.values())
+
+
+def usage_text(tokens: int, cost: float) -> str:
+    """``1.2k tok $0.0123`` for a live line."""
+    tk = f"{tokens / 1000:.1f}k" if tokens >= 1000 else str(tokens)
+    return f"{tk} tok ${cost:.4f}"
+
+
+class SessionWaker:
+    """Wakes a waiter when an event concerns its session, and remembers the agent's current step
+    and the tokens and cost of the messages it has seen finish so far."""
+
+    def __init__(self, sid: str, on_step: Callable[[str], None] | None = None,
+                 on_usage: Callable[[int, float], None] | None = None) -> None:
         self.sid = sid
         self.wake = threading.Event()
         self.step = ""
         self.on_step = on_step
+        self.on_usage = on_usage
+        self.usage = Usage()
+        self._said: tuple[int, float] = (0, 0.0)
         self.last_event = time.monotonic()
 
     def __call__(self, ev: dict[str, Any]) -> None:
@@ -155,6 +201,12 @@ class SessionWaker:
             self.step = step
             if self.on_step is not None:
                 self.on_step(step)
+        mu = message_usage(ev)
+        if mu is not None and self.usage.update(*mu) and self.on_usage is not None:
+            totals = self.usage.totals()
+            if totals != self._said and any(totals):
+                self._said = totals
+                self.on_usage(*totals)
         self.wake.set()
 
     def reconnected(self) -> None:
@@ -162,4 +214,4 @@ class SessionWaker:
         self.wake.set()
 
 
-__all__ = ["EventStream", "SessionWaker", "session_of", "step_of"]
+__all__ = ["EventStream", "SessionWaker", "Usage", "message_usage", "session_of", "step_of", "usage_text"]

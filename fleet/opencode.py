@@ -110,6 +110,41 @@ def extract_answer(message: dict[str, Any]) -> Answer:
                   completed=bool((info.get("time") or {}).get("completed")) or bool(err))
 
 
+def add_usage(total: dict[str, Any], tokens: Any) -> dict[str, Any]:
+    """``total`` plus one message's ``tokens`` (input, output, reasoning, cache read/write, total)."""
+    if not isinstance(tokens, dict):
+        return total
+    for k in ("input", "output", "reasoning"):
+        total[k] = int(total.get(k) or 0) + int(tokens.get(k) or 0)
+    cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
+    tc = total.setdefault("cache", {"read": 0, "write": 0})
+    for k in ("read", "write"):
+        tc[k] = int(tc.get(k) or 0) + int(cache.get(k) or 0)
+    # older servers send no total: it is the sum OpenCode itself would show
+    own = tokens.get("total")
+    total["total"] = int(total.get("total") or 0) + int(own if own is not None else (
+        sum(int(tokens.get(k) or 0) for k in ("input", "output", "reasoning")) + int(cache.get("read") or 0)
+        + int(cache.get("write") or 0)))
+    return total
+
+
+def turn_usage(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """Tokens and cost of every assistant message in ``messages`` ({info, parts} or bare infos):
+    a turn with tool calls is one assistant message per model call, each billed on its own."""
+    tokens: dict[str, Any] = {}
+    cost = 0.0
+    for m in messages:
+        info = m.get("info", m) if isinstance(m, dict) else {}
+        if not isinstance(info, dict) or info.get("role") != "assistant":
+            continue
+        add_usage(tokens, info.get("tokens"))
+        try:
+            cost += float(info.get("cost") or 0.0)
+        except (TypeError, ValueError):
+            pass
+    return tokens, cost
+
+
 class OpenCodeClient:
     """One host's OpenCode server. Use as a context manager, or call :meth:`close`."""
 
@@ -399,6 +434,7 @@ class OpenCodeClient:
                 if newer:
                     ans = extract_answer(newer[-1])
                     if ans.completed:
+                        ans.tokens, ans.cost = turn_usage(newer)  # every model call of the turn
                         return ans
                 if not started and time.monotonic() - idle_since > start_grace:
                     raise ServerError(self.host.name, f"{self.base}/session/{sid}",

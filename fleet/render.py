@@ -344,33 +344,127 @@ def inventory_summary(inv: Inventory) -> str:
 # ---------------------------------------------------------------------- dispatch and agents
 
 class DispatchLive:
-    """Dispatch's live lines: the session id at once, a status line on a terminal (one host),
-    plain lines otherwise (many hosts, or not a terminal)."""
+    """Dispatch's live view, fed by dispatch's ``on_event(host, kind, text)``.
 
-    def __init__(self, quiet: bool, many: bool, stream: TextIO | None = None) -> None:
+    On a terminal: one host gets one status line rewritten in place; many hosts get a board
+    (host, session, state and current step or what it asks, time, tokens and cost so far),
+    needs-input first and highlighted, redrawn on every event and once a second for the
+    clocks. Not a terminal (a log, a pipe): plain lines, one per change. ``quiet``: nothing.
+    Use as a context manager (or call :meth:`close`) so the board is cleared at the end.
+    """
+
+    ORDER = {"needs-input": 0, "stuck": 1, "retry": 2, "busy": 3, "queued": 4, "starting": 5}
+
+    def __init__(self, quiet: bool, many: bool, stream: TextIO | None = None, tick: float = 1.0) -> None:
+        import threading
         import time
 
         self.quiet = quiet
         self.many = many
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.colors = Colors(stream=self.stream)
         self.t0 = time.monotonic()
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.drawn = 0
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._ticker: Any = None
+        if self.tty and not quiet and tick > 0:
+            self._ticker = threading.Thread(target=self._tick, args=(tick,), name="fleet-live", daemon=True)
+            self._ticker.start()
+
+    def __enter__(self) -> "DispatchLive":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _tick(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self.lock:
+                if any(r["state"] not in ("starting",) and not r.get("ended") for r in self.rows.values()):
+                    self._draw()
+
+    def close(self) -> None:
+        """Stop the clock and clear the board or line (the report follows)."""
+        self._stop.set()
+        with self.lock:
+            if self.tty and not self.quiet:
+                if self.many and self.drawn:
+                    self.stream.write(f"\x1b[{self.drawn}F\x1b[J")
+                elif not self.many and self.rows:
+                    self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            self.drawn = 0
 
     def __call__(self, host: str, kind: str, text: str) -> None:
+        import re
         import time
 
         if self.quiet:
             return
-        el = time.monotonic() - self.t0
-        if kind == "session":
-            print(f"{host}: session {text}", file=self.stream, flush=True)
-        elif kind == "status" and self.tty and not self.many:
-            self.stream.write(f"\r\x1b[K{host}: {text} ({el:.0f}s)")
+        with self.lock:
+            row = self.rows.setdefault(host, {"host": host, "session": "", "state": "starting", "step": "",
+                                              "usage": "", "t0": time.monotonic(), "ended": None})
+            if kind == "session":
+                row["session"] = text
+            elif kind == "status":
+                m = re.match(r"([\w-]+)[: ]*(.*)", text, re.S)
+                row["state"], row["step"] = (m.group(1), m.group(2)) if m else (text, "")
+            elif kind == "usage":
+                row["usage"] = text
+            elif kind == "end":
+                outcome, _, err = text.partition(": ")
+                row.update(state=outcome, step=first_line(err, 100), ended=time.monotonic())
+            else:
+                return
+            if self.tty and not self.many and kind == "session":
+                self.stream.write(f"\r\x1b[K{host}: session {text}\n")  # the id stays on screen
+                self.stream.flush()
+            elif self.tty:
+                self._draw()
+            elif kind == "session":
+                print(f"{host}: session {text}", file=self.stream, flush=True)
+            elif kind == "status":
+                print(f"{host}: {text} ({self._age(row):.1f}s)" + (f" {row['usage']}" if row["usage"] else ""),
+                      file=self.stream, flush=True)
+            elif kind == "end" and self.many:
+                print(f"{host}: {text} ({self._age(row):.1f}s)", file=self.stream, flush=True)
+
+    @staticmethod
+    def _age(row: dict[str, Any]) -> float:
+        import time
+        return (row["ended"] or time.monotonic()) - row["t0"]
+
+    def _draw(self) -> None:
+        import shutil
+
+        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+        if not self.many:
+            r = next(iter(self.rows.values()))
+            if r["ended"]:
+                return
+            what = r["state"] + (f": {r['step']}" if r["step"] else "")
+            line = f"{r['host']}: {what} ({self._age(r):.0f}s)" + (f"  {r['usage']}" if r["usage"] else "")
+            self.stream.write("\r\x1b[K" + line[:width])
             self.stream.flush()
-        elif kind == "status":
-            print(f"{host}: {text} ({el:.1f}s)", file=self.stream, flush=True)
-        elif kind == "answer" and self.tty and not self.many:
-            self.stream.write("\r\x1b[K")
+            return
+        rows = sorted(self.rows.values(), key=lambda r: (self.ORDER.get(r["state"], 6), r["host"]))
+        body = table([[r["host"], r["session"] or "-", r["state"], r["step"][:60], f"{self._age(r):.0f}s",
+                       r["usage"] or "-"] for r in rows],
+                     ["HOST", "SESSION", "STATE", "DOING / ASKS", "TIME", "TOKENS / COST"]).splitlines()
+        out = []
+        for k, line in enumerate(body):
+            line = line[:width]
+            st = rows[k - 1]["state"] if k else ""
+            out.append(self.colors.yellow(line) if st in ("needs-input", "stuck") else
+                       self.colors.red(line) if st in ("FAILURE", "TIMEOUT", "UNREACHABLE", "ABORTED") else
+                       self.colors.green(line) if st == "SUCCESS" else line)
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        self.stream.write(up + "\x1b[J" + "\n".join(out) + "\n")
+        self.stream.flush()
+        self.drawn = len(out)
 
 
 def dispatch_report(run: Any) -> str:
@@ -446,30 +540,49 @@ def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
     return "\n".join(out)
 
 
+def age_text(seconds: float) -> str:
+    """``45s``, ``12m``, ``3h``, ``2d``."""
+    s = max(0, int(seconds))
+    return f"{s // 86400}d" if s >= 86400 else f"{s // 3600}h" if s >= 3600 else f"{s // 60}m" if s >= 60 else f"{s}s"
+
+
+def _usage_cells(row: dict[str, Any]) -> list[str]:
+    tok, cost = row.get("tokens"), row.get("cost")
+    return [str(tok) if tok is not None else "-", f"${cost:.4f}" if cost is not None else "-"]
+
+
 def watch_line(row: dict[str, Any]) -> str:
     """One change on the board, as a line (not a terminal)."""
     extra = f" ({row['waiting']})" if row.get("waiting") else (f" ({row['step']})" if row.get("step") else "")
-    return f"{row['host']}  {row['session']}  {row['state']}{extra}  {row.get('title', '')[:40]}".rstrip()
+    tok, cost = _usage_cells(row)
+    usage = f"  {tok} tok {cost}" if row.get("tokens") is not None else ""
+    return (f"{row['host']}  {row.get('repo') or '-'}  {row['session']}  {row['state']}{extra}{usage}  "
+            f"{row.get('title', '')[:40]}").rstrip()
 
 
-def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None) -> str:
+def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: float | None = None) -> str:
     """The whole board (a terminal): needs-input first and highlighted."""
+    import time
+
     c = color or Colors(False)
-    order = {"needs-input": 0, "error": 1, "retry": 2, "busy": 3, "idle": 4}
-    rows = sorted(rows, key=lambda r: (order.get(r["state"], 5), r["host"]))
-    body = table([[r["host"], r["session"], r["state"], r.get("waiting") or r.get("step") or "", r.get("title", "")[:40]]
-                  for r in rows], ["HOST", "SESSION", "STATE", "DOING / ASKS", "TITLE"])
+    now = time.time() if now is None else now
+    order = {"needs-input": 0, "stuck": 1, "error": 2, "retry": 3, "busy": 4, "idle": 5}
+    rows = sorted(rows, key=lambda r: (order.get(r["state"], 6), r["host"]))
+    body = table([[r["host"], r.get("repo") or "-", r["session"], r["state"],
+                   (r.get("waiting") or r.get("step") or "")[:60], age_text(now - r.get("created", now)),
+                   *_usage_cells(r), r.get("title", "")[:40]] for r in rows],
+                 ["HOST", "REPO", "SESSION", "STATE", "DOING / ASKS", "AGE", "TOKENS", "COST", "TITLE"])
     out = body.splitlines()
     for k, r in enumerate(rows, start=1):
-        if r["state"] == "needs-input":
+        if r["state"] in ("needs-input", "stuck"):
             out[k] = c.yellow(out[k])
+        elif r["state"] == "error":
+            out[k] = c.red(out[k])
     return "\n".join(out)
 
 
 def worktrees_table(rows: list[Any]) -> str:
     """``worktrees``: one line per fleet-made worktree."""
-    def age(s: int) -> str:
-        return f"{s // 86400}d" if s >= 86400 else (f"{s // 3600}h" if s >= 3600 else f"{s // 60}m")
-    return table([[w.host, w.repo, w.branch, w.path, age(w.age_s), "dirty" if w.dirty else "clean", w.ahead,
+    return table([[w.host, w.repo, w.branch, w.path, age_text(w.age_s), "dirty" if w.dirty else "clean", w.ahead,
                    w.session or "-"] for w in rows],
                  ["HOST", "REPO", "BRANCH", "PATH", "AGE", "STATE", "AHEAD", "SESSION"])

@@ -30,6 +30,7 @@ class SessionRow:
     branch: str = ""
     machine: str = ""  # the orchestrating machine that dispatched it (fleet's marks on the server)
     dispatch_id: str = ""
+    repo: str = ""  # the repo fleet dispatched it for, else the directory's last part
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -69,7 +70,8 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
                                int((now - created) / 1000), str(s.get("directory", "")),
                                s["id"] in mine or bool(mark), waiting.get(s["id"], ""),
                                rec.get("worktree") or mark.get("worktree", ""), rec.get("branch") or mark.get("branch", ""),
-                               mark.get("machine", ""), rec.get("dispatch_id") or mark.get("dispatch_id", "")))
+                               mark.get("machine", ""), rec.get("dispatch_id") or mark.get("dispatch_id", ""),
+                               str(mark.get("repo") or str(s.get("directory", "")).rstrip("/").rsplit("/", 1)[-1])))
     return rows
 
 

@@ -3,7 +3,9 @@
 One :class:`~fleet.events.EventStream` per server (``/global/event``: every directory). The
 board starts from REST (``sessions``) and after every reconnect re-reads it; events then move
 each session between ``busy`` (with its current step), ``retry``, ``needs-input`` (and what it
-asks), ``idle`` and ``error``. Each change is handed to ``on_change`` as a plain dict.
+asks), ``idle`` and ``error``, and keep its tokens and cost so far (each assistant message's
+``message.updated``; the newest sessions' messages are read once at the start). Each change is
+handed to ``on_change`` as a plain dict.
 """
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import threading
 import time
 from typing import Any, Callable
 
-from .events import EventStream, session_of, step_of
+from .events import EventStream, Usage, message_usage, session_of, step_of
 from .inventory import Host
-from .opencode import describe_request
+from .opencode import OpenCodeClient, describe_request
 from .records import SessionRecords
-from .sessions import host_sessions
+from .sessions import fleet_marks, host_sessions
 
 Change = Callable[[dict[str, Any]], None]
 
@@ -30,12 +32,16 @@ class Watcher:
         self.board: dict[tuple[str, str], dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.streams: list[EventStream] = []
+        self.usage: dict[tuple[str, str], Usage] = {}
+
+    USAGE_READS = 20  # per host at the start: the newest sessions' messages are read for their totals
 
     def _set(self, host: str, sid: str, **kw: Any) -> None:
         with self.lock:
             row = self.board.setdefault((host, sid), {"host": host, "session": sid, "state": "idle", "step": "",
-                                                      "waiting": "", "title": "", "directory": ""})
-            changed = any(row.get(k) != v for k, v in kw.items())
+                                                      "waiting": "", "title": "", "directory": "", "repo": "",
+                                                      "created": time.time(), "tokens": None, "cost": None})
+            changed = any(row.get(k) != v for k, v in kw.items() if k != "created")
             row.update(kw)
             row["updated"] = time.time()
             snapshot = dict(row)
@@ -44,19 +50,59 @@ class Watcher:
 
     def _resync(self, host: Host) -> None:
         try:
-            for r in host_sessions(host, self.records):
+            rows = host_sessions(host, self.records)
+            now = time.time()
+            for r in rows:
                 self._set(host.name, r.session_id, state=r.state, waiting=r.waiting, title=r.title,
-                          directory=r.directory)
+                          directory=r.directory, repo=r.repo, created=now - r.age_s)
+            # totals so far: once per session, again after a reconnect for the ones at work
+            # (a gap may have lost their message.updated); events keep them current after that
+            want = [r for r in rows[:self.USAGE_READS]
+                    if (host.name, r.session_id) not in self.usage or r.state != "idle"]
+            for r in want:
+                self._read_usage(host, r.session_id, r.directory)
         except Exception:  # noqa: BLE001 - the stream keeps the board going; the next resync retries
             pass
+
+    def _read_usage(self, host: Host, sid: str, directory: str) -> None:
+        with OpenCodeClient(host, directory or None, timeout=10.0, connect_attempts=1) as oc:
+            msgs = oc.messages(sid)
+        u = Usage()
+        for m in msgs:
+            info = m.get("info") or {}
+            if info.get("role") == "assistant" and info.get("id"):
+                u.update(str(info["id"]), dict(info.get("tokens") or {}), float(info.get("cost") or 0.0))
+        with self.lock:
+            self.usage[(host.name, sid)] = u
+        tok, cost = u.totals()
+        self._set(host.name, sid, tokens=tok, cost=round(cost, 6))
+
+    def _message(self, host: str, sid: str, ev: dict[str, Any]) -> None:
+        mu = message_usage(ev)
+        if mu is None:
+            return
+        with self.lock:
+            u = self.usage.setdefault((host, sid), Usage())
+            if not u.update(*mu):
+                return
+            tok, cost = u.totals()
+        self._set(host, sid, tokens=tok, cost=round(cost, 6))
 
     def _handler(self, host: Host) -> Callable[[dict[str, Any]], None]:
         def on(ev: dict[str, Any]) -> None:
             t = ev.get("type", "")
+            p = ev.get("properties") or {}
+            if t in ("session.created", "session.updated"):
+                info = p.get("info") or {}
+                if isinstance(info, dict) and isinstance(info.get("id"), str):
+                    mark = fleet_marks(info)
+                    d = str(info.get("directory", ""))
+                    self._set(host.name, info["id"], title=str(info.get("title", "")), directory=d,
+                              repo=str(mark.get("repo") or d.rstrip("/").rsplit("/", 1)[-1]))
+                return
             sid = session_of(ev)
             if not sid:
                 return
-            p = ev.get("properties") or {}
             if t == "session.status":
                 st = (p.get("status") or {}).get("type", "idle")
                 self._set(host.name, sid, state=st, **({"step": "", "waiting": ""} if st == "idle" else {}))
@@ -69,6 +115,8 @@ class Watcher:
                 self._set(host.name, sid, state="needs-input", waiting=describe_request(p))
             elif t in ("permission.replied", "question.replied"):
                 self._set(host.name, sid, state="busy", waiting="")
+            elif t == "message.updated":
+                self._message(host.name, sid, ev)
             else:
                 step = step_of(ev)
                 if step:

@@ -4,6 +4,7 @@ a missing repo found fast, abort that tells the truth, and what the agent change
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -266,3 +267,70 @@ def test_a_question_shows_as_needs_input_and_answer_lets_it_go_on(agents, tmp_pa
     t.join(60)
     r = box["out"].results[0]
     assert r.outcome == FanoutOutcome.SUCCESS and '"deploy now?"="yes"' in r.answer
+
+
+def test_usage_so_far_in_dispatch_and_watch(agents, tmp_path, st):
+    """Tokens and cost while the agent works: dispatch's live usage and the watch board grow step
+    by step (each model call bills 15 tokens in the lab), and end at the turn's total."""
+    from fleet.watch import Watcher
+
+    inv = load_inventory(agents.inventory)
+    changes: list = []
+    w = Watcher([inv.host("lab02")], changes.append).start()
+    try:
+        events: list = []
+        r = dx.dispatch(inv, "lab02", args={"task": "please [bash: echo counted]", "repo": "demo"},
+                        settings=st, records=records(tmp_path), poll=0.2,
+                        on_event=lambda h, k, x: events.append((k, x))).results[0]
+        assert r.outcome == FanoutOutcome.SUCCESS and r.tokens["total"] == 30
+        usage = [x for k, x in events if k == "usage"]
+        assert usage[0].startswith("15 tok") and usage[-1].startswith("30 tok"), usage
+        assert events[-1] == ("end", "SUCCESS")
+        assert wait_for(lambda: any(c["session"] == r.session_id and c["tokens"] == 30 for c in changes), 10)
+        mine = [c for c in changes if c["session"] == r.session_id]
+        assert any(c["state"] == "busy" and c["tokens"] == 15 for c in mine), mine  # so far, mid-turn
+        assert mine[-1]["repo"] == "demo" and mine[-1]["cost"] == 0.0
+    finally:
+        w.close()
+    # a watcher that starts after the fact reads the totals from the session's messages
+    late: list = []
+    w2 = Watcher([inv.host("lab02")], late.append).start()
+    w2.close()
+    row = next(x for x in w2.rows() if x["session"] == r.session_id)
+    assert row["tokens"] == 30 and row["state"] == "idle"
+
+
+def test_many_host_dispatch_shows_a_live_board_on_a_terminal(agents, tmp_path):
+    """fleet dispatch --hosts a,b with stderr on a terminal (a pty): a board redrawn in place, one
+    line per host, then the report."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    fleet = str(Path(sys.executable).parent / "fleet")
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="160", NO_COLOR="1")
+    p = subprocess.Popen([fleet, "dispatch", "--inventory", str(agents.inventory), "--hosts", "lab01,lab02",
+                          "--repo", "demo", "--task", "please [bash: sleep 1; echo boarded]", "--no-slack"],
+                         stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = p.communicate(timeout=120)
+    os.close(master)
+    board = seen.decode(errors="replace")
+    assert p.returncode == 0, (out, board)
+    assert "HOST" in board and "TOKENS / COST" in board and "\x1b[J" in board
+    assert "\x1b[3F" in board  # redrawn in place: up over the header and two host lines
+    assert re.search(r"lab01 +ses_\w+ +busy +bash: sleep 1", board), board[-2000:]
+    assert re.search(r"lab02 +ses_\w+ +SUCCESS", board) and "30 tok" in board
+    text = out.decode()
+    assert "total: 2 hosts" in text and "60 tokens" in text

@@ -136,3 +136,42 @@ def test_aliases_file_defines_short_commands(tmp_path):
     assert "fleet preflight" in p.stdout and "fleet fanout" in p.stdout and "fleet dispatch" in p.stdout
     assert "FAB-DEFINED" not in p.stdout  # Fabric's own `fab` is not shadowed
     assert "fanout" in p.stdout and "lab.up" in p.stdout  # the installed command, from a temp dir
+
+
+def test_dispatch_live_board_and_plain_lines():
+    """Many hosts on a terminal: a board redrawn in place, needs-input first; not a terminal:
+    one plain line per change, with the usage so far."""
+    import io
+
+    from fleet.render import DispatchLive
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = Tty()
+    live = DispatchLive(False, True, stream=s, tick=0)
+    for host, kind, text in [("lab01", "session", "ses_1"), ("lab02", "session", "ses_2"),
+                             ("lab01", "status", "busy: bash: make test"), ("lab01", "usage", "15 tok $0.0000"),
+                             ("lab02", "status", "needs-input: bash: echo ask-me")]:
+        live(host, kind, text)
+    import re
+    raw = s.getvalue().rsplit("\x1b[J", 1)[1].splitlines()
+    assert raw[1].startswith("\x1b[33m")  # needs-input is highlighted
+    last = [re.sub(r"\x1b\[\d+m", "", line) for line in raw]
+    assert last[0].split() == ["HOST", "SESSION", "STATE", "DOING", "/", "ASKS", "TIME", "TOKENS", "/", "COST"]
+    assert last[1].split()[:4] == ["lab02", "ses_2", "needs-input", "bash:"]
+    assert last[2].split()[:5] == ["lab01", "ses_1", "busy", "bash:", "make"] and "15 tok" in last[2]
+    # every redraw goes up over the board before it: 2 lines after the first host, then 3
+    assert s.getvalue().count("\x1b[2F") == 1 and s.getvalue().count("\x1b[3F") == 3
+    live.close()
+    assert s.getvalue().endswith("\x1b[3F\x1b[J")  # cleared: the report follows
+
+    p = io.StringIO()
+    plain = DispatchLive(False, True, stream=p)
+    plain("lab01", "usage", "15 tok $0.0000")
+    plain("lab01", "status", "busy: bash: make test")
+    plain("lab01", "end", "FAILURE: agent error")
+    lines = p.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("lab01: busy: bash: make test (") and lines[0].endswith("15 tok $0.0000")
+    assert lines[1].startswith("lab01: FAILURE: agent error (")

@@ -38,6 +38,18 @@ def test_dispatch_waits_for_the_answer(agents, tmp_path, st):
     assert records(tmp_path).find("lab01", r.session_id)["directory"] == r.directory
 
 
+def test_usage_is_the_whole_turn_not_its_last_step(agents, tmp_path, st):
+    # a tool call makes two model calls (the tool request, then the answer): each bills 15 tokens
+    inv = load_inventory(agents.inventory)
+    r = dx.dispatch(inv, "lab03", args={"task": "check [bash: true]", "repo": "demo"}, settings=st,
+                    records=records(tmp_path), poll=0.2).results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS, r.error
+    with OpenCodeClient(inv.host("lab03"), r.directory) as oc:
+        steps = [m for m in oc.messages(r.session_id) if m["info"]["role"] == "assistant"]
+    assert len(steps) == 2
+    assert r.tokens.get("total") == 30 and r.tokens.get("input") == 20 and r.tokens.get("output") == 10
+
+
 def test_agent_error_is_failure_with_its_message(agents, tmp_path, st):
     inv = load_inventory(agents.inventory)
     r = dx.dispatch(inv, "lab02", args={"task": "please [fail]", "repo": "demo"}, settings=st,
