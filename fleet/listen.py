@@ -5,8 +5,9 @@ reached Slack, that has not completed), with ``conversations.replies`` polled (R
 honoured). A reply from a user in the inventory's ``slack.allowed_users`` is a command:
 
 - ``stop``: abort the dispatch's session(s), mark its Beads issue blocked, answer "Stopped. What next?";
-- ``approve`` / ``deny``: answer the permission the agent waits on;
-- ``status``: answer with each session's state.
+- ``approve`` / ``deny [reason]``: answer the permission the agent waits on (the reason goes to the agent);
+- ``answer TEXT``: answer the question the agent asks (an option's label, or free text);
+- ``status``: answer with each session's state and what it waits on.
 
 fleet's own posts (they carry its message metadata) are ignored; anyone else's reply is ignored
 and journaled as refused. Every action is journaled with who asked, and answered in the thread.
@@ -24,7 +25,7 @@ from .journal import Journal
 from .records import SessionRecords
 from .slack import EVENT_TYPE
 
-COMMANDS = ("stop", "approve", "deny", "status")
+COMMANDS = ("stop", "approve", "deny", "answer", "status")
 ENDED = {"completed", "failed", "aborted"}
 
 
@@ -125,8 +126,9 @@ class Listener:
 
     def _act(self, d: OpenDispatch, m: dict[str, Any]) -> dict[str, Any]:
         user = str(m.get("user", ""))
-        words = str(m.get("text", "")).strip().lower().split()
-        cmd = words[0] if words else ""
+        said = str(m.get("text", "")).strip()
+        cmd, _, rest = said.partition(" ")
+        cmd, rest = cmd.lower(), rest.strip()
         host = d.sessions[0][0] if d.sessions else ""
         if user not in self.allowed:
             self.trail.record("listen_refused", host, "refused", dispatch_id=d.dispatch_id, by=user, command=cmd)
@@ -134,7 +136,10 @@ class Listener:
         if cmd not in COMMANDS:
             self._say(d, f"I know: {', '.join(COMMANDS)}.")
             return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": "unknown"}
-        from .sessions import abort_sessions, answer_permission, host_sessions
+        if cmd == "answer" and not rest:
+            self._say(d, "Answer what? Write: answer yes (an option's label, or your own words).")
+            return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": "unknown"}
+        from .sessions import abort_sessions, answer_permission, answer_question, host_sessions
 
         outcome, notes = "ok", []
         for hname, sid in d.sessions:
@@ -146,8 +151,12 @@ class Listener:
                     notes.append(f"{hname} {sid}: stopped")
                 elif cmd in ("approve", "deny"):
                     got = answer_permission(h, sid, "once" if cmd == "approve" else "reject",
-                                            f"{cmd} from Slack by {user}", audit=self.trail, records=self.records)
+                                            (rest or None) if cmd == "deny" else None, audit=self.trail,
+                                            records=self.records)
                     notes.append(f"{hname} {sid}: {cmd}d {'; '.join(got)}")
+                elif cmd == "answer":
+                    got = answer_question(h, sid, rest, audit=self.trail, records=self.records)
+                    notes.append(f"{hname} {sid}: answered {'; '.join(got)}")
                 else:
                     row = next((r for r in host_sessions(h, self.records) if r.session_id == sid), None)
                     notes.append(f"{hname} {sid}: {row.state if row else 'gone'}"
@@ -157,7 +166,8 @@ class Listener:
                 notes.append(f"{hname} {sid}: {exc}")
         self.trail.record(f"slack_{cmd}", host, outcome, dispatch_id=d.dispatch_id, by=user,
                           result="; ".join(notes))
-        head = {"stop": "Stopped. What next?", "approve": "Approved.", "deny": "Denied.", "status": "Status:"}[cmd]
+        head = {"stop": "Stopped. What next?", "approve": "Approved.", "deny": "Denied.", "answer": "Answered.",
+                "status": "Status:"}[cmd]
         self._say(d, head + ("\n" + "\n".join(notes) if notes else " (no session yet)"))
         if cmd == "stop":
             self.followed.pop(d.dispatch_id, None)

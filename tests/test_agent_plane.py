@@ -334,3 +334,40 @@ def test_many_host_dispatch_shows_a_live_board_on_a_terminal(agents, tmp_path):
     assert re.search(r"lab02 +ses_\w+ +SUCCESS", board) and "30 tok" in board
     text = out.decode()
     assert "total: 2 hosts" in text and "60 tokens" in text
+
+
+def test_slack_answer_replies_to_the_agents_question(agents, tmp_path, st):
+    """An allowed user answers the agent's question from its Slack thread; the agent goes on with it."""
+    from fleet.audit import AuditTrail
+    from fleet.inventory import load_inventory_text
+    from fleet.journal import Journal
+    from fleet.listen import Listener
+    from fleet.opencode import OpenCodeClient
+    from stand_ins import FakeSlack
+
+    slack = FakeSlack()
+    try:
+        inv = load_inventory_text(f"slack: {{channel: C0AUDIT, base_url: '{slack.url}/api/', allowed_users: "
+                                  f"[U0ALLOWED]}}\n" + agents.inventory.read_text(), str(agents.inventory))
+        trail = AuditTrail(tmp_path / "journal.jsonl", inv.slack, "xoxb-test")
+        recs = records(tmp_path)
+        r = dx.dispatch(inv, "lab02", args={"task": "please [ask: ship it?]", "repo": "demo"}, settings=st,
+                        records=recs, wait=False, audit_trail=trail).results[0]
+        assert trail.close(timeout=5)
+        h = inv.host("lab02")
+        assert wait_for(lambda: any(x.session_id == r.session_id and x.state == "needs-input"
+                                    for x in host_sessions(h, recs)))
+        root = Journal(tmp_path / "journal.jsonl").load().thread_ts(recs.find("lab02", r.session_id)["dispatch_id"])
+        lst = Listener(inv, AuditTrail(tmp_path / "journal.jsonl", inv.slack, "xoxb-test"), "xoxb-test", recs)
+        slack.posts.append({"ts": "1700009999.000003", "thread_ts": root, "user": "U0ALLOWED", "text": "answer"})
+        slack.posts.append({"ts": "1700009999.000004", "thread_ts": root, "user": "U0ALLOWED", "text": "answer Yes"})
+        acts = lst.poll_once()
+        assert [(a["command"], a["outcome"]) for a in acts] == [("answer", "unknown"), ("answer", "ok")], acts
+        assert any("Answer what?" in (p["text"] or "") for p in slack.posts)
+        assert any((p["text"] or "").startswith("Answered.") and "ship it?" in p["text"] for p in slack.posts)
+        assert wait_for(lambda: all(x.state == "idle" for x in host_sessions(h, recs) if x.session_id == r.session_id))
+        with OpenCodeClient(h, r.directory) as oc:
+            last = [m for m in oc.messages(r.session_id) if m["info"]["role"] == "assistant"][-1]
+        assert '"ship it?"="yes"' in "".join(p.get("text", "") for p in last["parts"]).lower()
+    finally:
+        slack.close()
