@@ -4,11 +4,15 @@
 Prints the median wall time of a dispatch (create session, prompt, wait for the answer) to
 1 agent and to N agents in parallel, and the same single dispatch with the Slack audit
 healthy, slow (10 s per post), down, and unconfigured (the added latency should be ~0).
-Loopback only. Usage: python bench/dispatch.py [--agents 10] [--repeat 3]
+Then fleet's own CPU while every agent works for ``--busy`` seconds (default 60; the stand-in
+model's ``[slow]``), following them by events and by 0.5 s polling (the old way).
+Loopback only. Usage: python bench/dispatch.py [--agents 10] [--repeat 3] [--busy 60]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import socket
 import statistics
 import sys
@@ -19,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("FAKE_SLOW_DELAY", "60")  # read by the lab's stand-in model at lab.up
 
 from fleet import dispatch as dx  # noqa: E402
 from fleet.audit import AuditTrail  # noqa: E402
@@ -28,11 +33,52 @@ from fleet.settings import Settings  # noqa: E402
 from stand_ins import FakeSlack  # noqa: E402
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def busy_cpu(inv, agents: int, busy: float) -> None:
+    """fleet's CPU while every agent works: events (wake-ups) against polling every 0.5 s; the
+    whole run, and the quiet middle (from 10 s after the start to 10 s before the agents end),
+    where nothing happens but waiting."""
+    import threading
+
+    from fleet.modes import make_plan
+    for label, events in (("events", True), ("polling every 0.5 s", False)):
+        plan = make_plan(inv, "dispatch", "@agents", "canary", {"task": "[slow] think", "repo": "demo"})
+        plan.canary = None
+        marks: list[float] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            for at in (10.0, busy - 10.0):
+                if stop.wait(max(0.0, at - (time.perf_counter() - t))):
+                    return
+                marks.append(_cpu())
+        c0 = _cpu()
+        t = time.perf_counter()
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        r = dx.dispatch.__wrapped__(plan, poll=0.5, events=events)
+        wall = time.perf_counter() - t
+        used = _cpu() - c0
+        stop.set()
+        assert all(x.ok for x in r.results), [x.error for x in r.results]
+        mid = (f"; the quiet middle {busy - 20:g} s: {(marks[1] - marks[0]) * 1000:.0f} ms "
+               f"({(marks[1] - marks[0]) / (busy - 20) * 100:.2f}% of one core)" if len(marks) == 2 else "")
+        print(f"{agents} agents working {wall:5.1f} s, fleet following by {label:<20} CPU {used:6.3f} s "
+              f"({used / wall * 100:.2f}% of one core){mid}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--agents", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--busy", type=float, default=60.0, help="seconds every agent works ([slow])")
+    ap.add_argument("--busy-only", action="store_true", help="measure only the CPU while the agents work")
     a = ap.parse_args()
+    os.environ["FAKE_SLOW_DELAY"] = f"{a.busy:g}"
     d = Path(tempfile.mkdtemp(prefix="fleet-bench-dx-"))
     t0 = time.perf_counter()
     lab = lab_up(a.agents, d, agents=a.agents)
@@ -51,6 +97,9 @@ def main() -> None:
 
             def __init__(self, trail):
                 self.trail = trail
+
+            def __getattr__(self, name):  # gate_event, redactor...: the trail's own
+                return getattr(self.trail, name)
 
             def record(self, *args, **kw):
                 t = time.perf_counter()
@@ -83,6 +132,9 @@ def main() -> None:
             return time.perf_counter() - t
 
         rows = []
+        if a.busy_only:
+            busy_cpu(inv, a.agents, a.busy)
+            return
         rows.append(("dispatch to 1 agent (no audit)", statistics.median(one() for _ in range(a.repeat))))
         rows.append((f"dispatch to {a.agents} agents (canary first, then the rest in parallel)",
                      statistics.median(many() for _ in range(a.repeat))))
@@ -138,7 +190,8 @@ def main() -> None:
         ok.close()
         slow.close()
         for name, v in rows:
-            print(f"{name:<72} {v:8.3f}")
+            print(f"{name:<72} {v:8.3f}", flush=True)
+        busy_cpu(inv, a.agents, a.busy)
     finally:
         lab_down(d)
 

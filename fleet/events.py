@@ -18,7 +18,7 @@ from typing import Any, Callable
 import httpx
 
 from .inventory import Host
-from .opencode import add_usage, resolve_password
+from .opencode import add_usage, resolve_password, tls_context
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -94,7 +94,7 @@ class EventStream:
         path = "/event" if self.directory else "/global/event"
         params = {"directory": self.directory} if self.directory else None
         while not self._stop.is_set():
-            self._client = httpx.Client(base_url=self.host.opencode.url, auth=self._auth,
+            self._client = httpx.Client(base_url=self.host.opencode.url, auth=self._auth, verify=tls_context(),
                                         timeout=httpx.Timeout(5.0, read=35.0))  # heartbeats every 10 s
             try:
                 with self._client.stream("GET", path, params=params,

@@ -7,7 +7,9 @@ retried with tenacity; nothing that may have reached the server is ever sent twi
 """
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -145,6 +147,17 @@ def turn_usage(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
     return tokens, cost
 
 
+@functools.lru_cache(maxsize=1)
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for the process, as httpx makes it (certifi, SSL_CERT_FILE/DIR): httpx reads
+    the CA bundle again for every client, about 20 ms of CPU each, and fleet makes a client per
+    server per call (and one per event stream)."""
+    return httpx.create_ssl_context()
+
+
+SAFETY_WAKE = 15.0  # with the event stream up: re-read a waiting session's state at least this often
+
+
 class OpenCodeClient:
     """One host's OpenCode server. Use as a context manager, or call :meth:`close`."""
 
@@ -174,7 +187,7 @@ class OpenCodeClient:
         self.timeout = timeout
         self.deadline: float | None = None  # monotonic time no call may outlive (set by dispatch)
         self.pending_input: dict[str, Any] | None = None  # the request a session waits on, if any
-        self._make = lambda: httpx.Client(base_url=self.base, auth=auth, transport=transport,
+        self._make = lambda: httpx.Client(base_url=self.base, auth=auth, transport=transport, verify=tls_context(),
                                           timeout=httpx.Timeout(timeout, connect=connect_timeout),
                                           headers={"User-Agent": "fleet/0.2"})
         self.http = self._make()
@@ -444,7 +457,12 @@ class OpenCodeClient:
                 return None
             stream = getattr(waker, "stream", None)
             if stream is not None and stream.connected.is_set():
-                waker.wake.wait(min(2.0, max(0.05, deadline - time.monotonic())))
+                # an event wakes it; else a safety re-read every SAFETY_WAKE s (the stream is up and
+                # a reconnect wakes it too), or when a quiet busy session crosses the stall bound
+                nap = min(SAFETY_WAKE, deadline - time.monotonic())
+                if stall and state.startswith("busy"):
+                    nap = min(nap, stall - quiet + 0.05)
+                waker.wake.wait(max(0.05, nap))
                 waker.wake.clear()
             else:
                 time.sleep(poll)
