@@ -130,6 +130,19 @@ def add_usage(total: dict[str, Any], tokens: Any) -> dict[str, Any]:
     return total
 
 
+def session_usage(session: dict[str, Any]) -> tuple[int, float] | None:
+    """(total tokens, cost) a server keeps on the session itself (``tokens``, ``cost``: 1.18 has
+    them, updated after each model call), or None when it keeps none."""
+    tok = session.get("tokens") if isinstance(session, dict) else None
+    if not isinstance(tok, dict):
+        return None
+    try:
+        cost = float(session.get("cost") or 0.0)
+    except (TypeError, ValueError):
+        cost = 0.0
+    return int(add_usage({}, tok).get("total") or 0), cost
+
+
 def turn_usage(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
     """Tokens and cost of every assistant message in ``messages`` ({info, parts} or bare infos):
     a turn with tool calls is one assistant message per model call, each billed on its own."""

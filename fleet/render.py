@@ -502,9 +502,11 @@ def files_summary(files: Any) -> str:
 
 def sessions_table(rows: list[Any]) -> str:
     """``sessions``: one line per session."""
-    return table([[r.host, r.session_id, r.state + (f" ({r.waiting})" if r.waiting else ""), f"{r.age_s}s",
-                   (r.machine or "yes") if r.fleet else "", r.branch or "-", r.title[:50]]
-                  for r in rows], ["HOST", "SESSION", "STATE", "AGE", "FLEET (BY)", "WORKTREE BRANCH", "TITLE"])
+    return table([[r.host, r.repo or "-", r.session_id, r.state + (f" ({r.waiting})" if r.waiting else ""),
+                   age_text(r.age_s), *_usage_cells({"tokens": r.tokens, "cost": r.cost}),
+                   (r.machine or "yes") if r.fleet else "", r.branch or "-", r.title[:50]] for r in rows],
+                 ["HOST", "REPO", "SESSION", "STATE", "AGE", "TOKENS", "COST", "FLEET (BY)", "WORKTREE BRANCH",
+                  "TITLE"])
 
 
 def status_table(servers: list[dict[str, Any]]) -> str:

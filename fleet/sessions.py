@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .errors import BadInput, FleetError, OpenCodeError
 from .inventory import Host
 from .modes import Plan, guarded
-from .opencode import OpenCodeClient, describe_request
+from .opencode import OpenCodeClient, describe_request, session_usage
 from .pool import run_bounded
 from .records import SessionRecords, new_dispatch_id
 
@@ -31,6 +31,8 @@ class SessionRow:
     machine: str = ""  # the orchestrating machine that dispatched it (fleet's marks on the server)
     dispatch_id: str = ""
     repo: str = ""  # the repo fleet dispatched it for, else the directory's last part
+    tokens: int | None = None  # the session's tokens and cost so far, when the server keeps them
+    cost: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -71,7 +73,8 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
                                s["id"] in mine or bool(mark), waiting.get(s["id"], ""),
                                rec.get("worktree") or mark.get("worktree", ""), rec.get("branch") or mark.get("branch", ""),
                                mark.get("machine", ""), rec.get("dispatch_id") or mark.get("dispatch_id", ""),
-                               str(mark.get("repo") or str(s.get("directory", "")).rstrip("/").rsplit("/", 1)[-1])))
+                               str(mark.get("repo") or str(s.get("directory", "")).rstrip("/").rsplit("/", 1)[-1]),
+                               *(session_usage(s) or (None, None))))
     return rows
 
 

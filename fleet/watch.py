@@ -3,9 +3,10 @@
 One :class:`~fleet.events.EventStream` per server (``/global/event``: every directory). The
 board starts from REST (``sessions``) and after every reconnect re-reads it; events then move
 each session between ``busy`` (with its current step), ``retry``, ``needs-input`` (and what it
-asks), ``idle`` and ``error``, and keep its tokens and cost so far (each assistant message's
-``message.updated``; the newest sessions' messages are read once at the start). Each change is
-handed to ``on_change`` as a plain dict.
+asks), ``idle`` and ``error``, and keep its tokens and cost so far: the session's own totals
+(``session.updated``, after each model call) where the server keeps them, else each assistant
+message's ``message.updated`` (the newest sessions' messages read once at the start). Each
+change is handed to ``on_change`` as a plain dict.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 from .events import EventStream, Usage, message_usage, session_of, step_of
 from .inventory import Host
-from .opencode import OpenCodeClient, describe_request
+from .opencode import OpenCodeClient, describe_request, session_usage
 from .records import SessionRecords
 from .sessions import fleet_marks, host_sessions
 
@@ -33,6 +34,7 @@ class Watcher:
         self.lock = threading.Lock()
         self.streams: list[EventStream] = []
         self.usage: dict[tuple[str, str], Usage] = {}
+        self.server_totals: set[tuple[str, str]] = set()  # sessions whose server keeps their totals
 
     USAGE_READS = 20  # per host at the start: the newest sessions' messages are read for their totals
 
@@ -53,12 +55,16 @@ class Watcher:
             rows = host_sessions(host, self.records)
             now = time.time()
             for r in rows:
+                usage = {"tokens": r.tokens, "cost": round(r.cost, 6)} if r.tokens is not None else {}
+                if usage:
+                    self.server_totals.add((host.name, r.session_id))
                 self._set(host.name, r.session_id, state=r.state, waiting=r.waiting, title=r.title,
-                          directory=r.directory, repo=r.repo, created=now - r.age_s)
-            # totals so far: once per session, again after a reconnect for the ones at work
-            # (a gap may have lost their message.updated); events keep them current after that
-            want = [r for r in rows[:self.USAGE_READS]
-                    if (host.name, r.session_id) not in self.usage or r.state != "idle"]
+                          directory=r.directory, repo=r.repo, created=now - r.age_s, **usage)
+            # a server that keeps no totals on its sessions: read the newest sessions' messages,
+            # once each, again after a reconnect for the ones at work (a gap may have lost their
+            # message.updated); events keep them current after that
+            want = [r for r in rows[:self.USAGE_READS] if r.tokens is None
+                    and ((host.name, r.session_id) not in self.usage or r.state != "idle")]
             for r in want:
                 self._read_usage(host, r.session_id, r.directory)
         except Exception:  # noqa: BLE001 - the stream keeps the board going; the next resync retries
@@ -79,8 +85,8 @@ class Watcher:
 
     def _message(self, host: str, sid: str, ev: dict[str, Any]) -> None:
         mu = message_usage(ev)
-        if mu is None:
-            return
+        if mu is None or (host, sid) in self.server_totals:
+            return  # the server's own totals follow in session.updated
         with self.lock:
             u = self.usage.setdefault((host, sid), Usage())
             if not u.update(*mu):
@@ -97,8 +103,12 @@ class Watcher:
                 if isinstance(info, dict) and isinstance(info.get("id"), str):
                     mark = fleet_marks(info)
                     d = str(info.get("directory", ""))
+                    su = session_usage(info)
+                    if su is not None:
+                        self.server_totals.add((host.name, info["id"]))
                     self._set(host.name, info["id"], title=str(info.get("title", "")), directory=d,
-                              repo=str(mark.get("repo") or d.rstrip("/").rsplit("/", 1)[-1]))
+                              repo=str(mark.get("repo") or d.rstrip("/").rsplit("/", 1)[-1]),
+                              **({"tokens": su[0], "cost": round(su[1], 6)} if su is not None else {}))
                 return
             sid = session_of(ev)
             if not sid:

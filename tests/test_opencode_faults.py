@@ -156,3 +156,26 @@ def test_server_of_an_unknown_api_version_is_refused_before_sending():
         assert not [h for h in s.hits if h[1] == "/session"]
     finally:
         s.close()
+
+
+def test_watch_board_totals_from_messages_when_the_server_keeps_none(oc_server):
+    """A server whose sessions carry no tokens/cost (older than 1.18): the board reads the session's
+    messages once and sums every assistant message; one that keeps them is not read at all."""
+    from fleet.watch import Watcher
+
+    inv, h = host_for(oc_server.url)
+    with OpenCodeClient(h, "/srv/repos/demo") as c:
+        old = c.create_session("old server")["id"]
+        new = c.create_session("new server")["id"]
+    oc_server.messages[old] = [
+        {"info": {"id": "msg_1", "role": "assistant", "tokens": {"input": 10, "output": 5}, "cost": 0.25}, "parts": []},
+        {"info": {"id": "msg_2", "role": "user"}, "parts": []},
+        {"info": {"id": "msg_3", "role": "assistant", "tokens": {"total": 40, "input": 30}, "cost": 0.5}, "parts": []}]
+    oc_server.sessions[new].update(tokens={"input": 7, "output": 3, "reasoning": 0, "cache": {"read": 2, "write": 0}},
+                                   cost=0.125)
+    w = Watcher([h], lambda row: None).start()
+    w.close()
+    rows = {r["session"]: r for r in w.rows()}
+    assert (rows[old]["tokens"], rows[old]["cost"]) == (55, 0.75)
+    assert (rows[new]["tokens"], rows[new]["cost"]) == (12, 0.125) and rows[new]["repo"] == "demo"
+    assert ("GET", f"/session/{new}/message") not in [(m, p) for m, p, _ in oc_server.hits]
