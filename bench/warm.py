@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Warm connections: `fleet mcp` fanout to N lab hosts twice in one session (the second within the
 idle time), against OpenSSH with ControlMaster=auto ControlPersist=10m run twice (what Ansible
-users rely on). Concurrency 50, command `true`. Usage: python bench/warm.py [--hosts 50]"""
+users rely on). Concurrency 50, command `true`. Then the `Fleet` object in this process: its
+second fanout, and its CPU while it holds the warm connections idle for 10 s.
+Usage: python bench/warm.py [--hosts 50]"""
 from __future__ import annotations
 
 import argparse
@@ -59,9 +61,39 @@ def main() -> None:
         print(f"N={a.hosts}: OpenSSH ControlPersist first {o[0]:.2f}s, second {o[1]:.2f}s")
         subprocess.run(["ssh", "-F", str(lab.ssh_config), *cm, "-O", "exit", lab.hosts[0].name],
                        capture_output=True)
+        in_process(lab, d)
     finally:
         subprocess.run(["pkill", "-f", f"{d}/cm-"], capture_output=True)
         lab_down(d / "lab")
+
+
+def in_process(lab, d: Path) -> None:
+    """The Fleet object: second fanout in-process, and CPU while the kept connections idle."""
+    import resource
+
+    from fleet import Fleet
+    from fleet.settings import Settings
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    st = Settings(token_dir=str(d / "tok"), journal=str(d / "j2.jsonl"), artifacts_dir=str(d / "art2"),
+                  concurrency=50)
+    with Fleet(str(lab.inventory), settings=st) as f:
+        times = []
+        for _ in range(2):
+            t = time.perf_counter()
+            assert f.fanout("all", "true", no_canary=True).exit_code == 0
+            times.append(time.perf_counter() - t)
+        c = cpu()
+        time.sleep(10)
+        used = cpu() - c
+        t = time.perf_counter()
+        f.close()
+        closing = time.perf_counter() - t
+    print(f"Fleet object: fanout first {times[0]:.2f}s, second {times[1]:.2f}s; idle 10 s holding "
+          f"{len(lab.hosts)} connections: CPU {used * 1000:.0f} ms ({used / 10 * 100:.2f}% of a core); "
+          f"closing them {closing:.2f}s")
 
 
 if __name__ == "__main__":
