@@ -57,13 +57,15 @@ class EventStream:
     (re)connect, so the listener can re-read what the gap may have hidden."""
 
     def __init__(self, host: Host, on_event: Handler, directory: str | None = None,
-                 on_connect: Callable[[], None] | None = None, backoff_max: float = 5.0) -> None:
+                 on_connect: Callable[[], None] | None = None, backoff_max: float = 5.0,
+                 on_error: Callable[[str], None] | None = None) -> None:
         if host.opencode is None:
             raise ValueError(f"{host.name} has no OpenCode server")
         self.host = host
         self.directory = directory
         self.on_event = on_event
         self.on_connect = on_connect
+        self.on_error = on_error  # a connect that failed (why), before the next try
         self.backoff_max = backoff_max
         self.connected = threading.Event()
         self.reconnects = 0
@@ -94,13 +96,15 @@ class EventStream:
         path = "/event" if self.directory else "/global/event"
         params = {"directory": self.directory} if self.directory else None
         while not self._stop.is_set():
+            failed = ""
             self._client = httpx.Client(base_url=self.host.opencode.url, auth=self._auth, verify=tls_context(),
                                         timeout=httpx.Timeout(5.0, read=35.0))  # heartbeats every 10 s
             try:
                 with self._client.stream("GET", path, params=params,
                                          headers={"Accept": "text/event-stream"}) as resp:
                     if resp.status_code != 200:
-                        raise httpx.HTTPError(f"HTTP {resp.status_code}")
+                        failed = f"{self.host.opencode.url}{path}: HTTP {resp.status_code}"
+                        raise httpx.HTTPError(failed)
                     self.connected.set()
                     if self.on_connect is not None:
                         self.on_connect()
@@ -119,8 +123,9 @@ class EventStream:
                         if "payload" in ev and isinstance(ev["payload"], dict):  # /global/event wrapper
                             ev = dict(ev["payload"], directory=ev.get("directory"))
                         self.on_event(ev)
-            except Exception:  # noqa: BLE001 - any break of the stream: reconnect (REST covers the gap)
-                pass
+            except Exception as exc:  # noqa: BLE001 - any break of the stream: reconnect (REST covers the gap)
+                if not self.connected.is_set() and not failed:
+                    failed = f"{self.host.opencode.url}{path}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
             finally:
                 self.connected.clear()
                 try:
@@ -129,6 +134,11 @@ class EventStream:
                     pass
             if self._stop.is_set():
                 return
+            if failed and self.on_error is not None:
+                try:
+                    self.on_error(failed)
+                except Exception:  # noqa: BLE001 - the listener's trouble is not the stream's
+                    pass
             self.reconnects += 1
             self._stop.wait(delay)
             delay = min(self.backoff_max, delay * 2)

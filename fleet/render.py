@@ -558,7 +558,7 @@ def watch_line(row: dict[str, Any]) -> str:
     extra = f" ({row['waiting']})" if row.get("waiting") else (f" ({row['step']})" if row.get("step") else "")
     tok, cost = _usage_cells(row)
     usage = f"  {tok} tok {cost}" if row.get("tokens") is not None else ""
-    return (f"{row['host']}  {row.get('repo') or '-'}  {row['session']}  {row['state']}{extra}{usage}  "
+    return (f"{row['host']}  {row.get('repo') or '-'}  {row['session'] or '-'}  {row['state']}{extra}{usage}  "
             f"{row.get('title', '')[:40]}").rstrip()
 
 
@@ -568,9 +568,9 @@ def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: 
 
     c = color or Colors(False)
     now = time.time() if now is None else now
-    order = {"needs-input": 0, "stuck": 1, "error": 2, "retry": 3, "busy": 4, "idle": 5}
-    rows = sorted(rows, key=lambda r: (order.get(r["state"], 6), r["host"]))
-    body = table([[r["host"], r.get("repo") or "-", r["session"], r["state"],
+    order = {"needs-input": 0, "stuck": 1, "down": 2, "error": 3, "no-events": 4, "retry": 5, "busy": 6, "idle": 7}
+    rows = sorted(rows, key=lambda r: (order.get(r["state"], 8), r["host"]))
+    body = table([[r["host"], r.get("repo") or "-", r["session"] or "-", r["state"],
                    (r.get("waiting") or r.get("step") or "")[:60], age_text(now - r.get("created", now)),
                    *_usage_cells(r), r.get("title", "")[:40]] for r in rows],
                  ["HOST", "REPO", "SESSION", "STATE", "DOING / ASKS", "AGE", "TOKENS", "COST", "TITLE"])
@@ -578,7 +578,7 @@ def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: 
     for k, r in enumerate(rows, start=1):
         if r["state"] in ("needs-input", "stuck"):
             out[k] = c.yellow(out[k])
-        elif r["state"] == "error":
+        elif r["state"] in ("error", "down"):
             out[k] = c.red(out[k])
     return "\n".join(out)
 

@@ -1,7 +1,10 @@
 """``watch``: every agent on the selected hosts, live, from their servers' event streams.
 
-One :class:`~fleet.events.EventStream` per server (``/global/event``: every directory). The
-board starts from REST (``sessions``) and after every reconnect re-reads it; events then move
+One :class:`~fleet.events.EventStream` per server (``/global/event``: every directory). Each
+stream reads its server's board over REST (``sessions``) when it connects and after every
+reconnect, so one server that does not answer holds up only its own row (a host row, session
+"": ``down`` with why); while a stream cannot connect but REST answers, the host row says
+``no-events`` and that server's board is re-read at each retry; events then move
 each session between ``busy`` (with its current step), ``retry``, ``needs-input`` (and what it
 asks), ``idle`` and ``error``, and keep its tokens and cost so far: the session's own totals
 (``session.updated``, after each model call) where the server keeps them, else each assistant
@@ -35,6 +38,12 @@ class Watcher:
         self.streams: list[EventStream] = []
         self.usage: dict[tuple[str, str], Usage] = {}
         self.server_totals: set[tuple[str, str]] = set()  # sessions whose server keeps their totals
+        self._read_once = {h.name: threading.Event() for h in self.hosts}
+
+    READ_TIMEOUT = 10.0  # a server that does not answer a read in this long is down on the board
+
+    def _client(self, host: Host, directory: str | None) -> OpenCodeClient:
+        return OpenCodeClient(host, directory, timeout=self.READ_TIMEOUT, connect_timeout=3.0, connect_attempts=1)
 
     USAGE_READS = 20  # per host at the start: the newest sessions' messages are read for their totals
 
@@ -50,9 +59,34 @@ class Watcher:
         if changed:
             self.on_change(snapshot)
 
-    def _resync(self, host: Host) -> None:
+    def _host_state(self, host: str, state: str, why: str = "") -> None:
+        """A host-level row (session ""): ``down`` with why, ``up`` again (then off the board)."""
+        with self.lock:
+            known = (host, "") in self.board
+        if state == "up" and not known:
+            return
+        self._set(host, "", state=state, step=why, title="", directory="")
+
+    def _stream_failed(self, host: Host, why: str) -> None:
+        """The event stream cannot connect: read the state over REST (so the board is current
+        while the stream is down); if that fails too, the host is down."""
+        if self._resync(host):
+            self._host_state(host.name, "no-events", f"{why}; its sessions are re-read every few seconds")
+
+    def _resync(self, host: Host) -> bool:
         try:
-            rows = host_sessions(host, self.records)
+            return self._read(host)
+        finally:
+            self._read_once[host.name].set()
+
+    def _read(self, host: Host) -> bool:
+        try:
+            rows = host_sessions(host, self.records, client_factory=self._client)
+        except Exception as exc:  # noqa: BLE001 - any failure: the host is down on the board, the stream retries
+            self._host_state(host.name, "down", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return False
+        self._host_state(host.name, "up")
+        try:
             now = time.time()
             for r in rows:
                 usage = {"tokens": r.tokens, "cost": round(r.cost, 6)} if r.tokens is not None else {}
@@ -69,9 +103,10 @@ class Watcher:
                 self._read_usage(host, r.session_id, r.directory)
         except Exception:  # noqa: BLE001 - the stream keeps the board going; the next resync retries
             pass
+        return True
 
     def _read_usage(self, host: Host, sid: str, directory: str) -> None:
-        with OpenCodeClient(host, directory or None, timeout=10.0, connect_attempts=1) as oc:
+        with self._client(host, directory or None) as oc:
             msgs = oc.messages(sid)
         u = Usage()
         for m in msgs:
@@ -138,12 +173,23 @@ class Watcher:
         return on
 
     def start(self) -> "Watcher":
-        """Read the board, then follow every server."""
+        """Follow every server (returns at once): each stream reads its server's board when it
+        connects, and again after every reconnect; a server that cannot be reached is a ``down``
+        row (session ""), and a slow one holds up only its own row. :meth:`ready` waits for the
+        first read of every server."""
         for h in self.hosts:
-            self._resync(h)
-            s = EventStream(h, self._handler(h), on_connect=lambda h=h: self._resync(h))
+            s = EventStream(h, self._handler(h), on_connect=lambda h=h: self._resync(h),
+                            on_error=lambda why, h=h: self._stream_failed(h, why))
             self.streams.append(s.start())
         return self
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Wait until every server has been read once (or found down); True if all were."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for ev in self._read_once.values():
+            if not ev.wait(None if end is None else max(0.0, end - time.monotonic())):
+                return False
+        return True
 
     def close(self) -> None:
         """Stop following."""
@@ -154,7 +200,7 @@ class Watcher:
         """The board, host by host, newest change first; busy with no event for ``stall`` s is stuck."""
         now = time.time()
         with self.lock:
-            rows = [dict(r) for r in self.board.values()]
+            rows = [dict(r) for r in self.board.values() if r["session"] or r["state"] != "up"]
         for r in rows:
             if stall and r["state"] == "busy" and now - r.get("updated", now) > stall:
                 r["state"] = "stuck"

@@ -295,6 +295,7 @@ def test_usage_so_far_in_dispatch_and_watch(agents, tmp_path, st):
     # a watcher that starts after the fact reads the totals from the session's messages
     late: list = []
     w2 = Watcher([inv.host("lab02")], late.append).start()
+    assert w2.ready(10)
     w2.close()
     row = next(x for x in w2.rows() if x["session"] == r.session_id)
     assert row["tokens"] == 30 and row["state"] == "idle"
@@ -371,3 +372,48 @@ def test_slack_answer_replies_to_the_agents_question(agents, tmp_path, st):
         assert '"ship it?"="yes"' in "".join(p.get("text", "") for p in last["parts"]).lower()
     finally:
         slack.close()
+
+
+def test_watch_is_not_held_up_by_a_host_that_does_not_answer(agents, tmp_path):
+    """An offline machine (its port drops SYNs, as a sleeping laptop on Tailscale) is listed first:
+    the board still starts at once, shows the reachable host's sessions, and says the other is down."""
+    import socket
+
+    from fleet.inventory import load_inventory_text
+    from fleet.watch import Watcher
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fillers = []
+    for _ in range(2):  # fill the accept queue: further SYNs are dropped
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    try:
+        text = agents.inventory.read_text().replace(
+            "hosts:\n", f"hosts:\n  asleep: {{address: 127.0.0.1, opencode: {{url: 'http://127.0.0.1:{port}'}}}}\n", 1)
+        inv = load_inventory_text(text, str(agents.inventory))
+        with dx.OpenCodeClient(inv.host("lab01"), inv.host("lab01").repo_path("demo")) as oc:
+            sid = oc.create_session("seen despite the sleeper")["id"]
+        changes: list = []
+        w = Watcher([inv.host("asleep"), inv.host("lab01")], changes.append)
+        t0 = time.monotonic()
+        w.start()
+        started = time.monotonic() - t0
+        try:
+            assert wait_for(lambda: any(c["session"] == sid for c in changes), 10), changes
+            assert wait_for(lambda: any(c["host"] == "asleep" and c["state"] == "down" for c in changes), 20)
+            down = next(c for c in changes if c["host"] == "asleep")
+            assert down["session"] == "" and "127.0.0.1" in down["step"], down
+        finally:
+            w.close()
+        assert started < 5.0, started  # start() waits for no server (it took 15 s: 3 connects of 5 s)
+    finally:
+        for s in [hole, *fillers]:
+            s.close()

@@ -174,8 +174,11 @@ def test_watch_board_totals_from_messages_when_the_server_keeps_none(oc_server):
     oc_server.sessions[new].update(tokens={"input": 7, "output": 3, "reasoning": 0, "cache": {"read": 2, "write": 0}},
                                    cost=0.125)
     w = Watcher([h], lambda row: None).start()
+    assert w.ready(10)  # the stand-in has no event stream: its board is read over REST all the same
     w.close()
     rows = {r["session"]: r for r in w.rows()}
     assert (rows[old]["tokens"], rows[old]["cost"]) == (55, 0.75)
     assert (rows[new]["tokens"], rows[new]["cost"]) == (12, 0.125) and rows[new]["repo"] == "demo"
     assert ("GET", f"/session/{new}/message") not in [(m, p) for m, p, _ in oc_server.hits]
+    host_row = next(r for r in w.rows() if r["session"] == "")
+    assert host_row["state"] == "no-events" and "/global/event: HTTP 404" in host_row["step"]
