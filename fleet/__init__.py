@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "Scope": "tokens", "TokenRefused": "tokens", "TokenStore": "tokens",
     # dispatch, audit, beads
     "DispatchResult": "dispatch", "DispatchRun": "dispatch", "SessionRecords": "records",
+    "wait_session": "follow", "wait_sessions": "follow", "wait_dispatch": "follow", "Watcher": "watch",
     "AuditTrail": "audit", "Journal": "audit", "replay": "audit",
     "AlreadyClaimed": "beads", "Beads": "beads", "BeadsError": "beads",
 }
@@ -59,6 +60,8 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from .audit import AuditTrail, Journal, replay
     from .beads import AlreadyClaimed, Beads, BeadsError
     from .dispatch import DispatchResult, DispatchRun
+    from .follow import wait_dispatch, wait_session, wait_sessions
+    from .watch import Watcher
     from .records import SessionRecords
     from .errors import (EXIT_BAD_INPUT, EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, BadInput,
                          FleetError, InventoryError, Refused, SelectorError)

@@ -599,6 +599,47 @@ def abort(c, host=None, session=None, all_sessions=False, reason="aborted by ope
         print(abort_line(h.name, done))
 
 
+@fleet_task(help={"session": "The session to follow (one host).", "dispatch": "Every session of this dispatch id.",
+                  "host": "The session's host (default: the one fleet's records or the servers know it from).",
+                  "hosts": HOSTS_HELP + " With --dispatch: where to look when this machine has no record of it.",
+                  "timeout": "Seconds to wait (default: the 'dispatch_timeout' setting).",
+                  "on_permission": "When the agent asks a permission: ask (say needs-input, keep waiting), allow or deny.",
+                  "inventory": "Inventory file.", "json": "One JSON document.", "no_slack": "Journal only."})
+def wait(c, session=None, dispatch=None, host=None, hosts=None, timeout=None, on_permission="ask", inventory=None,
+         json_=False, no_slack=False):
+    """Follow agents already at work (a --no-wait dispatch) to the end of their turn, and review it."""
+    from fleet.errors import BadInput
+    from fleet.follow import wait_dispatch, wait_sessions
+    from fleet.render import DispatchLive, dispatch_report
+    from fleet.selectors import select
+
+    if bool(session) == bool(dispatch):
+        raise BadInput("say what to wait for: --session ID (one agent) or --dispatch ID (every agent of a dispatch)")
+    st = _settings(c)
+    inv = _inventory(c, inventory)
+    kw = {"timeout": _num("--timeout", timeout, st.dispatch_timeout, positive=True), "on_permission": on_permission,
+          "stall_timeout": st.stall_timeout, "concurrency": st.concurrency, "records": _records(c)}
+    pairs = [(_session_host(c, inv, host, session), session)] if session else None
+    trail = _trail(c, inv, slack=not no_slack)
+    live = DispatchLive(json_, not session)
+    try:
+        if pairs:
+            run = wait_sessions(pairs, strict=True, audit=trail, on_event=live, **kw)
+        else:
+            run = wait_dispatch(inv, dispatch, hosts=select(inv, hosts) if hosts else None, audit=trail,
+                                on_event=live, **kw)
+    finally:
+        live.close()
+        trail.close()
+    if json_:
+        _emit(run.to_dict())
+    else:
+        print(dispatch_report(run))
+        _say_audit(trail)
+    if run.exit_code:
+        raise Exit(code=run.exit_code)
+
+
 def _on_session(c, inventory, host, session, op, slack=True):
     """Run ``op(host, trail, records)`` on the session's host (found from the records or the
     servers when --host is not given) with the audit trail open; returns (host, op's result)."""
@@ -848,7 +889,7 @@ def audit_show(c, dispatch_id, json_=False):
 # ------------------------------------------------------------------------ collection
 
 ns = Collection()
-for _t in (preflight, fanout, retry, blow_away, dispatch, abort, approve, deny, answer, sessions, watch, listen,
+for _t in (preflight, fanout, retry, blow_away, dispatch, wait, abort, approve, deny, answer, sessions, watch, listen,
            status, teardown, mcp):
     ns.add_task(_t)
 for _name, _tasks in (("inventory", {"check": inventory_check, "show": inventory_show, "import": inventory_import}),

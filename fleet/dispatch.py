@@ -186,79 +186,19 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                 beads.record_session(issue, host.name, sid, wt.get("path"))
             au("session_created" if created else "session_resumed", host.name, "ok", session_id=sid)
             before = len(oc.messages(sid))
-            waker = None
-            if wait and events:
-                from .events import EventStream, SessionWaker
-                # follow the server's events first, then send: completion is seen as it happens
-                from .events import usage_text
-                waker = SessionWaker(sid, on_step=lambda step: ev("status", f"busy: {step}"),
-                                     on_usage=lambda tok, cost: ev("usage", usage_text(tok, cost)))
-                try:
-                    waker.stream = EventStream(host, waker, directory=directory,
-                                               on_connect=waker.reconnected).start()
-                    waker.stream.connected.wait(2.0)
-                except (ValueError, FleetError):
-                    waker = None
-            oc.prompt_async(sid, task, model)
+            # follow the server's events first, then send: completion is seen as it happens
+            waker = _subscribe(host, sid, directory, ev) if wait and events else None
+            try:
+                oc.prompt_async(sid, task, model)
+            except BaseException:
+                _unsubscribe(waker)
+                raise
             au("task_sent", host.name, "ok", session_id=sid)
             if not wait:
                 ev("status", "sent (not waiting)")
                 return result(FanoutOutcome.SUCCESS)
-            seen: set[str] = set()
-
-            def on_input(req: dict[str, Any]) -> str | None:
-                rid, what = str(req.get("id")), describe_request(req)
-                if rid not in seen:
-                    seen.add(rid)
-                    au("needs_input", host.name, "waiting", session_id=sid, request=what, request_id=rid,
-                       policy=on_permission)
-                reply = {"allow": "once", "deny": "reject"}.get(on_permission)
-                if reply:
-                    au("permission_answered", host.name, reply, session_id=sid, request=what, by="policy")
-                return reply
-            try:
-                stuck_said: list[bool] = []
-
-                def on_status(state: str) -> None:
-                    ev("status", state)
-                    if state.startswith("stuck") and not stuck_said:
-                        stuck_said.append(True)
-                        au("stuck", host.name, "stuck", session_id=sid, state=state)
-                ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=on_status, stop=stop,
-                                   on_input=on_input, waker=waker, stall=stall_timeout)
-            finally:
-                if waker is not None and getattr(waker, "stream", None) is not None:
-                    waker.stream.close()
-            if ans is None and oc.pending_input is not None:
-                what = describe_request(oc.pending_input)
-                au("failed", host.name, "timeout", session_id=sid, error=f"waiting for input: {what}")
-                return result(FanoutOutcome.TIMEOUT, pending=what, error_kind="needs_input",
-                              error=f"the agent is waiting for a permission ({what}) and nobody answered in "
-                              f"{timeout:g}s: fleet approve --host {host.name} --session {sid} (or deny); "
-                              f"or dispatch with --on-permission allow|deny")
-            if ans is None:
-                if stop is not None and stop():
-                    au("wait_stopped", host.name, "aborted", session_id=sid)
-                    return result(FanoutOutcome.ABORTED, error=f"stopped waiting (Ctrl-C); the agent may still "
-                                  f"run: inv abort --host {host.name} --session {sid}", error_kind="aborted")
-                au("failed", host.name, "timeout", session_id=sid)
-                return result(FanoutOutcome.TIMEOUT, error=f"agent still busy after {timeout:g}s; it keeps "
-                              f"running: follow with 'inv sessions --hosts {host.name}', stop with "
-                              f"'inv abort --host {host.name} --session {sid}'", error_kind="timeout")
-            ev("answer", ans.text)
-            files, todo = _review(oc, sid, before)
-            if ans.error and ans.error_name == "MessageAbortedError":
-                au("failed", host.name, "aborted", session_id=sid, error=ans.error)
-                return result(FanoutOutcome.ABORTED, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
-                              todo=todo, error=f"the session was aborted: {ans.error}", error_kind="aborted")
-            if ans.error:
-                au("failed", host.name, "failure", session_id=sid, error=ans.error)
-                return result(FanoutOutcome.FAILURE, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
-                              todo=todo, error=f"agent error {ans.error_name}: {ans.error}", error_kind="agent_error")
-            au("completed", host.name, "success", session_id=sid, answer=ans.text[:300],
-               changed=files_summary(files), tokens=(ans.tokens or {}).get("total"), cost=ans.cost)
-            return result(FanoutOutcome.SUCCESS, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
-                          todo=todo)
+            return _follow(oc, host, sid, before, result, au, ev, timeout=timeout, poll=poll, stop=stop,
+                           on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
     except ResponseTimeout as exc:
         au("failed", host.name, "timeout", session_id=sid, error=str(exc))
         return result(FanoutOutcome.TIMEOUT, error=str(exc), error_kind=exc.kind)
@@ -268,6 +208,86 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     except FleetError as exc:
         au("failed", host.name, "failure", session_id=sid, error=str(exc))
         return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
+
+
+def _subscribe(host: Host, sid: str, directory: str | None, ev: Callable[[str, str], None]) -> Any:
+    """A :class:`~fleet.events.SessionWaker` on the server's event stream for ``sid`` (connected,
+    or given 2 s to), or None when the server has no stream fleet can follow."""
+    from .events import EventStream, SessionWaker, usage_text
+    waker = SessionWaker(sid, on_step=lambda step: ev("status", f"busy: {step}"),
+                         on_usage=lambda tok, cost: ev("usage", usage_text(tok, cost)))
+    try:
+        waker.stream = EventStream(host, waker, directory=directory, on_connect=waker.reconnected).start()
+        waker.stream.connected.wait(2.0)
+    except (ValueError, FleetError):
+        return None
+    return waker
+
+
+def _unsubscribe(waker: Any) -> None:
+    if waker is not None and getattr(waker, "stream", None) is not None:
+        waker.stream.close()
+
+
+def _follow(oc: Any, host: Host, sid: str, before: int, result: Callable[..., DispatchResult], au: Any,
+            ev: Callable[[str, str], None], *, timeout: float, poll: float, stop: Callable[[], bool] | None,
+            on_permission: str, waker: Any, stall_timeout: float | None) -> DispatchResult:
+    """Wait for the turn that starts at message ``before`` to end (needs-input reported and
+    answered by the policy, stuck said once), then review it: the result of a dispatch."""
+    seen: set[str] = set()
+
+    def on_input(req: dict[str, Any]) -> str | None:
+        rid, what = str(req.get("id")), describe_request(req)
+        if rid not in seen:
+            seen.add(rid)
+            au("needs_input", host.name, "waiting", session_id=sid, request=what, request_id=rid,
+               policy=on_permission)
+        reply = {"allow": "once", "deny": "reject"}.get(on_permission)
+        if reply:
+            au("permission_answered", host.name, reply, session_id=sid, request=what, by="policy")
+        return reply
+    try:
+        stuck_said: list[bool] = []
+
+        def on_status(state: str) -> None:
+            ev("status", state)
+            if state.startswith("stuck") and not stuck_said:
+                stuck_said.append(True)
+                au("stuck", host.name, "stuck", session_id=sid, state=state)
+        ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=on_status, stop=stop,
+                           on_input=on_input, waker=waker, stall=stall_timeout)
+    finally:
+        _unsubscribe(waker)
+    if ans is None and oc.pending_input is not None:
+        what = describe_request(oc.pending_input)
+        au("failed", host.name, "timeout", session_id=sid, error=f"waiting for input: {what}")
+        return result(FanoutOutcome.TIMEOUT, pending=what, error_kind="needs_input",
+                      error=f"the agent is waiting for a permission ({what}) and nobody answered in "
+                      f"{timeout:g}s: fleet approve --host {host.name} --session {sid} (or deny); "
+                      f"or dispatch with --on-permission allow|deny")
+    if ans is None:
+        if stop is not None and stop():
+            au("wait_stopped", host.name, "aborted", session_id=sid)
+            return result(FanoutOutcome.ABORTED, error=f"stopped waiting (Ctrl-C); the agent may still "
+                          f"run: fleet abort --host {host.name} --session {sid}", error_kind="aborted")
+        au("failed", host.name, "timeout", session_id=sid)
+        return result(FanoutOutcome.TIMEOUT, error=f"agent still busy after {timeout:g}s; it keeps "
+                      f"running: follow with 'fleet wait --session {sid}', stop with "
+                      f"'fleet abort --host {host.name} --session {sid}'", error_kind="timeout")
+    ev("answer", ans.text)
+    files, todo = _review(oc, sid, before)
+    if ans.error and ans.error_name == "MessageAbortedError":
+        au("failed", host.name, "aborted", session_id=sid, error=ans.error)
+        return result(FanoutOutcome.ABORTED, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
+                      todo=todo, error=f"the session was aborted: {ans.error}", error_kind="aborted")
+    if ans.error:
+        au("failed", host.name, "failure", session_id=sid, error=ans.error)
+        return result(FanoutOutcome.FAILURE, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
+                      todo=todo, error=f"agent error {ans.error_name}: {ans.error}", error_kind="agent_error")
+    au("completed", host.name, "success", session_id=sid, answer=ans.text[:300],
+       changed=files_summary(files), tokens=(ans.tokens or {}).get("total"), cost=ans.cost)
+    return result(FanoutOutcome.SUCCESS, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
+                  todo=todo)
 
 
 KNOWN_API_MAJOR = "1"  # the classic OpenCode HTTP API fleet speaks (contracts: 1.18 to 1.19)
@@ -415,6 +435,3 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     run.results = [results[h.name] for h in plan.hosts]
     run.duration_ms = int((time.monotonic() - t0) * 1000)
     return run
-
-
-# ---------------------------------------------------------------------------- abort / sessions

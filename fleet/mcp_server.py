@@ -270,6 +270,50 @@ def build_server(inventory: str | None = None) -> FastMCP:
             "host": h.name, "answered": answer_permission(h, session, "reject", message, trail, recs)})
 
     @server.tool()
+    async def answer(ctx: Context, session: str, text: str, host: str | None = None) -> dict:
+        """Answer the question an agent asks (its question tool): an option's label, or free text."""
+        from .sessions import answer_question
+        return await _session_op(ctx, "answer", session, host, lambda h, recs, trail: {
+            "host": h.name, "answered": answer_question(h, session, text, trail, recs)})
+
+    @server.tool()
+    async def wait(ctx: Context, session: str | None = None, dispatch_id: str | None = None, host: str | None = None,
+                   timeout: float | None = None, on_permission: str = "ask") -> dict:
+        """Follow agents already at work (a no_wait dispatch: one session, or every session of a
+        dispatch_id) to the end of their turn; the same result as dispatch (answer, files, usage)."""
+        from .follow import wait_dispatch, wait_sessions
+        from .records import SessionRecords
+        from .sessions import find_session_host
+        if bool(session) == bool(dispatch_id):
+            raise ToolError("say what to wait for: session, or dispatch_id")
+        inv = _inventory(inventory)
+        st = _settings()
+        recs = SessionRecords(st.sessions_path())
+        report = _reporter(ctx)
+        said: list[str] = []
+
+        def on_event(h: str, kind: str, text: str) -> None:
+            if kind == "status":
+                said.append(f"{h}: {text}")
+                report(len(said), None, said[-1])
+        kw = {"timeout": timeout or st.dispatch_timeout, "on_permission": on_permission, "records": recs,
+              "stall_timeout": st.stall_timeout, "concurrency": st.concurrency, "on_event": on_event}
+
+        def go() -> dict:
+            from .app import audit_trail
+            trail = audit_trail(inv, st)
+            try:
+                if session:
+                    h = inv.host(host) if host else find_session_host(list(inv.hosts), recs, session)
+                    if h is None:
+                        raise ToolError(f"no host runs session {session}: give host")
+                    return wait_sessions([(h, session)], strict=True, audit=trail, **kw).to_dict()
+                return wait_dispatch(inv, dispatch_id, audit=trail, **kw).to_dict()
+            finally:
+                trail.close()
+        return await _run(ctx, "wait", go, inv)
+
+    @server.tool()
     async def teardown(ctx: Context, selector: str) -> dict:
         """Abort running sessions and delete the ones fleet created (gated: the person confirms)."""
         from .records import SessionRecords

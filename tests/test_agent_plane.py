@@ -417,3 +417,60 @@ def test_watch_is_not_held_up_by_a_host_that_does_not_answer(agents, tmp_path):
     finally:
         for s in [hole, *fillers]:
             s.close()
+
+
+def test_wait_follows_a_no_wait_dispatch_to_its_end(agents, tmp_path, st):
+    """dispatch --no-wait leaves the agent working; wait picks it up, reports the turn's review
+    (answer, files, tokens of the whole turn), and journals the end once (it reaches Slack)."""
+    from fleet.audit import AuditTrail
+    from fleet.follow import wait_sessions
+
+    inv = load_inventory(agents.inventory)
+    recs = records(tmp_path)
+    trail = AuditTrail(tmp_path / "journal.jsonl", None, None)
+    r = dx.dispatch(inv, "lab01", args={"task": "please [bash: sleep 2; echo waited-for | tee waited.txt]",
+                                       "repo": "demo"}, settings=st, records=recs, wait=False,
+                    audit_trail=trail).results[0]
+    assert r.outcome == FanoutOutcome.SUCCESS and not r.waited
+    events: list = []
+    run = wait_sessions([(inv.host("lab01"), r.session_id)], records=recs, audit=trail, poll=0.2,
+                        on_event=lambda h, k, x: events.append((k, x)))
+    w = run.results[0]
+    assert w.outcome == FanoutOutcome.SUCCESS, w.error
+    assert "waited-for" in w.answer and [f["file"] for f in w.files] == ["waited.txt"]
+    assert w.tokens["total"] >= 30 and w.directory == r.directory
+    assert any(k == "status" and x.startswith("busy") for k, x in events), events
+    # waiting again on the ended turn answers at once with the same review, journaled once
+    again = wait_sessions([(inv.host("lab01"), r.session_id)], records=recs, audit=trail, poll=0.2).results[0]
+    assert again.outcome == FanoutOutcome.SUCCESS and again.answer == w.answer
+    trail.close()
+    ops = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    did = recs.find("lab01", r.session_id)["dispatch_id"]
+    assert [e["operation"] for e in ops if e["dispatch_id"] == did].count("completed") == 1
+
+
+def test_wait_dispatch_cli_over_hosts_and_bad_input(agents, tmp_path):
+    import subprocess
+    import sys
+
+    fleet = str(Path(sys.executable).parent / "fleet")
+    env = dict(__import__("os").environ)
+
+    def run(*args):
+        return subprocess.run([fleet, *args, "--inventory", str(agents.inventory)], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, cwd=tmp_path, env=env, timeout=120)
+    p = run("dispatch", "--hosts", "lab01,lab02", "--repo", "demo", "--task", "please [bash: sleep 1; echo both]",
+            "--no-wait", "--json", "--no-slack", "--mode", "enforced")
+    assert p.returncode == 0, p.stderr
+    did = json.loads(p.stdout)["dispatch_id"]
+    w = run("wait", "--dispatch", did, "--json", "--no-slack")
+    assert w.returncode == 0, w.stderr
+    out = json.loads(w.stdout)
+    assert sorted(r["host"] for r in out["results"]) == ["lab01", "lab02"]
+    assert all(r["outcome"] == "SUCCESS" and "both" in r["answer"] for r in out["results"])
+    bad = run("wait", "--session", "ses_doesnotexist", "--host", "lab01", "--no-slack")
+    assert bad.returncode == 2 and "lab01 has no session ses_doesnotexist" in bad.stderr and "Traceback" not in bad.stderr
+    neither = run("wait", "--no-slack")
+    assert neither.returncode == 2 and "--session ID" in neither.stderr
+    unknown = run("wait", "--dispatch", "d-nosuch", "--no-slack")
+    assert unknown.returncode == 2 and "no session of dispatch d-nosuch" in unknown.stderr

@@ -62,7 +62,7 @@ def test_tools_preflight_fanout_and_the_journal_names_the_client(mlab, tmp_path)
                                                  "no_canary": True}, progress_callback=progress))
         return tools, pre, fan, seen
     tools, pre, fan, seen = call(mlab.inventory, steps, cwd=tmp_path)
-    assert {"hosts", "preflight", "fanout", "dispatch", "sessions", "status", "abort", "approve", "deny",
+    assert {"hosts", "preflight", "fanout", "dispatch", "wait", "answer", "sessions", "status", "abort", "approve", "deny",
             "teardown", "audit_tail"} <= tools
     assert pre["ok"] is True
     assert [r["outcome"] for r in fan["results"]] == ["SUCCESS", "SUCCESS"]
@@ -202,3 +202,20 @@ def test_kept_connections_are_not_woken_ten_times_a_second(lab, tmp_path):
         b = f.fanout("lab01,lab02", "echo again", no_canary=True, options=opts(tmp_path))
         assert b.exit_code == 0 and [r.stdout for r in b.results] == ["again\n", "again\n"]
         assert f.pool.dials == 2 and [check(s) for s in kept(f)] == [IDLE_CHECK, IDLE_CHECK]
+
+
+def test_orchestrator_dispatches_without_waiting_then_waits(mlab, tmp_path):
+    """An orchestrator agent hands out work with no_wait, goes on, and later collects the result."""
+    async def steps(s):
+        sent = data(await s.call_tool("dispatch", {"repo": "demo", "task": "please [bash: sleep 1; echo later]",
+                                                    "selector": "lab01", "no_wait": True}))
+        got = data(await s.call_tool("wait", {"dispatch_id": sent["dispatch_id"]}))
+        one = data(await s.call_tool("wait", {"session": sent["results"][0]["session_id"]}))
+        neither = await s.call_tool("wait", {})
+        return sent, got, one, neither
+    sent, got, one, neither = call(mlab.inventory, steps, cwd=tmp_path)
+    assert sent["results"][0]["waited"] is False
+    r = got["results"][0]
+    assert r["outcome"] == "SUCCESS" and "later" in r["answer"] and r["session_id"] == sent["results"][0]["session_id"]
+    assert one["results"][0]["answer"] == r["answer"]
+    assert neither.isError and "session, or dispatch_id" in neither.content[0].text
