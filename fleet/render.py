@@ -522,8 +522,16 @@ def abort_line(host: str, aborted: list[str]) -> str:
 
 def teardown_lines(out: list[dict[str, Any]]) -> str:
     """``teardown``: per host, what was aborted and deleted, or the error."""
-    return "\n".join(f"{r['host']}: error: {r['error']}" if r.get("error") else
-                     f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)" for r in out)
+    lines = []
+    for r in out:
+        if r.get("error"):
+            lines.append(f"{r['host']}: error: {r['error']}")
+            continue
+        lines.append(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)")
+        for w in r.get("worktrees") or []:
+            lines.append(f"  worktree kept: {w['path']} (branch {w['branch'] or '-'}); remove it with: fleet "
+                         f"worktrees.remove --hosts {r['host']} --repo {w['repo']} --name {w['name']}")
+    return "\n".join(lines)
 
 
 def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],

@@ -190,8 +190,9 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
     with client_factory(host, None) as oc:
         # fleet's sessions: those its marks on the server say (from any orchestrator), and the
         # ones this machine's records know
-        ids = [s["id"] for s in oc.list_sessions(all_dirs=True) if fleet_marks(s)]
-        ids += [r["session_id"] for r in records.for_host(host.name) if r["session_id"] not in ids]
+        marks = {s["id"]: fleet_marks(s) for s in oc.list_sessions(all_dirs=True) if fleet_marks(s)}
+        recs = {r["session_id"]: r for r in records.for_host(host.name)}
+        ids = list(marks) + [sid for sid in recs if sid not in marks]
         for sid in ids:
             try:
                 oc.delete_session(sid)
@@ -201,7 +202,18 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
                     raise
             gone.add(sid)
     records.remove(host.name, gone)
-    return {"host": host.name, "aborted": aborted, "deleted": deleted}
+    # the git worktrees of the deleted sessions stay (they may hold work): say which, and how
+    # to remove each (a gated operation of its own, which refuses a dirty one)
+    worktrees: dict[str, dict[str, str]] = {}
+    for sid in deleted:
+        m, r = marks.get(sid, {}), recs.get(sid, {})
+        path = str(m.get("worktree") or r.get("worktree") or "")
+        if path and path not in worktrees:
+            parts = path.rstrip("/").split("/")
+            worktrees[path] = {"path": path, "branch": str(m.get("branch") or r.get("branch") or ""),
+                               "repo": str(m.get("repo") or (parts[-2] if len(parts) > 1 else "")),
+                               "name": parts[-1]}
+    return {"host": host.name, "aborted": aborted, "deleted": deleted, "worktrees": list(worktrees.values())}
 
 
 @guarded("teardown", local_ok=False)
@@ -213,7 +225,7 @@ def teardown(plan: Plan, *, records: SessionRecords, audit_trail: Any = None,
         try:
             out.append(teardown_host(h, records, audit_trail, client_factory))
         except OpenCodeError as exc:
-            out.append({"host": h.name, "error": str(exc), "aborted": [], "deleted": []})
+            out.append({"host": h.name, "error": str(exc), "aborted": [], "deleted": [], "worktrees": []})
     if audit_trail is not None:
         for r in out:
             audit_trail.record(operation="gated_action_run", host=r["host"], outcome="failure" if r.get("error")

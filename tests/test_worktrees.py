@@ -146,5 +146,17 @@ def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab
             teardown(inv, "lab01", args={}, settings=b_st, records=b_recs)
         out = teardown(inv, "lab01", args={}, settings=b_st, records=b_recs, confirm=ei.value.token)
         assert a.session_id in out[0]["deleted"]
+        # the worktree stays (it may hold work): teardown names it and the command that removes it
+        kept = next(w for w in out[0]["worktrees"] if w["path"] == a.worktree)
+        assert kept["branch"] == a.branch and kept["repo"] == "demo" and Path(a.worktree).is_dir()
+        from fleet.render import teardown_lines
+        line = teardown_lines(out)
+        assert f"worktrees.remove --hosts lab01 --repo demo --name {Path(a.worktree).name}" in line
+        from fleet.worktrees import remove_worktree
+        rm_args = {"repo": kept["repo"], "name": kept["name"]}
+        with pytest.raises(ConfirmationRequired) as rm:
+            remove_worktree(inv, "lab01", args=rm_args, settings=b_st)
+        remove_worktree(inv, "lab01", args=rm_args, settings=b_st, confirm=rm.value.token)
+        assert not Path(a.worktree).exists()  # the named command is the one that removes it
     finally:
         slack.close()
