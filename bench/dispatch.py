@@ -33,6 +33,16 @@ from fleet.settings import Settings  # noqa: E402
 from stand_ins import FakeSlack  # noqa: E402
 
 
+def _server_turn(host, sid: str) -> float:
+    """Seconds the server itself took for the session's turn, from its own message timestamps."""
+    from fleet.opencode import OpenCodeClient
+    with OpenCodeClient(host, None) as oc:
+        msgs = oc.messages(sid)
+    user = next(m["info"]["time"]["created"] for m in msgs if m["info"]["role"] == "user")
+    done = max(m["info"]["time"].get("completed") or 0 for m in msgs if m["info"]["role"] == "assistant")
+    return (done - user) / 1000.0
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -156,10 +166,15 @@ def main() -> None:
             t = time.perf_counter()
             r = dx.dispatch.__wrapped__(plan, poll=0.1)
             assert all(x.ok for x in r.results)
-            return time.perf_counter() - t
+            wall = time.perf_counter() - t
+            server.append(max(_server_turn(inv.host(x.host), x.session_id) for x in r.results))
+            return wall
+        server: list = []
         rows.append((f"dispatch to {a.agents} agents all at once (no canary)",
                      statistics.median(all_at_once() for _ in range(a.repeat))))
         rows.append(("  fleet's own CPU seconds for that", statistics.median(cpu)))
+        rows.append(("  the slowest server's own turn (its user message stored -> answer completed)",
+                     statistics.median(server)))
         ok = FakeSlack()
         slow = FakeSlack()
         slow.mode, slow.delay = "slow", 10.0
