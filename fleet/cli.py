@@ -727,7 +727,10 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
 
     def draw() -> None:
         if "w" in holder:
-            sys.stdout.write("\x1b[H\x1b[J" + watch_board(holder["w"].rows(stall), Colors()) + "\n")
+            import shutil
+            size = shutil.get_terminal_size((120, 40))
+            sys.stdout.write("\x1b[H\x1b[J" + watch_board(holder["w"].rows(stall), Colors(),
+                                                           size=(size.columns, size.lines)) + "\n")
             sys.stdout.flush()
 
     def on_change(row) -> None:

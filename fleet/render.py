@@ -570,24 +570,36 @@ def watch_line(row: dict[str, Any]) -> str:
             f"{row.get('title', '')[:40]}").rstrip()
 
 
-def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: float | None = None) -> str:
-    """The whole board (a terminal): needs-input first and highlighted."""
+def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: float | None = None,
+                size: tuple[int, int] | None = None) -> str:
+    """The whole board (a terminal): needs-input first and highlighted. ``size`` (columns,
+    lines): lines are cut to the width, and rows that do not fit are counted in a last line
+    (the ones that need a person come first, so they are never the ones cut)."""
     import time
 
     c = color or Colors(False)
     now = time.time() if now is None else now
     order = {"needs-input": 0, "stuck": 1, "down": 2, "error": 3, "no-events": 4, "retry": 5, "busy": 6, "idle": 7}
     rows = sorted(rows, key=lambda r: (order.get(r["state"], 8), r["host"]))
+    cut = 0
+    if size is not None and len(rows) > max(1, size[1] - 3):
+        keep = max(1, size[1] - 3)
+        cut, rows = len(rows) - keep, rows[:keep]
     body = table([[r["host"], r.get("repo") or "-", r["session"] or "-", r["state"],
                    (r.get("waiting") or r.get("step") or "")[:60], age_text(now - r.get("created", now)),
                    *_usage_cells(r), r.get("title", "")[:40]] for r in rows],
                  ["HOST", "REPO", "SESSION", "STATE", "DOING / ASKS", "AGE", "TOKENS", "COST", "TITLE"])
     out = body.splitlines()
+    if size is not None:
+        out = [line[:max(20, size[0] - 1)] for line in out]
     for k, r in enumerate(rows, start=1):
         if r["state"] in ("needs-input", "stuck"):
             out[k] = c.yellow(out[k])
         elif r["state"] in ("error", "down"):
             out[k] = c.red(out[k])
+    if cut:
+        more = f"... {cut} more session(s) below the screen (fleet watch --json lists all)"
+        out.append(more[:max(20, size[0] - 1)] if size is not None else more)
     return "\n".join(out)
 
 

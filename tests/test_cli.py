@@ -175,3 +175,15 @@ def test_dispatch_live_board_and_plain_lines():
     lines = p.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("lab01: busy: bash: make test (") and lines[0].endswith("15 tok $0.0000")
     assert lines[1].startswith("lab01: FAILURE: agent error (")
+
+
+def test_watch_board_fits_the_terminal_people_first():
+    """More sessions than lines: the ones that need a person stay, the rest are counted."""
+    from fleet.render import watch_board
+
+    rows = [{"host": f"h{i:02d}", "session": f"ses_{i}", "state": "idle", "title": "x" * 200} for i in range(30)]
+    rows.append({"host": "h99", "session": "ses_ask", "state": "needs-input", "waiting": "bash: rm -rf build"})
+    board = watch_board(rows, size=(80, 10)).splitlines()
+    assert len(board) == 9 and all(len(line) <= 79 for line in board)
+    assert board[1].startswith("h99") and "needs-input" in board[1]
+    assert board[-1].startswith("... 24 more")
