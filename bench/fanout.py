@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fleet import FanoutOptions, fanout_hosts, load_inventory, preflight_many  # noqa: E402
-from fleet.lab import lab_down, lab_up  # noqa: E402
+from fleet.lab import Blackholes, lab_down, lab_up  # noqa: E402
 
 
 def cpu_self() -> float:
@@ -47,29 +46,6 @@ def measure(fn, repeat: int, children: bool = False):
         walls.append(time.perf_counter() - t0)
         cpus.append((cpu_children() if children else cpu_self()) - c0)
     return statistics.median(walls), statistics.median(cpus)
-
-
-def blackholes(n: int) -> tuple[list[socket.socket], list[int]]:
-    """Ports that never complete a handshake: listen(0) with the one queue slot taken."""
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        s.listen(0)
-        port = s.getsockname()[1]
-        fillers = []
-        for _ in range(2):
-            f = socket.socket()
-            f.setblocking(False)
-            try:
-                f.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
-            fillers.append(f)
-        socks += [s] + fillers
-        ports.append(port)
-    time.sleep(0.1)
-    return socks, ports
 
 
 def xargs_ssh(lab, kex: str | None) -> None:
@@ -119,7 +95,8 @@ def main() -> None:
             w, c = measure(lambda: xargs_ssh(lab, "curve25519-sha256"), a.repeat, children=True)
             add("openssh xargs -P50 (curve25519)", w, c, n)
             k = max(1, n // 10)
-            socks, ports = blackholes(k)
+            holes = Blackholes(k)
+            ports = holes.ports
             try:
                 text = lab.inventory.read_text() + "".join(
                     f"  dead{i:02d}: {{address: 127.0.0.1, port: {p}}}\n" for i, p in enumerate(ports))
@@ -133,8 +110,7 @@ def main() -> None:
                 w, c = measure(lambda: preflight_many(mixed, 2.0, a.concurrency), 1)
                 add(f"fleet preflight, {k} unreachable (2s timeout)", w, c, n)
             finally:
-                for s in socks:
-                    s.close()
+                holes.close()
         finally:
             lab_down(d)
         rows.append((n, f"lab.up ({n} hosts)", up_s, 0.0, 0.0))

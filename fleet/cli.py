@@ -528,7 +528,7 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
     from fleet import dispatch as dx
     from fleet.beads import Beads
     from fleet.errors import BadInput
-    from fleet.render import DispatchLive, dispatch_report
+    from fleet.render import DispatchLive
 
     st = _settings(c)
     inv = _inventory(c, inventory)
@@ -557,11 +557,17 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
     finally:
         live.close()
         trail.close()
+    _dispatch_out(run, json_, trail)
+
+
+def _dispatch_out(run, json_: bool, trail) -> None:
+    """A dispatch run (dispatch, wait): JSON or the report and the audit line; its exit status."""
+    from fleet.render import dispatch_report
+
     if json_:
         _emit(run.to_dict())
     else:
         print(dispatch_report(run))
-    if not json_:
         _say_audit(trail)
     if run.exit_code:
         raise Exit(code=run.exit_code)
@@ -610,7 +616,7 @@ def wait(c, session=None, dispatch=None, host=None, hosts=None, timeout=None, on
     """Follow agents already at work (a --no-wait dispatch) to the end of their turn, and review it."""
     from fleet.errors import BadInput
     from fleet.follow import wait_dispatch, wait_sessions
-    from fleet.render import DispatchLive, dispatch_report
+    from fleet.render import DispatchLive
     from fleet.selectors import select
 
     if bool(session) == bool(dispatch):
@@ -631,13 +637,7 @@ def wait(c, session=None, dispatch=None, host=None, hosts=None, timeout=None, on
     finally:
         live.close()
         trail.close()
-    if json_:
-        _emit(run.to_dict())
-    else:
-        print(dispatch_report(run))
-        _say_audit(trail)
-    if run.exit_code:
-        raise Exit(code=run.exit_code)
+    _dispatch_out(run, json_, trail)
 
 
 def _on_session(c, inventory, host, session, op, slack=True):

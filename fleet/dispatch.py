@@ -199,15 +199,21 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                 return result(FanoutOutcome.SUCCESS)
             return _follow(oc, host, sid, before, result, au, ev, timeout=timeout, poll=poll, stop=stop,
                            on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
-    except ResponseTimeout as exc:
+    except FleetError as exc:
+        return _failed(exc, host, sid, au, result)
+
+
+def _failed(exc: FleetError, host: Host, sid: str, au: Any, result: Callable[..., DispatchResult]) -> DispatchResult:
+    """A host's own failure as its result (journaled): a server that stopped answering is
+    TIMEOUT, any other server or fleet error FAILURE."""
+    if isinstance(exc, ResponseTimeout):
         au("failed", host.name, "timeout", session_id=sid, error=str(exc))
         return result(FanoutOutcome.TIMEOUT, error=str(exc), error_kind=exc.kind)
-    except OpenCodeError as exc:
+    if isinstance(exc, OpenCodeError):
         au("failed", host.name, "failure", session_id=sid, error=str(exc))
         return result(FanoutOutcome.FAILURE, error=str(exc), error_kind=exc.kind)
-    except FleetError as exc:
-        au("failed", host.name, "failure", session_id=sid, error=str(exc))
-        return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
+    au("failed", host.name, "failure", session_id=sid, error=str(exc))
+    return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
 
 
 def _subscribe(host: Host, sid: str, directory: str | None, ev: Callable[[str, str], None]) -> Any:

@@ -16,15 +16,15 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from .dispatch import (DispatchResult, DispatchRun, EventHook, _Audit, _follow, _subscribe, _unsubscribe,
+from .dispatch import (DispatchResult, DispatchRun, EventHook, _Audit, _failed, _follow, _subscribe,
                        _validate_dispatch)
-from .errors import BadInput, FleetError, OpenCodeError, ResponseTimeout
+from .errors import BadInput, FleetError
 from .inventory import Host, Inventory
 from .opencode import OpenCodeClient
 from .pool import run_bounded
 from .records import SessionRecords, new_dispatch_id
 from .results import FanoutOutcome
-from .sessions import fleet_marks, host_sessions
+from .sessions import fleet_marks, known_session
 
 ENDED = ("completed", "failed")
 TASK_GRACE = 10.0  # seconds a session with no task yet is given for one to arrive
@@ -78,14 +78,7 @@ def wait_session(host: Host, session: str, *, timeout: float = 1800.0, records: 
         with client_factory(host, None) as oc:
             if hasattr(oc, "deadline"):
                 oc.deadline = t0 + timeout + 5.0
-            try:
-                info = oc.get_session(session)
-            except OpenCodeError as exc:
-                if getattr(exc, "kind", "") != "not_found":
-                    raise
-                have = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)][:10]
-                raise BadInput(f"{host.name} has no session {session}: nothing to wait for"
-                               + (f"; its sessions: {', '.join(have)}" if have else "")) from None
+            info = known_session(oc, host, session, records, client_factory, "nothing to wait for")
             mark = fleet_marks(info)
             did = did or mark.get("dispatch_id") or new_dispatch_id()
             box.update({k: box[k] or mark.get(k, "") for k in ("worktree", "branch", "issue")})
@@ -110,14 +103,8 @@ def wait_session(host: Host, session: str, *, timeout: float = 1800.0, records: 
                            on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
     except BadInput:
         raise
-    except ResponseTimeout as exc:
-        au("failed", host.name, "timeout", session_id=session, error=str(exc))
-        return result(FanoutOutcome.TIMEOUT, error=str(exc), error_kind=exc.kind)
-    except OpenCodeError as exc:
-        au("failed", host.name, "failure", session_id=session, error=str(exc))
-        return result(FanoutOutcome.FAILURE, error=str(exc), error_kind=exc.kind)
     except FleetError as exc:
-        return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
+        return _failed(exc, host, session, au, result)
 
 
 def dispatch_sessions(inv: Inventory, dispatch_id: str, records: SessionRecords | None = None,

@@ -78,6 +78,19 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
     return rows
 
 
+def known_session(oc: Any, host: Host, session: str, records: SessionRecords | None,
+                  client_factory: Callable[..., OpenCodeClient], consequence: str) -> dict[str, Any]:
+    """``GET /session/{id}``; an unknown id is :class:`BadInput` naming the host's sessions."""
+    try:
+        return oc.get_session(session)
+    except OpenCodeError as exc:
+        if getattr(exc, "kind", "") != "not_found":
+            raise
+        have = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)][:10]
+        raise BadInput(f"{host.name} has no session {session}: {consequence}"
+                       + (f"; its sessions: {', '.join(have)}" if have else "")) from None
+
+
 def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = False,
                    records: SessionRecords | None = None, audit: Any = None, beads: Any = None,
                    reason: str = "aborted by fleet", client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
@@ -95,14 +108,8 @@ def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = 
     marks: dict[str, dict[str, Any]] = {}
     with client_factory(host, None) as oc:
         if session:
-            try:
-                marks[session] = fleet_marks(oc.get_session(session))
-            except OpenCodeError as exc:
-                if getattr(exc, "kind", "") != "not_found":
-                    raise
-                have = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)][:10]
-                raise BadInput(f"{host.name} has no session {session}: nothing was aborted"
-                               + (f"; its sessions: {', '.join(have)}" if have else "")) from None
+            marks[session] = fleet_marks(known_session(oc, host, session, records, client_factory,
+                                                       "nothing was aborted"))
             targets = [session]
         else:
             rows = [r for r in host_sessions(host, records, client_factory=client_factory)

@@ -377,24 +377,12 @@ def test_slack_answer_replies_to_the_agents_question(agents, tmp_path, st):
 def test_watch_is_not_held_up_by_a_host_that_does_not_answer(agents, tmp_path):
     """An offline machine (its port drops SYNs, as a sleeping laptop on Tailscale) is listed first:
     the board still starts at once, shows the reachable host's sessions, and says the other is down."""
-    import socket
-
     from fleet.inventory import load_inventory_text
+    from fleet.lab import Blackholes
     from fleet.watch import Watcher
 
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(0)
-    port = hole.getsockname()[1]
-    fillers = []
-    for _ in range(2):  # fill the accept queue: further SYNs are dropped
-        f = socket.socket()
-        f.setblocking(False)
-        try:
-            f.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(f)
+    holes = Blackholes(1)
+    port = holes.ports[0]
     try:
         text = agents.inventory.read_text().replace(
             "hosts:\n", f"hosts:\n  asleep: {{address: 127.0.0.1, opencode: {{url: 'http://127.0.0.1:{port}'}}}}\n", 1)
@@ -415,8 +403,7 @@ def test_watch_is_not_held_up_by_a_host_that_does_not_answer(agents, tmp_path):
             w.close()
         assert started < 5.0, started  # start() waits for no server (it took 15 s: 3 connects of 5 s)
     finally:
-        for s in [hole, *fillers]:
-            s.close()
+        holes.close()
 
 
 def test_wait_follows_a_no_wait_dispatch_to_its_end(agents, tmp_path, st):

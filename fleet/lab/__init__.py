@@ -8,8 +8,8 @@ test bed of the suite and the benchmarks.
 - :mod:`fleet.lab.demo`: ``make demo``.
 """
 from ..errors import AgentError, LabError
-from .base import Lab, LabHost, _pid_alive, free_ports, host_address, state_file
+from .base import Blackholes, Lab, LabHost, _pid_alive, free_ports, host_address, state_file
 from .hosts import find_sshd, lab_down, lab_up, write_inventory, write_ssh_config
 
-__all__ = ["AgentError", "Lab", "LabError", "LabHost", "_pid_alive", "find_sshd", "free_ports", "host_address",
+__all__ = ["AgentError", "Blackholes", "Lab", "LabError", "LabHost", "_pid_alive", "find_sshd", "free_ports", "host_address",
            "lab_down", "lab_up", "state_file", "write_inventory", "write_ssh_config"]

@@ -55,6 +55,41 @@ def free_ports(n: int, addresses: list[str] | None = None) -> list[int]:
             s.close()
 
 
+class Blackholes:
+    """Loopback ports that accept no connection and refuse none: SYNs are dropped, as with a
+    machine that is off or asleep (listen(0) with the accept queue filled). A context manager."""
+
+    def __init__(self, n: int = 1) -> None:
+        self.socks: list[socket.socket] = []
+        self.ports: list[int] = []
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(0)
+            port = s.getsockname()[1]
+            self.socks.append(s)
+            for _ in range(2):
+                f = socket.socket()
+                f.setblocking(False)
+                try:
+                    f.connect(("127.0.0.1", port))
+                except BlockingIOError:
+                    pass
+                self.socks.append(f)
+            self.ports.append(port)
+
+    def __enter__(self) -> "Blackholes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the ports."""
+        for s in self.socks:
+            s.close()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
