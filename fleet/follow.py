@@ -31,23 +31,29 @@ TASK_GRACE = 10.0  # seconds a session with no task yet is given for one to arri
 
 
 class _OnceAudit(_Audit):
-    """The dispatch's audit, but an end (completed / failed) already journaled for this session
-    is not journaled again (``wait`` on a dispatch that was followed to its end)."""
+    """The dispatch's audit, but an end (completed / failed, not a timeout: the agent went on)
+    already journaled for this session is not journaled again (``wait`` on a dispatch that was
+    followed to its end), nor a needs-input request already journaled."""
 
     def __init__(self, trail: Any, dispatch_id: str, sid: str) -> None:
         super().__init__(trail, dispatch_id)
         self.ended = False
+        self.asked: set[str] = set()  # needs-input requests already journaled (by the dispatch)
         journal = getattr(trail, "journal", None)
         if journal is not None:
             try:
-                self.ended = any(e.get("dispatch_id") == dispatch_id and e.get("operation") in ENDED
-                                 and (e.get("detail") or {}).get("session_id") == sid
-                                 for e in journal.load().events)
+                mine = [e for e in journal.load().events if e.get("dispatch_id") == dispatch_id
+                        and (e.get("detail") or {}).get("session_id") == sid]
             except (OSError, ValueError):
-                pass
+                mine = []
+            # a dispatch that stopped waiting (timeout) did not end the turn: the agent went on
+            self.ended = any(e.get("operation") in ENDED and e.get("outcome") != "timeout" for e in mine)
+            self.asked = {str(e["detail"].get("request_id")) for e in mine if e.get("operation") == "needs_input"}
 
     def __call__(self, operation: str, host: str, outcome: str, **detail: Any) -> None:
         if operation in ENDED and self.ended:
+            return
+        if operation == "needs_input" and str(detail.get("request_id")) in self.asked:
             return
         super().__call__(operation, host, outcome, **detail)
 

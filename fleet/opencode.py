@@ -268,8 +268,8 @@ class OpenCodeClient:
                               f"{self.connect_attempts} attempts ({exc or 'connection refused'}); is "
                               f"'opencode serve' running there and is the URL in the inventory right?") from None
         except httpx.ConnectTimeout:
-            raise Unreachable(self.host.name, url, "connecting to the OpenCode server timed out: is the host "
-                              "up (and Tailscale connected)?") from None
+            raise Unreachable(self.host.name, url, f"connecting to the OpenCode server timed out after "
+                              f"{self.http.timeout.connect:g}s: is the host up (and Tailscale connected)?") from None
         except httpx.TimeoutException:
             raise ResponseTimeout(self.host.name, url, f"the server accepted the request but did not answer "
                                   f"{method} {path} in time") from None
