@@ -517,13 +517,15 @@ DISPATCH_HELP = {
     "base": "With --worktree: the commit or branch to start from (default: the repo's HEAD).",
     "on_permission": "When the agent asks a permission: ask (say needs-input, wait for 'fleet approve'/'deny'), "
                      "allow (approve once) or deny. Default: ask.",
+    "retry_failed": "Send the last dispatch's task again to its hosts that never got it or whose agent "
+                    "failed (never to one that may still be at work).",
 }
 
 
 @fleet_task(help=DISPATCH_HELP)
-def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
+def dispatch(c, repo=None, task=None, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
              model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
-             no_slack=False, on_permission="ask", worktree=False, base=None):
+             no_slack=False, on_permission=None, worktree=False, base=None, retry_failed=False):
     """Hand a task to the OpenCode agent on a host (or many) and follow it to the end."""
     from fleet import dispatch as dx
     from fleet.beads import Beads
@@ -532,8 +534,27 @@ def dispatch(c, repo, task, host=None, hosts=None, all_=False, session=None, no_
 
     st = _settings(c)
     inv = _inventory(c, inventory)
+    if retry_failed:
+        if repo or task or host or hosts or all_ or session:
+            raise BadInput("--retry-failed sends the last dispatch's task to its hosts that did not get it "
+                           "done: drop --repo, --task, --host/--hosts/--all and --session")
+        last, again, skipped = dx.retry_targets(st)
+        req = last["request"]
+        if skipped:
+            print(f"retry: not sent again: {'; '.join(skipped)}", file=sys.stderr)
+        if not again:
+            raise BadInput(f"the last dispatch ({last.get('dispatch_id')}) left no host to send again"
+                           + (": the others may still be at work (fleet wait)" if skipped else ""))
+        repo, task, hosts = req.get("repo"), req.get("task"), ",".join(again)
+        model, issue = model or req.get("model"), issue or req.get("issue")
+        on_permission, timeout = on_permission or req.get("on_permission"), timeout or req.get("timeout")
+        worktree, base = worktree or bool(req.get("worktree")), base or req.get("base")
+        print(f"retry: {task!r} for {repo} to {len(again)} host(s): {', '.join(again)}", file=sys.stderr)
+    on_permission = on_permission or "ask"
     if sum(bool(x) for x in (host, hosts, all_)) > 1:
         raise BadInput("give one of --host NAME, --hosts SELECTOR or --all")
+    if not repo:
+        raise BadInput("give the repo: --repo NAME (its path on each host comes from the inventory's repos)")
     if not task or not task.strip():
         raise BadInput('give the task text, e.g. --task "Run make test"')
     if model and "/" not in model:

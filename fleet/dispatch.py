@@ -440,4 +440,70 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
         results = {k: replace(r, answer=red.text(r.answer), error=red.text(r.error)) for k, r in results.items()}
     run.results = [results[h.name] for h in plan.hosts]
     run.duration_ms = int((time.monotonic() - t0) * 1000)
+    if plan.settings is not None:
+        save_last(plan.settings, run, {"task": a["task"], "repo": a["repo"], "model": a.get("model"),
+                                       "issue": a.get("issue"), "worktree": worktree, "base": base,
+                                       "on_permission": on_permission, "timeout": timeout})
     return run
+
+
+# ------------------------------------------------------------------- the last dispatch, to retry
+LAST = "last-dispatch.json"
+
+
+def last_path(settings: Any) -> str:
+    """Where the last dispatch's summary lives: beside the journal (0600: it holds the task)."""
+    import os
+    return os.path.join(os.path.dirname(settings.path("journal")), LAST)
+
+
+def save_last(settings: Any, run: DispatchRun, request: dict[str, Any]) -> None:
+    """What ``dispatch --retry-failed`` needs: the request, and each host's end. Best effort."""
+    import json
+    import os
+    p = last_path(settings)
+    doc = {"dispatch_id": run.dispatch_id, "request": request,
+           "results": [{"host": r.host, "outcome": r.outcome.value, "session_id": r.session_id,
+                        "error_kind": r.error_kind} for r in run.results]}
+    try:
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        tmp = f"{p}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, sort_keys=True)
+        os.replace(tmp, p)
+    except OSError:
+        pass
+
+
+def retry_targets(settings: Any) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(the last dispatch's request, hosts to send it to again, why others are not).
+
+    Again: hosts that never got a session (unreachable, refused before sending, not sent after
+    a failed canary or Ctrl-C), and those whose agent ended its turn with an error. Never a
+    host whose agent may still be at work (TIMEOUT, a wait cut short) or was stopped by a person
+    (ABORTED): two agents would work the same task; those are named with what to do instead.
+    """
+    import json
+    p = last_path(settings)
+    try:
+        with open(p, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise BadInput(f"no last dispatch to retry: {p} does not exist (dispatch first)") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read the last dispatch's summary {p}: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list) or not isinstance(doc.get("request"), dict):
+        raise BadInput(f"{p} is not a fleet dispatch summary: dispatch again with --repo and --task")
+    again, skipped = [], []
+    for r in doc["results"]:
+        if not isinstance(r, dict) or r.get("outcome") == "SUCCESS":
+            continue
+        sid = r.get("session_id") or ""
+        if not sid or r.get("error_kind") == "agent_error":
+            again.append(str(r.get("host")))
+        else:
+            why = ("was stopped, or fleet stopped waiting for it" if r.get("outcome") == "ABORTED"
+                   else "may still be at work")
+            skipped.append(f"{r.get('host')} ({r.get('outcome')}: its agent {why}; see fleet wait --session {sid})")
+    return doc, again, skipped

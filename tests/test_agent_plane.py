@@ -481,3 +481,42 @@ def test_wait_takes_over_a_dispatch_that_timed_out_on_a_permission(agents, tmp_p
     trail.close()
     ops = [json.loads(x)["operation"] for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
     assert ops.count("needs_input") == 1 and ops.count("permission_answered") == 1 and ops.count("completed") == 1
+
+
+def test_dispatch_retry_failed_sends_again_only_where_nothing_is_at_work(agents, tmp_path):
+    """lab02 was asleep (its port drops SYNs) and lab01's agent outlived the timeout: --retry-failed,
+    once lab02 is back, sends the same task to lab02 only, and says why not to lab01."""
+    import subprocess
+    import sys
+
+    from fleet.lab import Blackholes
+
+    fleet = str(Path(sys.executable).parent / "fleet")
+    text = agents.inventory.read_text()
+    lab02_url = load_inventory(agents.inventory).host("lab02").opencode.url
+    inv_path = tmp_path / "inventory.yaml"
+
+    def run(*args):
+        return subprocess.run([fleet, *args, "--inventory", str(inv_path), "--no-slack"], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, cwd=tmp_path, timeout=120)
+    with Blackholes(1) as holes:
+        inv_path.write_text(text.replace(lab02_url, f"http://127.0.0.1:{holes.ports[0]}"))
+        first = run("dispatch", "--hosts", "lab01,lab02", "--repo", "demo", "--task", "please [slow] retry me",
+                    "--timeout", "3", "--mode", "enforced", "--json")
+    assert first.returncode == 1, first.stderr
+    ends = {r["host"]: r for r in json.loads(first.stdout)["results"]}
+    assert ends["lab01"]["outcome"] == "TIMEOUT" and ends["lab02"]["outcome"] == "FAILURE"
+    assert ends["lab02"]["session_id"] == ""
+    inv_path.write_text(text)  # lab02 is back
+    again = run("dispatch", "--retry-failed", "--mode", "enforced", "--json")
+    assert "retry: 'please [slow] retry me' for demo to 1 host(s): lab02" in again.stderr, again.stderr
+    assert f"lab01 (TIMEOUT: its agent may still be at work; see fleet wait --session {ends['lab01']['session_id']})" \
+        in again.stderr
+    out = json.loads(again.stdout)
+    assert [r["host"] for r in out["results"]] == ["lab02"] and out["results"][0]["session_id"].startswith("ses")
+    # the [slow] agent, reached this time, outlives the same 3 s timeout as before
+    assert again.returncode == 1 and out["results"][0]["outcome"] == "TIMEOUT"
+    bad = run("dispatch", "--retry-failed", "--task", "other")
+    assert bad.returncode == 2 and "drop --repo, --task" in bad.stderr
+    for h, sid in (("lab01", ends["lab01"]["session_id"]), ("lab02", out["results"][0]["session_id"])):
+        abort_sessions(load_inventory(agents.inventory).host(h), sid)
