@@ -11,6 +11,11 @@ honoured). A reply from a user in the inventory's ``slack.allowed_users`` is a c
 
 fleet's own posts (they carry its message metadata) are ignored; anyone else's reply is ignored
 and journaled as refused. Every action is journaled with who asked, and answered in the thread.
+
+Dispatches started by another orchestrator are followed too: their threads are found in the
+channel (fleet's message metadata names the dispatch) and their sessions on the servers
+(fleet's marks). A dispatch is followed until every host it was sent to has ended (a timeout
+is not an end: the agent goes on), and for a day at most.
 """
 from __future__ import annotations
 
@@ -29,6 +34,17 @@ COMMANDS = ("stop", "approve", "deny", "answer", "status")
 ENDED = {"completed", "failed", "aborted"}
 
 
+def host_ended(operation: str, outcome: str) -> bool:
+    """Whether an event ends a host's part of a dispatch (a timeout does not: the agent goes on,
+    and a person may still want to stop it)."""
+    return operation in ENDED and outcome != "timeout"
+
+
+def all_ended(started: set[str], ended: set[str]) -> bool:
+    """A dispatch is over when every host it was sent to has ended (not when the first one has)."""
+    return bool(started) and started <= ended
+
+
 @dataclass
 class OpenDispatch:
     """A dispatch whose thread is followed."""
@@ -44,13 +60,16 @@ def open_dispatches(journal: Journal, channel: str, max_age_s: float = 86400.0) 
     st = journal.load()
     now = time.time()
     by: dict[str, OpenDispatch] = {}
-    ended: set[str] = set()
+    started: dict[str, set[str]] = {}
+    finished: dict[str, set[str]] = {}
     for e in st.events:
         did = e.get("dispatch_id")
         if not did or e.get("channel", "") != channel:
             continue
-        if e["operation"] in ENDED:
-            ended.add(did)
+        if e["operation"] == "dispatch_requested":
+            started.setdefault(did, set()).add(e.get("host", ""))
+        if host_ended(e["operation"], e.get("outcome", "")):
+            finished.setdefault(did, set()).add(e.get("host", ""))
         if now - float(e.get("epoch", now) or now) > max_age_s:
             continue
         ts = st.thread_ts(did)
@@ -60,7 +79,7 @@ def open_dispatches(journal: Journal, channel: str, max_age_s: float = 86400.0) 
         if did in by and sid and e["operation"] in ("session_created", "session_resumed"):
             if (e.get("host", ""), sid) not in by[did].sessions:
                 by[did].sessions.append((e.get("host", ""), sid))
-    return [d for did, d in by.items() if did not in ended]
+    return [d for did, d in by.items() if not all_ended(started.get(did, set()), finished.get(did, set()))]
 
 
 class Listener:
@@ -84,7 +103,29 @@ class Listener:
         self.beads = beads
         self.sleep = sleep
         self.followed: dict[str, OpenDispatch] = {}
+        self.over: set[str] = set()  # dispatches seen to end in their thread: no longer followed
         self.started = time.time()
+        self.max_age_s = 86400.0
+
+    def _channel_dispatches(self) -> dict[str, str]:
+        """Dispatch id -> thread root of every fleet thread in the channel of the last day, from
+        any orchestrator (fleet's message metadata names the dispatch)."""
+        from slack_sdk.errors import SlackApiError
+        try:
+            resp = self.client.conversations_history(channel=self.channel, include_all_metadata=True, limit=200,
+                                                     oldest=str(time.time() - self.max_age_s))
+        except SlackApiError as exc:
+            if getattr(exc.response, "status_code", 0) == 429:
+                return {}  # the threads already followed go on; discovery waits for the next pass
+            raise
+        roots: dict[str, str] = {}
+        for m in resp.get("messages") or []:
+            md = m.get("metadata") or {}
+            did = (md.get("event_payload") or {}).get("dispatch_id") if md.get("event_type") == EVENT_TYPE else None
+            if did and (not m.get("thread_ts") or m.get("thread_ts") == m.get("ts")):
+                if did not in roots or float(m["ts"]) < float(roots[did]):
+                    roots[did] = str(m["ts"])
+        return roots
 
     def _replies(self, d: OpenDispatch) -> list[dict[str, Any]]:
         from slack_sdk.errors import SlackApiError
@@ -109,19 +150,39 @@ class Listener:
 
     def poll_once(self) -> list[dict[str, Any]]:
         """Read every open thread once; act on new commands. Returns what was done."""
-        for d in open_dispatches(self.trail.journal, self.channel):
+        for d in open_dispatches(self.trail.journal, self.channel, self.max_age_s):
             known = self.followed.setdefault(d.dispatch_id, d)
             known.sessions = d.sessions
+        # another orchestrator's dispatches: their threads are in the channel, their sessions on
+        # the servers (fleet's marks); their ends are read from fleet's posts in the thread
+        for did, ts in self._channel_dispatches().items():
+            if did not in self.followed and did not in self.over:
+                self.followed[did] = OpenDispatch(did, ts)
         done = []
         for d in list(self.followed.values()):
+            if float(d.thread_ts or 0) < time.time() - self.max_age_s:
+                self.followed.pop(d.dispatch_id)  # older than a day: no longer followed
+                continue
+            started: set[str] = set()
+            finished: set[str] = set()
             for m in self._replies(d):
+                md = m.get("metadata") or {}
+                if md.get("event_type") == EVENT_TYPE:
+                    pl = md.get("event_payload") or {}
+                    if pl.get("operation") == "dispatch_requested":
+                        started.add(str(pl.get("host", "")))
+                    if host_ended(str(pl.get("operation", "")), str(pl.get("outcome", ""))):
+                        finished.add(str(pl.get("host", "")))
                 ts = str(m.get("ts", ""))
                 if ts in d.seen or ts == d.thread_ts:
                     continue
                 d.seen.add(ts)
-                if ((m.get("metadata") or {}).get("event_type") == EVENT_TYPE) or m.get("bot_id"):
+                if md.get("event_type") == EVENT_TYPE or m.get("bot_id"):
                     continue  # fleet's own posts
                 done.append(self._act(d, m))
+            if all_ended(started, finished) and d.dispatch_id in self.followed:
+                self.followed.pop(d.dispatch_id)
+                self.over.add(d.dispatch_id)
         return done
 
     def _act(self, d: OpenDispatch, m: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +203,14 @@ class Listener:
         from .sessions import abort_sessions, answer_permission, answer_question, host_sessions
 
         outcome, notes = "ok", []
+        if not d.sessions:
+            # not in this machine's journal: the sessions are found by fleet's marks on the servers
+            from .follow import dispatch_sessions
+            try:
+                d.sessions = [(h.name, sid) for h, sid in dispatch_sessions(self.inv, d.dispatch_id, self.records)]
+            except BadInput:
+                pass
+        host = host or (d.sessions[0][0] if d.sessions else "")
         for hname, sid in d.sessions:
             h = self.inv.host(hname)
             try:

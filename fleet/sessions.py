@@ -91,6 +91,35 @@ def known_session(oc: Any, host: Host, session: str, records: SessionRecords | N
                        + (f"; its sessions: {', '.join(have)}" if have else "")) from None
 
 
+PENDING_GRACE = 3.0  # seconds a task sent a moment ago is given to start, so that it can be stopped
+
+
+def _stop(oc: Any, sid: str, settle: float) -> bool:
+    """Abort ``sid`` until it is idle with no task left to start; False if still busy after
+    ``settle`` s. A task sent a moment ago (``prompt_async`` returns before the run starts) is
+    not stopped by an abort that comes first: the run starts after it. So the abort is repeated
+    while the session is busy, and an idle session whose last message is a task with no reply
+    yet is watched for PENDING_GRACE s and stopped when it starts."""
+    t0 = time.monotonic()
+    end = t0 + settle
+    oc.abort(sid)
+    aborted_at = time.monotonic()
+    while True:
+        busy = (oc.status().get(sid) or {}).get("type", "idle") != "idle"
+        now = time.monotonic()
+        if not busy:
+            msgs = oc.messages(sid)
+            waiting = bool(msgs) and (msgs[-1].get("info") or {}).get("role") == "user"
+            if not waiting or now - t0 > PENDING_GRACE:
+                return True
+        elif now - aborted_at > 1.0:
+            oc.abort(sid)  # the run started after the last abort, or ignored it: again
+            aborted_at = now
+        if now >= end:
+            return not busy
+        time.sleep(0.1)
+
+
 def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = False,
                    records: SessionRecords | None = None, audit: Any = None, beads: Any = None,
                    reason: str = "aborted by fleet", client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
@@ -117,11 +146,7 @@ def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = 
             targets = [r.session_id for r in rows]
             marks = {r.session_id: {"dispatch_id": r.dispatch_id} for r in rows}
         for sid in targets:
-            oc.abort(sid)
-            end = time.monotonic() + settle
-            while time.monotonic() < end and (oc.status().get(sid) or {}).get("type", "idle") != "idle":
-                time.sleep(0.2)
-            still = (oc.status().get(sid) or {}).get("type", "idle") != "idle"
+            still = not _stop(oc, sid, settle)
             rec = records.find(host.name, sid) if records else None
             did = (rec or {}).get("dispatch_id") or marks.get(sid, {}).get("dispatch_id") or new_dispatch_id()
             if audit is not None:

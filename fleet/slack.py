@@ -42,8 +42,9 @@ class SlackPoster:
         """Post one event; returns its ts."""
         resp = self.client.chat_postMessage(
             channel=self.channel, text=message_text(e), thread_ts=thread_ts,
-            metadata={"event_type": EVENT_TYPE, "event_payload": {"event_id": e["id"],
-                                                                  "dispatch_id": e.get("dispatch_id", "")}})
+            metadata={"event_type": EVENT_TYPE, "event_payload": {
+                "event_id": e["id"], "dispatch_id": e.get("dispatch_id", ""), "operation": e.get("operation", ""),
+                "host": e.get("host", ""), "outcome": e.get("outcome", "")}})
         return str(resp["ts"])
 
     def _messages(self, method: Callable[..., Any], **kw: Any):

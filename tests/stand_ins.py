@@ -241,7 +241,7 @@ class _SlackHandler(BaseHTTPRequestHandler):
             if srv.refuse_text and srv.refuse_text in (doc.get("text") or ""):
                 return self._json(200, {"ok": False, "error": "msg_too_long"})
             srv.seq += 1
-            ts = f"1700000000.{srv.seq:06d}"
+            ts = f"{int(time.time())}.{srv.seq:06d}"  # Slack's ts is the post's epoch time
             post = {"ts": ts, "text": doc.get("text"), "channel": doc.get("channel"),
                     "thread_ts": doc.get("thread_ts"), "metadata": doc.get("metadata")}
             srv.posts.append(post)

@@ -217,6 +217,9 @@ def test_slack_stop_from_an_allowed_user_aborts_and_others_are_refused(agents, t
         did = recs.find("lab02", r.session_id)["dispatch_id"]
         root = Journal(tmp_path / "journal.jsonl").load().thread_ts(did)
         assert root and any(p["ts"] == root for p in slack.posts)
+        # the agent is at work (prompt_async returns before the server marks the session busy)
+        assert wait_for(lambda: any(x.session_id == r.session_id and x.state == "busy"
+                                    for x in host_sessions(inv.host("lab02"), recs)))
         slack.posts.append({"ts": "1700009999.000001", "thread_ts": root, "user": "U0OTHER", "text": "stop"})
         lst = Listener(inv, AuditTrail(tmp_path / "journal.jsonl", inv.slack, "xoxb-test"), "xoxb-test", recs)
         acts = lst.poll_once()
@@ -520,3 +523,55 @@ def test_dispatch_retry_failed_sends_again_only_where_nothing_is_at_work(agents,
     assert bad.returncode == 2 and "drop --repo, --task" in bad.stderr
     for h, sid in (("lab01", ends["lab01"]["session_id"]), ("lab02", out["results"][0]["session_id"])):
         abort_sessions(load_inventory(agents.inventory).host(h), sid)
+
+
+def test_listen_follows_another_orchestrators_dispatch_until_every_host_ended(agents, tmp_path, st, monkeypatch):
+    """Machine A dispatches to two hosts; machine B (its own HOME: no journal, no records) runs
+    listen. One host's session is aborted: the dispatch is still open (the other host works); a
+    'stop' in the thread, read by B, stops the other one, found by fleet's marks on the server."""
+    from fleet.audit import AuditTrail
+    from fleet.inventory import load_inventory_text
+    from fleet.journal import Journal
+    from fleet.listen import Listener
+    from stand_ins import FakeSlack
+
+    slack = FakeSlack()
+    try:
+        inv = load_inventory_text(f"slack: {{channel: C0AUDIT, base_url: '{slack.url}/api/', allowed_users: "
+                                  f"[U0ALLOWED]}}\n" + agents.inventory.read_text(), str(agents.inventory))
+        a_home, b_home = tmp_path / "a", tmp_path / "b"
+        monkeypatch.setenv("FLEET_MACHINE", "machine-a")
+        a_trail = AuditTrail(a_home / "journal.jsonl", inv.slack, "xoxb-test")
+        a_recs = records(a_home)
+        run = dx.dispatch(inv, "lab01,lab02", args={"task": "please [slow] two hosts", "repo": "demo"},
+                          settings=st, mode="enforced", records=a_recs, poll=0.2, timeout=2, audit_trail=a_trail)
+        assert [r.outcome for r in run.results] == [FanoutOutcome.TIMEOUT, FanoutOutcome.TIMEOUT]
+        s1, s2 = (r.session_id for r in run.results)
+        abort_sessions(inv.host("lab01"), s1, records=a_recs, audit=a_trail)
+        assert a_trail.close(timeout=5)
+        root = Journal(a_home / "journal.jsonl").load().thread_ts(run.dispatch_id)
+        monkeypatch.setenv("FLEET_MACHINE", "machine-b")
+        b = Listener(inv, AuditTrail(b_home / "journal.jsonl", inv.slack, "xoxb-test"), "xoxb-test",
+                     records(b_home))
+        assert b.poll_once() == [] and run.dispatch_id in b.followed  # found in the channel, still open
+        slack.posts.append({"ts": "1700009999.000010", "thread_ts": root, "user": "U0ALLOWED", "text": "stop"})
+        acts = b.poll_once()
+        assert [(x["command"], x["outcome"]) for x in acts] == [("stop", "ok")], acts
+        assert any(f"lab02 {s2}: stopped" in n for n in acts[0]["notes"]), acts
+        row = next(x for x in host_sessions(inv.host("lab02")) if x.session_id == s2)
+        assert row.state == "idle"
+    finally:
+        slack.close()
+
+
+def test_abort_right_after_a_no_wait_dispatch_stops_the_run(agents, tmp_path, st):
+    """prompt_async returns before the run starts: an abort that comes first stops nothing and
+    the run starts after it (seen: 'still busy 5s after abort'). fleet aborts until it is stopped."""
+    inv = load_inventory(agents.inventory)
+    for _ in range(3):
+        r = dx.dispatch(inv, "lab01", args={"task": "please [slow] abort me at once", "repo": "demo"}, settings=st,
+                        records=records(tmp_path), wait=False).results[0]
+        assert abort_sessions(inv.host("lab01"), r.session_id, records=records(tmp_path)) == [r.session_id]
+        time.sleep(1.5)
+        row = next(x for x in host_sessions(inv.host("lab01")) if x.session_id == r.session_id)
+        assert row.state == "idle"
