@@ -441,9 +441,11 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     run.results = [results[h.name] for h in plan.hosts]
     run.duration_ms = int((time.monotonic() - t0) * 1000)
     if plan.settings is not None:
-        save_last(plan.settings, run, {"task": a["task"], "repo": a["repo"], "model": a.get("model"),
+        task = red.text(a["task"]) if red is not None else a["task"]
+        save_last(plan.settings, run, {"task": task, "repo": a["repo"], "model": a.get("model"),
                                        "issue": a.get("issue"), "worktree": worktree, "base": base,
-                                       "on_permission": on_permission, "timeout": timeout})
+                                       "on_permission": on_permission, "timeout": timeout,
+                                       "task_redacted": task != a["task"]})
     return run
 
 
@@ -452,7 +454,8 @@ LAST = "last-dispatch.json"
 
 
 def last_path(settings: Any) -> str:
-    """Where the last dispatch's summary lives: beside the journal (0600: it holds the task)."""
+    """Where the last dispatch's summary lives: beside the journal (0600: it holds the task, with
+    the inventory's secrets redacted, as the journal does)."""
     import os
     return os.path.join(os.path.dirname(settings.path("journal")), LAST)
 
@@ -495,6 +498,9 @@ def retry_targets(settings: Any) -> tuple[dict[str, Any], list[str], list[str]]:
         raise BadInput(f"cannot read the last dispatch's summary {p}: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list) or not isinstance(doc.get("request"), dict):
         raise BadInput(f"{p} is not a fleet dispatch summary: dispatch again with --repo and --task")
+    if doc["request"].get("task_redacted"):
+        raise BadInput(f"the last dispatch's task held a secret, which fleet never writes to disk, so it cannot "
+                       f"be sent again from {p}: dispatch it again with --repo and --task")
     again, skipped = [], []
     for r in doc["results"]:
         if not isinstance(r, dict) or r.get("outcome") == "SUCCESS":

@@ -97,3 +97,25 @@ def test_dx_dispatch_reads_mode_from_the_environment_outside_the_project(tmp_pat
         assert not [h for h in s.hits if h[1].startswith("/session")]
     finally:
         s.close()
+
+
+def test_retry_of_a_task_that_held_a_secret_is_refused_not_resent_redacted(tmp_path, own_home):
+    """The last dispatch's summary keeps the task with secrets redacted (like the journal): a
+    retry would send '[redacted]' to the agent, so it is refused with what to do."""
+    s = FakeOpenCode(password=PASSWORD)
+    try:
+        inv = tmp_path / "inv.yaml"
+        inv.write_text(f"hosts:\n  epyc6: {{user: u, opencode: {{url: '{s.url}', password_env: OC_PW}}, "
+                       f"repos: {{root: /r}}}}\n"
+                       f"  gone: {{user: u, opencode: {{url: 'http://127.0.0.1:1', password_env: OC_PW}}, "
+                       f"repos: {{root: /r}}}}\n")
+        env = {"OC_PW": PASSWORD}
+        first = inv_cmd("dispatch", "--inventory", str(inv), "--hosts", "epyc6,gone", "--repo", "demo", "--task",
+                        f"use {PASSWORD} please", "--canary", "epyc6", "--no-slack", env=env)
+        assert first.returncode == 1  # 'gone' refused the connection: it is the one to retry
+        again = inv_cmd("dispatch", "--inventory", str(inv), "--retry-failed", "--no-slack",
+                        env=env)
+        assert again.returncode == 2 and "held a secret" in again.stderr and "--task" in again.stderr
+        assert scan([own_home, tmp_path], [first.stdout, first.stderr, again.stdout, again.stderr]) == []
+    finally:
+        s.close()
