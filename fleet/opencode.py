@@ -450,10 +450,6 @@ class OpenCodeClient:
                         if reply:
                             self.reply_permission(str(pend[0]["id"]), reply)
                             answered.add(str(pend[0]["id"]))
-            shown = state if started or state != "idle" else "queued"
-            if on_status and shown != last_state:
-                on_status(shown)
-            last_state = shown
             if state == "idle":
                 msgs = self.messages(sid)
                 newer = [m for m in msgs[after:] if (m.get("info") or {}).get("role") == "assistant"]
@@ -461,11 +457,17 @@ class OpenCodeClient:
                     ans = extract_answer(newer[-1])
                     if ans.completed:
                         ans.tokens, ans.cost = turn_usage(newer)  # every model call of the turn
+                        if on_status and last_state and last_state != "idle":
+                            on_status("idle")
                         return ans
                 if not started and time.monotonic() - idle_since > start_grace:
                     raise ServerError(self.host.name, f"{self.base}/session/{sid}",
                                       f"the server accepted the task but never started it (session idle "
                                       f"for {start_grace:g}s with no reply); check the server's log")
+            shown = state if started or state != "idle" else "queued"
+            if on_status and shown != last_state:
+                on_status(shown)
+            last_state = shown
             if time.monotonic() >= deadline or (stop is not None and stop()):
                 return None
             stream = getattr(waker, "stream", None)

@@ -410,6 +410,9 @@ class DispatchLive:
             if kind == "session":
                 row["session"] = text
             elif kind == "status":
+                if text == row.get("said"):
+                    return  # the same state again (the step seen by the stream, then by the waiter)
+                row["said"] = text
                 m = re.match(r"([\w-]+)[: ]*(.*)", text, re.S)
                 row["state"], row["step"] = (m.group(1), m.group(2)) if m else (text, "")
             elif kind == "usage":
@@ -469,6 +472,11 @@ class DispatchLive:
 
 def dispatch_report(run: Any) -> str:
     """One host: the agent's answer, then a line of outcome, tokens, cost; many: a table."""
+    if len(run.results) == 1 and run.results[0].ok and not run.results[0].waited:
+        r = run.results[0]
+        return (f"{r.host}: sent, session={r.session_id}; the agent works on: follow it with 'fleet wait "
+                f"--session {r.session_id}' (or fleet watch)" + (f"\nworktree: {r.worktree} (branch {r.branch})"
+                                                                  if r.worktree else ""))
     if len(run.results) == 1:
         r = run.results[0]
         tok = r.tokens or {}
@@ -482,12 +490,16 @@ def dispatch_report(run: Any) -> str:
                 + (f"\nworktree: {r.worktree} (branch {r.branch})" if r.worktree else "")
                 + (f"\nchanged:{changed}" if changed else "")
                 + (f"\ntodo:{todo}" if todo else "") + (f"\nerror: {r.error}" if r.error else ""))
-    body = table([[r.host, r.outcome.value, r.session_id or "-", f"{r.duration_ms / 1000:.1f}s",
+    body = table([[r.host, "SENT" if r.ok and not r.waited else r.outcome.value, r.session_id or "-",
+                   f"{r.duration_ms / 1000:.1f}s",
                    files_summary(r.files) or "-", first_line(r.answer, 50) or "-", first_line(r.error, 80)]
                   for r in run.results], ["HOST", "STATE", "SESSION", "DURATION", "CHANGED", "ANSWER", "ERROR"])
     files = [f for r in run.results for f in r.files]
     cost = sum(r.cost for r in run.results)
     toks = sum(int((r.tokens or {}).get("total") or 0) for r in run.results)
+    if all(not r.waited for r in run.results):
+        return body + (f"\n{len(run.results)} hosts; the agents work on: follow them with 'fleet wait --dispatch "
+                       f"{run.dispatch_id}' (or fleet watch)")
     return body + (f"\ntotal: {len(run.results)} hosts, {files_summary(files) or 'no files changed'}, "
                    f"{toks} tokens, ${cost:.4f}")
 

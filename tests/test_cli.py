@@ -187,3 +187,20 @@ def test_watch_board_fits_the_terminal_people_first():
     assert len(board) == 9 and all(len(line) <= 79 for line in board)
     assert board[1].startswith("h99") and "needs-input" in board[1]
     assert board[-1].startswith("... 24 more")
+
+
+def test_a_no_wait_report_says_how_to_follow_not_empty_usage():
+    from fleet.dispatch import DispatchResult, DispatchRun
+    from fleet.render import dispatch_report
+    from fleet.results import FanoutOutcome
+
+    one = DispatchRun("dx-1", "t", "demo", results=[DispatchResult("lab01", FanoutOutcome.SUCCESS, session_id="ses_a",
+                                                                    waited=False)])
+    text = dispatch_report(one)
+    assert text == "lab01: sent, session=ses_a; the agent works on: follow it with 'fleet wait --session ses_a' (or fleet watch)"
+    many = DispatchRun("dx-2", "t", "demo", results=[
+        DispatchResult("lab01", FanoutOutcome.SUCCESS, session_id="ses_a", waited=False),
+        DispatchResult("lab02", FanoutOutcome.FAILURE, error="refused", waited=False)])
+    lines = dispatch_report(many).splitlines()
+    assert lines[1].split()[:2] == ["lab01", "SENT"] and lines[2].split()[:2] == ["lab02", "FAILURE"]
+    assert "fleet wait --dispatch dx-2" in lines[-1] and "tokens" not in lines[-1]

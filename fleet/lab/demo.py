@@ -52,8 +52,28 @@ def main(argv: list[str] | None = None) -> int:
     _say("one command on every host: each host's output (identical ones once), then the table")
     _run("fanout", "--inventory", inv, "--all", "uname -sr; echo \"I am $(id -un) on ${SSH_CONNECTION##* }\" | "
          "sed 's/[0-9]*$/port/'")
-    _say("hand a task to the agent on lab01 and follow it to the end")
-    _run("dispatch", "--inventory", inv, "--host", "lab01", "--repo", "demo", "--task", "say hello")
+    _say("hand a task to the agent on lab01 and follow it to the end: the stand-in model really\n"
+         "# calls OpenCode's write tool, so the review lists the file it changed")
+    _run("dispatch", "--inventory", inv, "--host", "lab01", "--repo", "demo", "--task",
+         "say hello [write: hello.txt]")
+    _say("an agent that asks a permission (a bash command the lab's OpenCode config sets to 'ask'):\n"
+         "# it shows as needs-input; approve it, then follow it to the end of its turn")
+    p = _run("dispatch", "--inventory", inv, "--host", "lab01", "--repo", "demo", "--task",
+             "check [bash: echo ask-me-first]", "--no-wait", capture=True)
+    m = re.search(r"session (ses_\w+)", p.stderr)
+    if not m:
+        raise SystemExit("demo: the dispatch named no session")
+    sid = m.group(1)
+    for _ in range(50):  # the request shows within moments of the run starting
+        q = subprocess.run([FLEET, "sessions", "--inventory", inv, "--hosts", "lab01", "--json"], text=True,
+                           capture_output=True, stdin=subprocess.DEVNULL)
+        rows = json.loads(q.stdout or '{"sessions": []}')
+        if any(r["session_id"] == sid and r["state"] == "needs-input" for r in rows["sessions"]):
+            break
+        time.sleep(0.1)
+    _run("sessions", "--inventory", inv, "--hosts", "lab01")
+    _run("approve", "--inventory", inv, "--session", sid)
+    _run("wait", "--inventory", inv, "--session", sid)
     _say("a slow task, sent without waiting; then what the agents are doing, and an abort")
     p = _run("dispatch", "--inventory", inv, "--host", "lab01", "--repo", "demo", "--task", "[slow] think a lot",
              "--no-wait", "--json", capture=True)
