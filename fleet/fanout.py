@@ -483,7 +483,7 @@ def fanout_ssh(host: str | Host, command: str, timeout_sec: float | None = 3600.
                preflight: bool = True, inventory: Inventory | None = None,
                options: FanoutOptions | None = None) -> FanoutResult:
     """Run ``command`` on one host (the seed's API). ``max_retries=1`` means 2 attempts in all."""
-    from .api import default_inventory
+    from .inventory import default_inventory
 
     inv = inventory or default_inventory()
     h = inv.host(host) if isinstance(host, str) else host

@@ -195,7 +195,7 @@ def build_server(inventory: str | None = None) -> FastMCP:
         report = _reporter(ctx)
 
         def on_event(host: str, kind: str, text: str) -> None:
-            if kind in ("session", "status"):
+            if kind in ("session", "status", "usage", "end"):  # the same live view as the CLI's
                 statuses.append(f"{host}: {kind} {text}" if kind == "session" else f"{host}: {text}")
                 report(len(statuses), None, statuses[-1])
 
@@ -293,7 +293,7 @@ def build_server(inventory: str | None = None) -> FastMCP:
         said: list[str] = []
 
         def on_event(h: str, kind: str, text: str) -> None:
-            if kind == "status":
+            if kind in ("status", "usage", "end"):
                 said.append(f"{h}: {text}")
                 report(len(said), None, said[-1])
         kw = {"timeout": timeout or st.dispatch_timeout, "on_permission": on_permission, "records": recs,

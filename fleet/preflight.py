@@ -161,7 +161,7 @@ def run_preflight_checks(host: Host | str, timeout: float = 5.0, inventory: Inve
     """
     if isinstance(host, str):
         if inventory is None:
-            from .api import default_inventory
+            from .inventory import default_inventory
             inventory = default_inventory()
         host = inventory.host(host)
     t_all = time.monotonic()

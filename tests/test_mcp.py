@@ -130,6 +130,7 @@ def test_dispatch_follows_progress_to_the_end(mlab, tmp_path):
     r = out["results"][0]
     assert r["outcome"] == "SUCCESS" and r["answer"] == "DONE: say hi"
     assert any("session ses" in m for m in seen) and any(m and "busy" in m for m in seen)
+    assert "lab01: 15 tok $0.0000" in seen and seen[-1] == "lab01: SUCCESS"  # usage so far, then the end
 
 
 def accepted(lab) -> int:

@@ -1,7 +1,8 @@
 """The inventory: the model (:mod:`.model`) and its strict YAML loader (:mod:`.loader`)."""
-from .loader import MAX_INVENTORY_BYTES, MAX_NESTING, load_inventory, load_inventory_text, max_nesting
+from .loader import (MAX_INVENTORY_BYTES, MAX_NESTING, default_inventory, default_inventory_path, load_inventory,
+                     load_inventory_text, max_nesting)
 from .model import (AUTH_MODES, SSH_FIELDS, Host, Inventory, OpenCodeEndpoint, SlackSettings,
                     unknown_host)
 
 __all__ = ["AUTH_MODES", "Host", "Inventory", "MAX_INVENTORY_BYTES", "MAX_NESTING", "OpenCodeEndpoint",
-           "SSH_FIELDS", "SlackSettings", "load_inventory", "load_inventory_text", "max_nesting", "unknown_host"]
+           "SSH_FIELDS", "SlackSettings", "default_inventory", "default_inventory_path", "load_inventory", "load_inventory_text", "max_nesting", "unknown_host"]

@@ -485,3 +485,14 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     except OSError as exc:
         raise InventoryError(f"cannot read: {exc.strerror}", str(p), hint="check the path and its permissions") from None
     return load_inventory_text(text, str(p), p.resolve().parent)
+
+
+def default_inventory_path() -> str:
+    """``$FLEET_INVENTORY`` if set, else ``./inventory.yaml``: what the Python API loads when it
+    is given no inventory."""
+    return os.environ.get("FLEET_INVENTORY") or "inventory.yaml"
+
+
+def default_inventory() -> Inventory:
+    """Load the inventory the Python API uses when none is given."""
+    return load_inventory(default_inventory_path())
