@@ -53,6 +53,7 @@ class OpenDispatch:
     thread_ts: str
     sessions: list[tuple[str, str]] = field(default_factory=list)  # (host, session id)
     seen: set[str] = field(default_factory=set)  # message ts already handled
+    read_upto: str = ""  # the thread's latest reply when it was last read ("" = never read)
 
 
 def open_dispatches(journal: Journal, channel: str, max_age_s: float = 86400.0) -> list[OpenDispatch]:
@@ -104,27 +105,29 @@ class Listener:
         self.sleep = sleep
         self.followed: dict[str, OpenDispatch] = {}
         self.over: set[str] = set()  # dispatches seen to end in their thread: no longer followed
+        self.skipped_reads = 0  # threads not read again: no new reply
         self.started = time.time()
         self.max_age_s = 86400.0
 
-    def _channel_dispatches(self) -> dict[str, str]:
-        """Dispatch id -> thread root of every fleet thread in the channel of the last day, from
-        any orchestrator (fleet's message metadata names the dispatch)."""
+    def _channel_dispatches(self) -> dict[str, tuple[str, str]] | None:
+        """Dispatch id -> (thread root, its latest reply) of every fleet thread in the channel of
+        the last day, from any orchestrator (fleet's message metadata names the dispatch); None
+        when Slack would not say (rate limited): then every followed thread is read."""
         from slack_sdk.errors import SlackApiError
         try:
             resp = self.client.conversations_history(channel=self.channel, include_all_metadata=True, limit=200,
                                                      oldest=str(time.time() - self.max_age_s))
         except SlackApiError as exc:
             if getattr(exc.response, "status_code", 0) == 429:
-                return {}  # the threads already followed go on; discovery waits for the next pass
+                return None  # the threads already followed go on; discovery waits for the next pass
             raise
-        roots: dict[str, str] = {}
+        roots: dict[str, tuple[str, str]] = {}
         for m in resp.get("messages") or []:
             md = m.get("metadata") or {}
             did = (md.get("event_payload") or {}).get("dispatch_id") if md.get("event_type") == EVENT_TYPE else None
             if did and (not m.get("thread_ts") or m.get("thread_ts") == m.get("ts")):
-                if did not in roots or float(m["ts"]) < float(roots[did]):
-                    roots[did] = str(m["ts"])
+                if did not in roots or float(m["ts"]) < float(roots[did][0]):
+                    roots[did] = (str(m["ts"]), str(m.get("latest_reply") or m["ts"]))
         return roots
 
     def _replies(self, d: OpenDispatch) -> list[dict[str, Any]]:
@@ -155,7 +158,8 @@ class Listener:
             known.sessions = d.sessions
         # another orchestrator's dispatches: their threads are in the channel, their sessions on
         # the servers (fleet's marks); their ends are read from fleet's posts in the thread
-        for did, ts in self._channel_dispatches().items():
+        roots = self._channel_dispatches()
+        for did, (ts, _) in (roots or {}).items():
             if did not in self.followed and did not in self.over:
                 self.followed[did] = OpenDispatch(did, ts)
         done = []
@@ -163,6 +167,13 @@ class Listener:
             if float(d.thread_ts or 0) < time.time() - self.max_age_s:
                 self.followed.pop(d.dispatch_id)  # older than a day: no longer followed
                 continue
+            # Slack's history says each thread's latest reply: a thread with nothing new since it
+            # was last read is not read again (one call a pass, not one a thread)
+            latest = roots[d.dispatch_id][1] if roots and d.dispatch_id in roots else None
+            if latest is not None and latest == d.read_upto:
+                self.skipped_reads += 1
+                continue
+            d.read_upto = latest or ""
             started: set[str] = set()
             finished: set[str] = set()
             for m in self._replies(d):

@@ -182,6 +182,14 @@ class FakeSlack(_Server):
         self.auth: list[str] = []
         super().__init__(_SlackHandler)
 
+    def reply(self, thread_ts: str, user: str, text: str) -> str:
+        """A person's reply in a thread, with a fresh ts (Slack's ts is the post's time, and grows)."""
+        with self.lock:
+            self.seq += 1
+            ts = f"{int(time.time())}.{self.seq:06d}"
+            self.posts.append({"ts": ts, "thread_ts": thread_ts, "user": user, "text": text})
+        return ts
+
 
 class _SlackHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -207,7 +215,12 @@ class _SlackHandler(BaseHTTPRequestHandler):
         if u.path.endswith("conversations.replies"):
             msgs = [p for p in srv.posts if p["ts"] == q.get("ts") or p.get("thread_ts") == q.get("ts")]
         elif u.path.endswith("conversations.history"):
-            msgs = [p for p in srv.posts if not p.get("thread_ts")][::-1]  # newest first, as Slack does
+            msgs = []
+            for p in [p for p in srv.posts if not p.get("thread_ts")][::-1]:  # newest first, as Slack does
+                replies = [r["ts"] for r in srv.posts if r.get("thread_ts") == p["ts"] and r["ts"] != p["ts"]]
+                # a thread's root carries reply_count and latest_reply, as Slack's does
+                msgs.append(dict(p, reply_count=len(replies), latest_reply=max(replies, key=float)) if replies
+                            else p)
         else:
             return self._json(404, {"ok": False, "error": "unknown_method"})
         srv.reads.append(u.path.rsplit("/", 1)[-1])

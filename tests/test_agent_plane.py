@@ -220,13 +220,13 @@ def test_slack_stop_from_an_allowed_user_aborts_and_others_are_refused(agents, t
         # the agent is at work (prompt_async returns before the server marks the session busy)
         assert wait_for(lambda: any(x.session_id == r.session_id and x.state == "busy"
                                     for x in host_sessions(inv.host("lab02"), recs)))
-        slack.posts.append({"ts": "1700009999.000001", "thread_ts": root, "user": "U0OTHER", "text": "stop"})
+        slack.reply(root, "U0OTHER", "stop")
         lst = Listener(inv, AuditTrail(tmp_path / "journal.jsonl", inv.slack, "xoxb-test"), "xoxb-test", recs)
         acts = lst.poll_once()
         assert [a["outcome"] for a in acts] == ["refused"]
         row = next(x for x in host_sessions(inv.host("lab02"), recs) if x.session_id == r.session_id)
         assert row.state == "busy"  # someone else's "stop" changed nothing
-        slack.posts.append({"ts": "1700009999.000002", "thread_ts": root, "user": "U0ALLOWED", "text": "stop"})
+        slack.reply(root, "U0ALLOWED", "stop")
         acts = lst.poll_once()
         assert [(a["command"], a["outcome"]) for a in acts] == [("stop", "ok")]
         row = next(x for x in host_sessions(inv.host("lab02"), recs) if x.session_id == r.session_id)
@@ -363,8 +363,8 @@ def test_slack_answer_replies_to_the_agents_question(agents, tmp_path, st):
                                     for x in host_sessions(h, recs)))
         root = Journal(tmp_path / "journal.jsonl").load().thread_ts(recs.find("lab02", r.session_id)["dispatch_id"])
         lst = Listener(inv, AuditTrail(tmp_path / "journal.jsonl", inv.slack, "xoxb-test"), "xoxb-test", recs)
-        slack.posts.append({"ts": "1700009999.000003", "thread_ts": root, "user": "U0ALLOWED", "text": "answer"})
-        slack.posts.append({"ts": "1700009999.000004", "thread_ts": root, "user": "U0ALLOWED", "text": "answer Yes"})
+        slack.reply(root, "U0ALLOWED", "answer")
+        slack.reply(root, "U0ALLOWED", "answer Yes")
         acts = lst.poll_once()
         assert [(a["command"], a["outcome"]) for a in acts] == [("answer", "unknown"), ("answer", "ok")], acts
         assert any("Answer what?" in (p["text"] or "") for p in slack.posts)
@@ -554,7 +554,9 @@ def test_listen_follows_another_orchestrators_dispatch_until_every_host_ended(ag
         b = Listener(inv, AuditTrail(b_home / "journal.jsonl", inv.slack, "xoxb-test"), "xoxb-test",
                      records(b_home))
         assert b.poll_once() == [] and run.dispatch_id in b.followed  # found in the channel, still open
-        slack.posts.append({"ts": "1700009999.000010", "thread_ts": root, "user": "U0ALLOWED", "text": "stop"})
+        reads = slack.reads.count("conversations.replies")
+        assert b.poll_once() == [] and slack.reads.count("conversations.replies") == reads  # nothing new: not read
+        slack.reply(root, "U0ALLOWED", "stop")
         acts = b.poll_once()
         assert [(x["command"], x["outcome"]) for x in acts] == [("stop", "ok")], acts
         assert any(f"lab02 {s2}: stopped" in n for n in acts[0]["notes"]), acts
