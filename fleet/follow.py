@@ -166,10 +166,26 @@ def wait_sessions(pairs: list[tuple[Host, str]], *, records: SessionRecords | No
 
 
 def wait_dispatch(inv: Inventory, dispatch_id: str, *, records: SessionRecords | None = None,
-                  hosts: list[Host] | None = None, **kw: Any) -> DispatchRun:
-    """:func:`wait_sessions` over every session of ``dispatch_id``."""
-    return wait_sessions(dispatch_sessions(inv, dispatch_id, records, hosts), records=records,
-                         dispatch_id=dispatch_id, **kw)
+                  hosts: list[Host] | None = None, settings: Any = None, audit: Any = None,
+                  **kw: Any) -> DispatchRun:
+    """:func:`wait_sessions` over every session of ``dispatch_id``. As for every operation, the
+    audit trail (with the inventory's secrets redacted) and the session records are made from
+    the settings when the caller gives none, so the Python API journals and redacts too."""
+    own = None
+    if audit is None:
+        from .app import audit_trail
+        from .settings import load_settings
+        import os
+        settings = settings or load_settings(os.getcwd())
+        audit = own = audit_trail(inv, settings)
+    if records is None and settings is not None:
+        records = SessionRecords(settings.sessions_path())
+    try:
+        return wait_sessions(dispatch_sessions(inv, dispatch_id, records, hosts), records=records, audit=audit,
+                             dispatch_id=dispatch_id, **kw)
+    finally:
+        if own is not None:
+            own.close()
 
 
 __all__ = ["dispatch_sessions", "wait_dispatch", "wait_session", "wait_sessions"]

@@ -577,3 +577,15 @@ def test_abort_right_after_a_no_wait_dispatch_stops_the_run(agents, tmp_path, st
         time.sleep(1.5)
         row = next(x for x in host_sessions(inv.host("lab01")) if x.session_id == r.session_id)
         assert row.state == "idle"
+
+
+def test_python_api_wait_dispatch_journals_and_redacts_without_being_asked(agents, tmp_path, st):
+    from fleet import wait_dispatch
+
+    inv = load_inventory(agents.inventory)
+    sent = dx.dispatch(inv, "lab01", args={"task": "please [bash: echo from-the-api]", "repo": "demo"},
+                       settings=st, wait=False)
+    run = wait_dispatch(inv, sent.dispatch_id, settings=st, poll=0.2)
+    assert [r.outcome for r in run.results] == [FanoutOutcome.SUCCESS] and "from-the-api" in run.results[0].answer
+    ends = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert [e["operation"] for e in ends if e["dispatch_id"] == sent.dispatch_id][-1] == "completed"
