@@ -750,8 +750,9 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
         if "w" in holder:
             import shutil
             size = shutil.get_terminal_size((120, 40))
-            sys.stdout.write("\x1b[H\x1b[J" + watch_board(holder["w"].rows(stall), Colors(),
-                                                           size=(size.columns, size.lines)) + "\n")
+            board = watch_board(holder["w"].rows(stall), Colors(), size=(size.columns, size.lines))
+            # home, each line over the old one (cleared to its end), then clear below: no flicker
+            sys.stdout.write("\x1b[H" + "".join(line + "\x1b[K\n" for line in board.splitlines()) + "\x1b[J")
             sys.stdout.flush()
 
     def on_change(row) -> None:

@@ -307,17 +307,33 @@ def test_usage_so_far_in_dispatch_and_watch(agents, tmp_path, st):
 def test_many_host_dispatch_shows_a_live_board_on_a_terminal(agents, tmp_path):
     """fleet dispatch --hosts a,b with stderr on a terminal (a pty): a board redrawn in place, one
     line per host, then the report."""
-    import os
-    import pty
-    import subprocess
     import sys
 
     fleet = str(Path(sys.executable).parent / "fleet")
+    p, board, out = run_on_a_terminal([fleet, "dispatch", "--inventory", str(agents.inventory), "--hosts",
+                                       "lab01,lab02", "--repo", "demo", "--task",
+                                       "please [bash: sleep 1; echo boarded]", "--no-slack"], tmp_path, "stderr")
+    assert p.returncode == 0, (out, board)
+    assert "HOST" in board and "TOKENS / COST" in board and "\x1b[J" in board
+    assert "\x1b[3F" in board  # redrawn in place: up over the header and two host lines
+    assert re.search(r"lab01 +ses_\w+ +busy +bash: sleep 1", board), board[-2000:]
+    assert re.search(r"lab02 +ses_\w+ +SUCCESS", board) and "30 tok" in board
+    text = out.decode()
+    assert "total: 2 hosts" in text and "60 tokens" in text
+
+
+def run_on_a_terminal(cmd: list[str], cwd: Path, which: str):
+    """Run ``cmd`` with its stdout or stderr on a pty (the other piped): (process, what the
+    terminal got, the pipe's bytes)."""
+    import os
+    import pty
+    import subprocess
+
     master, slave = pty.openpty()
-    env = dict(os.environ, COLUMNS="160", NO_COLOR="1")
-    p = subprocess.Popen([fleet, "dispatch", "--inventory", str(agents.inventory), "--hosts", "lab01,lab02",
-                          "--repo", "demo", "--task", "please [bash: sleep 1; echo boarded]", "--no-slack"],
-                         stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    env = dict(os.environ, COLUMNS="160", LINES="40", NO_COLOR="1")
+    kw = {"stdout": slave, "stderr": subprocess.PIPE} if which == "stdout" else {"stdout": subprocess.PIPE,
+                                                                                  "stderr": slave}
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, cwd=cwd, env=env, **kw)
     os.close(slave)
     seen = b""
     while True:
@@ -328,16 +344,26 @@ def test_many_host_dispatch_shows_a_live_board_on_a_terminal(agents, tmp_path):
         if not chunk:
             break
         seen += chunk
-    out, _ = p.communicate(timeout=120)
+    out, err = p.communicate(timeout=120)
     os.close(master)
-    board = seen.decode(errors="replace")
-    assert p.returncode == 0, (out, board)
-    assert "HOST" in board and "TOKENS / COST" in board and "\x1b[J" in board
-    assert "\x1b[3F" in board  # redrawn in place: up over the header and two host lines
-    assert re.search(r"lab01 +ses_\w+ +busy +bash: sleep 1", board), board[-2000:]
-    assert re.search(r"lab02 +ses_\w+ +SUCCESS", board) and "30 tok" in board
-    text = out.decode()
-    assert "total: 2 hosts" in text and "60 tokens" in text
+    return p, seen.decode(errors="replace"), (err if which == "stdout" else out)
+
+
+def test_watch_on_a_terminal_draws_the_board_in_place(agents, tmp_path, st):
+    import sys
+
+    inv = load_inventory(agents.inventory)
+    r = dx.dispatch(inv, "lab01", args={"task": "please [bash: echo on-the-board]", "repo": "demo"},
+                    settings=st, records=records(tmp_path), poll=0.2).results[0]
+    fleet = str(Path(sys.executable).parent / "fleet")
+    p, screen, _ = run_on_a_terminal([fleet, "watch", "--inventory", str(agents.inventory), "--hosts", "lab01",
+                                      "--duration", "2.5"], tmp_path, "stdout")
+    assert p.returncode == 0, screen
+    frames = screen.split("\x1b[H")[1:]
+    assert len(frames) >= 2  # drawn, then redrawn in place (the ages move)
+    last = frames[-1]
+    assert re.search(rf"lab01 +demo +{r.session_id} +idle +.* 30 +\$0\.0000", last), last
+    assert last.splitlines()[0].startswith("HOST") and "\x1b[K" in last
 
 
 def test_slack_answer_replies_to_the_agents_question(agents, tmp_path, st):
