@@ -203,6 +203,17 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
         return _failed(exc, host, sid, au, result)
 
 
+def redacted_hook(on_event: EventHook | None, red: Any) -> EventHook | None:
+    """``on_event`` with every text redacted: an agent may echo a secret back, and the live
+    lines (terminal, MCP progress) are output like any other."""
+    if on_event is None or red is None:
+        return on_event
+
+    def shown(host: str, kind: str, text: str) -> None:
+        on_event(host, kind, red.text(text))
+    return shown
+
+
 def _failed(exc: FleetError, host: Host, sid: str, au: Any, result: Callable[..., DispatchResult]) -> DispatchResult:
     """A host's own failure as its result (journaled): a server that stopped answering is
     TIMEOUT, any other server or fleet error FAILURE."""
@@ -390,11 +401,7 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
     t0 = time.monotonic()
     stop = threading.Event()
     red = getattr(audit_trail, "redactor", None)
-    if on_event is not None and red is not None:
-        shown = on_event  # an agent may echo a secret back: the live lines are redacted too
-
-        def on_event(host: str, kind: str, text: str) -> None:
-            shown(host, kind, red.text(text))
+    on_event = redacted_hook(on_event, red)
 
     def one(h: Host, must_wait: bool) -> DispatchResult:
         return dispatch_host(h, a["repo"], a["task"], session=a.get("session"), wait=must_wait,

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import httpx
 
 from .inventory import Host
-from .opencode import add_usage, resolve_password, tls_context
+from .opencode import add_usage, message_bill, resolve_password, tls_context
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -150,13 +150,10 @@ def message_usage(ev: dict[str, Any]) -> tuple[str, dict[str, Any], float] | Non
     if ev.get("type") != "message.updated":
         return None
     info = (ev.get("properties") or {}).get("info") or {}
-    if not isinstance(info, dict) or info.get("role") != "assistant" or not info.get("id"):
+    bill = message_bill(info)
+    if bill is None or not info.get("id"):
         return None
-    try:
-        cost = float(info.get("cost") or 0.0)
-    except (TypeError, ValueError):
-        cost = 0.0
-    return str(info["id"]), dict(info.get("tokens") or {}), cost
+    return str(info["id"]), bill[0], bill[1]
 
 
 class Usage:

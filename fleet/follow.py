@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from .dispatch import (DispatchResult, DispatchRun, EventHook, _Audit, _failed, _follow, _subscribe,
-                       _validate_dispatch)
+                       _validate_dispatch, redacted_hook)
 from .errors import BadInput, FleetError
 from .inventory import Host, Inventory
 from .opencode import OpenCodeClient
@@ -138,6 +138,8 @@ def wait_sessions(pairs: list[tuple[Host, str]], *, records: SessionRecords | No
     run = DispatchRun(dispatch_id, "", "")
     t0 = time.monotonic()
     stop = threading.Event()
+    red = getattr(audit, "redactor", None)
+    kw["on_event"] = redacted_hook(kw.get("on_event"), red)
 
     class Pair:
         def __init__(self, h: Host, sid: str) -> None:
@@ -157,7 +159,6 @@ def wait_sessions(pairs: list[tuple[Host, str]], *, records: SessionRecords | No
                                                                          session_id=p.sid, error="interrupted",
                                                                          error_kind="aborted"))
     run.interrupted = interrupted
-    red = getattr(audit, "redactor", None)
     results = [done[p.name] for p in items]
     run.results = [replace(r, answer=red.text(r.answer), error=red.text(r.error)) for r in results] \
         if red is not None else results

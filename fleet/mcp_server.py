@@ -228,14 +228,18 @@ def build_server(inventory: str | None = None) -> FastMCP:
         inv = _inventory(inventory)
         return await _run(ctx, "status", lambda: {"servers": server_statuses(select(inv, selector))}, inv)
 
-    async def _session_op(ctx: Context, tool: str, session: str, host: str | None, op: Callable[..., Any]) -> Any:
-        from .records import SessionRecords
+    def _session_host(inv: Any, recs: Any, session: str, host: str | None) -> Any:
         from .sessions import find_session_host
-        inv = _inventory(inventory)
-        recs = SessionRecords(_settings().sessions_path())
         h = inv.host(host) if host else find_session_host(list(inv.hosts), recs, session)
         if h is None:
             raise ToolError(f"no host runs session {session}: give host")
+        return h
+
+    async def _session_op(ctx: Context, tool: str, session: str, host: str | None, op: Callable[..., Any]) -> Any:
+        from .records import SessionRecords
+        inv = _inventory(inventory)
+        recs = SessionRecords(_settings().sessions_path())
+        h = _session_host(inv, recs, session, host)
 
         def go() -> Any:
             from .app import audit_trail
@@ -283,7 +287,6 @@ def build_server(inventory: str | None = None) -> FastMCP:
         dispatch_id) to the end of their turn; the same result as dispatch (answer, files, usage)."""
         from .follow import wait_dispatch, wait_sessions
         from .records import SessionRecords
-        from .sessions import find_session_host
         if bool(session) == bool(dispatch_id):
             raise ToolError("say what to wait for: session, or dispatch_id")
         inv = _inventory(inventory)
@@ -304,9 +307,7 @@ def build_server(inventory: str | None = None) -> FastMCP:
             trail = audit_trail(inv, st)
             try:
                 if session:
-                    h = inv.host(host) if host else find_session_host(list(inv.hosts), recs, session)
-                    if h is None:
-                        raise ToolError(f"no host runs session {session}: give host")
+                    h = _session_host(inv, recs, session, host)
                     return wait_sessions([(h, session)], strict=True, audit=trail, **kw).to_dict()
                 return wait_dispatch(inv, dispatch_id, audit=trail, **kw).to_dict()
             finally:

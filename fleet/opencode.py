@@ -143,20 +143,28 @@ def session_usage(session: dict[str, Any]) -> tuple[int, float] | None:
     return int(add_usage({}, tok).get("total") or 0), cost
 
 
+def message_bill(info: Any) -> tuple[dict[str, Any], float] | None:
+    """(tokens, cost) OpenCode billed on one assistant message's info (each model call is one),
+    or None for any other message; a cost that is not a number counts as 0."""
+    if not isinstance(info, dict) or info.get("role") != "assistant":
+        return None
+    try:
+        cost = float(info.get("cost") or 0.0)
+    except (TypeError, ValueError):
+        cost = 0.0
+    return dict(info.get("tokens") or {}), cost
+
+
 def turn_usage(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
     """Tokens and cost of every assistant message in ``messages`` ({info, parts} or bare infos):
     a turn with tool calls is one assistant message per model call, each billed on its own."""
     tokens: dict[str, Any] = {}
     cost = 0.0
     for m in messages:
-        info = m.get("info", m) if isinstance(m, dict) else {}
-        if not isinstance(info, dict) or info.get("role") != "assistant":
-            continue
-        add_usage(tokens, info.get("tokens"))
-        try:
-            cost += float(info.get("cost") or 0.0)
-        except (TypeError, ValueError):
-            pass
+        bill = message_bill(m.get("info", m) if isinstance(m, dict) else None)
+        if bill is not None:
+            add_usage(tokens, bill[0])
+            cost += bill[1]
     return tokens, cost
 
 

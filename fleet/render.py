@@ -383,7 +383,7 @@ class DispatchLive:
     def _tick(self, every: float) -> None:
         while not self._stop.wait(every):
             with self.lock:
-                if any(r["state"] not in ("starting",) and not r.get("ended") for r in self.rows.values()):
+                if any(r["state"] != "starting" and not r.get("ended") for r in self.rows.values()):
                     self._draw()
 
     def close(self) -> None:

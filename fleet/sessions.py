@@ -236,15 +236,15 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
     records.remove(host.name, gone)
     # the git worktrees of the deleted sessions stay (they may hold work): say which, and how
     # to remove each (a gated operation of its own, which refuses a dirty one)
+    from .worktrees import worktree_parts
     worktrees: dict[str, dict[str, str]] = {}
     for sid in deleted:
         m, r = marks.get(sid, {}), recs.get(sid, {})
         path = str(m.get("worktree") or r.get("worktree") or "")
         if path and path not in worktrees:
-            parts = path.rstrip("/").split("/")
+            repo, name = worktree_parts(path)
             worktrees[path] = {"path": path, "branch": str(m.get("branch") or r.get("branch") or ""),
-                               "repo": str(m.get("repo") or (parts[-2] if len(parts) > 1 else "")),
-                               "name": parts[-1]}
+                               "repo": str(m.get("repo") or repo), "name": name}
     return {"host": host.name, "aborted": aborted, "deleted": deleted, "worktrees": list(worktrees.values())}
 
 

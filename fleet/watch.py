@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .events import EventStream, Usage, message_usage, session_of, step_of
 from .inventory import Host
-from .opencode import OpenCodeClient, describe_request, session_usage
+from .opencode import OpenCodeClient, describe_request, message_bill, session_usage
 from .records import SessionRecords
 from .sessions import fleet_marks, host_sessions
 
@@ -28,6 +28,9 @@ Change = Callable[[dict[str, Any]], None]
 
 class Watcher:
     """The live board of every session on ``hosts``; ``on_change(row)`` for every change."""
+
+    READ_TIMEOUT = 10.0  # a server that does not answer a read in this long is down on the board
+    USAGE_READS = 20  # per host at the start: the newest sessions' messages are read for their totals
 
     def __init__(self, hosts: list[Host], on_change: Change, records: SessionRecords | None = None) -> None:
         self.hosts = [h for h in hosts if h.opencode is not None]
@@ -40,12 +43,8 @@ class Watcher:
         self.server_totals: set[tuple[str, str]] = set()  # sessions whose server keeps their totals
         self._read_once = {h.name: threading.Event() for h in self.hosts}
 
-    READ_TIMEOUT = 10.0  # a server that does not answer a read in this long is down on the board
-
     def _client(self, host: Host, directory: str | None) -> OpenCodeClient:
         return OpenCodeClient(host, directory, timeout=self.READ_TIMEOUT, connect_timeout=3.0, connect_attempts=1)
-
-    USAGE_READS = 20  # per host at the start: the newest sessions' messages are read for their totals
 
     def _set(self, host: str, sid: str, **kw: Any) -> None:
         with self.lock:
@@ -111,8 +110,9 @@ class Watcher:
         u = Usage()
         for m in msgs:
             info = m.get("info") or {}
-            if info.get("role") == "assistant" and info.get("id"):
-                u.update(str(info["id"]), dict(info.get("tokens") or {}), float(info.get("cost") or 0.0))
+            bill = message_bill(info)
+            if bill is not None and info.get("id"):
+                u.update(str(info["id"]), *bill)
         with self.lock:
             self.usage[(host.name, sid)] = u
         tok, cost = u.totals()

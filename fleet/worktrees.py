@@ -86,6 +86,12 @@ def worktree_path(host: Host, repo: str, name: str) -> str:
     return f"{host.repos_root.rstrip('/')}/{WT_DIR}/{repo}/{name}"
 
 
+def worktree_parts(path: str) -> tuple[str, str]:
+    """(repo, name) of a worktree path made by :func:`worktree_path` (its last two parts)."""
+    parts = path.rstrip("/").split("/")
+    return (parts[-2] if len(parts) > 1 else ""), parts[-1]
+
+
 def _one(inv: Inventory, host: Host, command: str, label: str, options: FanoutOptions | None) -> Any:
     opts = replace(options or FanoutOptions(), artifacts_dir=None, attempts=1, collect=(),
                    command_timeout=min((options.command_timeout if options else None) or 120.0, 120.0))

@@ -32,6 +32,7 @@ def test_every_task_with_a_known_password_and_slack_token_leaks_nothing(tmp_path
         env = {"OC_PW": PASSWORD, "SLACK_BOT_TOKEN": SLACK_TOKEN}
         outs = []
         for args in (["dispatch", "--host", "epyc6", "--repo", "demo", "--task", f"say {PASSWORD}"],
+                     ["wait", "--host", "epyc6", "--session", "ses_fake1"],
                      ["sessions", "--all"], ["status", "--all"], ["sessions", "--all", "--json"],
                      ["abort", "--host", "epyc6", "--all-sessions"], ["teardown", "--all"],
                      ["audit.tail", "--json"], ["audit.replay"], ["inventory.show", "--all", "--json"]):
