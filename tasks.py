@@ -1,3 +1,3 @@
 """The checkout's Invoke tasks (``inv --list``): the same collection as the installed ``fleet``
 command, which lives in the package (``fleet/cli.py``)."""
-from fleet.cli import ns  # noqa: F401 - Invoke finds the collection by this name
+from fleet.cli.tasks import ns  # noqa: F401 - Invoke finds the collection by this name

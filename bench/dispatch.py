@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("FAKE_SLOW_DELAY", "60")  # read by the lab's stand-in model at lab.up
 
 from fleet import dispatch as dx  # noqa: E402
-from fleet.audit import AuditTrail  # noqa: E402
+from fleet.audit.trail import AuditTrail  # noqa: E402
 from fleet.inventory import SlackSettings, load_inventory  # noqa: E402
 from fleet.lab import lab_down, lab_up  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
@@ -35,7 +35,7 @@ from stand_ins import FakeSlack  # noqa: E402
 
 def _server_turn(host, sid: str) -> float:
     """Seconds the server itself took for the session's turn, from its own message timestamps."""
-    from fleet.opencode import OpenCodeClient
+    from fleet.agent.client import OpenCodeClient
     with OpenCodeClient(host, None) as oc:
         msgs = oc.messages(sid)
     user = next(m["info"]["time"]["created"] for m in msgs if m["info"]["role"] == "user")
@@ -54,7 +54,7 @@ def busy_cpu(inv, agents: int, busy: float) -> None:
     where nothing happens but waiting."""
     import threading
 
-    from fleet.modes import make_plan
+    from fleet.safety.gate import make_plan
     for label, events in (("events", True), ("polling every 0.5 s", False)):
         plan = make_plan(inv, "dispatch", "@agents", "canary", {"task": "[slow] think", "repo": "demo"})
         plan.canary = None
@@ -160,7 +160,7 @@ def main() -> None:
 
         def _all_at_once() -> float:
             # every agent at once: plan as canary mode would, then drop the canary
-            from fleet.modes import make_plan
+            from fleet.safety.gate import make_plan
             plan = make_plan(inv, "dispatch", "@agents", "canary", {"task": "bench", "repo": "demo"})
             plan.canary = None
             t = time.perf_counter()

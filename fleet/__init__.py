@@ -15,29 +15,29 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 _EXPORTS: dict[str, str] = {
-    "Fleet": "api", "ConnectionPool": "connpool",
+    "Fleet": "api", "ConnectionPool": "ssh.warm",
     # errors and exit statuses
     "BadInput": "errors", "FleetError": "errors", "InventoryError": "errors", "Refused": "errors",
     "SelectorError": "errors", "EXIT_BAD_INPUT": "errors", "EXIT_HOST_FAILED": "errors",
     "EXIT_INTERRUPTED": "errors", "EXIT_OK": "errors", "EXIT_REFUSED": "errors",
     # inventory and selection
     "Host": "inventory", "Inventory": "inventory", "OpenCodeEndpoint": "inventory", "SlackSettings": "inventory",
-    "load_inventory": "inventory", "load_inventory_text": "inventory", "select": "selectors",
+    "load_inventory": "inventory", "load_inventory_text": "inventory", "select": "inventory.select",
     "Settings": "settings",
     # preflight and fanout (the seed's names)
-    "run_preflight_checks": "preflight", "preflight_many": "preflight",
-    "fanout_ssh": "fanout", "fanout_hosts": "fanout", "FanoutOptions": "fanout", "FanoutRunner": "fanout",
+    "run_preflight_checks": "ssh.preflight", "preflight_many": "ssh.preflight",
+    "fanout_ssh": "ssh.runner", "fanout_hosts": "ssh.runner", "FanoutOptions": "ssh.runner", "FanoutRunner": "ssh.runner",
     "CheckResult": "results", "FanoutOutcome": "results", "FanoutResult": "results", "FanoutRun": "results",
     "PreflightResult": "results", "PreflightStatus": "results",
     # modes and tokens
-    "MODES": "modes", "ConfirmationRequired": "modes", "Plan": "modes", "guarded": "modes",
-    "make_plan": "modes", "resolve_mode": "modes",
-    "Scope": "tokens", "TokenRefused": "tokens", "TokenStore": "tokens",
+    "MODES": "safety.gate", "ConfirmationRequired": "safety.gate", "Plan": "safety.gate", "guarded": "safety.gate",
+    "make_plan": "safety.gate", "resolve_mode": "safety.gate",
+    "Scope": "safety.tokens", "TokenRefused": "safety.tokens", "TokenStore": "safety.tokens",
     # dispatch, audit, beads
-    "DispatchResult": "dispatch", "DispatchRun": "dispatch", "SessionRecords": "records",
-    "wait_session": "follow", "wait_sessions": "follow", "wait_dispatch": "follow", "Watcher": "watch",
-    "AuditTrail": "audit", "Journal": "audit", "replay": "audit",
-    "AlreadyClaimed": "beads", "Beads": "beads", "BeadsError": "beads",
+    "DispatchResult": "ops.dispatch", "DispatchRun": "ops.dispatch", "SessionRecords": "audit.records",
+    "wait_session": "ops.wait", "wait_sessions": "ops.wait", "wait_dispatch": "ops.wait", "Watcher": "ops.watch",
+    "AuditTrail": "audit.trail", "Journal": "audit.trail", "replay": "audit.trail",
+    "AlreadyClaimed": "ops.beads", "Beads": "ops.beads", "BeadsError": "ops.beads",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -57,20 +57,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static names for type checkers and IDEs
-    from .audit import AuditTrail, Journal, replay
-    from .beads import AlreadyClaimed, Beads, BeadsError
-    from .dispatch import DispatchResult, DispatchRun
-    from .follow import wait_dispatch, wait_session, wait_sessions
-    from .watch import Watcher
-    from .records import SessionRecords
-    from .errors import (EXIT_BAD_INPUT, EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, BadInput,
+    from fleet.audit.trail import AuditTrail, Journal, replay
+    from fleet.ops.beads import AlreadyClaimed, Beads, BeadsError
+    from fleet.ops.dispatch import DispatchResult, DispatchRun
+    from fleet.ops.wait import wait_dispatch, wait_session, wait_sessions
+    from fleet.ops.watch import Watcher
+    from fleet.audit.records import SessionRecords
+    from fleet.errors import (EXIT_BAD_INPUT, EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, BadInput,
                          FleetError, InventoryError, Refused, SelectorError)
-    from .fanout import FanoutOptions, FanoutRunner, fanout_hosts, fanout_ssh
-    from .inventory import Host, Inventory, OpenCodeEndpoint, SlackSettings, load_inventory, load_inventory_text
-    from .modes import MODES, ConfirmationRequired, Plan, guarded, make_plan, resolve_mode
-    from .preflight import preflight_many, run_preflight_checks
-    from .results import (CheckResult, FanoutOutcome, FanoutResult, FanoutRun, PreflightResult,
+    from fleet.ssh.runner import FanoutOptions, FanoutRunner, fanout_hosts, fanout_ssh
+    from fleet.inventory import Host, Inventory, OpenCodeEndpoint, SlackSettings, load_inventory, load_inventory_text
+    from fleet.safety.gate import MODES, ConfirmationRequired, Plan, guarded, make_plan, resolve_mode
+    from fleet.ssh.preflight import preflight_many, run_preflight_checks
+    from fleet.results import (CheckResult, FanoutOutcome, FanoutResult, FanoutRun, PreflightResult,
                           PreflightStatus)
-    from .selectors import select
-    from .settings import Settings
-    from .tokens import Scope, TokenRefused, TokenStore
+    from fleet.inventory.select import select
+    from fleet.settings import Settings
+    from fleet.safety.tokens import Scope, TokenRefused, TokenStore

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .inventory import Inventory, default_inventory, default_inventory_path, load_inventory
+from fleet.inventory import Inventory, default_inventory, default_inventory_path, load_inventory
 
 __all__ = ["Fleet", "default_inventory", "default_inventory_path"]
 
@@ -22,8 +22,8 @@ class Fleet:
 
     def __init__(self, inventory: str | Inventory | None = None, settings: object | None = None,
                  idle: float | None = None) -> None:
-        from .connpool import ConnectionPool
-        from .settings import load_settings
+        from fleet.ssh.warm import ConnectionPool
+        from fleet.settings import load_settings
 
         self.inventory = inventory if isinstance(inventory, Inventory) else load_inventory(
             inventory or default_inventory_path())
@@ -32,7 +32,7 @@ class Fleet:
 
     def fanout(self, selector: str, command: str, **kw: object):
         """:func:`fleet.ops.fanout` over this object's warm connections; returns the run."""
-        from . import ops
+        from fleet.ops import fanout as ops
 
         return ops.fanout(self.inventory, selector, args={"command": command}, settings=self.settings,
                           pool=self.pool, **kw)

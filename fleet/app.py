@@ -6,17 +6,17 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .redact import secret_forms
+from fleet.safety.redact import secret_forms
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .audit import AuditTrail
-    from .inventory import Inventory
-    from .settings import Settings
+    from fleet.audit.trail import AuditTrail
+    from fleet.inventory import Inventory
+    from fleet.settings import Settings
 
 
 def inventory_secrets(inv: "Inventory") -> list[str]:
     """The OpenCode passwords of every host (and their encoded forms) and the Slack token."""
-    from .opencode import resolve_password
+    from fleet.agent.client import resolve_password
 
     found: list[str] = []
     for h in inv.hosts:
@@ -35,7 +35,7 @@ def inventory_secrets(inv: "Inventory") -> list[str]:
 
 def audit_trail(inv: "Inventory", settings: "Settings", post: bool = True) -> "AuditTrail":
     """The audit trail for ``inv`` with every secret it names redacted."""
-    from .audit import AuditTrail
+    from fleet.audit.trail import AuditTrail
 
     token = os.environ.get(inv.slack.token_env) if inv.slack else None
     return AuditTrail(settings.path("journal"), inv.slack, token, secrets_=inventory_secrets(inv), post=post)

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
-from .errors import BadInput
+from fleet.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Settings:
             if value is None:
                 continue  # not set: the default
             if key not in known:
-                from .names import did_you_mean
+                from fleet.names import did_you_mean
                 hint = did_you_mean(key, known)
                 hint = f"; {hint}" if hint else f"; known settings: {', '.join(known)}"
                 raise BadInput(f"unknown setting 'fleet.{key}'{hint}")

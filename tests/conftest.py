@@ -60,7 +60,7 @@ def st(tmp_path):
 
 def records(tmp_path: Path):
     """The session records beside ``st``'s journal."""
-    from fleet.records import SessionRecords
+    from fleet.audit.records import SessionRecords
     return SessionRecords(tmp_path / "sessions.jsonl")
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from conftest import records, running_lab
 
-from fleet import dispatch as dx
+from fleet.ops import dispatch as dx
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
 from fleet.results import FanoutOutcome
-from fleet.sessions import abort_sessions, answer_permission, host_sessions
+from fleet.ops.sessions import abort_sessions, answer_permission, host_sessions
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,8 @@ def test_watch_json_shows_busy_needs_input_idle(agents, tmp_path, st):
 
 def test_event_stream_dropped_mid_run_still_ends(agents, tmp_path):
     """Kill the stream's connection while the agent works: it reconnects, re-reads, and the wait ends."""
-    from fleet.events import EventStream, SessionWaker
-    from fleet.opencode import OpenCodeClient
+    from fleet.agent.events import EventStream, SessionWaker
+    from fleet.agent.client import OpenCodeClient
 
     inv = load_inventory(agents.inventory)
     h = inv.host("lab02")
@@ -198,10 +198,10 @@ def test_event_stream_dropped_mid_run_still_ends(agents, tmp_path):
 
 def test_slack_stop_from_an_allowed_user_aborts_and_others_are_refused(agents, tmp_path, st):
     """The seed's human interrupt flow, with the Slack stand-in serving conversations.replies."""
-    from fleet.audit import AuditTrail
+    from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.journal import Journal
-    from fleet.listen import Listener
+    from fleet.audit.journal import Journal
+    from fleet.ops.listen import Listener
     from stand_ins import FakeSlack
 
     slack = FakeSlack()
@@ -252,7 +252,7 @@ def test_busy_with_no_event_shows_stuck_then_finishes(agents, tmp_path, st):
 
 
 def test_a_question_shows_as_needs_input_and_answer_lets_it_go_on(agents, tmp_path, st):
-    from fleet.sessions import answer_question
+    from fleet.ops.sessions import answer_question
 
     inv = load_inventory(agents.inventory)
     events: list = []
@@ -275,7 +275,7 @@ def test_a_question_shows_as_needs_input_and_answer_lets_it_go_on(agents, tmp_pa
 def test_usage_so_far_in_dispatch_and_watch(agents, tmp_path, st):
     """Tokens and cost while the agent works: dispatch's live usage and the watch board grow step
     by step (each model call bills 15 tokens in the lab), and end at the turn's total."""
-    from fleet.watch import Watcher
+    from fleet.ops.watch import Watcher
 
     inv = load_inventory(agents.inventory)
     changes: list = []
@@ -368,11 +368,11 @@ def test_watch_on_a_terminal_draws_the_board_in_place(agents, tmp_path, st):
 
 def test_slack_answer_replies_to_the_agents_question(agents, tmp_path, st):
     """An allowed user answers the agent's question from its Slack thread; the agent goes on with it."""
-    from fleet.audit import AuditTrail
+    from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.journal import Journal
-    from fleet.listen import Listener
-    from fleet.opencode import OpenCodeClient
+    from fleet.audit.journal import Journal
+    from fleet.ops.listen import Listener
+    from fleet.agent.client import OpenCodeClient
     from stand_ins import FakeSlack
 
     slack = FakeSlack()
@@ -408,7 +408,7 @@ def test_watch_is_not_held_up_by_a_host_that_does_not_answer(agents, tmp_path):
     the board still starts at once, shows the reachable host's sessions, and says the other is down."""
     from fleet.inventory import load_inventory_text
     from fleet.lab import Blackholes
-    from fleet.watch import Watcher
+    from fleet.ops.watch import Watcher
 
     holes = Blackholes(1)
     port = holes.ports[0]
@@ -438,8 +438,8 @@ def test_watch_is_not_held_up_by_a_host_that_does_not_answer(agents, tmp_path):
 def test_wait_follows_a_no_wait_dispatch_to_its_end(agents, tmp_path, st):
     """dispatch --no-wait leaves the agent working; wait picks it up, reports the turn's review
     (answer, files, tokens of the whole turn), and journals the end once (it reaches Slack)."""
-    from fleet.audit import AuditTrail
-    from fleet.follow import wait_sessions
+    from fleet.audit.trail import AuditTrail
+    from fleet.ops.wait import wait_sessions
 
     inv = load_inventory(agents.inventory)
     recs = records(tmp_path)
@@ -495,8 +495,8 @@ def test_wait_dispatch_cli_over_hosts_and_bad_input(agents, tmp_path):
 def test_wait_takes_over_a_dispatch_that_timed_out_on_a_permission(agents, tmp_path, st):
     """Nobody answered in time: the dispatch ends TIMEOUT naming the request; a later wait with
     a policy lets the agent go on and finishes the turn; the request is journaled once."""
-    from fleet.audit import AuditTrail
-    from fleet.follow import wait_sessions
+    from fleet.audit.trail import AuditTrail
+    from fleet.ops.wait import wait_sessions
 
     inv = load_inventory(agents.inventory)
     recs = records(tmp_path)
@@ -555,10 +555,10 @@ def test_listen_follows_another_orchestrators_dispatch_until_every_host_ended(ag
     """Machine A dispatches to two hosts; machine B (its own HOME: no journal, no records) runs
     listen. One host's session is aborted: the dispatch is still open (the other host works); a
     'stop' in the thread, read by B, stops the other one, found by fleet's marks on the server."""
-    from fleet.audit import AuditTrail
+    from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.journal import Journal
-    from fleet.listen import Listener
+    from fleet.audit.journal import Journal
+    from fleet.ops.listen import Listener
     from stand_ins import FakeSlack
 
     slack = FakeSlack()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fleet.audit import AuditTrail, Journal, replay
+from fleet.audit.trail import AuditTrail, Journal, replay
 from fleet.inventory import SlackSettings
 
 from stand_ins import FakeSlack
@@ -122,7 +122,7 @@ def test_one_refused_event_does_not_block_the_rest(slack, tmp_path):
     t.record("completed", "epyc6", "success", dispatch_id="dx-1", session_id="ses_1")
     rep = replay(str(tmp_path / "j.jsonl"), settings(slack), TOKEN)
     assert rep.delivered == 2 and "msg_too_long" in rep.stopped
-    from fleet.render import format_events
+    from fleet.cli.render import format_events
     st = Journal(tmp_path / "j.jsonl").load()
     assert "[failed: msg_too_long]" in format_events(st.events, st.delivered, st.failed)
 
@@ -150,7 +150,7 @@ def test_replay_never_sends_to_another_channel(slack, tmp_path):
 
 def test_find_pages_back_to_the_event(slack, tmp_path):
     """An event posted before a crash (attempt journaled, no 'delivered') is found on a later page."""
-    from fleet.audit import SlackPoster
+    from fleet.audit.trail import SlackPoster
     t = AuditTrail(tmp_path / "j.jsonl", settings(slack), TOKEN, post=False)
     e = t.record("completed", "epyc6", "success")  # no dispatch id: a root message
     SlackPoster(settings(slack), TOKEN).post(e, None)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import dispatch as dx
-from fleet import sessions as ses
-from fleet.beads import AlreadyClaimed, Beads
+from fleet.ops import dispatch as dx
+from fleet.ops import sessions as ses
+from fleet.ops.beads import AlreadyClaimed, Beads
 from fleet.inventory import load_inventory_text
 from fleet.results import FanoutOutcome
 from fleet.settings import Settings

@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 from fleet.inventory import load_inventory_text
-from fleet.kvlog import format_line, parse_line
-from fleet.preflight import run_preflight_checks
+from fleet.ssh.kvlog import format_line, parse_line
+from fleet.ssh.preflight import run_preflight_checks
 from fleet.results import PreflightStatus
 
 from conftest import ROOT, inv_cmd
@@ -96,7 +96,7 @@ def test_preflight_advice_for_each_auth_mode(tmp_path, monkeypatch):
     for name in ("ts", "ag", "kf", "nouser", "here"):
         checks[name] = run_preflight_checks(inv.host(name), timeout=1)
     # ports are closed on 127.0.0.1:22 maybe; auth checks run only if tcp passed, so test auth directly
-    from fleet.preflight import _check_auth
+    from fleet.ssh.preflight import _check_auth
     assert "tailscale CLI is not installed" in _check_auth(inv.host("ts"), None, 1)[1]
     assert "SSH_AUTH_SOCK is not set" in _check_auth(inv.host("ag"), None, 1)[1]
     assert "chmod 600" in _check_auth(inv.host("kf"), None, 1)[1]
@@ -143,7 +143,7 @@ def test_dispatch_live_board_and_plain_lines():
     one plain line per change, with the usage so far."""
     import io
 
-    from fleet.render import DispatchLive
+    from fleet.cli.render import DispatchLive
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -179,7 +179,7 @@ def test_dispatch_live_board_and_plain_lines():
 
 def test_watch_board_fits_the_terminal_people_first():
     """More sessions than lines: the ones that need a person stay, the rest are counted."""
-    from fleet.render import watch_board
+    from fleet.cli.render import watch_board
 
     rows = [{"host": f"h{i:02d}", "session": f"ses_{i}", "state": "idle", "title": "x" * 200} for i in range(30)]
     rows.append({"host": "h99", "session": "ses_ask", "state": "needs-input", "waiting": "bash: rm -rf build"})
@@ -190,8 +190,8 @@ def test_watch_board_fits_the_terminal_people_first():
 
 
 def test_a_no_wait_report_says_how_to_follow_not_empty_usage():
-    from fleet.dispatch import DispatchResult, DispatchRun
-    from fleet.render import dispatch_report
+    from fleet.ops.dispatch import DispatchResult, DispatchRun
+    from fleet.cli.render import dispatch_report
     from fleet.results import FanoutOutcome
 
     one = DispatchRun("dx-1", "t", "demo", results=[DispatchResult("lab01", FanoutOutcome.SUCCESS, session_id="ses_a",

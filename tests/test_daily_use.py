@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from conftest import write_inventory
-from fleet import ops
+from fleet.ops import fanout as ops
 from fleet.inventory import load_inventory
-from fleet.render import fold
+from fleet.cli.render import fold
 from fleet.results import FanoutOutcome
 from test_modes import opts, settings
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from fleet import dispatch as dx
-from fleet import sessions as ses
+from fleet.ops import dispatch as dx
+from fleet.ops import sessions as ses
 from fleet.inventory import load_inventory
-from fleet.modes import ConfirmationRequired
-from fleet.opencode import AuthRefused, OpenCodeClient
+from fleet.safety.gate import ConfirmationRequired
+from fleet.agent.client import AuthRefused, OpenCodeClient
 from fleet.results import FanoutOutcome
 
 from conftest import inv_cmd, records, running_lab

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fleet import FanoutOptions, FanoutOutcome, fanout_hosts, fanout_ssh, load_inventory, run_preflight_checks
 from fleet import PreflightStatus
-from fleet.kvlog import parse_line
+from fleet.ssh.kvlog import parse_line
 
 from conftest import ROOT, inv_cmd, write_inventory
 

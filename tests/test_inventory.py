@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import InventoryError
-from fleet.importer import vm_endpoints_to_yaml
+from fleet.inventory.importer import vm_endpoints_to_yaml
 from fleet.inventory import load_inventory, load_inventory_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -184,7 +184,7 @@ def test_kept_connections_are_not_woken_ten_times_a_second(lab, tmp_path):
     checked every IDLE_CHECK s instead (50 idle connections cost 2% of a core before), and gets
     paramiko's own timeout back when it is taken for a command."""
     from fleet import Fleet
-    from fleet.connpool import BUSY_CHECK, IDLE_CHECK
+    from fleet.ssh.warm import BUSY_CHECK, IDLE_CHECK
     from test_modes import opts, settings
 
     def kept(f):

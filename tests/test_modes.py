@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from fleet import ops
+from fleet.ops import fanout as ops
 from fleet.errors import BadInput, Refused
-from fleet.fanout import FanoutOptions
+from fleet.ssh.runner import FanoutOptions
 from fleet.inventory import load_inventory
-from fleet.modes import ConfirmationRequired, resolve_mode
+from fleet.safety.gate import ConfirmationRequired, resolve_mode
 from fleet.results import FanoutOutcome
 from fleet.settings import Settings
-from fleet.tokens import TokenRefused
+from fleet.safety.tokens import TokenRefused
 
 from conftest import inv_cmd, write_inventory
 

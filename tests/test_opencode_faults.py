@@ -1,9 +1,9 @@
 """OpenCode client against a contract-following stand-in, for faults the real server cannot show."""
 import pytest
 
-from fleet import dispatch as dx
+from fleet.ops import dispatch as dx
 from fleet.inventory import load_inventory_text
-from fleet.opencode import (AuthRefused, OpenCodeClient, ProtocolError, ResponseTimeout, ServerError,
+from fleet.agent.client import (AuthRefused, OpenCodeClient, ProtocolError, ResponseTimeout, ServerError,
                             SessionNotFound, Unreachable)
 from fleet.results import FanoutOutcome
 from fleet.settings import Settings
@@ -122,7 +122,7 @@ def test_trickling_server_cannot_hold_a_dispatch_past_its_deadline():
     """The issue's reproduction: a server that trickles one byte at a time never ends a read."""
     import threading as _t
 
-    from fleet import dispatch as dxm
+    from fleet.ops import dispatch as dxm
     from fleet.inventory import load_inventory_text
     from fleet.settings import Settings
 
@@ -143,7 +143,7 @@ def test_trickling_server_cannot_hold_a_dispatch_past_its_deadline():
 
 
 def test_server_of_an_unknown_api_version_is_refused_before_sending():
-    from fleet import dispatch as dxm
+    from fleet.ops import dispatch as dxm
     from fleet.inventory import load_inventory_text
     from fleet.settings import Settings
 
@@ -161,7 +161,7 @@ def test_server_of_an_unknown_api_version_is_refused_before_sending():
 def test_watch_board_totals_from_messages_when_the_server_keeps_none(oc_server):
     """A server whose sessions carry no tokens/cost (older than 1.18): the board reads the session's
     messages once and sums every assistant message; one that keeps them is not read at all."""
-    from fleet.watch import Watcher
+    from fleet.ops.watch import Watcher
 
     inv, h = host_for(oc_server.url)
     with OpenCodeClient(h, "/srv/repos/demo") as c:

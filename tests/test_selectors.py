@@ -3,7 +3,7 @@ import pytest
 
 from fleet.errors import SelectorError
 from fleet.inventory import load_inventory_text
-from fleet.selectors import names, select
+from fleet.inventory.select import names, select
 
 INV = load_inventory_text("""
 hosts:

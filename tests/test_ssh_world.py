@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_inventory
-from fleet.fanout import FanoutOptions, fanout_hosts
+from fleet.ssh.runner import FanoutOptions, fanout_hosts
 from fleet.inventory import load_inventory
-from fleet.kvlog import format_line, parse_line
+from fleet.ssh.kvlog import format_line, parse_line
 from fleet.lab import lab_down, lab_up
 from fleet.results import FanoutOutcome
-from fleet.sshconfig import load_ssh_config, resolve_host
+from fleet.ssh.config import load_ssh_config, resolve_host
 
 
 def opts(tmp_path: Path, **kw) -> FanoutOptions:
@@ -281,7 +281,7 @@ def test_50mb_of_output_does_not_grow_memory(lab, tmp_path):
     script = f"""
 import resource, sys
 sys.path.insert(0, {str(ROOT)!r})
-from fleet.fanout import FanoutOptions, fanout_hosts
+from fleet.ssh.runner import FanoutOptions, fanout_hosts
 from fleet.inventory import load_inventory
 inv = load_inventory({str(lab.inventory)!r})
 o = FanoutOptions(artifacts_dir={str(tmp_path / 'a')!r}, user_known_hosts=None, attempts=1)
@@ -331,7 +331,7 @@ def test_no_authentication_methods_is_tried_once(lab, tmp_path):
 
 
 def test_one_workers_unexpected_exception_ends_only_that_host(lab_inv, tmp_path, mocker):
-    from fleet.ssh import SSHSession
+    from fleet.ssh.session import SSHSession
     real = SSHSession.connect
 
     def connect(self):

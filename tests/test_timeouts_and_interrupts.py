@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT, write_inventory
-from fleet.fanout import fanout_hosts
+from fleet.ssh.runner import fanout_hosts
 from fleet.inventory import load_inventory
 from fleet.results import FanoutOutcome
 from test_ssh_world import _marker, no_process, opts

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from fleet.errors import BadInput, Refused
-from fleet.tokens import Scope, TokenRefused, TokenStore
+from fleet.safety.tokens import Scope, TokenRefused, TokenStore
 
 
 class Clock:

@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 
 from conftest import inv_cmd, write_inventory
-from fleet import ops
+from fleet.ops import fanout as ops
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
-from fleet.modes import ConfirmationRequired
-from fleet.tokens import TokenRefused, TokenStore
+from fleet.safety.gate import ConfirmationRequired
+from fleet.safety.tokens import TokenRefused, TokenStore
 from test_modes import opts, settings
 
 
@@ -73,7 +73,7 @@ def test_confirm_on_an_operation_that_is_not_gated_is_an_error(lab, tmp_path):
 
 def test_token_list_id_is_what_revoke_takes(tmp_path):
     store = TokenStore(tmp_path / "tok")
-    from fleet.tokens import Scope
+    from fleet.safety.tokens import Scope
     store.issue(Scope.of("teardown", ["lab01"], {}))
     listed = store.list()
     rec = store.revoke(listed[0]["id"])

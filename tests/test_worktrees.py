@@ -9,11 +9,11 @@ import pytest
 
 from conftest import agent_settings, running_lab
 
-from fleet import dispatch as dx
+from fleet.ops import dispatch as dx
 from fleet.inventory import load_inventory
-from fleet.modes import ConfirmationRequired
+from fleet.safety.gate import ConfirmationRequired
 from fleet.results import FanoutOutcome
-from fleet.worktrees import list_worktrees, remove_worktree
+from fleet.ops.worktrees import list_worktrees, remove_worktree
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_worktree_failure_leaves_no_session(wlab, tmp_path, st):
     inv = load_inventory(wlab.inventory)
     plain = Path(wlab.hosts[0].repos_root) / "plain"
     plain.mkdir(exist_ok=True)  # a directory, not a git repository
-    from fleet.opencode import OpenCodeClient
+    from fleet.agent.client import OpenCodeClient
     with OpenCodeClient(inv.host("lab01")) as oc:
         before = {s["id"] for s in oc.list_sessions(all_dirs=True)}
     r = dx.dispatch(inv, "lab01", args={"task": "t", "repo": "plain"}, settings=st, poll=0.2,
@@ -110,10 +110,10 @@ def test_remove_never_leaves_the_worktrees_dir(wlab, tmp_path, st):
 def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab, tmp_path, monkeypatch):
     """Two HOMEs as two machines: B has no records of A's dispatch, and works from the server's marks;
     B's abort is posted in A's Slack thread."""
-    from fleet.audit import AuditTrail
+    from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.journal import Journal
-    from fleet.sessions import abort_sessions, find_session_host, host_sessions, teardown
+    from fleet.audit.journal import Journal
+    from fleet.ops.sessions import abort_sessions, find_session_host, host_sessions, teardown
     from stand_ins import FakeSlack
 
     slack = FakeSlack()
@@ -149,10 +149,10 @@ def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab
         # the worktree stays (it may hold work): teardown names it and the command that removes it
         kept = next(w for w in out[0]["worktrees"] if w["path"] == a.worktree)
         assert kept["branch"] == a.branch and kept["repo"] == "demo" and Path(a.worktree).is_dir()
-        from fleet.render import teardown_lines
+        from fleet.cli.render import teardown_lines
         line = teardown_lines(out)
         assert f"worktrees.remove --hosts lab01 --repo demo --name {Path(a.worktree).name}" in line
-        from fleet.worktrees import remove_worktree
+        from fleet.ops.worktrees import remove_worktree
         rm_args = {"repo": kept["repo"], "name": kept["name"]}
         with pytest.raises(ConfirmationRequired) as rm:
             remove_worktree(inv, "lab01", args=rm_args, settings=b_st)

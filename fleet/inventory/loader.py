@@ -17,9 +17,9 @@ from urllib.parse import urlparse
 
 import yaml
 
-from ..errors import InventoryError
-from ..names import did_you_mean, is_plain_name
-from .model import (AUTH_MODES, DEFAULTS_KEYS, HOST_KEYS, OPENCODE_KEYS, REPOS_KEYS, SLACK_KEYS, SSH_FIELDS,
+from fleet.errors import InventoryError
+from fleet.names import did_you_mean, is_plain_name
+from fleet.inventory.model import (AUTH_MODES, DEFAULTS_KEYS, HOST_KEYS, OPENCODE_KEYS, REPOS_KEYS, SLACK_KEYS, SSH_FIELDS,
                     TOP_KEYS, _RESERVED, Host, Inventory, OpenCodeEndpoint, SlackSettings)
 
 
@@ -456,8 +456,8 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
     extra["digest"] = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()[:16]
     inv = Inventory(path=path, hosts=inv.hosts, groups=groups, **extra)
     if "routes" in sections:
-        from ..errors import SelectorError
-        from ..selectors import select
+        from fleet.errors import SelectorError
+        from fleet.inventory.select import select
         routes: dict[str, str] = {}
         for op, ok, rv in ld.mapping(sections["routes"][1], "routes"):
             sel = ld.string(rv, f"route for '{op}'", "'@gpu'")

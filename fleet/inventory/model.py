@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
-from ..names import did_you_mean
+from fleet.names import did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..errors import SelectorError
+    from fleet.errors import SelectorError
 
 
 AUTH_MODES = ("local", "ssh-key", "tailscale", "agent")
@@ -136,7 +136,7 @@ class Inventory:
 
 def unknown_host(inv: Inventory, name: str) -> "SelectorError":
     """The error for a host name or alias the inventory does not know, with a suggestion."""
-    from ..errors import SelectorError
+    from fleet.errors import SelectorError
 
     hint = did_you_mean(name, inv.names_index(), 0.5)
     hint = f"; {hint}" if hint else f"; known hosts: {', '.join(h.name for h in inv.hosts[:20])}" + (

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 
-from .base import Lab, free_ports
-from ..errors import AgentError  # noqa: F401 - re-exported where they were defined
+from fleet.lab.base import Lab, free_ports
+from fleet.errors import AgentError  # noqa: F401 - re-exported where they were defined
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,10 +26,10 @@ import time
 
 from pathlib import Path
 
-from ..errors import BadInput
-from .base import (Lab, LabHost, _children, _cmdline, _cwd, _pid_alive, free_ports, host_address,  # noqa: F401
+from fleet.errors import BadInput
+from fleet.lab.base import (Lab, LabHost, _children, _cmdline, _cwd, _pid_alive, free_ports, host_address,  # noqa: F401
                    state_file)
-from ..errors import LabError  # noqa: F401 - re-exported where they were defined
+from fleet.errors import LabError  # noqa: F401 - re-exported where they were defined
 
 PORTS_PER_SSHD = 16  # OpenSSH refuses more than 16 ListenAddress lines
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
@@ -242,7 +242,7 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
         lab.hosts.append(h)
     write_ssh_config(lab)
     if agents:
-        from .agents import start_agents
+        from fleet.lab.agents import start_agents
         try:
             lab.agents = start_agents(lab, agents)
         except BaseException:

@@ -1,0 +1,224 @@
+"""Live events from OpenCode servers: one SSE subscription per server, reconnecting with backoff.
+
+OpenCode's ``GET /event`` (one directory) and ``GET /global/event`` (all of them, each event
+wrapped as ``{directory, payload}``) stream ``data: {json}`` lines: ``session.status``,
+``session.idle``, ``session.error``, ``permission.asked``, ``message.part.updated`` (tool steps)
+and more, with a heartbeat every 10 s. Events carry no ids and a reconnect loses the gap, so
+fleet uses them as *wake-ups*: whoever waits re-reads the state over REST when woken (and after
+every reconnect), and falls back to polling while the stream is down. Completion is then seen
+within milliseconds of the server saying so, and nothing is polled between events.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable
+
+import httpx
+
+from fleet.inventory import Host
+from fleet.agent.client import add_usage, message_bill, resolve_password, tls_context
+
+Handler = Callable[[dict[str, Any]], None]
+
+
+def session_of(ev: dict[str, Any]) -> str | None:
+    """The session an event is about, if it says."""
+    p = ev.get("properties") or {}
+    for key in ("sessionID",):
+        if isinstance(p.get(key), str):
+            return p[key]
+    for inner in ("info", "part"):
+        v = p.get(inner)
+        if isinstance(v, dict) and isinstance(v.get("sessionID"), str):
+            return v["sessionID"]
+    return None
+
+
+def step_of(ev: dict[str, Any]) -> str | None:
+    """``bash: make test`` for a tool step that is running, from ``message.part.updated``."""
+    if ev.get("type") != "message.part.updated":
+        return None
+    part = (ev.get("properties") or {}).get("part") or {}
+    if part.get("type") != "tool":
+        return None
+    state = part.get("state") or {}
+    if state.get("status") not in ("pending", "running"):
+        return None
+    inp = state.get("input") or {}
+    what = state.get("title") or inp.get("command") or inp.get("filePath") or inp.get("description") or ""
+    return f"{part.get('tool', 'tool')}: {str(what)[:80]}".rstrip(": ")
+
+
+class EventStream:
+    """A background SSE subscription to one server. ``on_event(ev)`` gets every event (for
+    ``/global/event``, the payload with ``directory`` added); ``on_connect()`` runs after each
+    (re)connect, so the listener can re-read what the gap may have hidden."""
+
+    def __init__(self, host: Host, on_event: Handler, directory: str | None = None,
+                 on_connect: Callable[[], None] | None = None, backoff_max: float = 5.0,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        if host.opencode is None:
+            raise ValueError(f"{host.name} has no OpenCode server")
+        self.host = host
+        self.directory = directory
+        self.on_event = on_event
+        self.on_connect = on_connect
+        self.on_error = on_error  # a connect that failed (why), before the next try
+        self.backoff_max = backoff_max
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._client: httpx.Client | None = None
+        pw = resolve_password(host.opencode, host.name)
+        self._auth = httpx.BasicAuth(host.opencode.username, pw) if pw is not None else None
+        self._thread = threading.Thread(target=self._run, name=f"fleet-events-{host.name}", daemon=True)
+
+    def start(self) -> "EventStream":
+        """Begin following (returns at once)."""
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop following and drop the connection."""
+        self._stop.set()
+        self.drop()
+
+    def drop(self) -> None:
+        """Cut the current connection (it reconnects unless closed): what a network blip does."""
+        c = self._client
+        if c is not None:
+            threading.Thread(target=c.close, daemon=True).start()
+
+    def _run(self) -> None:
+        delay = 0.2
+        path = "/event" if self.directory else "/global/event"
+        params = {"directory": self.directory} if self.directory else None
+        while not self._stop.is_set():
+            failed = ""
+            self._client = httpx.Client(base_url=self.host.opencode.url, auth=self._auth, verify=tls_context(),
+                                        timeout=httpx.Timeout(5.0, read=35.0))  # heartbeats every 10 s
+            try:
+                with self._client.stream("GET", path, params=params,
+                                         headers={"Accept": "text/event-stream"}) as resp:
+                    if resp.status_code != 200:
+                        failed = f"{self.host.opencode.url}{path}: HTTP {resp.status_code}"
+                        raise httpx.HTTPError(failed)
+                    self.connected.set()
+                    if self.on_connect is not None:
+                        self.on_connect()
+                    delay = 0.2
+                    for line in resp.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if not line.startswith("data:"):
+                            continue
+                        try:
+                            ev = json.loads(line[5:].strip())
+                        except ValueError:
+                            continue
+                        if not isinstance(ev, dict):
+                            continue
+                        if "payload" in ev and isinstance(ev["payload"], dict):  # /global/event wrapper
+                            ev = dict(ev["payload"], directory=ev.get("directory"))
+                        self.on_event(ev)
+            except Exception as exc:  # noqa: BLE001 - any break of the stream: reconnect (REST covers the gap)
+                if not self.connected.is_set() and not failed:
+                    failed = f"{self.host.opencode.url}{path}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+            finally:
+                self.connected.clear()
+                try:
+                    self._client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            if self._stop.is_set():
+                return
+            if failed and self.on_error is not None:
+                try:
+                    self.on_error(failed)
+                except Exception:  # noqa: BLE001 - the listener's trouble is not the stream's
+                    pass
+            self.reconnects += 1
+            self._stop.wait(delay)
+            delay = min(self.backoff_max, delay * 2)
+
+
+def message_usage(ev: dict[str, Any]) -> tuple[str, dict[str, Any], float] | None:
+    """``(message id, tokens, cost)`` from a ``message.updated`` event of an assistant message:
+    OpenCode bills each model call (step) on its message as the step finishes."""
+    if ev.get("type") != "message.updated":
+        return None
+    info = (ev.get("properties") or {}).get("info") or {}
+    bill = message_bill(info)
+    if bill is None or not info.get("id"):
+        return None
+    return str(info["id"]), bill[0], bill[1]
+
+
+class Usage:
+    """Tokens and cost so far, message by message (a message is re-sent as it grows)."""
+
+    def __init__(self) -> None:
+        self.by_message: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def update(self, mid: str, tokens: dict[str, Any], cost: float) -> bool:
+        """Record one message's latest figures; True if the totals changed."""
+        old = self.by_message.get(mid)
+        self.by_message[mid] = (tokens, cost)
+        return old != (tokens, cost)
+
+    def totals(self) -> tuple[int, float]:
+        """(total tokens, cost) over every message seen."""
+        t: dict[str, Any] = {}
+        for tok, _ in self.by_message.values():
+            add_usage(t, tok)
+        return int(t.get("total") or 0), sum(c for _, c in self.by_message.values())
+
+
+def usage_text(tokens: int, cost: float) -> str:
+    """``1.2k tok $0.0123`` for a live line."""
+    tk = f"{tokens / 1000:.1f}k" if tokens >= 1000 else str(tokens)
+    return f"{tk} tok ${cost:.4f}"
+
+
+class SessionWaker:
+    """Wakes a waiter when an event concerns its session, and remembers the agent's current step
+    and the tokens and cost of the messages it has seen finish so far."""
+
+    def __init__(self, sid: str, on_step: Callable[[str], None] | None = None,
+                 on_usage: Callable[[int, float], None] | None = None) -> None:
+        self.sid = sid
+        self.wake = threading.Event()
+        self.step = ""
+        self.on_step = on_step
+        self.on_usage = on_usage
+        self.usage = Usage()
+        self._said: tuple[int, float] = (0, 0.0)
+        self.last_event = time.monotonic()
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev.get("type") in ("server.connected", "server.heartbeat"):
+            return
+        if session_of(ev) not in (self.sid, None):
+            return
+        self.last_event = time.monotonic()
+        step = step_of(ev)
+        if step and step != self.step:
+            self.step = step
+            if self.on_step is not None:
+                self.on_step(step)
+        mu = message_usage(ev)
+        if mu is not None and self.usage.update(*mu) and self.on_usage is not None:
+            totals = self.usage.totals()
+            if totals != self._said and any(totals):
+                self._said = totals
+                self.on_usage(*totals)
+        self.wake.set()
+
+    def reconnected(self) -> None:
+        """After a (re)connect the gap is unknown: wake the waiter to re-read the state."""
+        self.wake.set()
+
+
+__all__ = ["EventStream", "SessionWaker", "Usage", "message_usage", "session_of", "step_of", "usage_text"]

@@ -1,0 +1,1 @@
+"""The audit plane: the trail, the journal, Slack delivery, session records."""

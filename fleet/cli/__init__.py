@@ -1,0 +1,1 @@
+"""The faces: Invoke tasks, the fleet program, dx-dispatch, MCP, renderers."""

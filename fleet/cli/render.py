@@ -1,0 +1,622 @@
+"""Renderers: read result objects and print them. They decide nothing."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from collections import OrderedDict
+from typing import Any, Iterable, TextIO
+
+from fleet.inventory import Host, Inventory
+from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
+
+_ORDER = {FanoutOutcome.PREFLIGHT_FAILED: 0, FanoutOutcome.TIMEOUT: 1, FanoutOutcome.FAILURE: 2,
+          FanoutOutcome.ABORTED: 3, FanoutOutcome.SUCCESS: 4}
+
+
+def first_line(text: str, width: int = 100) -> str:
+    """The first non-empty line of ``text``, cut to ``width``."""
+    for ln in (text or "").splitlines():
+        if ln.strip():
+            ln = ln.strip()
+            return ln if len(ln) <= width else ln[: width - 1] + "…"
+    return ""
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """A plain aligned text table."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*headers).rstrip()]
+    lines += [fmt.format(*r).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _dur(ms: int) -> str:
+    return f"{ms / 1000:.2f}s"
+
+
+def fanout_table(run: FanoutRun, color: "Colors | None" = None) -> str:
+    """The summary table, failures first, then a one-line count."""
+    order = {r.host: i for i, r in enumerate(run.results)}
+    rows = sorted(run.results, key=lambda r: (_ORDER[r.outcome], order[r.host]))
+    body = table([[r.host, r.outcome.value, "" if r.exit_code is None else str(r.exit_code), str(r.attempts),
+                   _dur(r.duration_ms), first_line(r.error, 60)] for r in rows],
+                 ["HOST", "STATE", "EXIT", "ATTEMPTS", "DURATION", "ERROR"])
+    if color is not None and color.enabled:
+        # colour after alignment, so escape codes never skew the columns
+        out = body.splitlines()
+        for k, r in enumerate(rows, start=1):
+            v = r.outcome.value
+            out[k] = out[k].replace(f"  {v}", f"  {color.state(v)}", 1)
+        body = "\n".join(out)
+    # Long errors (fingerprints, advice) are cut in the table; give each distinct one whole, once.
+    long = []
+    seen: set[str] = set()
+    for r in rows:
+        e = first_line(r.error, 10_000)
+        if len(e) > 60 and e not in seen:
+            seen.add(e)
+            long.append(f"{r.host}: {e}")
+    extra = ("\n" + "\n".join(long)) if long else ""
+    return body + extra + "\n" + summary_line(run)
+
+
+def summary_line(run: FanoutRun) -> str:
+    """``N hosts: a SUCCESS, b FAILURE ... in 1.23s (artifacts: DIR)``."""
+    counts: "OrderedDict[str, int]" = OrderedDict()
+    for o in FanoutOutcome:
+        n = sum(1 for r in run.results if r.outcome == o)
+        if n:
+            counts[o.value] = n
+    parts = ", ".join(f"{n} {k}" for k, n in counts.items())
+    s = f"{len(run.results)} host{'s' if len(run.results) != 1 else ''}: {parts} in {_dur(run.duration_ms)}"
+    if run.artifacts_dir:
+        s += f" (artifacts: {run.artifacts_dir})"
+    if run.interrupted:
+        s += " [interrupted]"
+    return s
+
+
+def to_json(doc: Any) -> str:
+    """One JSON document with stable key order."""
+    return json.dumps(doc, indent=2, sort_keys=True, default=str)
+
+
+_SEG = re.compile(r"(\d+)")
+
+
+def _range_text(nums: list[str]) -> str:
+    """``['01','02','03','07']`` -> ``01-03,07``; padding follows ClusterShell (01-120 is one run)."""
+    vals = sorted(set(nums), key=lambda t: (int(t), len(t)))
+    spans: list[str] = []
+    i = 0
+    while i < len(vals):
+        start = vals[i]
+        pad = len(start)
+        end = start
+        j = i + 1
+        while j < len(vals) and vals[j] == f"{int(end) + 1:0{pad}d}":
+            end = vals[j]
+            j += 1
+        spans.append(start if start == end else f"{start}-{end}")
+        i = j
+    return ",".join(spans)
+
+
+def fold(names: Iterable[str]) -> str:
+    """Fold host names as ClusterShell writes them: ``lab[01-120]``, ``r[1-2]n[01-04]``, sorted."""
+    def key(n: str) -> list:
+        return [(0, int(x), len(x)) if x.isdigit() else (1, x, 0) for x in _SEG.split(n)]
+    items = [_SEG.split(n) for n in sorted(set(names), key=key)]
+    # fold one numeric dimension at a time, the last first; folded ones become text
+    width = max((len(t) for t in items), default=0)
+    for pos in range(width - 2, 0, -2):
+        groups: "OrderedDict[tuple, list[str]]" = OrderedDict()
+        shape: dict[tuple, list[str]] = {}
+        for t in items:
+            if len(t) <= pos or not t[pos].isdigit():
+                groups.setdefault(("=",) + tuple(t), [])
+                shape[("=",) + tuple(t)] = t
+                continue
+            k = (len(t),) + tuple(t[:pos]) + ("#",) + tuple(t[pos + 1:])
+            groups.setdefault(k, []).append(t[pos])
+            shape.setdefault(k, t)
+        out = []
+        for k, nums in groups.items():
+            t = list(shape[k])
+            if nums:
+                txt = _range_text(nums)
+                t[pos] = txt if "-" not in txt and "," not in txt else f"[{txt}]"
+            out.append(t)
+        items = out
+    return ",".join("".join(t) for t in items)
+
+
+def _buckets(run: FanoutRun) -> "OrderedDict[tuple[str, str], list[str]]":
+    buckets: "OrderedDict[tuple[str, str], list[str]]" = OrderedDict()
+    for r in run.results:
+        if r.stdout or r.stderr:
+            buckets.setdefault((r.stdout, r.stderr), []).append(r.host)
+    return buckets
+
+
+def _block_text(out: str, err: str, color: "Colors") -> str:
+    text = out.rstrip("\n")
+    if err.strip():
+        text += ("\n" if text else "") + "\n".join(color.dim("stderr| ") + ln for ln in err.rstrip("\n").splitlines())
+    return text
+
+
+def gathered(run: FanoutRun, color: "Colors | None" = None) -> str:
+    """Each host's output after the run; identical outputs once under their folded host list
+    (clush -b), stderr lines marked ``stderr|``."""
+    c = color or Colors(False)
+    blocks = []
+    for (out, err), hosts in _buckets(run).items():
+        head = f"{fold(hosts)} ({len(hosts)})"
+        bar = "-" * max(15, len(head))
+        blocks.append(f"{bar}\n{c.bold(head)}\n{bar}\n{_block_text(out, err, c)}")
+    return "\n".join(blocks)
+
+
+def diffed(run: FanoutRun, color: "Colors | None" = None) -> str:
+    """``--diff``: the most common output in full, every other one as a unified diff against it."""
+    import difflib
+
+    c = color or Colors(False)
+    buckets = sorted(_buckets(run).items(), key=lambda kv: -len(kv[1]))
+    if not buckets:
+        return ""
+    (base_out, base_err), base_hosts = buckets[0]
+    base = _block_text(base_out, base_err, Colors(False)).splitlines()
+    head = f"{fold(base_hosts)} ({len(base_hosts)})"
+    parts = [f"{'-' * max(15, len(head))}\n{c.bold(head)} (most common)\n{'-' * max(15, len(head))}\n" + "\n".join(base)]
+    for (out, err), hosts in buckets[1:]:
+        other = _block_text(out, err, Colors(False)).splitlines()
+        lines = list(difflib.unified_diff(base, other, fold(base_hosts), fold(hosts), lineterm=""))
+        parts.append("\n".join(c.red(ln) if ln.startswith("-") and not ln.startswith("---") else
+                                c.green(ln) if ln.startswith("+") and not ln.startswith("+++") else ln
+                                for ln in lines))
+    return "\n".join(parts)
+
+
+def stderr_tails(run: FanoutRun, lines: int = 5) -> str:
+    """Under the table: the last lines of each failed host's stderr (identical ones folded)."""
+    tails: "OrderedDict[str, list[str]]" = OrderedDict()
+    for r in run.results:
+        if not r.ok and r.stderr.strip():
+            tail = "\n".join(r.stderr.rstrip("\n").splitlines()[-lines:])
+            tails.setdefault(tail, []).append(r.host)
+    return "\n".join(f"{fold(hosts)} stderr (last lines):\n" + "\n".join("  " + ln for ln in tail.splitlines())
+                     for tail, hosts in tails.items())
+
+
+class Colors:
+    """ANSI colour on a terminal, never when ``NO_COLOR`` is set or output is not a TTY."""
+
+    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+        import os
+
+        if enabled is None:
+            st = stream or sys.stdout
+            enabled = bool(getattr(st, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+        self.enabled = enabled
+
+    def _c(self, code: str, s: str) -> str:
+        return f"\x1b[{code}m{s}\x1b[0m" if self.enabled and s else s
+
+    def red(self, s: str) -> str:
+        """Failures."""
+        return self._c("31", s)
+
+    def green(self, s: str) -> str:
+        """Success."""
+        return self._c("32", s)
+
+    def yellow(self, s: str) -> str:
+        """Timeouts and aborts."""
+        return self._c("33", s)
+
+    def bold(self, s: str) -> str:
+        """Headers."""
+        return self._c("1", s)
+
+    def dim(self, s: str) -> str:
+        """Markers."""
+        return self._c("2", s)
+
+    def state(self, s: str) -> str:
+        """A state word, coloured by what it means."""
+        if s in ("SUCCESS", "OK"):
+            return self.green(s)
+        if s in ("TIMEOUT", "ABORTED"):
+            return self.yellow(s)
+        return self.red(s)
+
+
+class LineStreamer:
+    """``--stream``: live output lines prefixed ``host | ``."""
+
+    def __init__(self, hosts: list[str], out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.width = max((len(h) for h in hosts), default=5)
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.lock = threading.Lock()
+
+    def __call__(self, host: str, stream: str, line: str) -> None:
+        target = self.out if stream == "stdout" else self.err
+        with self.lock:
+            target.write(f"{host:<{self.width}} | {line}\n")
+            target.flush()
+
+
+class Progress:
+    """A one-line live progress on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool | None = None,
+                 canary: str | None = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.done = 0
+        self.failed = 0
+        self.canary = canary
+        self.canary_state = ""
+        self.lock = threading.Lock()
+        if self.enabled and canary:
+            self.stream.write(f"\r\x1b[Kcanary {canary} running, {total - 1} more connecting...")
+            self.stream.flush()
+
+    def __call__(self, r: FanoutResult) -> None:
+        with self.lock:
+            self.done += 1
+            if not r.ok:
+                self.failed += 1
+            if self.canary and r.host == self.canary:
+                self.canary_state = f"canary {r.host} {'ok' if r.ok else r.outcome.value}: "
+            if self.enabled:
+                self.stream.write(f"\r\x1b[K{self.canary_state}{self.done}/{self.total} done, {self.failed} failed, "
+                                  f"{self.total - self.done} to go")
+                self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the line before the summary is printed."""
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def preflight_table(results: list[PreflightResult]) -> str:
+    """Preflight per host: status, failed check, advice."""
+    rows = sorted(results, key=lambda r: (r.ok,))
+    if any(r.opencode for r in results):
+        body = table([[r.host, r.status.value, r.auth_mode, r.failed_check or "-", _dur(r.duration_ms),
+                       first_line(r.opencode, 50) or "-", first_line(r.error_detail, 120)] for r in rows],
+                     ["HOST", "STATUS", "AUTH", "FAILED CHECK", "DURATION", "OPENCODE", "ADVICE"])
+    else:
+        body = table([[r.host, r.status.value, r.auth_mode, r.failed_check or "-", _dur(r.duration_ms),
+                       first_line(r.error_detail, 140)] for r in rows],
+                     ["HOST", "STATUS", "AUTH", "FAILED CHECK", "DURATION", "ADVICE"])
+    ok = sum(1 for r in results if r.ok)
+    return body + f"\n{len(results)} hosts: {ok} OK, {len(results) - ok} FAILED"
+
+
+def hosts_table(hosts: list[Host]) -> str:
+    """``inventory.show``: resolved hosts."""
+    return table([[h.name, h.user or "-", f"{h.address}:{h.port}", h.auth, ",".join(h.aliases) or "-",
+                   ",".join(h.tags) or "-", h.opencode.url if h.opencode else "-"] for h in hosts],
+                 ["HOST", "USER", "ADDRESS", "AUTH", "ALIASES", "TAGS", "OPENCODE"])
+
+
+def host_dict(h: Host) -> dict[str, Any]:
+    """A host as plain data (no secrets: only where the password comes from)."""
+    return {"name": h.name, "user": h.user, "address": h.address, "port": h.port, "auth": h.auth,
+            "aliases": list(h.aliases), "tags": list(h.tags), "identity_file": h.identity_file,
+            "opencode": None if not h.opencode else {
+                "url": h.opencode.url, "username": h.opencode.username,
+                "password_env": h.opencode.password_env, "password_file": h.opencode.password_file},
+            "repos_root": h.repos_root, "repos": dict(h.repos)}
+
+
+def inventory_summary(inv: Inventory) -> str:
+    """``inventory.check``'s one line."""
+    auths: dict[str, int] = {}
+    for h in inv.hosts:
+        auths[h.auth] = auths.get(h.auth, 0) + 1
+    a = ", ".join(f"{n} {k}" for k, n in auths.items())
+    extra = []
+    if inv.canary:
+        extra.append(f"canary {inv.canary}")
+    if inv.routes:
+        extra.append(f"{len(inv.routes)} routes")
+    if inv.slack:
+        extra.append("slack audit on")
+    tail = ("; " + "; ".join(extra)) if extra else ""
+    return (f"{inv.path}: OK, {len(inv.hosts)} hosts ({a}), {len(inv.groups)} groups, "
+            f"{len({t for h in inv.hosts for t in h.tags})} tags{tail}")
+
+
+# ---------------------------------------------------------------------- dispatch and agents
+
+class DispatchLive:
+    """Dispatch's live view, fed by dispatch's ``on_event(host, kind, text)``.
+
+    On a terminal: one host gets one status line rewritten in place; many hosts get a board
+    (host, session, state and current step or what it asks, time, tokens and cost so far),
+    needs-input first and highlighted, redrawn on every event and once a second for the
+    clocks. Not a terminal (a log, a pipe): plain lines, one per change. ``quiet``: nothing.
+    Use as a context manager (or call :meth:`close`) so the board is cleared at the end.
+    """
+
+    ORDER = {"needs-input": 0, "stuck": 1, "retry": 2, "busy": 3, "queued": 4, "starting": 5}
+
+    def __init__(self, quiet: bool, many: bool, stream: TextIO | None = None, tick: float = 1.0) -> None:
+        import threading
+        import time
+
+        self.quiet = quiet
+        self.many = many
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.colors = Colors(stream=self.stream)
+        self.t0 = time.monotonic()
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.drawn = 0
+        self.lock = threading.RLock()
+        self._stop = threading.Event()
+        self._ticker: Any = None
+        if self.tty and not quiet and tick > 0:
+            self._ticker = threading.Thread(target=self._tick, args=(tick,), name="fleet-live", daemon=True)
+            self._ticker.start()
+
+    def __enter__(self) -> "DispatchLive":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _tick(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self.lock:
+                if any(r["state"] != "starting" and not r.get("ended") for r in self.rows.values()):
+                    self._draw()
+
+    def close(self) -> None:
+        """Stop the clock and clear the board or line (the report follows)."""
+        self._stop.set()
+        with self.lock:
+            if self.tty and not self.quiet:
+                if self.many and self.drawn:
+                    self.stream.write(f"\x1b[{self.drawn}F\x1b[J")
+                elif not self.many and self.rows:
+                    self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            self.drawn = 0
+
+    def __call__(self, host: str, kind: str, text: str) -> None:
+        import re
+        import time
+
+        if self.quiet:
+            return
+        with self.lock:
+            row = self.rows.setdefault(host, {"host": host, "session": "", "state": "starting", "step": "",
+                                              "usage": "", "t0": time.monotonic(), "ended": None})
+            if kind == "session":
+                row["session"] = text
+            elif kind == "status":
+                if text == row.get("said"):
+                    return  # the same state again (the step seen by the stream, then by the waiter)
+                row["said"] = text
+                m = re.match(r"([\w-]+)[: ]*(.*)", text, re.S)
+                row["state"], row["step"] = (m.group(1), m.group(2)) if m else (text, "")
+            elif kind == "usage":
+                row["usage"] = text
+            elif kind == "end":
+                outcome, _, err = text.partition(": ")
+                row.update(state=outcome, step=first_line(err, 100), ended=time.monotonic())
+            else:
+                return
+            if self.tty and not self.many and kind == "session":
+                self.stream.write(f"\r\x1b[K{host}: session {text}\n")  # the id stays on screen
+                self.stream.flush()
+            elif self.tty:
+                self._draw()
+            elif kind == "session":
+                print(f"{host}: session {text}", file=self.stream, flush=True)
+            elif kind == "status":
+                print(f"{host}: {text} ({self._age(row):.1f}s)" + (f" {row['usage']}" if row["usage"] else ""),
+                      file=self.stream, flush=True)
+            elif kind == "end" and self.many:
+                print(f"{host}: {text} ({self._age(row):.1f}s)", file=self.stream, flush=True)
+
+    @staticmethod
+    def _age(row: dict[str, Any]) -> float:
+        import time
+        return (row["ended"] or time.monotonic()) - row["t0"]
+
+    def _draw(self) -> None:
+        import shutil
+
+        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+        if not self.many:
+            r = next(iter(self.rows.values()))
+            if r["ended"]:
+                return
+            what = r["state"] + (f": {r['step']}" if r["step"] else "")
+            line = f"{r['host']}: {what} ({self._age(r):.0f}s)" + (f"  {r['usage']}" if r["usage"] else "")
+            self.stream.write("\r\x1b[K" + line[:width])
+            self.stream.flush()
+            return
+        rows = sorted(self.rows.values(), key=lambda r: (self.ORDER.get(r["state"], 6), r["host"]))
+        body = table([[r["host"], r["session"] or "-", r["state"], r["step"][:60], f"{self._age(r):.0f}s",
+                       r["usage"] or "-"] for r in rows],
+                     ["HOST", "SESSION", "STATE", "DOING / ASKS", "TIME", "TOKENS / COST"]).splitlines()
+        out = []
+        for k, line in enumerate(body):
+            line = line[:width]
+            st = rows[k - 1]["state"] if k else ""
+            out.append(self.colors.yellow(line) if st in ("needs-input", "stuck") else
+                       self.colors.red(line) if st in ("FAILURE", "TIMEOUT", "UNREACHABLE", "ABORTED") else
+                       self.colors.green(line) if st == "SUCCESS" else line)
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        self.stream.write(up + "\x1b[J" + "\n".join(out) + "\n")
+        self.stream.flush()
+        self.drawn = len(out)
+
+
+def dispatch_report(run: Any) -> str:
+    """One host: the agent's answer, then a line of outcome, tokens, cost; many: a table."""
+    if len(run.results) == 1 and run.results[0].ok and not run.results[0].waited:
+        r = run.results[0]
+        return (f"{r.host}: sent, session={r.session_id}; the agent works on: follow it with 'fleet wait "
+                f"--session {r.session_id}' (or fleet watch)" + (f"\nworktree: {r.worktree} (branch {r.branch})"
+                                                                  if r.worktree else ""))
+    if len(run.results) == 1:
+        r = run.results[0]
+        tok = r.tokens or {}
+        head = (r.answer + "\n") if r.waited and r.answer else ""
+        changed = "".join(f"\n  {f['status'] or 'changed':<8} {f['file']} +{f['additions']} -{f['deletions']}"
+                          for f in r.files)
+        todo = "".join(f"\n  [{t['status']}] {t['content']}" for t in r.todo)
+        return (head + f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
+                f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
+                f"duration={r.duration_ms / 1000:.1f}s"
+                + (f"\nworktree: {r.worktree} (branch {r.branch})" if r.worktree else "")
+                + (f"\nchanged:{changed}" if changed else "")
+                + (f"\ntodo:{todo}" if todo else "") + (f"\nerror: {r.error}" if r.error else ""))
+    body = table([[r.host, "SENT" if r.ok and not r.waited else r.outcome.value, r.session_id or "-",
+                   f"{r.duration_ms / 1000:.1f}s",
+                   files_summary(r.files) or "-", first_line(r.answer, 50) or "-", first_line(r.error, 80)]
+                  for r in run.results], ["HOST", "STATE", "SESSION", "DURATION", "CHANGED", "ANSWER", "ERROR"])
+    files = [f for r in run.results for f in r.files]
+    cost = sum(r.cost for r in run.results)
+    toks = sum(int((r.tokens or {}).get("total") or 0) for r in run.results)
+    if all(not r.waited for r in run.results):
+        return body + (f"\n{len(run.results)} hosts; the agents work on: follow them with 'fleet wait --dispatch "
+                       f"{run.dispatch_id}' (or fleet watch)")
+    return body + (f"\ntotal: {len(run.results)} hosts, {files_summary(files) or 'no files changed'}, "
+                   f"{toks} tokens, ${cost:.4f}")
+
+
+def files_summary(files: Any) -> str:
+    """``3 files +12 -4`` for what an agent changed (empty when nothing)."""
+    if not files:
+        return ""
+    return (f"{len(files)} file{'s' if len(files) != 1 else ''} +{sum(f['additions'] for f in files)} "
+            f"-{sum(f['deletions'] for f in files)}")
+
+
+def sessions_table(rows: list[Any]) -> str:
+    """``sessions``: one line per session."""
+    return table([[r.host, r.repo or "-", r.session_id, r.state + (f" ({r.waiting})" if r.waiting else ""),
+                   age_text(r.age_s), *_usage_cells({"tokens": r.tokens, "cost": r.cost}),
+                   (r.machine or "yes") if r.fleet else "", r.branch or "-", r.title[:50]] for r in rows],
+                 ["HOST", "REPO", "SESSION", "STATE", "AGE", "TOKENS", "COST", "FLEET (BY)", "WORKTREE BRANCH",
+                  "TITLE"])
+
+
+def status_table(servers: list[dict[str, Any]]) -> str:
+    """``status``: health, version and round trip of each OpenCode server."""
+    return table([[r["host"], "healthy" if r["healthy"] else "DOWN", r["version"] or "-", f"{r['ms']}ms",
+                   r["url"], r["error"][:100]] for r in servers], ["HOST", "STATE", "VERSION", "RTT", "URL", "ERROR"])
+
+
+def abort_line(host: str, aborted: list[str]) -> str:
+    """``abort``: what was stopped."""
+    return f"{host}: aborted {len(aborted)} session(s)" + (": " + ", ".join(aborted) if aborted else "")
+
+
+def teardown_lines(out: list[dict[str, Any]]) -> str:
+    """``teardown``: per host, what was aborted and deleted, or the error."""
+    lines = []
+    for r in out:
+        if r.get("error"):
+            lines.append(f"{r['host']}: error: {r['error']}")
+            continue
+        lines.append(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)")
+        for w in r.get("worktrees") or []:
+            lines.append(f"  worktree kept: {w['path']} (branch {w['branch'] or '-'}); remove it with: fleet "
+                         f"worktrees.remove --hosts {r['host']} --repo {w['repo']} --name {w['name']}")
+    return "\n".join(lines)
+
+
+def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
+                  failed: dict[str, Any] | None = None) -> str:
+    """Journal events for a person, one per line."""
+    out = []
+    failed = failed or {}
+    for e in events:
+        state = "sent" if e["id"] in delivered else (
+            f"failed: {failed[e['id']].get('error', '')}" if e["id"] in failed else "pending")
+        d = e.get("detail") or {}
+        extra = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
+                         for k, v in d.items())
+        out.append(f"{e['time']}  {e.get('dispatch_id') or '-':<28} {e.get('host') or '-':<10} "
+                   f"{e['operation']:<18} {e['outcome']:<9} [{state}] {extra}".rstrip())
+    return "\n".join(out)
+
+
+def age_text(seconds: float) -> str:
+    """``45s``, ``12m``, ``3h``, ``2d``."""
+    s = max(0, int(seconds))
+    return f"{s // 86400}d" if s >= 86400 else f"{s // 3600}h" if s >= 3600 else f"{s // 60}m" if s >= 60 else f"{s}s"
+
+
+def _usage_cells(row: dict[str, Any]) -> list[str]:
+    tok, cost = row.get("tokens"), row.get("cost")
+    return [str(tok) if tok is not None else "-", f"${cost:.4f}" if cost is not None else "-"]
+
+
+def watch_line(row: dict[str, Any]) -> str:
+    """One change on the board, as a line (not a terminal)."""
+    extra = f" ({row['waiting']})" if row.get("waiting") else (f" ({row['step']})" if row.get("step") else "")
+    tok, cost = _usage_cells(row)
+    usage = f"  {tok} tok {cost}" if row.get("tokens") is not None else ""
+    return (f"{row['host']}  {row.get('repo') or '-'}  {row['session'] or '-'}  {row['state']}{extra}{usage}  "
+            f"{row.get('title', '')[:40]}").rstrip()
+
+
+def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: float | None = None,
+                size: tuple[int, int] | None = None) -> str:
+    """The whole board (a terminal): needs-input first and highlighted. ``size`` (columns,
+    lines): lines are cut to the width, and rows that do not fit are counted in a last line
+    (the ones that need a person come first, so they are never the ones cut)."""
+    import time
+
+    c = color or Colors(False)
+    now = time.time() if now is None else now
+    order = {"needs-input": 0, "stuck": 1, "down": 2, "error": 3, "no-events": 4, "retry": 5, "busy": 6, "idle": 7}
+    rows = sorted(rows, key=lambda r: (order.get(r["state"], 8), r["host"]))
+    cut = 0
+    if size is not None and len(rows) > max(1, size[1] - 3):
+        keep = max(1, size[1] - 3)
+        cut, rows = len(rows) - keep, rows[:keep]
+    body = table([[r["host"], r.get("repo") or "-", r["session"] or "-", r["state"],
+                   (r.get("waiting") or r.get("step") or "")[:60], age_text(now - r.get("created", now)),
+                   *_usage_cells(r), r.get("title", "")[:40]] for r in rows],
+                 ["HOST", "REPO", "SESSION", "STATE", "DOING / ASKS", "AGE", "TOKENS", "COST", "TITLE"])
+    out = body.splitlines()
+    if size is not None:
+        out = [line[:max(20, size[0] - 1)] for line in out]
+    for k, r in enumerate(rows, start=1):
+        if r["state"] in ("needs-input", "stuck"):
+            out[k] = c.yellow(out[k])
+        elif r["state"] in ("error", "down"):
+            out[k] = c.red(out[k])
+    if cut:
+        more = f"... {cut} more session(s) below the screen (fleet watch --json lists all)"
+        out.append(more[:max(20, size[0] - 1)] if size is not None else more)
+    return "\n".join(out)
+
+
+def worktrees_table(rows: list[Any]) -> str:
+    """``worktrees``: one line per fleet-made worktree."""
+    return table([[w.host, w.repo, w.branch, w.path, age_text(w.age_s), "dirty" if w.dirty else "clean", w.ahead,
+                   w.session or "-"] for w in rows],
+                 ["HOST", "REPO", "BRANCH", "PATH", "AGE", "STATE", "AHEAD", "SESSION"])

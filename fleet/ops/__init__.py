@@ -1,0 +1,1 @@
+"""Operations: what a person asks fleet to do, one module each."""

@@ -1,0 +1,51 @@
+"""``preflight --deep``: the preflight checks, then a real login with the same SSH path as fanout
+(``true`` is run), and a health check of the host's OpenCode server with a short timeout."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fleet.ssh.runner import FanoutOptions, FanoutRunner
+from fleet.inventory import Host, Inventory
+from fleet.workers import run_bounded
+from fleet.results import CheckResult, FanoutOutcome, PreflightResult, PreflightStatus
+
+
+def _health(host: Host, timeout: float) -> str:
+    from fleet.ops.sessions import server_status
+
+    r = server_status(host, timeout=timeout)
+    if r["healthy"]:
+        return f"ok {r['version']}".strip()
+    return f"DOWN: {r['error'] or 'unhealthy'}"
+
+
+def deep_preflight(inv: Inventory, hosts: list[Host], timeout: float = 5.0, concurrency: int = 32,
+                   options: FanoutOptions | None = None) -> list[PreflightResult]:
+    """Preflight plus a login (``true`` over SSH, same path as fanout) and OpenCode health."""
+    base = options or FanoutOptions()
+    opts = replace(base, preflight=True, preflight_timeout=timeout, attempts=1, artifacts_dir=None,
+                   command_timeout=max(timeout, 10.0), connect_timeout=min(base.connect_timeout, max(timeout, 1.0)),
+                   concurrency=concurrency, collect=())
+    runner = FanoutRunner(inv, "true", opts)
+    try:
+        results = runner.run_hosts(hosts)
+    finally:
+        runner.finish()
+    done, _ = run_bounded(hosts, lambda h: _health(h, min(timeout, 3.0)) if h.opencode else "", concurrency,
+                          "fleet-health", on_interrupt=lambda: None, not_started=lambda h: "")
+    health = [done[h.name] for h in hosts]
+    out = []
+    for h, r, oc in zip(hosts, results, health):
+        pf = r.preflight or PreflightResult(host=h.name, user=r.user, auth_mode=h.auth,
+                                            status=PreflightStatus.FAILED, error_detail=r.error)
+        if pf.ok:
+            ok = r.outcome == FanoutOutcome.SUCCESS
+            login = CheckResult("login", ok, r.duration_ms, "" if ok else r.error)
+            pf = replace(pf, checks=pf.checks + (login,), status=PreflightStatus.OK if ok else PreflightStatus.FAILED,
+                         failed_check="" if ok else "login", error_detail="" if ok else r.error,
+                         duration_ms=r.duration_ms)
+        out.append(replace(pf, opencode=oc))
+    return out
+
+
+__all__ = ["deep_preflight"]

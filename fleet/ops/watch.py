@@ -1,0 +1,210 @@
+"""``watch``: every agent on the selected hosts, live, from their servers' event streams.
+
+One :class:`~fleet.events.EventStream` per server (``/global/event``: every directory). Each
+stream reads its server's board over REST (``sessions``) when it connects and after every
+reconnect, so one server that does not answer holds up only its own row (a host row, session
+"": ``down`` with why); while a stream cannot connect but REST answers, the host row says
+``no-events`` and that server's board is re-read at each retry; events then move
+each session between ``busy`` (with its current step), ``retry``, ``needs-input`` (and what it
+asks), ``idle`` and ``error``, and keep its tokens and cost so far: the session's own totals
+(``session.updated``, after each model call) where the server keeps them, else each assistant
+message's ``message.updated`` (the newest sessions' messages read once at the start). Each
+change is handed to ``on_change`` as a plain dict.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from fleet.agent.events import EventStream, Usage, message_usage, session_of, step_of
+from fleet.inventory import Host
+from fleet.agent.client import OpenCodeClient, describe_request, message_bill, session_usage
+from fleet.audit.records import SessionRecords
+from fleet.ops.sessions import fleet_marks, host_sessions
+
+Change = Callable[[dict[str, Any]], None]
+
+
+class Watcher:
+    """The live board of every session on ``hosts``; ``on_change(row)`` for every change."""
+
+    READ_TIMEOUT = 10.0  # a server that does not answer a read in this long is down on the board
+    USAGE_READS = 20  # per host at the start: the newest sessions' messages are read for their totals
+
+    def __init__(self, hosts: list[Host], on_change: Change, records: SessionRecords | None = None) -> None:
+        self.hosts = [h for h in hosts if h.opencode is not None]
+        self.on_change = on_change
+        self.records = records
+        self.board: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.streams: list[EventStream] = []
+        self.usage: dict[tuple[str, str], Usage] = {}
+        self.server_totals: set[tuple[str, str]] = set()  # sessions whose server keeps their totals
+        self._read_once = {h.name: threading.Event() for h in self.hosts}
+
+    def _client(self, host: Host, directory: str | None) -> OpenCodeClient:
+        return OpenCodeClient(host, directory, timeout=self.READ_TIMEOUT, connect_timeout=3.0, connect_attempts=1)
+
+    def _set(self, host: str, sid: str, **kw: Any) -> None:
+        with self.lock:
+            row = self.board.setdefault((host, sid), {"host": host, "session": sid, "state": "idle", "step": "",
+                                                      "waiting": "", "title": "", "directory": "", "repo": "",
+                                                      "created": time.time(), "tokens": None, "cost": None})
+            changed = any(row.get(k) != v for k, v in kw.items() if k != "created")
+            row.update(kw)
+            row["updated"] = time.time()
+            snapshot = dict(row)
+        if changed:
+            self.on_change(snapshot)
+
+    def _host_state(self, host: str, state: str, why: str = "") -> None:
+        """A host-level row (session ""): ``down`` with why, ``up`` again (then off the board)."""
+        with self.lock:
+            known = (host, "") in self.board
+        if state == "up" and not known:
+            return
+        self._set(host, "", state=state, step=why, title="", directory="")
+
+    def _stream_failed(self, host: Host, why: str) -> None:
+        """The event stream cannot connect: read the state over REST (so the board is current
+        while the stream is down); if that fails too, the host is down."""
+        if self._resync(host):
+            self._host_state(host.name, "no-events", f"{why}; its sessions are re-read every few seconds")
+
+    def _resync(self, host: Host) -> bool:
+        try:
+            return self._read(host)
+        finally:
+            self._read_once[host.name].set()
+
+    def _read(self, host: Host) -> bool:
+        try:
+            rows = host_sessions(host, self.records, client_factory=self._client)
+        except Exception as exc:  # noqa: BLE001 - any failure: the host is down on the board, the stream retries
+            self._host_state(host.name, "down", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return False
+        self._host_state(host.name, "up")
+        try:
+            now = time.time()
+            for r in rows:
+                usage = {"tokens": r.tokens, "cost": round(r.cost, 6)} if r.tokens is not None else {}
+                if usage:
+                    self.server_totals.add((host.name, r.session_id))
+                self._set(host.name, r.session_id, state=r.state, waiting=r.waiting, title=r.title,
+                          directory=r.directory, repo=r.repo, created=now - r.age_s, **usage)
+            # a server that keeps no totals on its sessions: read the newest sessions' messages,
+            # once each, again after a reconnect for the ones at work (a gap may have lost their
+            # message.updated); events keep them current after that
+            want = [r for r in rows[:self.USAGE_READS] if r.tokens is None
+                    and ((host.name, r.session_id) not in self.usage or r.state != "idle")]
+            for r in want:
+                self._read_usage(host, r.session_id, r.directory)
+        except Exception:  # noqa: BLE001 - the stream keeps the board going; the next resync retries
+            pass
+        return True
+
+    def _read_usage(self, host: Host, sid: str, directory: str) -> None:
+        with self._client(host, directory or None) as oc:
+            msgs = oc.messages(sid)
+        u = Usage()
+        for m in msgs:
+            info = m.get("info") or {}
+            bill = message_bill(info)
+            if bill is not None and info.get("id"):
+                u.update(str(info["id"]), *bill)
+        with self.lock:
+            self.usage[(host.name, sid)] = u
+        tok, cost = u.totals()
+        self._set(host.name, sid, tokens=tok, cost=round(cost, 6))
+
+    def _message(self, host: str, sid: str, ev: dict[str, Any]) -> None:
+        mu = message_usage(ev)
+        if mu is None or (host, sid) in self.server_totals:
+            return  # the server's own totals follow in session.updated
+        with self.lock:
+            u = self.usage.setdefault((host, sid), Usage())
+            if not u.update(*mu):
+                return
+            tok, cost = u.totals()
+        self._set(host, sid, tokens=tok, cost=round(cost, 6))
+
+    def _handler(self, host: Host) -> Callable[[dict[str, Any]], None]:
+        def on(ev: dict[str, Any]) -> None:
+            t = ev.get("type", "")
+            p = ev.get("properties") or {}
+            if t in ("session.created", "session.updated"):
+                info = p.get("info") or {}
+                if isinstance(info, dict) and isinstance(info.get("id"), str):
+                    mark = fleet_marks(info)
+                    d = str(info.get("directory", ""))
+                    su = session_usage(info)
+                    if su is not None:
+                        self.server_totals.add((host.name, info["id"]))
+                    self._set(host.name, info["id"], title=str(info.get("title", "")), directory=d,
+                              repo=str(mark.get("repo") or d.rstrip("/").rsplit("/", 1)[-1]),
+                              **({"tokens": su[0], "cost": round(su[1], 6)} if su is not None else {}))
+                return
+            sid = session_of(ev)
+            if not sid:
+                return
+            if t == "session.status":
+                st = (p.get("status") or {}).get("type", "idle")
+                self._set(host.name, sid, state=st, **({"step": "", "waiting": ""} if st == "idle" else {}))
+            elif t == "session.idle":
+                self._set(host.name, sid, state="idle", step="", waiting="")
+            elif t == "session.error":
+                err = (p.get("error") or {}).get("name", "error")
+                self._set(host.name, sid, state="error", step=str(err))
+            elif t in ("permission.asked", "question.asked"):
+                self._set(host.name, sid, state="needs-input", waiting=describe_request(p))
+            elif t in ("permission.replied", "question.replied"):
+                self._set(host.name, sid, state="busy", waiting="")
+            elif t == "message.updated":
+                self._message(host.name, sid, ev)
+            else:
+                step = step_of(ev)
+                if step:
+                    with self.lock:
+                        row = self.board.get((host.name, sid)) or {}
+                        asking = row.get("state") == "needs-input" and row.get("waiting")
+                    # a tool step of a request still waiting for its answer is not "busy" yet
+                    self._set(host.name, sid, step=step, **({} if asking else {"state": "busy"}))
+        return on
+
+    def start(self) -> "Watcher":
+        """Follow every server (returns at once): each stream reads its server's board when it
+        connects, and again after every reconnect; a server that cannot be reached is a ``down``
+        row (session ""), and a slow one holds up only its own row. :meth:`ready` waits for the
+        first read of every server."""
+        for h in self.hosts:
+            s = EventStream(h, self._handler(h), on_connect=lambda h=h: self._resync(h),
+                            on_error=lambda why, h=h: self._stream_failed(h, why))
+            self.streams.append(s.start())
+        return self
+
+    def ready(self, timeout: float | None = None) -> bool:
+        """Wait until every server has been read once (or found down); True if all were."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for ev in self._read_once.values():
+            if not ev.wait(None if end is None else max(0.0, end - time.monotonic())):
+                return False
+        return True
+
+    def close(self) -> None:
+        """Stop following."""
+        for s in self.streams:
+            s.close()
+
+    def rows(self, stall: float | None = None) -> list[dict[str, Any]]:
+        """The board, host by host, newest change first; busy with no event for ``stall`` s is stuck."""
+        now = time.time()
+        with self.lock:
+            rows = [dict(r) for r in self.board.values() if r["session"] or r["state"] != "up"]
+        for r in rows:
+            if stall and r["state"] == "busy" and now - r.get("updated", now) > stall:
+                r["state"] = "stuck"
+        return sorted(rows, key=lambda r: (r["host"], -r.get("updated", 0)))
+
+
+__all__ = ["Watcher"]

@@ -1,0 +1,200 @@
+"""One git worktree per dispatch, made and removed on the host over SSH with fanout's engine
+(ssh_config, host keys, timeouts, jump hosts), so agents on one repo never trample each other.
+
+Layout on the host: ``<repos root>/.worktrees/<repo>/<name>`` on a new branch ``fleet/<name>``
+(``<name>``: the Beads issue id, else the dispatch id), from ``--base`` (default the repo's
+HEAD). Every path reaches the host as a positional parameter, never as shell text; removal
+happens only strictly inside ``<repos root>/.worktrees`` (resolved on the host).
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fleet.errors import BadInput, FleetError, Refused
+from fleet.ssh.runner import FanoutOptions, FanoutRunner
+from fleet.inventory import Host, Inventory
+from fleet.safety.gate import Plan, guarded
+from fleet.names import is_plain_name
+from fleet.results import FanoutOutcome
+
+WT_DIR = ".worktrees"
+
+# Shared helpers for the host-side scripts: ~ expansion of a path given as a parameter.
+_SH_X = ('x() { case "$1" in "~") printf "%s" "$HOME";; "~/"*) printf "%s/%s" "$HOME" "${1#??}";; '
+         '*) printf "%s" "$1";; esac; }; ')
+
+# $1 repo, $2 worktree, $3 branch, $4 base ref. Prints the worktree's resolved path and base commit.
+_CREATE = _SH_X + (
+    'repo=$(x "$1"); wt=$(x "$2"); '
+    'cd -- "$repo" 2>/dev/null || { printf "repo directory %s does not exist\\n" "$1" >&2; exit 81; }; '
+    'git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { printf "%s is not a git repository\\n" "$1" >&2; exit 82; }; '
+    'base=$(git rev-parse --verify -q "$4^{commit}") || { printf "base %s is not a commit in %s\\n" "$4" "$1" >&2; exit 86; }; '
+    'if git show-ref --verify --quiet "refs/heads/$3"; then printf "branch %s already exists in %s\\n" "$3" "$1" >&2; exit 83; fi; '
+    '[ -e "$wt" ] && { printf "%s already exists\\n" "$2" >&2; exit 84; }; '
+    'mkdir -p -- "$(dirname -- "$wt")" && git worktree add -q -b "$3" -- "$wt" "$base" >&2 || exit 85; '
+    'cd -- "$wt" && pwd -P && printf "%s\\n" "$base"'
+)
+
+# $1 repos root. One line per fleet worktree: repo TAB name TAB path TAB branch TAB dirty TAB ahead TAB mtime
+_LIST = _SH_X + (
+    'root=$(x "$1"); [ -d "$root/' + WT_DIR + '" ] || exit 0; '
+    'for wt in "$root"/' + WT_DIR + '/*/*; do [ -d "$wt" ] || continue; '
+    'repo=$(basename -- "$(dirname -- "$wt")"); name=$(basename -- "$wt"); '
+    'br=$(git -C "$wt" rev-parse --abbrev-ref HEAD 2>/dev/null || echo "?"); '
+    'if [ -n "$(git -C "$wt" status --porcelain 2>/dev/null | head -n 1)" ]; then d=dirty; else d=clean; fi; '
+    'main=$(git -C "$root/$repo" rev-parse HEAD 2>/dev/null); '
+    'ahead=$(git -C "$wt" rev-list --count "$main..HEAD" 2>/dev/null || echo "?"); '
+    'm=$(stat -c %Y "$wt" 2>/dev/null || stat -f %m "$wt" 2>/dev/null || echo 0); '
+    'printf "%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n" "$repo" "$name" "$wt" "$br" "$d" "$ahead" "$m"; done'
+)
+
+# $1 repos root, $2 repo, $3 name, $4 force (0/1), $5 delete branch (0/1).
+_REMOVE = _SH_X + (
+    'root=$(cd -- "$(x "$1")" 2>/dev/null && pwd -P) || { printf "repos root %s does not exist\\n" "$1" >&2; exit 91; }; '
+    'wt="$root/' + WT_DIR + '/$2/$3"; '
+    '[ -L "$wt" ] && { printf "refused: %s is a symlink\\n" "$wt" >&2; exit 92; }; '
+    '[ -d "$wt" ] || { printf "nothing to remove: %s does not exist\\n" "$wt"; exit 0; }; '
+    'real=$(cd -- "$wt" && pwd -P); case "$real" in "$root/' + WT_DIR + '"/?*/?*) ;; '
+    '*) printf "refused: %s resolves to %s, outside %s\\n" "$wt" "$real" "$root/' + WT_DIR + '" >&2; exit 94;; esac; '
+    'br=$(git -C "$real" rev-parse --abbrev-ref HEAD 2>/dev/null); '
+    'if [ "$4" = 1 ]; then git -C "$root/$2" worktree remove --force -- "$real" >&2 || exit 96; '
+    'else git -C "$root/$2" worktree remove -- "$real" >&2 || { printf "refused: %s has changes (use --force)\\n" "$real" >&2; exit 97; }; fi; '
+    'if [ "$5" = 1 ] && [ -n "$br" ]; then git -C "$root/$2" branch -D -- "$br" >/dev/null 2>&1; fi; '
+    'printf "removed %s (branch %s %s)\\n" "$real" "$br" "$( [ "$5" = 1 ] && echo deleted || echo kept)"'
+)
+
+
+def _script(body: str, *params: str) -> str:
+    return "sh -c " + shlex.quote(body) + " sh " + " ".join(shlex.quote(p) for p in params)
+
+
+def worktree_name(issue: str | None, dispatch_id: str) -> str:
+    """The worktree's (and branch's) name: the Beads issue id, else the dispatch id."""
+    name = issue or dispatch_id
+    if not is_plain_name(name):
+        raise BadInput(f"cannot name a worktree '{name}': use an issue id like bd-a1b2")
+    return name
+
+
+def worktree_path(host: Host, repo: str, name: str) -> str:
+    """``<repos root>/.worktrees/<repo>/<name>`` (as the inventory writes the root)."""
+    if host.repos_root is None:
+        raise BadInput(f"{host.name} has no repos root: add repos: {{root: /path}} to use --worktree")
+    return f"{host.repos_root.rstrip('/')}/{WT_DIR}/{repo}/{name}"
+
+
+def worktree_parts(path: str) -> tuple[str, str]:
+    """(repo, name) of a worktree path made by :func:`worktree_path` (its last two parts)."""
+    parts = path.rstrip("/").split("/")
+    return (parts[-2] if len(parts) > 1 else ""), parts[-1]
+
+
+def _one(inv: Inventory, host: Host, command: str, label: str, options: FanoutOptions | None) -> Any:
+    opts = replace(options or FanoutOptions(), artifacts_dir=None, attempts=1, collect=(),
+                   command_timeout=min((options.command_timeout if options else None) or 120.0, 120.0))
+    runner = FanoutRunner(inv, label, opts)
+    try:
+        return runner.run_host(host, command)
+    finally:
+        runner.finish()
+
+
+@dataclass(frozen=True)
+class Worktree:
+    """A worktree fleet made on a host."""
+
+    host: str
+    repo: str
+    name: str
+    path: str
+    branch: str
+    dirty: bool = False
+    ahead: str = ""
+    age_s: int = 0
+    session: str = ""
+    state: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return dict(self.__dict__)
+
+
+def create_worktree(inv: Inventory, host: Host, repo: str, repo_dir: str, name: str, base: str | None = None,
+                    options: FanoutOptions | None = None) -> dict[str, str]:
+    """Make ``fleet/<name>`` at ``<root>/.worktrees/<repo>/<name>`` from ``base`` (default HEAD).
+    Returns path (resolved on the host), branch and base commit; raises with the host's reason."""
+    path = worktree_path(host, repo, name)
+    branch = f"fleet/{name}"
+    r = _one(inv, host, _script(_CREATE, repo_dir, path, branch, base or "HEAD"), f"worktree add {name}", options)
+    if r.outcome != FanoutOutcome.SUCCESS:
+        why = (r.stderr.strip().splitlines() or [r.error])[-1]
+        raise FleetError(f"{host.name}: could not make the worktree {path}: {why}; nothing was dispatched")
+    lines = r.stdout.strip().splitlines()
+    return {"path": lines[0] if lines else path, "branch": branch, "base": lines[1] if len(lines) > 1 else ""}
+
+
+def list_worktrees(inv: Inventory, hosts: list[Host], options: FanoutOptions | None = None,
+                   records: Any = None) -> tuple[list[Worktree], list[str]]:
+    """The worktrees fleet made on ``hosts`` (and the sessions using them); and per-host errors."""
+    out: list[Worktree] = []
+    errors: list[str] = []
+    now = time.time()
+    by_path = {}
+    if records is not None:
+        for rec in records.all():
+            if rec.get("directory"):
+                by_path[(rec.get("host"), rec["directory"])] = rec.get("session_id", "")
+    for h in hosts:
+        if h.repos_root is None:
+            continue
+        r = _one(inv, h, _script(_LIST, h.repos_root), "worktrees", options)
+        if r.outcome != FanoutOutcome.SUCCESS:
+            errors.append(f"{h.name}: {r.error}")
+            continue
+        for line in r.stdout.splitlines():
+            f = line.split("\t")
+            if len(f) != 7:
+                continue
+            repo, name, path, branch, dirty, ahead, mtime = f
+            out.append(Worktree(h.name, repo, name, path, branch, dirty == "dirty", ahead,
+                                int(now - float(mtime or 0)) if mtime.isdigit() else 0,
+                                by_path.get((h.name, path), "")))
+    return out, errors
+
+
+def _check_remove(plan: Plan) -> None:
+    a = plan.args
+    for k in ("repo", "name"):
+        if not a.get(k) or not is_plain_name(str(a[k])):
+            raise BadInput(f"worktrees.remove needs --{k} as a plain name (see fleet worktrees)")
+    for h in plan.hosts:
+        if h.repos_root is None:
+            raise Refused(f"{h.name} has no repos root: nothing fleet made can be there")
+        plan.notes.append(f"{h.name}: removes {worktree_path(h, a['repo'], a['name'])}"
+                          + (" even with changes (--force)" if a.get("force") else "")
+                          + ("; deletes its branch" if a.get("delete_branch") else "; keeps its branch"))
+
+
+@guarded("worktrees.remove", local_ok=False, check=_check_remove)
+def remove_worktree(plan: Plan, *, options: FanoutOptions | None = None, audit_trail: Any = None) -> list[dict[str, str]]:
+    """Remove a fleet-made worktree on the planned hosts (gated like blow-away). Dirty ones are
+    refused unless ``force``; the branch is kept unless ``delete_branch``."""
+    a = plan.args
+    done = []
+    for h in plan.hosts:
+        r = _one(plan.inventory, h, _script(_REMOVE, h.repos_root or "", a["repo"], a["name"],
+                                            "1" if a.get("force") else "0", "1" if a.get("delete_branch") else "0"),
+                 f"worktree remove {a['name']}", options)
+        ok = r.outcome == FanoutOutcome.SUCCESS
+        done.append({"host": h.name, "outcome": "removed" if ok else "refused",
+                     "detail": (r.stdout.strip() if ok else (r.stderr.strip().splitlines() or [r.error])[-1])})
+        if audit_trail is not None:
+            audit_trail.record("gated_action_run", h.name, "success" if ok else "failure", action="worktrees.remove",
+                               repo=a["repo"], name=a["name"], detail=done[-1]["detail"])
+    return done
+
+
+__all__ = ["Worktree", "create_worktree", "list_worktrees", "remove_worktree", "worktree_name", "worktree_path"]

@@ -1,0 +1,1 @@
+"""Safety: the gate (modes, plans, confirmation), tokens, redaction of secrets."""

@@ -1,0 +1,295 @@
+"""Dispatch modes (off / canary / enforced) and the safety gate, as library decorators.
+
+``@guarded("fanout")`` on a library operation turns (inventory, selector, mode, confirm)
+into a :class:`Plan`, applies the mode (off keeps everything here; enforced keeps to the
+operation's route), and asks for a scoped confirmation token when the operation is gated.
+The tasks use the same decorated functions, so Python callers get the same protection.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from fleet.errors import BadInput, Refused
+from fleet.inventory import Host, Inventory
+from fleet.inventory.select import select
+from fleet.settings import Settings
+from fleet.safety.tokens import Scope, TokenStore
+from fleet.errors import ConfirmationRequired  # noqa: F401 - re-exported where they were defined
+
+MODES = ("off", "canary", "enforced")
+ALWAYS_GATED = ("teardown", "blow-away", "worktrees.remove")
+
+
+def resolve_mode(value: str | None, settings: Settings | None = None) -> str:
+    """The mode to use: ``value`` if given, else the setting. Unknown modes are bad input."""
+    mode = (value or (settings.mode if settings else "canary") or "").strip().lower()
+    if mode not in MODES:
+        raise BadInput(f"unknown mode '{value or mode}': write one of {', '.join(MODES)} "
+                       f"(--mode, or 'mode:' under fleet in invoke.yaml)")
+    return mode
+
+
+@dataclass
+class Plan:
+    """What an operation will do: resolved before anything runs, printed on refusal."""
+
+    operation: str
+    mode: str
+    hosts: list[Host]
+    args: dict[str, Any]
+    inventory: Inventory
+    local: bool = False
+    canary: Host | None = None
+    kept_local: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    call_options: dict[str, Any] = field(default_factory=dict)  # the operation's own flags (batch, options...)
+    settings: Any = None  # the Settings the plan was made under
+
+    @property
+    def host_names(self) -> list[str]:
+        """Names of the hosts the operation will touch (``local`` in mode off)."""
+        return ["local"] if self.local else [h.name for h in self.hosts]
+
+    def scope(self) -> Scope:
+        """The token scope of this plan: everything it shows and everything that changes what runs."""
+        return Scope.of(self.operation, self.host_names, self.args, self.detail())
+
+    def targets(self) -> dict[str, str]:
+        """Per host, where it really goes (ssh_config applied) and its repos root."""
+        if self.local:
+            return {"local": "this machine"}
+        from fleet.ssh.preflight import config_for
+        from fleet.ssh.config import resolve_host
+
+        opts = self.call_options.get("options")
+        cfg = config_for(self.inventory, getattr(opts, "ssh_config", None))
+        out = {}
+        for h in self.hosts:
+            where = "local" if h.auth == "local" else resolve_host(h, cfg).describe()
+            out[h.name] = f"{where} auth={h.auth} repos={h.repos_root or ''}"
+        return out
+
+    def detail(self) -> dict[str, Any]:
+        """The whole plan as plain data (what a confirmation token is bound to)."""
+        d: dict[str, Any] = {"mode": self.mode, "local": self.local,
+                             "canary": self.canary.name if self.canary else None,
+                             "inventory": self.inventory.digest, "notes": list(self.notes),
+                             "targets": self.targets()}
+        for k, v in self.call_options.items():
+            if not callable(v) and k not in ("log_stream",):
+                d[k] = _plain(v)
+        return d
+
+    def describe(self) -> str:
+        """The exact plan, for a person."""
+        lines = [f"operation: {self.operation}", f"mode:      {self.mode}",
+                 f"hosts:     {', '.join(self.host_names)} ({len(self.host_names)})"]
+        if self.canary is not None:
+            lines.append(f"canary:    {self.canary.name} runs first; the rest only if it succeeds")
+        for k, v in sorted(self.args.items()):
+            lines.append(f"{k + ':':<10} {v}")
+        lines += [f"note:      {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _plain(v: Any) -> Any:
+    """JSON-able, deterministic (sets sorted) form of an option value."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                if f.name not in ("artifacts_dir",)}
+    if isinstance(v, (set, frozenset)):
+        return sorted(_plain(x) for x in v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    # a helper object (records, a Beads client, a trail): what kind it is, never its address
+    return f"<{type(v).__name__}>"
+
+
+def make_plan(inv: Inventory, operation: str, selector: str, mode: str, args: dict[str, Any],
+              canary: str | None = None, local_ok: bool = True, no_canary: bool = False) -> Plan:
+    """Resolve hosts and apply the mode. Raises Refused (route) or BadInput (selector)."""
+    hosts = select(inv, selector)
+    plan = Plan(operation, mode, hosts, dict(args), inv)
+    if mode == "off":
+        remote = [h.name for h in hosts if h.auth != "local"]
+        if local_ok:
+            plan.local = True
+            if remote:
+                plan.kept_local = remote
+                plan.notes.append(f"mode off kept {len(remote)} remote host(s) local: {', '.join(remote)}; "
+                                  f"the command runs once on this machine as host 'local'")
+        else:
+            if remote:
+                raise Refused(f"mode off: nothing leaves this machine, but {operation} would reach "
+                              f"{', '.join(remote)}; pick a host with 'auth: local' or use --mode canary")
+    elif mode == "enforced":
+        route = inv.routes.get(operation)
+        if route is None:
+            raise Refused(f"mode enforced: the inventory has no route for '{operation}', so it may go "
+                          f"nowhere; add e.g. routes: {{{operation}: '@group'}} to {inv.path}")
+        allowed = select(inv, route)
+        allowed_names = {h.name for h in allowed}
+        outside = [h.name for h in hosts if h.name not in allowed_names]
+        if outside:
+            raise Refused(f"mode enforced: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} "
+                          f"outside the route for '{operation}' ({route} = "
+                          f"{', '.join(h.name for h in allowed)}); select only those hosts")
+    elif mode == "canary" and no_canary:
+        if canary:
+            raise BadInput("--canary and --no-canary contradict each other: keep one")
+        if len(hosts) > 1:
+            plan.notes.append("no canary (--no-canary): every host runs at once")
+    elif mode == "canary":
+        chosen: Host | None = None
+        if canary:
+            chosen = inv.host(canary)
+            if chosen.name not in {h.name for h in hosts}:
+                raise BadInput(f"--canary {canary} is not among the selected hosts "
+                               f"({', '.join(h.name for h in hosts)}): pick one of them")
+        elif inv.canary and inv.canary in {h.name for h in hosts}:
+            chosen = inv.host(inv.canary)
+        elif len(hosts) > 1:
+            chosen = hosts[0]
+            if inv.canary:
+                plan.notes.append(f"inventory canary {inv.canary} is not selected; {chosen.name} goes first")
+        plan.canary = chosen if len(hosts) > 1 else None
+    return plan
+
+
+def is_gated(operation: str, mode: str, settings: Settings, local: bool) -> bool:
+    """teardown and blow-away always, and any operation under ``gated:``. (``enforced`` mode
+    keeps operations to their routes; it asks no token for what is not gated.)"""
+    return operation in ALWAYS_GATED or operation in settings.gated
+
+
+def authorize(plan: Plan, confirm: str | None, settings: Settings, store: TokenStore | None = None,
+              audit: Callable[..., None] | None = None) -> bool:
+    """Let a plan run, or raise. Returns True when a token was spent."""
+    if not is_gated(plan.operation, plan.mode, settings, plan.local):
+        if confirm:
+            raise BadInput(f"--confirm given, but '{plan.operation}' is not gated in mode {plan.mode}: "
+                           f"nothing to confirm; drop --confirm")
+        return False
+    store = store or TokenStore(settings.token_dir, settings.token_ttl)
+    scope = plan.scope()
+    if not confirm:
+        token = store.issue(scope)
+        if audit:
+            audit("token_issued", plan, "issued")
+        raise ConfirmationRequired(plan, token, store.ttl)
+    try:
+        store.verify(confirm, scope)
+    except Refused as exc:
+        if audit:
+            audit("token_refused", plan, getattr(exc, "reason", "refused"))
+        raise
+    if audit:
+        audit("token_used", plan, "ok")
+    return True
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(operation: str, local_ok: bool = True, check: Callable[[Plan], None] | None = None,
+            validate: Callable[[dict[str, Any]], None] | None = None) -> Callable[[F], F]:
+    """Decorator for a library operation ``fn(plan, **kw)``: the one layer every face goes through.
+
+    The wrapped function is called as ``fn(inv, selector, *, args, mode=None, confirm=None,
+    canary=None, no_canary=False, settings=None, store=None, audit=None, trail=None, **kw)``. It
+    validates ``fn``'s own flags (``validate(kw)``: bad input fails before any plan, token or
+    host), plans, applies the mode, runs ``check`` (refusals no token can lift), checks the
+    gate, then calls ``fn``. Audit happens here whoever calls: without a ``trail`` (or an
+    ``audit`` callback) one is made for the inventory with every secret it names redacted, token
+    events and gated runs are journaled, and ``fn`` gets it as ``audit_trail`` if it takes one.
+    Settings default to what every face reads (project ``invoke.yaml``, user file, env).
+    """
+    def deco(fn: F) -> F:
+        import inspect
+
+        takes_trail = "audit_trail" in inspect.signature(fn).parameters
+
+        @functools.wraps(fn)
+        def wrapper(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
+                    confirm: str | None = None, canary: str | None = None, settings: Settings | None = None,
+                    store: TokenStore | None = None, audit: Callable[..., None] | None = None,
+                    no_canary: bool = False, trail: Any = None, **kw: Any) -> Any:
+            if validate is not None:
+                validate(kw)
+            if settings is None:
+                import os
+
+                from fleet.settings import load_settings
+                settings = load_settings(os.getcwd())
+            st = settings
+            m = resolve_mode(mode, st)
+            plan = make_plan(inv, operation, selector, m, args, canary, local_ok, no_canary)
+            plan.call_options = dict(kw)
+            plan.settings = st
+            if check is not None:
+                check(plan)
+            trail = trail if trail is not None else kw.get("audit_trail")
+            own = None
+            if trail is None and audit is None:
+                from fleet.app import audit_trail
+                own = trail = audit_trail(inv, st)
+            if audit is None and trail is not None:
+                audit = trail.gate_event
+            if takes_trail and kw.get("audit_trail") is None and trail is not None:
+                kw["audit_trail"] = trail
+            try:
+                spent = authorize(plan, confirm, st, store, audit)
+                result = fn(plan, **kw)
+                if trail is not None and (spent or is_gated(operation, m, st, plan.local)) and operation not in (
+                        "teardown", "worktrees.remove"):  # those journal each host themselves
+                    for r in getattr(result, "results", []):
+                        trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=operation,
+                                     run_id=getattr(result, "run_id", ""), error=getattr(r, "error", ""),
+                                     **{k: str(v) for k, v in args.items()})
+                return result
+            finally:
+                if own is not None:
+                    own.close()
+        wrapper.operation = operation  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+    return deco
+
+
+def parse_batch(batch: str | None, total: int) -> int | None:
+    """``--batch N`` or ``N%`` -> hosts per batch (at least 1), or None for one batch."""
+    if batch is None or str(batch).strip() == "":
+        return None
+    b = str(batch).strip()
+    try:
+        if b.endswith("%"):
+            pct = float(b[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+            return max(1, int(total * pct / 100))
+        n = int(b)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        raise BadInput(f"--batch {batch}: write a number of hosts (e.g. 5) or a percentage (e.g. 25%)") from None
+
+
+def parse_max_fail(value: str | float | None) -> float | None:
+    """``--max-fail PCT`` (0-100) or None."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        v = float(str(value).rstrip("%"))
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 100:
+        raise BadInput(f"--max-fail {value}: write a percentage from 0 to 100, e.g. --max-fail 20")
+    return v

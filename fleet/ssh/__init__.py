@@ -1,0 +1,1 @@
+"""The SSH plane: sessions, ssh_config, host keys, preflight, the fanout runner, canary, streams, artifacts."""

@@ -1,0 +1,96 @@
+"""Warm SSH connections for a long-lived process (``fleet mcp``, the :class:`~fleet.api.Fleet` object).
+
+A connection that finished its command is kept, authenticated, for ``idle`` seconds and handed
+to the next command for the same host and target: no new handshake. One command at a time per
+connection. A kept connection found dead is dropped and the host is dialled again, once, before
+the command starts (never after: a command that started is never repeated). Every new
+connection is checked against known_hosts as always; kept ones were checked when made.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fleet.ssh.session import SSHSession
+
+# paramiko wakes every transport's thread every 0.1 s (its socket timeout) to see whether it is
+# still wanted: 50 kept connections cost 2% of a core doing nothing. A kept connection is
+# checked every IDLE_CHECK s instead, and back to paramiko's own 0.1 s when it is used again.
+# (Closing does not wait for the check: paramiko closes the socket under the thread.)
+IDLE_CHECK = 5.0
+BUSY_CHECK = 0.1
+
+
+def _set_check(sess: SSHSession, seconds: float) -> None:
+    for conn in list(sess.conns):
+        t = conn.client.get_transport()
+        sock = getattr(t, "sock", None)
+        if sock is not None:
+            try:
+                sock.settimeout(seconds)
+            except (OSError, AttributeError):
+                pass
+
+
+class ConnectionPool:
+    """Authenticated :class:`SSHSession` objects by host and target, closed after ``idle`` seconds."""
+
+    def __init__(self, idle: float = 600.0) -> None:
+        self.idle = idle
+        self._free: dict[tuple, list[tuple[SSHSession, float]]] = {}
+        self._lock = threading.Lock()
+        self.dials = 0   # new connections made through the pool (for tests and benchmarks)
+        self.reused = 0
+
+    @staticmethod
+    def key(sess_or_host: Any, target: Any = None) -> tuple:
+        host = getattr(sess_or_host, "host", sess_or_host)
+        tgt = target if target is not None else getattr(sess_or_host, "target", None)
+        return (host.name, repr(tgt))
+
+    def take(self, host: Any, target: Any) -> SSHSession | None:
+        """A live kept connection for ``host``/``target``, or None. Dead or stale ones are closed."""
+        now = time.monotonic()
+        with self._lock:
+            free = self._free.get(self.key(host, target), [])
+            while free:
+                sess, since = free.pop()
+                t = sess.conn.client.get_transport() if sess.conn else None
+                if now - since <= self.idle and t is not None and t.is_active():
+                    self.reused += 1
+                    sess._closed.clear()  # noqa: SLF001 - back in use
+                    _set_check(sess, BUSY_CHECK)
+                    return sess
+                sess.close()
+        return None
+
+    def give(self, sess: SSHSession) -> None:
+        """Keep ``sess`` for the next command (closes what has idled too long)."""
+        now = time.monotonic()
+        _set_check(sess, IDLE_CHECK)
+        with self._lock:
+            self._free.setdefault(self.key(sess), []).append((sess, now))
+            for k, lst in self._free.items():
+                keep = []
+                for s, since in lst:
+                    if now - since > self.idle:
+                        s.close()
+                    else:
+                        keep.append((s, since))
+                self._free[k] = keep
+
+    def close(self) -> None:
+        """Close every kept connection."""
+        with self._lock:
+            for lst in self._free.values():
+                for s, _ in lst:
+                    s.close()
+            self._free.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._free.values())
+
+
+__all__ = ["ConnectionPool"]

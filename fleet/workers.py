@@ -1,0 +1,87 @@
+"""The bounded worker pool shared by fanout and dispatch.
+
+Fabric's ThreadingGroup starts one thread per host and joins without bound; fleet caps the
+workers and waits in short slices in the calling (main) thread, so Ctrl-C lands there and
+every host still gets a result.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable, Sequence, TypeVar
+
+from fleet.inventory import Host
+
+R = TypeVar("R")
+
+
+def run_bounded(hosts: Sequence[Host], work: Callable[[Host], R], width: int, name: str, *,
+                on_interrupt: Callable[[], None], not_started: Callable[[Host], R],
+                drain_timeout: float | None = None,
+                on_drain_error: Callable[[Host, Exception], R] | None = None,
+                on_error: Callable[[Host, Exception], R] | None = None) -> tuple[dict[str, R], bool]:
+    """Run ``work`` on each host, at most ``width`` at once. Returns (results by host name, interrupted).
+
+    On Ctrl-C: ``on_interrupt()`` (stop in-flight work), hosts not yet started get
+    ``not_started(host)``, and in-flight hosts are waited for (``drain_timeout``); an error
+    while draining becomes ``on_drain_error(host, exc)`` (or is raised without one).
+    """
+    results: dict[str, R] = {}
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=max(1, min(width, len(hosts) or 1)), thread_name_prefix=name)
+    futs: dict[Future, Host] = {}
+    try:
+        for h in hosts:
+            futs[pool.submit(work, h)] = h
+        pending = set(futs)
+        first_error: Exception | None = None
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for f in done:
+                try:
+                    results[futs[f].name] = f.result()
+                except Exception as exc:  # noqa: BLE001 - one host's failure is that host's result
+                    if on_error is None:
+                        first_error = first_error or exc
+                    else:
+                        results[futs[f].name] = on_error(futs[f], exc)
+        if first_error is not None:
+            raise first_error
+    except KeyboardInterrupt:
+        interrupted = True
+        on_interrupt()
+        for f, h in futs.items():
+            if f.cancel():
+                results[h.name] = not_started(h)
+        for f, h in futs.items():
+            if h.name not in results:
+                try:
+                    results[h.name] = f.result(timeout=drain_timeout)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller's policy
+                    if on_drain_error is None:
+                        raise
+                    results[h.name] = on_drain_error(h, exc)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results, interrupted
+
+
+# Blocking calls that take no timeout of their own (getaddrinfo) run on a small helper pool,
+# made on first use, so the caller can stop waiting.
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def call_with_timeout(fn: Callable[..., R], *args: Any, timeout: float, **kwargs: Any) -> R:
+    """``fn(*args, **kwargs)``, or :class:`TimeoutError` after ``timeout`` seconds (the call is
+    left to finish on its own)."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-helper")
+    fut = _helpers.submit(fn, *args, **kwargs)
+    try:
+        return fut.result(timeout=timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"no answer in {timeout:g}s") from None
