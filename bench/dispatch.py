@@ -25,12 +25,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("FAKE_SLOW_DELAY", "60")  # read by the lab's stand-in model at lab.up
 
+from stand_ins import FakeSlack  # noqa: E402
+
 from fleet import dispatch as dx  # noqa: E402
 from fleet.audit.trail import AuditTrail  # noqa: E402
 from fleet.inventory import SlackSettings, load_inventory  # noqa: E402
 from fleet.lab import lab_down, lab_up  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
-from stand_ins import FakeSlack  # noqa: E402
 
 
 def _server_turn(host, sid: str) -> float:

@@ -57,20 +57,29 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static names for type checkers and IDEs
+    from fleet.audit.records import SessionRecords
     from fleet.audit.trail import AuditTrail, Journal, replay
+    from fleet.errors import (
+        EXIT_BAD_INPUT,
+        EXIT_HOST_FAILED,
+        EXIT_INTERRUPTED,
+        EXIT_OK,
+        EXIT_REFUSED,
+        BadInput,
+        FleetError,
+        InventoryError,
+        Refused,
+        SelectorError,
+    )
+    from fleet.inventory import Host, Inventory, OpenCodeEndpoint, SlackSettings, load_inventory, load_inventory_text
+    from fleet.inventory.select import select
     from fleet.ops.beads import AlreadyClaimed, Beads, BeadsError
     from fleet.ops.dispatch import DispatchResult, DispatchRun
     from fleet.ops.wait import wait_dispatch, wait_session, wait_sessions
     from fleet.ops.watch import Watcher
-    from fleet.audit.records import SessionRecords
-    from fleet.errors import (EXIT_BAD_INPUT, EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, BadInput,
-                         FleetError, InventoryError, Refused, SelectorError)
-    from fleet.ssh.runner import FanoutOptions, FanoutRunner, fanout_hosts, fanout_ssh
-    from fleet.inventory import Host, Inventory, OpenCodeEndpoint, SlackSettings, load_inventory, load_inventory_text
+    from fleet.results import CheckResult, FanoutOutcome, FanoutResult, FanoutRun, PreflightResult, PreflightStatus
     from fleet.safety.gate import MODES, ConfirmationRequired, Plan, guarded, make_plan, resolve_mode
-    from fleet.ssh.preflight import preflight_many, run_preflight_checks
-    from fleet.results import (CheckResult, FanoutOutcome, FanoutResult, FanoutRun, PreflightResult,
-                          PreflightStatus)
-    from fleet.inventory.select import select
-    from fleet.settings import Settings
     from fleet.safety.tokens import Scope, TokenRefused, TokenStore
+    from fleet.settings import Settings
+    from fleet.ssh.preflight import preflight_many, run_preflight_checks
+    from fleet.ssh.runner import FanoutOptions, FanoutRunner, fanout_hosts, fanout_ssh

@@ -22,8 +22,8 @@ class Fleet:
 
     def __init__(self, inventory: str | Inventory | None = None, settings: object | None = None,
                  idle: float | None = None) -> None:
-        from fleet.ssh.warm import ConnectionPool
         from fleet.settings import load_settings
+        from fleet.ssh.warm import ConnectionPool
 
         self.inventory = inventory if isinstance(inventory, Inventory) else load_inventory(
             inventory or default_inventory_path())

@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import records, running_lab
 
-from fleet.ops import dispatch as dx
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
-from fleet.results import FanoutOutcome
+from fleet.ops import dispatch as dx
 from fleet.ops.sessions import abort_sessions, answer_permission, host_sessions
+from fleet.results import FanoutOutcome
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +173,8 @@ def test_watch_json_shows_busy_needs_input_idle(agents, tmp_path, st):
 
 def test_event_stream_dropped_mid_run_still_ends(agents, tmp_path):
     """Kill the stream's connection while the agent works: it reconnects, re-reads, and the wait ends."""
-    from fleet.agent.events import EventStream, SessionWaker
     from fleet.agent.client import OpenCodeClient
+    from fleet.agent.events import EventStream, SessionWaker
 
     inv = load_inventory(agents.inventory)
     h = inv.host("lab02")
@@ -198,11 +197,12 @@ def test_event_stream_dropped_mid_run_still_ends(agents, tmp_path):
 
 def test_slack_stop_from_an_allowed_user_aborts_and_others_are_refused(agents, tmp_path, st):
     """The seed's human interrupt flow, with the Slack stand-in serving conversations.replies."""
+    from stand_ins import FakeSlack
+
+    from fleet.audit.journal import Journal
     from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.audit.journal import Journal
     from fleet.ops.listen import Listener
-    from stand_ins import FakeSlack
 
     slack = FakeSlack()
     try:
@@ -368,12 +368,13 @@ def test_watch_on_a_terminal_draws_the_board_in_place(agents, tmp_path, st):
 
 def test_slack_answer_replies_to_the_agents_question(agents, tmp_path, st):
     """An allowed user answers the agent's question from its Slack thread; the agent goes on with it."""
+    from stand_ins import FakeSlack
+
+    from fleet.agent.client import OpenCodeClient
+    from fleet.audit.journal import Journal
     from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.audit.journal import Journal
     from fleet.ops.listen import Listener
-    from fleet.agent.client import OpenCodeClient
-    from stand_ins import FakeSlack
 
     slack = FakeSlack()
     try:
@@ -555,11 +556,12 @@ def test_listen_follows_another_orchestrators_dispatch_until_every_host_ended(ag
     """Machine A dispatches to two hosts; machine B (its own HOME: no journal, no records) runs
     listen. One host's session is aborted: the dispatch is still open (the other host works); a
     'stop' in the thread, read by B, stops the other one, found by fleet's marks on the server."""
+    from stand_ins import FakeSlack
+
+    from fleet.audit.journal import Journal
     from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.audit.journal import Journal
     from fleet.ops.listen import Listener
-    from stand_ins import FakeSlack
 
     slack = FakeSlack()
     try:

@@ -6,11 +6,10 @@ import stat
 import time
 
 import pytest
+from stand_ins import FakeSlack
 
 from fleet.audit.trail import AuditTrail, Journal, replay
 from fleet.inventory import SlackSettings
-
-from stand_ins import FakeSlack
 
 TOKEN = "xoxb-1111-2222-secret-token"
 

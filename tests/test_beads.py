@@ -5,15 +5,14 @@ import os
 from pathlib import Path
 
 import pytest
+from stand_ins import FakeOpenCode
 
+from fleet.inventory import load_inventory_text
 from fleet.ops import dispatch as dx
 from fleet.ops import sessions as ses
 from fleet.ops.beads import AlreadyClaimed, Beads
-from fleet.inventory import load_inventory_text
 from fleet.results import FanoutOutcome
 from fleet.settings import Settings
-
-from stand_ins import FakeOpenCode
 
 BD = str(Path(__file__).parent / "fakebd" / "bd")
 

@@ -5,14 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from fleet.inventory import load_inventory_text
-from fleet.ssh.kvlog import format_line, parse_line
-from fleet.ssh.preflight import run_preflight_checks
-from fleet.results import PreflightStatus
-
 from conftest import ROOT, inv_cmd
 from stand_ins import FakeOpenCode
+
+from fleet.inventory import load_inventory_text
+from fleet.results import PreflightStatus
+from fleet.ssh.kvlog import format_line, parse_line
+from fleet.ssh.preflight import run_preflight_checks
 
 
 def test_inventory_check_ok_and_bad(tmp_path):
@@ -190,8 +189,8 @@ def test_watch_board_fits_the_terminal_people_first():
 
 
 def test_a_no_wait_report_says_how_to_follow_not_empty_usage():
-    from fleet.ops.dispatch import DispatchResult, DispatchRun
     from fleet.cli.render import dispatch_report
+    from fleet.ops.dispatch import DispatchResult, DispatchRun
     from fleet.results import FanoutOutcome
 
     one = DispatchRun("dx-1", "t", "demo", results=[DispatchResult("lab01", FanoutOutcome.SUCCESS, session_id="ses_a",

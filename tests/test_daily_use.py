@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from conftest import write_inventory
-from fleet.ops import fanout as ops
-from fleet.inventory import load_inventory
-from fleet.cli.render import fold
-from fleet.results import FanoutOutcome
 from test_modes import opts, settings
+
+from fleet.cli.render import fold
+from fleet.inventory import load_inventory
+from fleet.ops import fanout as ops
+from fleet.results import FanoutOutcome
 
 FLEET = str(Path(sys.executable).parent / "fleet")
 

@@ -6,15 +6,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import inv_cmd, records, running_lab
 
+from fleet.agent.client import AuthRefused, OpenCodeClient
+from fleet.inventory import load_inventory
 from fleet.ops import dispatch as dx
 from fleet.ops import sessions as ses
-from fleet.inventory import load_inventory
-from fleet.safety.gate import ConfirmationRequired
-from fleet.agent.client import AuthRefused, OpenCodeClient
 from fleet.results import FanoutOutcome
-
-from conftest import inv_cmd, records, running_lab
+from fleet.safety.gate import ConfirmationRequired
 
 
 @pytest.fixture(scope="module")

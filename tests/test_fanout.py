@@ -8,12 +8,18 @@ import threading
 import time
 from pathlib import Path
 
-
-from fleet import FanoutOptions, FanoutOutcome, fanout_hosts, fanout_ssh, load_inventory, run_preflight_checks
-from fleet import PreflightStatus
-from fleet.ssh.kvlog import parse_line
-
 from conftest import ROOT, inv_cmd, write_inventory
+
+from fleet import (
+    FanoutOptions,
+    FanoutOutcome,
+    PreflightStatus,
+    fanout_hosts,
+    fanout_ssh,
+    load_inventory,
+    run_preflight_checks,
+)
+from fleet.ssh.kvlog import parse_line
 
 
 def opts(tmp_path, **kw):

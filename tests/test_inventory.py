@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import InventoryError
-from fleet.inventory.importer import vm_endpoints_to_yaml
 from fleet.inventory import load_inventory, load_inventory_text
+from fleet.inventory.importer import vm_endpoints_to_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = (ROOT / "inventory.yaml").read_text()

@@ -34,8 +34,9 @@ def test_lab_hosts_accept_plain_openssh_and_down_leaves_no_process(tmp_path):
 
 
 def test_lab_up_refuses_a_second_lab_in_the_same_dir(tmp_path):
-    from fleet.lab import LabError
     import pytest
+
+    from fleet.lab import LabError
 
     d = tmp_path / "lab"
     lab_up(1, d)

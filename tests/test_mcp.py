@@ -9,11 +9,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-
 from conftest import running_lab
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
-
 
 FLEET = str(Path(sys.executable).parent / "fleet")
 TOKEN_RE = re.compile(r"\b[a-z2-7]{4}(?:-[a-z2-7]{4}){5}\b")
@@ -169,8 +167,9 @@ def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly
 
 
 def test_python_fleet_object_keeps_connections(lab, tmp_path):
-    from fleet import Fleet
     from test_modes import opts, settings
+
+    from fleet import Fleet
 
     with Fleet(str(lab.inventory), settings=settings(tmp_path)) as f:
         a = f.fanout("lab01,lab02", "true", no_canary=True, options=opts(tmp_path))
@@ -183,9 +182,10 @@ def test_kept_connections_are_not_woken_ten_times_a_second(lab, tmp_path):
     """paramiko wakes each transport every 0.1 s (its socket timeout); a kept connection is
     checked every IDLE_CHECK s instead (50 idle connections cost 2% of a core before), and gets
     paramiko's own timeout back when it is taken for a command."""
+    from test_modes import opts, settings
+
     from fleet import Fleet
     from fleet.ssh.warm import BUSY_CHECK, IDLE_CHECK
-    from test_modes import opts, settings
 
     def kept(f):
         return [s for lst in f.pool._free.values() for s, _ in lst]

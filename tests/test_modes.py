@@ -4,17 +4,16 @@ import re
 from pathlib import Path
 
 import pytest
-
-from fleet.ops import fanout as ops
-from fleet.errors import BadInput, Refused
-from fleet.ssh.runner import FanoutOptions
-from fleet.inventory import load_inventory
-from fleet.safety.gate import ConfirmationRequired, resolve_mode
-from fleet.results import FanoutOutcome
-from fleet.settings import Settings
-from fleet.safety.tokens import TokenRefused
-
 from conftest import inv_cmd, write_inventory
+
+from fleet.errors import BadInput, Refused
+from fleet.inventory import load_inventory
+from fleet.ops import fanout as ops
+from fleet.results import FanoutOutcome
+from fleet.safety.gate import ConfirmationRequired, resolve_mode
+from fleet.safety.tokens import TokenRefused
+from fleet.settings import Settings
+from fleet.ssh.runner import FanoutOptions
 
 
 def settings(tmp_path, **kw):

@@ -1,14 +1,20 @@
 """OpenCode client against a contract-following stand-in, for faults the real server cannot show."""
 import pytest
+from stand_ins import FakeOpenCode
 
-from fleet.ops import dispatch as dx
+from fleet.agent.client import (
+    AuthRefused,
+    OpenCodeClient,
+    ProtocolError,
+    ResponseTimeout,
+    ServerError,
+    SessionNotFound,
+    Unreachable,
+)
 from fleet.inventory import load_inventory_text
-from fleet.agent.client import (AuthRefused, OpenCodeClient, ProtocolError, ResponseTimeout, ServerError,
-                            SessionNotFound, Unreachable)
+from fleet.ops import dispatch as dx
 from fleet.results import FanoutOutcome
 from fleet.settings import Settings
-
-from stand_ins import FakeOpenCode
 
 
 @pytest.fixture
@@ -122,8 +128,8 @@ def test_trickling_server_cannot_hold_a_dispatch_past_its_deadline():
     """The issue's reproduction: a server that trickles one byte at a time never ends a read."""
     import threading as _t
 
-    from fleet.ops import dispatch as dxm
     from fleet.inventory import load_inventory_text
+    from fleet.ops import dispatch as dxm
     from fleet.settings import Settings
 
     s = FakeOpenCode()
@@ -143,8 +149,8 @@ def test_trickling_server_cannot_hold_a_dispatch_past_its_deadline():
 
 
 def test_server_of_an_unknown_api_version_is_refused_before_sending():
-    from fleet.ops import dispatch as dxm
     from fleet.inventory import load_inventory_text
+    from fleet.ops import dispatch as dxm
     from fleet.settings import Settings
 
     s = FakeOpenCode()

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, write_inventory
-from fleet.ssh.runner import FanoutOptions, fanout_hosts
+
 from fleet.inventory import load_inventory
-from fleet.ssh.kvlog import format_line, parse_line
 from fleet.lab import lab_down, lab_up
 from fleet.results import FanoutOutcome
 from fleet.ssh.config import load_ssh_config, resolve_host
+from fleet.ssh.kvlog import format_line, parse_line
+from fleet.ssh.runner import FanoutOptions, fanout_hosts
 
 
 def opts(tmp_path: Path, **kw) -> FanoutOptions:

@@ -10,12 +10,12 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, write_inventory
-from fleet.ssh.runner import fanout_hosts
+from test_ssh_world import _marker, no_process, opts
+
 from fleet.inventory import load_inventory
 from fleet.results import FanoutOutcome
-from test_ssh_world import _marker, no_process, opts
+from fleet.ssh.runner import fanout_hosts
 
 
 @pytest.mark.parametrize("who", ["login_user", "other_user"])

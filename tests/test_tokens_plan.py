@@ -4,14 +4,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
 from conftest import inv_cmd, write_inventory
-from fleet.ops import fanout as ops
+from test_modes import opts, settings
+
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
+from fleet.ops import fanout as ops
 from fleet.safety.gate import ConfirmationRequired
 from fleet.safety.tokens import TokenRefused, TokenStore
-from test_modes import opts, settings
 
 
 def test_blow_away_token_refused_when_the_inventory_maps_the_root_elsewhere(lab, tmp_path):

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import inv_cmd, write_inventory
+
 from fleet.errors import InventoryError
 from fleet.inventory import load_inventory_text
 

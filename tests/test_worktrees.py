@@ -6,14 +6,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import agent_settings, running_lab
 
-from fleet.ops import dispatch as dx
 from fleet.inventory import load_inventory
-from fleet.safety.gate import ConfirmationRequired
-from fleet.results import FanoutOutcome
+from fleet.ops import dispatch as dx
 from fleet.ops.worktrees import list_worktrees, remove_worktree
+from fleet.results import FanoutOutcome
+from fleet.safety.gate import ConfirmationRequired
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +109,12 @@ def test_remove_never_leaves_the_worktrees_dir(wlab, tmp_path, st):
 def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab, tmp_path, monkeypatch):
     """Two HOMEs as two machines: B has no records of A's dispatch, and works from the server's marks;
     B's abort is posted in A's Slack thread."""
+    from stand_ins import FakeSlack
+
+    from fleet.audit.journal import Journal
     from fleet.audit.trail import AuditTrail
     from fleet.inventory import load_inventory_text
-    from fleet.audit.journal import Journal
     from fleet.ops.sessions import abort_sessions, find_session_host, host_sessions, teardown
-    from stand_ins import FakeSlack
 
     slack = FakeSlack()
     try:

@@ -18,11 +18,18 @@ from typing import Any, Callable
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from fleet.errors import BadInput
+from fleet.errors import (  # noqa: F401
+    AuthRefused,
+    BadInput,
+    OpenCodeError,
+    ProtocolError,
+    ResponseTimeout,
+    ServerError,
+    SessionNotFound,
+    Unreachable,
+)
 from fleet.files import loose_mode
 from fleet.inventory import Host, OpenCodeEndpoint
-from fleet.errors import (AuthRefused, OpenCodeError, ProtocolError, ResponseTimeout, ServerError,  # noqa: F401
-                     SessionNotFound, Unreachable)
 
 
 def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:

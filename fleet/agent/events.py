@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import httpx
 
-from fleet.inventory import Host
 from fleet.agent.client import add_usage, message_bill, resolve_password, tls_context
+from fleet.inventory import Host
 
 Handler = Callable[[dict[str, Any]], None]
 

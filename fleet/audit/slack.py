@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from fleet.inventory import SlackSettings
 from fleet.audit.journal import Journal, _now
-
+from fleet.inventory import SlackSettings
 
 EVENT_TYPE = "fleet_audit"
 

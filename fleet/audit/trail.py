@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from fleet.errors import BadInput
-from fleet.inventory import Inventory, SlackSettings
-from fleet.errors import AuditError  # noqa: F401 - re-exported where they were defined
 from fleet.audit.journal import Journal, JournalState, _now  # noqa: F401 - part of the audit API
+from fleet.audit.slack import EVENT_TYPE, PERMANENT_ERRORS, RateLimited, SlackPoster, deliver, message_text  # noqa: F401
+from fleet.errors import (
+    AuditError,  # noqa: F401 - re-exported where they were defined
+    BadInput,
+)
+from fleet.inventory import SlackSettings
 from fleet.safety.redact import Redactor  # noqa: F401
-from fleet.audit.slack import (EVENT_TYPE, PERMANENT_ERRORS, RateLimited, SlackPoster, deliver,  # noqa: F401
-                    message_text)
 
 
 def actor() -> str:

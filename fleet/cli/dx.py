@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     vm, repo, task = (None, *a.args) if a.all else a.args
     slack = not a.no_slack and os.environ.get("SLACK_AUDIT", "true").lower() != "false"
     try:
-        from fleet.ops import dispatch as dx
         from fleet.app import audit_trail
         from fleet.inventory import load_inventory
         from fleet.inventory.select import select
+        from fleet.ops import dispatch as dx
 
         st = _settings()
         inv = load_inventory(a.inventory or os.environ.get("FLEET_INVENTORY") or st.inventory)

@@ -13,11 +13,10 @@ call is journaled with the client's name.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Callable
-
 import logging
+import os
 import threading
+from typing import Any, Callable
 
 import anyio
 import anyio.lowlevel
@@ -142,9 +141,9 @@ def build_server(inventory: str | None = None) -> FastMCP:
     @server.tool()
     async def preflight(ctx: Context, selector: str = "all", deep: bool = False) -> dict:
         """Is each host usable? (--deep: a real login and the OpenCode server's health)."""
+        from fleet.inventory.select import select
         from fleet.ops.preflight import deep_preflight
         from fleet.ssh.preflight import preflight_many
-        from fleet.inventory.select import select
         inv = _inventory(inventory)
         st = _settings()
         chosen = select(inv, selector)
@@ -161,9 +160,9 @@ def build_server(inventory: str | None = None) -> FastMCP:
         """Run one shell command on the selected hosts; every host's outcome, exit code and output."""
         from dataclasses import replace
 
+        from fleet.inventory.select import select
         from fleet.ops import fanout as ops
         from fleet.ssh.runner import FanoutOptions
-        from fleet.inventory.select import select
         inv = _inventory(inventory)
         st = _settings()
         opts = FanoutOptions(concurrency=st.concurrency, connect_timeout=st.connect_timeout,
@@ -285,8 +284,8 @@ def build_server(inventory: str | None = None) -> FastMCP:
                    timeout: float | None = None, on_permission: str = "ask") -> dict:
         """Follow agents already at work (a no_wait dispatch: one session, or every session of a
         dispatch_id) to the end of their turn; the same result as dispatch (answer, files, usage)."""
-        from fleet.ops.wait import wait_dispatch, wait_sessions
         from fleet.audit.records import SessionRecords
+        from fleet.ops.wait import wait_dispatch, wait_sessions
         if bool(session) == bool(dispatch_id):
             raise ToolError("say what to wait for: session, or dispatch_id")
         inv = _inventory(inventory)

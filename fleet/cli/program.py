@@ -11,6 +11,7 @@ from invoke import Exit
 
 from fleet.cli.tasks import ns
 
+
 def _find_project(start: str) -> str | None:
     """The nearest directory from ``start`` up that holds an ``invoke.yaml`` with a ``fleet:`` section."""
     d = os.path.abspath(start)

@@ -152,9 +152,9 @@ def inventory_import(c, file):
                           "server's health (default: the 'preflight_deep' setting)."})
 def preflight(c, hosts=None, all_=False, inventory=None, json_=False, timeout=None, concurrency=None, deep=False):
     """Check every selected host is usable: mapping, DNS, TCP to SSH, auth (--deep: login, OpenCode)."""
-    from fleet.ssh.preflight import preflight_many
     from fleet.cli.render import preflight_table
     from fleet.inventory.select import select
+    from fleet.ssh.preflight import preflight_many
 
     st = _settings(c)
     inv = _inventory(c, inventory)
@@ -266,14 +266,14 @@ def _render_run(run, json_: bool, gather: bool, stream: bool, quiet: bool = Fals
 
 def _run_gated(c, op, inventory, hosts, all_, args, mode, confirm, canary, json_, gather, stream, log,
                options, quiet=False, diff=False, no_canary=False, **extra):
-    from fleet.safety.gate import resolve_mode
     from fleet.cli.render import LineStreamer, Progress
+    from fleet.safety.gate import resolve_mode
 
     st = _settings(c)
     inv = _inventory(c, inventory)
     sel = _selector(hosts, all_, default=None)
-    from fleet.safety.gate import make_plan
     from fleet.inventory.select import select
+    from fleet.safety.gate import make_plan
 
     if json_ and stream:
         from fleet.errors import BadInput
@@ -304,8 +304,8 @@ def fanout(c, command, hosts=None, all_=False, inventory=None, json_=False, mode
            accept_new_host_key=None, accept_new_host_keys=False, stream=False, gather=False, log=False,
            collect=None, quiet=False, diff=False, no_canary=False):
     """Run one shell command on many hosts; each host's output, then per-host results (exit 1 if any failed)."""
-    from fleet.ops import fanout as ops
     from fleet.errors import BadInput
+    from fleet.ops import fanout as ops
 
     if not command or not command.strip():
         raise BadInput('give the command to run, e.g. inv fanout --all "make test"')
@@ -527,10 +527,10 @@ def dispatch(c, repo=None, task=None, host=None, hosts=None, all_=False, session
              model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
              no_slack=False, on_permission=None, worktree=False, base=None, retry_failed=False):
     """Hand a task to the OpenCode agent on a host (or many) and follow it to the end."""
+    from fleet.cli.render import DispatchLive
+    from fleet.errors import BadInput
     from fleet.ops import dispatch as dx
     from fleet.ops.beads import Beads
-    from fleet.errors import BadInput
-    from fleet.cli.render import DispatchLive
 
     st = _settings(c)
     inv = _inventory(c, inventory)
@@ -614,8 +614,8 @@ def _session_host(c, inv, host, session):
 def abort(c, host=None, session=None, all_sessions=False, reason="aborted by operator", inventory=None, json_=False,
           no_slack=False):
     """Stop a running agent session and check it stopped (marks its Beads issue blocked)."""
-    from fleet.ops.beads import Beads
     from fleet.cli.render import abort_line
+    from fleet.ops.beads import Beads
     from fleet.ops.sessions import abort_sessions
 
     h, done = _on_session(c, inventory, host, session, lambda h, trail, recs: abort_sessions(
@@ -635,10 +635,10 @@ def abort(c, host=None, session=None, all_sessions=False, reason="aborted by ope
 def wait(c, session=None, dispatch=None, host=None, hosts=None, timeout=None, on_permission="ask", inventory=None,
          json_=False, no_slack=False):
     """Follow agents already at work (a --no-wait dispatch) to the end of their turn, and review it."""
-    from fleet.errors import BadInput
-    from fleet.ops.wait import wait_dispatch, wait_sessions
     from fleet.cli.render import DispatchLive
+    from fleet.errors import BadInput
     from fleet.inventory.select import select
+    from fleet.ops.wait import wait_dispatch, wait_sessions
 
     if bool(session) == bool(dispatch):
         raise BadInput("say what to wait for: --session ID (one agent) or --dispatch ID (every agent of a dispatch)")
@@ -788,8 +788,8 @@ def listen(c, inventory=None, interval=None, duration=None, json_=False):
     import json as _json
     import time
 
-    from fleet.ops.beads import Beads
     from fleet.errors import BadInput
+    from fleet.ops.beads import Beads
     from fleet.ops.listen import Listener
 
     inv = _inventory(c, inventory)

@@ -5,8 +5,8 @@ import json
 import re
 from typing import Any
 
-from fleet.names import is_plain_name
 from fleet.errors import BadInput
+from fleet.names import is_plain_name
 
 _KNOWN_VM = {"opencode", "ssh", "tailscale", "local"}
 _KNOWN_TOP = {"vms", "default_vm", "slack_audit_channel"}

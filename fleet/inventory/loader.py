@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
@@ -18,10 +17,22 @@ from urllib.parse import urlparse
 import yaml
 
 from fleet.errors import InventoryError
+from fleet.inventory.model import (
+    _RESERVED,
+    AUTH_MODES,
+    DEFAULTS_KEYS,
+    HOST_KEYS,
+    OPENCODE_KEYS,
+    REPOS_KEYS,
+    SLACK_KEYS,
+    SSH_FIELDS,
+    TOP_KEYS,
+    Host,
+    Inventory,
+    OpenCodeEndpoint,
+    SlackSettings,
+)
 from fleet.names import did_you_mean, is_plain_name
-from fleet.inventory.model import (AUTH_MODES, DEFAULTS_KEYS, HOST_KEYS, OPENCODE_KEYS, REPOS_KEYS, SLACK_KEYS, SSH_FIELDS,
-                    TOP_KEYS, _RESERVED, Host, Inventory, OpenCodeEndpoint, SlackSettings)
-
 
 # A plain hostname label sequence: it can never start with '-' (an option) and never
 # hold a space or a shell metacharacter.
@@ -185,7 +196,7 @@ class _Loader:
             "hostname": "write 'address:' for the host's DNS name or IP",
         })
         out: dict[str, Any] = {}
-        for key, knode, v in pairs:
+        for key, _knode, v in pairs:
             w = f"{key} of {what}"
             if key == "user":
                 out["user"] = self.name(v, w)
@@ -459,7 +470,7 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
         from fleet.errors import SelectorError
         from fleet.inventory.select import select
         routes: dict[str, str] = {}
-        for op, ok, rv in ld.mapping(sections["routes"][1], "routes"):
+        for op, _ok, rv in ld.mapping(sections["routes"][1], "routes"):
             sel = ld.string(rv, f"route for '{op}'", "'@gpu'")
             try:
                 select(inv, sel)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from fleet.errors import BeadsError, AlreadyClaimed  # noqa: F401 - re-exported where they were defined
+from fleet.errors import AlreadyClaimed, BeadsError  # noqa: F401 - re-exported where they were defined
 
 _CLAIMED_BY = re.compile(r"already claimed by (.+)$")
 _NOT_CLAIMABLE = re.compile(r"not claimable: status (\S+)")

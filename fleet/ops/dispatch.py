@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from fleet.errors import BadInput, FleetError
-from fleet.inventory import Host
-from fleet.safety.gate import Plan, guarded
 from fleet.agent.client import OpenCodeClient, OpenCodeError, ResponseTimeout, describe_request
-from fleet.workers import run_bounded
 from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.cli.render import files_summary
+from fleet.errors import BadInput, FleetError
+from fleet.inventory import Host
 from fleet.results import FanoutOutcome, RunSummary
+from fleet.safety.gate import Plan, guarded
+from fleet.workers import run_bounded
 
 # (host, kind, text): kind is session (its id), status (queued, busy: STEP, needs-input: WHAT...),
 # usage (tokens and cost so far), answer (the final text) or end (the outcome, and the error if any)

@@ -7,10 +7,10 @@ import shlex
 from typing import Any
 
 from fleet.errors import BadInput, Refused
-from fleet.ssh.runner import CanaryGate, FanoutOptions, FanoutRunner, OutputHook, ResultHook
 from fleet.inventory import Host
-from fleet.safety.gate import Plan, guarded, parse_batch, parse_max_fail
 from fleet.results import FanoutOutcome, FanoutRun
+from fleet.safety.gate import Plan, guarded, parse_batch, parse_max_fail
+from fleet.ssh.runner import CanaryGate, FanoutOptions, FanoutRunner, OutputHook, ResultHook
 
 
 def _run_plan(plan: Plan, command: Any, label: str, options: FanoutOptions | None,

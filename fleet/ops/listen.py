@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fleet.audit.trail import AuditTrail
-from fleet.errors import BadInput, FleetError
-from fleet.inventory import Inventory
 from fleet.audit.journal import Journal
 from fleet.audit.records import SessionRecords
 from fleet.audit.slack import EVENT_TYPE
+from fleet.audit.trail import AuditTrail
+from fleet.errors import BadInput, FleetError
+from fleet.inventory import Inventory
 
 COMMANDS = ("stop", "approve", "deny", "answer", "status")
 ENDED = {"completed", "failed", "aborted"}

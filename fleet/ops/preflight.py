@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fleet.ssh.runner import FanoutOptions, FanoutRunner
 from fleet.inventory import Host, Inventory
-from fleet.workers import run_bounded
 from fleet.results import CheckResult, FanoutOutcome, PreflightResult, PreflightStatus
+from fleet.ssh.runner import FanoutOptions, FanoutRunner
+from fleet.workers import run_bounded
 
 
 def _health(host: Host, timeout: float) -> str:
@@ -35,7 +35,7 @@ def deep_preflight(inv: Inventory, hosts: list[Host], timeout: float = 5.0, conc
                           "fleet-health", on_interrupt=lambda: None, not_started=lambda h: "")
     health = [done[h.name] for h in hosts]
     out = []
-    for h, r, oc in zip(hosts, results, health):
+    for h, r, oc in zip(hosts, results, health, strict=False):
         pf = r.preflight or PreflightResult(host=h.name, user=r.user, auth_mode=h.auth,
                                             status=PreflightStatus.FAILED, error_detail=r.error)
         if pf.ok:

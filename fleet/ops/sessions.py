@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fleet.agent.client import OpenCodeClient, describe_request, session_usage
+from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError, OpenCodeError
 from fleet.inventory import Host
 from fleet.safety.gate import Plan, guarded
-from fleet.agent.client import OpenCodeClient, describe_request, session_usage
 from fleet.workers import run_bounded
-from fleet.audit.records import SessionRecords, new_dispatch_id
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,24 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from fleet.ops.dispatch import (DispatchResult, DispatchRun, EventHook, _Audit, _failed, _follow, _subscribe,
-                       _validate_dispatch, redacted_hook)
+from fleet.agent.client import OpenCodeClient
+from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError
 from fleet.inventory import Host, Inventory
-from fleet.agent.client import OpenCodeClient
-from fleet.workers import run_bounded
-from fleet.audit.records import SessionRecords, new_dispatch_id
-from fleet.results import FanoutOutcome
+from fleet.ops.dispatch import (
+    DispatchResult,
+    DispatchRun,
+    EventHook,
+    _Audit,
+    _failed,
+    _follow,
+    _subscribe,
+    _validate_dispatch,
+    redacted_hook,
+)
 from fleet.ops.sessions import fleet_marks, known_session
+from fleet.results import FanoutOutcome
+from fleet.workers import run_bounded
 
 ENDED = ("completed", "failed")
 TASK_GRACE = 10.0  # seconds a session with no task yet is given for one to arrive
@@ -174,9 +183,10 @@ def wait_dispatch(inv: Inventory, dispatch_id: str, *, records: SessionRecords |
     the settings when the caller gives none, so the Python API journals and redacts too."""
     own = None
     if audit is None:
+        import os
+
         from fleet.app import audit_trail
         from fleet.settings import load_settings
-        import os
         settings = settings or load_settings(os.getcwd())
         audit = own = audit_trail(inv, settings)
     if records is None and settings is not None:

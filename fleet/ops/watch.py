@@ -17,10 +17,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from fleet.agent.events import EventStream, Usage, message_usage, session_of, step_of
-from fleet.inventory import Host
 from fleet.agent.client import OpenCodeClient, describe_request, message_bill, session_usage
+from fleet.agent.events import EventStream, Usage, message_usage, session_of, step_of
 from fleet.audit.records import SessionRecords
+from fleet.inventory import Host
 from fleet.ops.sessions import fleet_marks, host_sessions
 
 Change = Callable[[dict[str, Any]], None]

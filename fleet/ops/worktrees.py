@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.errors import BadInput, FleetError, Refused
-from fleet.ssh.runner import FanoutOptions, FanoutRunner
 from fleet.inventory import Host, Inventory
-from fleet.safety.gate import Plan, guarded
 from fleet.names import is_plain_name
 from fleet.results import FanoutOutcome
+from fleet.safety.gate import Plan, guarded
+from fleet.ssh.runner import FanoutOptions, FanoutRunner
 
 WT_DIR = ".worktrees"
 

@@ -11,12 +11,15 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from fleet.errors import BadInput, Refused
+from fleet.errors import (
+    BadInput,
+    ConfirmationRequired,  # noqa: F401 - re-exported where they were defined
+    Refused,
+)
 from fleet.inventory import Host, Inventory
 from fleet.inventory.select import select
-from fleet.settings import Settings
 from fleet.safety.tokens import Scope, TokenStore
-from fleet.errors import ConfirmationRequired  # noqa: F401 - re-exported where they were defined
+from fleet.settings import Settings
 
 MODES = ("off", "canary", "enforced")
 ALWAYS_GATED = ("teardown", "blow-away", "worktrees.remove")
@@ -60,8 +63,8 @@ class Plan:
         """Per host, where it really goes (ssh_config applied) and its repos root."""
         if self.local:
             return {"local": "this machine"}
-        from fleet.ssh.preflight import config_for
         from fleet.ssh.config import resolve_host
+        from fleet.ssh.preflight import config_for
 
         opts = self.call_options.get("options")
         cfg = config_for(self.inventory, getattr(opts, "ssh_config", None))

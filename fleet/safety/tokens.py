@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fleet.errors import BadInput, Refused
+from fleet.errors import (
+    BadInput,
+    Refused,
+    TokenRefused,  # noqa: F401 - re-exported where they were defined
+)
 from fleet.files import loose_mode
-from fleet.errors import TokenRefused  # noqa: F401 - re-exported where they were defined
 
 _NONCE = 4
 _EXP = 4

@@ -14,8 +14,8 @@ import paramiko
 
 from fleet.errors import HostKeyChanged, HostKeyRevoked, UnknownHostKey
 from fleet.inventory import Host
-from fleet.ssh.knownhosts import Entry, KnownHosts, Verdict
 from fleet.ssh.config import Hop
+from fleet.ssh.knownhosts import Entry, KnownHosts, Verdict
 
 
 def fingerprint_blob(blob: bytes) -> str:

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Callable
 
 from fleet.errors import BadInput
 from fleet.files import loose_mode
-from fleet.workers import call_with_timeout, run_bounded
 from fleet.inventory import Host, Inventory
 from fleet.results import CheckResult, PreflightResult, PreflightStatus
 from fleet.ssh.config import DEFAULT_IDENTITIES, Hop, load_ssh_config, resolve_host
+from fleet.workers import call_with_timeout, run_bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     import paramiko

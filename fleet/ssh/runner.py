@@ -21,17 +21,18 @@ from typing import Any, Callable, Iterable
 
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
-from fleet.errors import BadInput
+from fleet.errors import (
+    BadInput,
+    NotRun,  # noqa: F401 - re-exported where they were defined
+)
 from fleet.inventory import Host, Inventory
-from fleet.ssh.kvlog import KVLog
-from fleet.workers import run_bounded
-from fleet.ssh.preflight import config_for, run_preflight_checks
 from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
-from fleet.ssh.session import (Aborted, ConnectFailed, HostKeyStore, KeyCache, NonZeroExit, SSHFailure,
-                  SSHSession)
-from fleet.ssh.config import Hop, resolve_host
-from fleet.errors import NotRun  # noqa: F401 - re-exported where they were defined
 from fleet.ssh.canary import CanaryGate  # noqa: F401 - the runner holds one
+from fleet.ssh.config import Hop, resolve_host
+from fleet.ssh.kvlog import KVLog
+from fleet.ssh.preflight import config_for, run_preflight_checks
+from fleet.ssh.session import Aborted, ConnectFailed, HostKeyStore, KeyCache, NonZeroExit, SSHFailure, SSHSession
+from fleet.workers import run_bounded
 
 OutputHook = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", line)
 ResultHook = Callable[[FanoutResult], None]

@@ -28,14 +28,24 @@ from paramiko.channel import Channel
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
+from fleet.errors import (  # noqa: F401
+    Aborted,
+    AuthFailed,
+    CommandTimeout,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    DNSFailure,
+    HostKeyChanged,
+    HostKeyRevoked,
+    NonZeroExit,
+    SSHFailure,
+    UnknownHostKey,
+)
 from fleet.inventory import Host
 from fleet.ssh.config import Hop
-from fleet.errors import (Aborted, AuthFailed, CommandTimeout, ConnectFailed, ConnectionLost,  # noqa: F401
-                     ConnectTimeout, DNSFailure, HostKeyChanged, HostKeyRevoked, NonZeroExit, SSHFailure,
-                     UnknownHostKey)
-from fleet.ssh.streams import KEEP_BYTES, StreamSink  # noqa: F401
 from fleet.ssh.hostkeys import HostKeyStore, _NoKeys, _Policy, fingerprint, fingerprint_blob  # noqa: F401
-
+from fleet.ssh.streams import KEEP_BYTES, StreamSink  # noqa: F401
 
 # ----------------------------------------------------------------------------- errors
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Callable
 
-
 KEEP_BYTES = 1 << 20  # per stream, per host: the tail kept in memory for the table and JSON
 
 
