@@ -365,7 +365,7 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
                           "rename the host or drop that alias")
         owner[hname] = (hname, hknode)
         raw_hosts.append((hname, hknode, own))
-    for hname, hknode, own in raw_hosts:
+    for hname, _hknode, own in raw_hosts:
         for alias, anode in own.get("aliases", ()):
             if alias in owner:
                 other = owner[alias][0]
@@ -377,7 +377,7 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
             owner[alias] = (hname, anode)
 
     hosts: list[Host] = []
-    for hname, hknode, own in raw_hosts:
+    for hname, _hknode, own in raw_hosts:
         m = _merge(defaults, own)
         oc = None
         if "opencode" in m:
