@@ -1,6 +1,6 @@
 # fleet: the two commands a newcomer needs.
 #   make demo  - set everything up, start a local lab, show the product on it (the lab stays up)
-#   make test  - install what the tests need (incl. Debian's openssh-server), run the suite
+#   make test  - install what the tests need (incl. Debian's openssh-server), lint and type-check, run the suite
 # Set-up repeats offline: it re-installs only when pyproject.toml or the OpenCode pin changed.
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +10,7 @@ SETUP_STAMP := $(VENV)/.fleet-setup
 OPENCODE_STAMP := .tools/.opencode-$(OPENCODE_VERSION)
 LAB ?= lab
 
-.PHONY: setup system-deps demo demo-down test bench clean
+.PHONY: setup system-deps demo demo-down test lint bench clean
 
 system-deps:
 	@{ command -v /usr/sbin/sshd && command -v ssh && command -v pgrep && command -v dash; } >/dev/null 2>&1 || { \
@@ -39,7 +39,11 @@ demo: system-deps setup
 demo-down:
 	@$(BIN)/fleet lab.down --dir $(LAB)
 
-test: system-deps setup
+lint: setup
+	$(BIN)/ruff check fleet tests bench tasks.py
+	$(BIN)/mypy
+
+test: system-deps setup lint
 	$(BIN)/python -m pytest -q
 
 bench: system-deps setup

@@ -27,7 +27,7 @@ os.environ.setdefault("FAKE_SLOW_DELAY", "60")  # read by the lab's stand-in mod
 
 from stand_ins import FakeSlack  # noqa: E402
 
-from fleet import dispatch as dx  # noqa: E402
+from fleet.ops import dispatch as dx  # noqa: E402
 from fleet.audit.trail import AuditTrail  # noqa: E402
 from fleet.inventory import SlackSettings, load_inventory  # noqa: E402
 from fleet.lab import lab_down, lab_up  # noqa: E402
@@ -55,10 +55,7 @@ def busy_cpu(inv, agents: int, busy: float) -> None:
     where nothing happens but waiting."""
     import threading
 
-    from fleet.safety.gate import make_plan
     for label, events in (("events", True), ("polling every 0.5 s", False)):
-        plan = make_plan(inv, "dispatch", "@agents", "canary", {"task": "[slow] think", "repo": "demo"})
-        plan.canary = None
         marks: list[float] = []
         stop = threading.Event()
 
@@ -71,7 +68,8 @@ def busy_cpu(inv, agents: int, busy: float) -> None:
         t = time.perf_counter()
         th = threading.Thread(target=sample, daemon=True)
         th.start()
-        r = dx.dispatch.__wrapped__(plan, poll=0.5, events=events)
+        r = dx.dispatch(inv, "@agents", args={"task": "[slow] think", "repo": "demo"}, mode="canary",
+                        no_canary=True, poll=0.5, events=events)
         wall = time.perf_counter() - t
         used = _cpu() - c0
         stop.set()
@@ -160,12 +158,10 @@ def main() -> None:
         cpu: list = []
 
         def _all_at_once() -> float:
-            # every agent at once: plan as canary mode would, then drop the canary
-            from fleet.safety.gate import make_plan
-            plan = make_plan(inv, "dispatch", "@agents", "canary", {"task": "bench", "repo": "demo"})
-            plan.canary = None
+            # every agent at once: canary mode without a canary
             t = time.perf_counter()
-            r = dx.dispatch.__wrapped__(plan, poll=0.1)
+            r = dx.dispatch(inv, "@agents", args={"task": "bench", "repo": "demo"}, mode="canary", no_canary=True,
+                            poll=0.1)
             assert all(x.ok for x in r.results)
             wall = time.perf_counter() - t
             server.append(max(_server_turn(inv.host(x.host), x.session_id) for x in r.results))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 _EXPORTS: dict[str, str] = {
-    "Fleet": "api", "ConnectionPool": "ssh.warm",
+    "Fleet": "app", "ConnectionPool": "ssh.warm",
     # errors and exit statuses
     "BadInput": "errors", "FleetError": "errors", "InventoryError": "errors", "Refused": "errors",
     "SelectorError": "errors", "EXIT_BAD_INPUT": "errors", "EXIT_HOST_FAILED": "errors",
@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "CheckResult": "results", "FanoutOutcome": "results", "FanoutResult": "results", "FanoutRun": "results",
     "PreflightResult": "results", "PreflightStatus": "results",
     # modes and tokens
-    "MODES": "safety.gate", "ConfirmationRequired": "safety.gate", "Plan": "safety.gate", "guarded": "safety.gate",
+    "MODES": "safety.gate", "ConfirmationRequired": "safety.gate", "Plan": "safety.gate", "Operation": "safety.gate",
     "make_plan": "safety.gate", "resolve_mode": "safety.gate",
     "Scope": "safety.tokens", "TokenRefused": "safety.tokens", "TokenStore": "safety.tokens",
     # dispatch, audit, beads
@@ -78,7 +78,7 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from fleet.ops.wait import wait_dispatch, wait_session, wait_sessions
     from fleet.ops.watch import Watcher
     from fleet.results import CheckResult, FanoutOutcome, FanoutResult, FanoutRun, PreflightResult, PreflightStatus
-    from fleet.safety.gate import MODES, ConfirmationRequired, Plan, guarded, make_plan, resolve_mode
+    from fleet.safety.gate import MODES, ConfirmationRequired, Operation, Plan, make_plan, resolve_mode
     from fleet.safety.tokens import Scope, TokenRefused, TokenStore
     from fleet.settings import Settings
     from fleet.ssh.preflight import preflight_many, run_preflight_checks

@@ -63,6 +63,15 @@ class PreflightResult:
         d.pop("address", None)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreflightResult:
+        """The result back from :meth:`to_dict` (what the service sends a face)."""
+        return cls(host=d["host"], user=d.get("user"), auth_mode=d.get("auth_mode", ""),
+                   status=PreflightStatus(d["status"]),
+                   checks=tuple(CheckResult(**c) for c in d.get("checks") or ()),
+                   error_detail=d.get("error_detail", ""), failed_check=d.get("failed_check", ""),
+                   duration_ms=d.get("duration_ms", 0), opencode=d.get("opencode", ""))
+
 
 @dataclass(frozen=True)
 class FanoutResult:
@@ -97,6 +106,16 @@ class FanoutResult:
             "preflight": self.preflight.to_dict() if self.preflight else None,
             "collected": list(self.collected),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FanoutResult:
+        """The result back from :meth:`to_dict` (what the service sends a face)."""
+        return cls(host=d["host"], outcome=FanoutOutcome(d["outcome"]), command=d.get("command", ""),
+                   user=d.get("user"), exit_code=d.get("exit_code"), stdout=d.get("stdout", ""),
+                   stderr=d.get("stderr", ""), attempts=d.get("attempts", 0), duration_ms=d.get("duration_ms", 0),
+                   error=d.get("error", ""), error_kind=d.get("error_kind", ""),
+                   preflight=PreflightResult.from_dict(d["preflight"]) if d.get("preflight") else None,
+                   collected=tuple(d.get("collected") or ()))
 
 
 class RunSummary:
@@ -146,3 +165,11 @@ class FanoutRun(RunSummary):
                 "duration_ms": self.duration_ms, "artifacts_dir": self.artifacts_dir,
                 "counts": counts, "notes": list(self.notes),
                 "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FanoutRun:
+        """The run back from :meth:`to_dict` (what the service sends a face)."""
+        return cls(run_id=d["run_id"], command=d.get("command", ""),
+                   results=[FanoutResult.from_dict(r) for r in d.get("results") or ()],
+                   interrupted=bool(d.get("interrupted")), artifacts_dir=d.get("artifacts_dir"),
+                   mode=d.get("mode", ""), notes=list(d.get("notes") or ()), duration_ms=d.get("duration_ms", 0))

@@ -98,6 +98,17 @@ class Settings:
             upd["inventory"] = os.path.join(conf, inv)
         return replace(self, **upd)
 
+    def in_project(self, project: str) -> "Settings":
+        """These settings for a command run in the project at ``project``: relative paths are
+        relative to the project's directory (where its ``invoke.yaml`` is), whatever
+        subdirectory the command runs in."""
+        upd: dict[str, Any] = {}
+        for key in ("artifacts_dir", "journal", "token_dir", "inventory"):
+            v = str(getattr(self, key))
+            if v and not os.path.isabs(os.path.expanduser(v)):
+                upd[key] = os.path.join(project, v)
+        return replace(self, **upd)
+
     def sessions_path(self) -> str:
         """Where the records of the sessions fleet created live: beside the journal."""
         return os.path.join(os.path.dirname(self.path("journal")), "sessions.jsonl")
@@ -136,24 +147,146 @@ def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0,
     return v
 
 
-USER_CONFIG = "~/.config/fleet/config.yaml"
+def user_config_dir() -> str:
+    """fleet's directory of the user's settings: ``$XDG_CONFIG_HOME/fleet`` (``~/.config/fleet``)."""
+    return os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "fleet")
 
 
-def load_settings(project_dir: str | None = None, user_config: str | None = USER_CONFIG) -> Settings:
-    """Settings as every face reads them, from any directory: defaults, the user's config file
-    (``~/.config/fleet/config.yaml``, a ``fleet:`` mapping), the project's ``invoke.yaml`` when
-    ``project_dir`` has one, then ``INVOKE_FLEET_*`` environment variables."""
-    from invoke import Config
+def user_file() -> str:
+    """The user's settings file, read by every face: ``~/.config/fleet/invoke.yaml``."""
+    return os.path.join(user_config_dir(), "invoke.yaml")
 
-    cfg = Config(defaults={"fleet": {k.name: None for k in fields(Settings)}},
-                 project_location=project_dir, lazy=True)
-    if user_config and os.path.isfile(os.path.expanduser(user_config)):
-        cfg.set_runtime_path(os.path.expanduser(user_config))
-        cfg.load_runtime()
-    if project_dir:
-        cfg.load_project()
+
+LEGACY_USER_FILE = "config.yaml"  # read by fleet mcp / dx-dispatch / the API before 0.3: still read, with a note
+ENV_PREFIX = "INVOKE_FLEET_"
+_said_legacy: set[str] = set()
+
+
+def find_project(start: str) -> str | None:
+    """The nearest directory from ``start`` up whose ``invoke.yaml`` has a ``fleet:`` section."""
+    d = os.path.abspath(start)
+    while True:
+        p = os.path.join(d, "invoke.yaml")
+        try:
+            with open(p, encoding="utf-8") as f:
+                if any(line.startswith("fleet:") for line in f):
+                    return d
+        except OSError:
+            pass
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def _read_fleet_section(path: str) -> dict[str, Any]:
+    """The ``fleet:`` mapping of a YAML (or JSON) settings file; bad files are bad input."""
+    import yaml
+
     try:
-        cfg.load_shell_env()
-    except Exception as exc:  # noqa: BLE001 - Invoke's own casting errors, said the fleet way
-        raise BadInput(f"an INVOKE_FLEET_* environment variable could not be read: {exc}") from None
-    return Settings.from_mapping(dict(cfg.get("fleet") or {}))
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise BadInput(f"settings file {path} cannot be read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"settings file {path}{where} is not valid YAML: fix it or remove it") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadInput(f"settings file {path} must be a mapping with a 'fleet:' section")
+    section = data.get("fleet")
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise BadInput(f"settings file {path}: 'fleet:' must be a mapping of settings, e.g. fleet: {{mode: canary}}")
+    return dict(section)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the effective settings came from (shown by ``fleet settings``)."""
+
+    files: tuple[str, ...] = ()
+    project: str | None = None
+    env: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    origin: tuple[tuple[str, str], ...] = ()  # (setting, where its value came from)
+
+
+def load_settings(cwd: str | None = None, *, runtime_file: str | None = None,
+                  overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                  with_sources: bool = False) -> Any:
+    """The effective settings, the same for every face (``fleet``, ``inv``, ``dx-dispatch``,
+    ``fleet mcp``, the Python API). Lowest first:
+
+    1. the built-in defaults (:class:`Settings`);
+    2. the user's file ``~/.config/fleet/invoke.yaml`` (``$XDG_CONFIG_HOME``), after the older
+       ``~/.config/fleet/config.yaml`` if that still exists (said once on stderr);
+    3. the project's ``invoke.yaml``: the nearest one with a ``fleet:`` section from ``cwd`` up;
+    4. a file given with ``-f`` (``runtime_file``);
+    5. ``INVOKE_FLEET_<KEY>`` environment variables;
+    6. ``overrides``: the flags a person typed.
+
+    Relative paths in the settings are relative to the project's directory; outside a project,
+    artifacts and journal go to the user's state directory (see :meth:`Settings.outside_project`).
+    """
+    env = os.environ if environ is None else environ
+    cwd = os.path.abspath(cwd or os.getcwd())
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    files: list[str] = []
+
+    def take(data: Mapping[str, Any], where: str) -> None:
+        for k, v in data.items():
+            if v is not None:
+                merged[k] = v
+                origin[k] = where
+
+    legacy = os.path.join(user_config_dir(), LEGACY_USER_FILE)
+    if os.path.isfile(legacy):
+        data = _read_fleet_section(legacy)
+        if data:
+            if legacy not in _said_legacy:
+                _said_legacy.add(legacy)
+                import sys
+                print(f"fleet: reading settings from {legacy}; move them to {user_file()} (the file every "
+                      f"face reads)", file=sys.stderr)
+            take(data, legacy)
+            files.append(legacy)
+    uf = user_file()
+    if os.path.isfile(uf):
+        take(_read_fleet_section(uf), uf)
+        files.append(uf)
+    project = find_project(cwd)
+    if project is not None:
+        pf = os.path.join(project, "invoke.yaml")
+        take(_read_fleet_section(pf), pf)
+        files.append(pf)
+    if runtime_file:
+        take(_read_fleet_section(os.path.expanduser(runtime_file)), runtime_file)
+        files.append(runtime_file)
+    known = {f.name for f in fields(Settings)}
+    env_used = []
+    for k in sorted(known):
+        v = env.get(ENV_PREFIX + k.upper())
+        if v is not None:
+            take({k: v}, f"${ENV_PREFIX}{k.upper()}")
+            env_used.append(ENV_PREFIX + k.upper())
+    for k in env:
+        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() not in known:
+            from fleet.names import did_you_mean
+            hint = did_you_mean(k[len(ENV_PREFIX):].lower(), known)
+            raise BadInput(f"unknown setting in ${k}" + (f"; {hint}" if hint else f"; known settings: {', '.join(sorted(known))}"))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    take(flags, "flag")
+    st = Settings.from_mapping(merged)
+    if project is not None:
+        st = st.in_project(project)
+    else:
+        st = st.outside_project()
+    if with_sources:
+        return st, Sources(tuple(files), project, tuple(env_used), tuple(sorted(flags)),
+                           tuple(sorted(origin.items())))
+    return st

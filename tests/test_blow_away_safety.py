@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fleet.errors import InventoryError, Refused
 from fleet.inventory import Host, load_inventory_text
-from fleet.ops.fanout import blow_away_command, blow_away_paths
+from fleet.ops.blow_away import blow_away_command, blow_away_paths
 
 SHELLS = ["bash", "dash"]
 

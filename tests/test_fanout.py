@@ -20,6 +20,10 @@ from fleet import (
     run_preflight_checks,
 )
 from fleet.ssh.kvlog import parse_line
+from fleet.ssh.local import LocalLink
+from fleet.ssh.runner import FanoutRunner
+from fleet.ssh.transport import ExecResult
+from fleet.ssh.warm import ConnectionPool
 
 
 def opts(tmp_path, **kw):
@@ -273,3 +277,74 @@ def test_secrets_never_in_logs_or_artifacts(lab, tmp_path, monkeypatch):
     for f in Path(run.artifacts_dir).rglob("*"):
         if f.is_file():
             assert secret not in f.read_text()
+
+
+def test_local_and_ssh_transports_give_the_same_result_shape(lab, tmp_path):
+    """The same command through the SSH transport (lab01) and the local one (auth: local)."""
+    p = write_inventory(tmp_path / "inv.yaml", lab, names=["lab01"], extra_hosts="  here: {auth: local}\n")
+    inv = load_inventory(p)
+    cmd = "printf x; exit 3"
+    # the transports themselves: one attempt's session, connected, run, released
+    runner = FanoutRunner(inv, cmd, opts(tmp_path))
+    got = {}
+    for name in ("lab01", "here"):
+        link = runner.link(inv.host(name))
+        sess = link.open()
+        link.dial(sess)
+        try:
+            got[name] = sess.run(cmd, 10, threading.Event())
+        finally:
+            link.release(sess, False)
+    runner.finish()
+    assert isinstance(runner.link(inv.host("here")), LocalLink)
+    assert got["lab01"] == got["here"] == ExecResult(3, "x", "")
+
+    # and through the whole runner: preflight, attempts, result, artifacts
+    def shape(r):
+        return (r.outcome, r.exit_code, r.stdout, r.stderr, r.attempts, r.error, r.error_kind, r.preflight.ok,
+                r.user)
+    lines = []
+    run = fanout_hosts(inv, [inv.host("lab01"), inv.host("here")], cmd, opts(tmp_path),
+                       on_output=lambda h, s, ln: lines.append((h, s, ln)))
+    by = {r.host: r for r in run.results}
+    assert shape(by["lab01"]) == shape(by["here"]) == (FanoutOutcome.FAILURE, 3, "x", "", 1, "Exit code 3", "exit",
+                                                       True, lab.user)
+    assert sorted(lines) == [("here", "stdout", "x"), ("lab01", "stdout", "x")]
+    d = Path(run.artifacts_dir)
+    assert (d / "lab01.stdout").read_text() == (d / "here.stdout").read_text() == "x"
+
+    # a timeout ends both the same way
+    run = fanout_hosts(inv, [inv.host("lab01"), inv.host("here")], "sleep 5", opts(tmp_path, command_timeout=1))
+    assert [(r.outcome, r.exit_code, r.error_kind, r.attempts) for r in run.results] == \
+        [(FanoutOutcome.TIMEOUT, None, "command_timeout", 1)] * 2
+    # the one difference kept: a local command is never repeated, even with retry_on_exit
+    run = fanout_hosts(inv, [inv.host("lab01"), inv.host("here")], cmd, opts(tmp_path, retry_on_exit=True))
+    assert [r.attempts for r in run.results] == [2, 1]
+
+
+def test_mode_off_runs_here_once_and_collects_here(lab_inv, tmp_path):
+    src = tmp_path / "here.txt"
+    src.write_text("from here")
+    runner = FanoutRunner(lab_inv, "echo local-$((6*7))", opts(tmp_path, collect=(str(src),)))
+    r = runner.add_local("local")
+    run = runner.finish()
+    assert (r.host, r.outcome, r.stdout, r.attempts, r.user, r.preflight) == (
+        "local", FanoutOutcome.SUCCESS, "local-42\n", 1, None, None)
+    assert run.results == [r] and Path(r.collected[0]).read_text() == "from here"
+    assert (Path(run.artifacts_dir) / "local.stdout").read_text() == "local-42\n"
+
+
+def test_warm_pool_lends_the_connection_to_the_next_run(lab_inv, tmp_path):
+    pool = ConnectionPool(idle=60)
+    try:
+        for i in range(2):
+            runner = FanoutRunner(lab_inv, "echo hi", opts(tmp_path), pool=pool)
+            try:
+                r = runner.run_hosts([lab_inv.host("lab01")])[0]
+            finally:
+                runner.finish()
+            assert (r.outcome, r.stdout, r.attempts) == (FanoutOutcome.SUCCESS, "hi\n", 1)
+            assert (r.preflight is None) == (i == 1)  # a warm connection skips preflight
+        assert (pool.dials, pool.reused, len(pool)) == (1, 1, 1)
+    finally:
+        pool.close()

@@ -56,8 +56,8 @@ def test_tools_preflight_fanout_and_the_journal_names_the_client(mlab, tmp_path)
 
         async def progress(p, total, message):
             seen.append((p, total, message))
-        fan = data(await s.call_tool("fanout", {"command": "echo hi-$((40+2))", "selector": "all",
-                                                 "no_canary": True}, progress_callback=progress))
+        fan = data(await s.call_tool("fanout", {"command": "echo hi-$((40+2))", "selector": "all"},
+                                           progress_callback=progress))
         return tools, pre, fan, seen
     tools, pre, fan, seen = call(mlab.inventory, steps, cwd=tmp_path)
     assert {"hosts", "preflight", "fanout", "dispatch", "wait", "answer", "sessions", "status", "abort", "approve", "deny",
@@ -144,10 +144,10 @@ def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly
 
     async def steps(s):
         counts.append(accepted(mlab))
-        first = data(await s.call_tool("fanout", {"command": "echo one", "selector": "all", "no_canary": True}))
+        first = data(await s.call_tool("fanout", {"command": "echo one", "selector": "all"}))
         _t.sleep(0.5)
         counts.append(accepted(mlab))
-        second = data(await s.call_tool("fanout", {"command": "echo two", "selector": "all", "no_canary": True}))
+        second = data(await s.call_tool("fanout", {"command": "echo two", "selector": "all"}))
         _t.sleep(0.5)
         counts.append(accepted(mlab))
         # kill the hosts' sshd and its per-connection children: the kept connections die
@@ -155,7 +155,7 @@ def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly
         subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
         os.kill(pid, signal.SIGKILL)
         _t.sleep(0.5)
-        third = await s.call_tool("fanout", {"command": "echo three", "selector": "all", "no_canary": True})
+        third = await s.call_tool("fanout", {"command": "echo three", "selector": "all"})
         return first, second, third
     first, second, third = call(mlab.inventory, steps, cwd=tmp_path)
     assert [r["outcome"] for r in first["results"]] == ["SUCCESS", "SUCCESS"]

@@ -9,6 +9,7 @@ from conftest import inv_cmd, write_inventory
 from fleet.errors import BadInput, Refused
 from fleet.inventory import load_inventory
 from fleet.ops import fanout as ops
+from fleet.ops.blow_away import blow_away
 from fleet.results import FanoutOutcome
 from fleet.safety.gate import ConfirmationRequired, resolve_mode
 from fleet.safety.tokens import TokenRefused
@@ -130,10 +131,10 @@ def test_blow_away_deletes_only_the_repo_dir_after_confirmation(lab, tmp_path):
         _mk(r, "affordabot")
         _mk(r, "keepme")
     with pytest.raises(ConfirmationRequired) as ei:
-        ops.blow_away(inv, "lab06,lab07", args={"repo": "affordabot"}, mode="canary", settings=st,
+        blow_away(inv, "lab06,lab07", args={"repo": "affordabot"}, mode="canary", settings=st,
                       options=opts(tmp_path))
     assert all((r / "affordabot").exists() for r in roots)
-    run = ops.blow_away(inv, "lab06,lab07", args={"repo": "affordabot"}, mode="canary", settings=st,
+    run = blow_away(inv, "lab06,lab07", args={"repo": "affordabot"}, mode="canary", settings=st,
                         confirm=ei.value.token, options=opts(tmp_path))
     assert run.exit_code == 0, [r.error for r in run.results]
     for r in roots:
@@ -149,7 +150,7 @@ def test_blow_away_refuses_dotdot_before_anything_runs(lab, tmp_path):
     p.write_text(p.read_text().replace(f"repos: {{root: {root}}}, ", ""))
     inv = load_inventory(p)
     with pytest.raises(Refused, match="not strictly inside the repos root"):
-        ops.blow_away(inv, "lab08", args={"repo": "evil"}, mode="canary", settings=settings(tmp_path))
+        blow_away(inv, "lab08", args={"repo": "evil"}, mode="canary", settings=settings(tmp_path))
     assert outside.exists()
 
 
@@ -166,8 +167,8 @@ def test_blow_away_refuses_symlink_escape_on_the_host(lab, tmp_path):
     inv = load_inventory(p)
     st = settings(tmp_path)
     with pytest.raises(ConfirmationRequired) as ei:
-        ops.blow_away(inv, "lab09", args={"repo": "linked"}, mode="canary", settings=st, options=opts(tmp_path))
-    run = ops.blow_away(inv, "lab09", args={"repo": "linked"}, mode="canary", settings=st,
+        blow_away(inv, "lab09", args={"repo": "linked"}, mode="canary", settings=st, options=opts(tmp_path))
+    run = blow_away(inv, "lab09", args={"repo": "linked"}, mode="canary", settings=st,
                         confirm=ei.value.token, options=opts(tmp_path))
     r = run.results[0]
     assert r.outcome == FanoutOutcome.FAILURE and "symlink" in r.stderr

@@ -188,3 +188,24 @@ def test_watch_board_totals_from_messages_when_the_server_keeps_none(oc_server):
     assert ("GET", f"/session/{new}/message") not in [(m, p) for m, p, _ in oc_server.hits]
     host_row = next(r for r in w.rows() if r["session"] == "")
     assert host_row["state"] == "no-events" and "/global/event: HTTP 404" in host_row["step"]
+
+
+def test_following_a_turn_ends_in_a_value(oc_server):
+    """The turn's end is a value, not client state: no answer when the wait runs out, the
+    server's failure when the task never starts, else the answer with the tokens and cost of
+    every model call of the turn (not only the last message's)."""
+    from fleet.agent.turn import TurnEnd, follow_turn
+
+    with client(oc_server.url) as c:
+        sid = c.create_session("t")["id"]
+        assert follow_turn(c, sid, 0, 0.2, poll=0.05) == TurnEnd(None, None)
+        with pytest.raises(ServerError, match="never started it"):
+            follow_turn(c, sid, 0, 5, poll=0.05, start_grace=0.1)
+        oc_server.messages[sid] = [
+            {"info": {"id": "msg_u", "role": "user"}, "parts": []},
+            {"info": {"id": "msg_1", "role": "assistant", "tokens": {"total": 10}, "cost": 0.25}, "parts": []},
+            {"info": {"id": "msg_2", "role": "assistant", "time": {"completed": 2}, "tokens": {"total": 5},
+                      "cost": 0.5}, "parts": [{"type": "text", "text": "done"}]}]
+        end = follow_turn(c, sid, 0, 5, poll=0.05)
+    assert end.pending is None and end.answer is not None and end.answer.text == "done"
+    assert (end.answer.tokens["total"], end.answer.cost) == (15, 0.75)

@@ -10,6 +10,7 @@ from test_modes import opts, settings
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
 from fleet.ops import fanout as ops
+from fleet.ops.blow_away import blow_away
 from fleet.safety.gate import ConfirmationRequired
 from fleet.safety.tokens import TokenRefused, TokenStore
 
@@ -23,9 +24,9 @@ def test_blow_away_token_refused_when_the_inventory_maps_the_root_elsewhere(lab,
     b.write_text(a.read_text().replace(lab.hosts[1].repos_root, str(other_root)))
     st = settings(tmp_path)
     with pytest.raises(ConfirmationRequired) as ei:
-        ops.blow_away(load_inventory(a), "lab02", args={"repo": "demo"}, settings=st, options=opts(tmp_path))
+        blow_away(load_inventory(a), "lab02", args={"repo": "demo"}, settings=st, options=opts(tmp_path))
     with pytest.raises(TokenRefused) as refused:
-        ops.blow_away(load_inventory(b), "lab02", args={"repo": "demo"}, settings=st, options=opts(tmp_path),
+        blow_away(load_inventory(b), "lab02", args={"repo": "demo"}, settings=st, options=opts(tmp_path),
                       confirm=ei.value.token)
     assert refused.value.reason == "wrong_scope"
     assert "inventory" in str(refused.value) and "targets.lab02" in str(refused.value)

@@ -4,6 +4,9 @@ Every call carries the repo's ``directory`` (status and events are per directory
 auth when the server has a password (username default ``opencode``; the password comes
 from an env var or a 0600 file, never the inventory), and timeouts. Connect errors are
 retried with tenacity; nothing that may have reached the server is ever sent twice.
+
+HTTP only (the endpoints and their errors): what the replies mean lives beside it, following a
+turn to its end in :mod:`fleet.agent.turn`, tokens and cost in :mod:`fleet.agent.usage`.
 """
 from __future__ import annotations
 
@@ -12,8 +15,7 @@ import os
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
@@ -30,6 +32,9 @@ from fleet.errors import (  # noqa: F401
 )
 from fleet.files import loose_mode
 from fleet.inventory import Host, OpenCodeEndpoint
+
+if TYPE_CHECKING:
+    from fleet.agent.turn import Answer
 
 
 def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:
@@ -77,113 +82,12 @@ def _excerpt(resp: httpx.Response, n: int = 200) -> str:
     return text[:n] + ("…" if len(text) > n else "")
 
 
-@dataclass
-class Answer:
-    """The end of an agent run: its final text, usage and error."""
-
-    text: str = ""
-    error: str = ""
-    error_name: str = ""
-    tokens: dict[str, Any] = field(default_factory=dict)
-    cost: float = 0.0
-    message_id: str = ""
-    completed: bool = False
-
-
-def describe_request(req: dict[str, Any]) -> str:
-    """A pending request for a person: ``bash: echo ask-me``, or ``question: deploy now? (yes/no)``."""
-    if isinstance(req.get("questions"), list):
-        qs = [q for q in req["questions"] if isinstance(q, dict)]
-        return "question: " + "; ".join(
-            f"{q.get('question', '')}" + (f" ({'/'.join(str(o.get('label')) for o in q.get('options') or [])})"
-                                          if q.get("options") else "") for q in qs)
-    pats = req.get("patterns") or []
-    what = ", ".join(str(p) for p in pats) if isinstance(pats, list) else str(pats)
-    return f"{req.get('permission', 'permission')}: {what}".strip().rstrip(":")
-
-
-def extract_answer(message: dict[str, Any]) -> Answer:
-    """From one ``{info, parts}`` assistant message: text parts joined, error, tokens, cost."""
-    info = message.get("info") or {}
-    parts = message.get("parts") or []
-    text = "".join(p.get("text", "") for p in parts
-                   if isinstance(p, dict) and p.get("type") == "text" and not p.get("synthetic") and not p.get("ignored"))
-    err = info.get("error") or {}
-    emsg = ""
-    if isinstance(err, dict) and err:
-        data = err.get("data") or {}
-        emsg = (data.get("message") if isinstance(data, dict) else "") or err.get("name", "error")
-    return Answer(text=text, error=emsg, error_name=(err.get("name", "") if isinstance(err, dict) else ""),
-                  tokens=dict(info.get("tokens") or {}), cost=float(info.get("cost") or 0.0),
-                  message_id=str(info.get("id", "")),
-                  completed=bool((info.get("time") or {}).get("completed")) or bool(err))
-
-
-def add_usage(total: dict[str, Any], tokens: Any) -> dict[str, Any]:
-    """``total`` plus one message's ``tokens`` (input, output, reasoning, cache read/write, total)."""
-    if not isinstance(tokens, dict):
-        return total
-    for k in ("input", "output", "reasoning"):
-        total[k] = int(total.get(k) or 0) + int(tokens.get(k) or 0)
-    cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
-    tc = total.setdefault("cache", {"read": 0, "write": 0})
-    for k in ("read", "write"):
-        tc[k] = int(tc.get(k) or 0) + int(cache.get(k) or 0)
-    # older servers send no total: it is the sum OpenCode itself would show
-    own = tokens.get("total")
-    total["total"] = int(total.get("total") or 0) + int(own if own is not None else (
-        sum(int(tokens.get(k) or 0) for k in ("input", "output", "reasoning")) + int(cache.get("read") or 0)
-        + int(cache.get("write") or 0)))
-    return total
-
-
-def session_usage(session: dict[str, Any]) -> tuple[int, float] | None:
-    """(total tokens, cost) a server keeps on the session itself (``tokens``, ``cost``: 1.18 has
-    them, updated after each model call), or None when it keeps none."""
-    tok = session.get("tokens") if isinstance(session, dict) else None
-    if not isinstance(tok, dict):
-        return None
-    try:
-        cost = float(session.get("cost") or 0.0)
-    except (TypeError, ValueError):
-        cost = 0.0
-    return int(add_usage({}, tok).get("total") or 0), cost
-
-
-def message_bill(info: Any) -> tuple[dict[str, Any], float] | None:
-    """(tokens, cost) OpenCode billed on one assistant message's info (each model call is one),
-    or None for any other message; a cost that is not a number counts as 0."""
-    if not isinstance(info, dict) or info.get("role") != "assistant":
-        return None
-    try:
-        cost = float(info.get("cost") or 0.0)
-    except (TypeError, ValueError):
-        cost = 0.0
-    return dict(info.get("tokens") or {}), cost
-
-
-def turn_usage(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
-    """Tokens and cost of every assistant message in ``messages`` ({info, parts} or bare infos):
-    a turn with tool calls is one assistant message per model call, each billed on its own."""
-    tokens: dict[str, Any] = {}
-    cost = 0.0
-    for m in messages:
-        bill = message_bill(m.get("info", m) if isinstance(m, dict) else None)
-        if bill is not None:
-            add_usage(tokens, bill[0])
-            cost += bill[1]
-    return tokens, cost
-
-
 @functools.lru_cache(maxsize=1)
 def tls_context() -> ssl.SSLContext:
     """One TLS context for the process, as httpx makes it (certifi, SSL_CERT_FILE/DIR): httpx reads
     the CA bundle again for every client, about 20 ms of CPU each, and fleet makes a client per
     server per call (and one per event stream)."""
     return httpx.create_ssl_context()
-
-
-SAFETY_WAKE = 15.0  # with the event stream up: re-read a waiting session's state at least this often
 
 
 class OpenCodeClient:
@@ -201,6 +105,7 @@ class OpenCodeClient:
             raise BadInput(f"{host.name} has no OpenCode server in the inventory: add "
                            f"opencode: {{url: http://HOST:4105}} under it")
         self.host = host
+        self.endpoint: OpenCodeEndpoint = host.opencode
         self.base = host.opencode.url
         self.directory = directory
         self.username = host.opencode.username
@@ -214,7 +119,6 @@ class OpenCodeClient:
         self.connect_attempts = max(1, connect_attempts)
         self.timeout = timeout
         self.deadline: float | None = None  # monotonic time no call may outlive (set by dispatch)
-        self.pending_input: dict[str, Any] | None = None  # the request a session waits on, if any
         self._make = lambda: httpx.Client(base_url=self.base, auth=auth, transport=transport, verify=tls_context(),
                                           timeout=httpx.Timeout(timeout, connect=connect_timeout),
                                           headers={"User-Agent": "fleet/0.2"})
@@ -266,7 +170,7 @@ class OpenCodeClient:
             kwargs["json"] = json
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=self.http.timeout.connect)
-        total = (timeout if timeout is not None else self.timeout) + self.http.timeout.connect
+        total = (timeout if timeout is not None else self.timeout) + (self.http.timeout.connect or 0.0)
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
@@ -294,7 +198,7 @@ class OpenCodeClient:
             raise Unreachable(self.host.name, url, f"HTTP error: {exc}") from None
         if resp.status_code == 401:
             how = (f"username '{self.username}' with the password from the inventory's "
-                   f"{'password_env' if self.host.opencode.password_env else 'password_file'}"
+                   f"{'password_env' if self.endpoint.password_env else 'password_file'}"
                    if self.has_password else "no password (the inventory names none, but the server wants one)")
             raise AuthRefused(self.host.name, url, f"401 Unauthorized: the server refused {how}")
         if resp.status_code == 404:
@@ -420,79 +324,9 @@ class OpenCodeClient:
         got = self.request("GET", f"/session/{sid}/todo")
         return [t for t in got if isinstance(t, dict)] if isinstance(got, list) else []
 
-    def wait_idle(self, sid: str, after: int, timeout: float, poll: float = 0.5,
-                  on_status: Callable[[str], None] | None = None,
-                  stop: Callable[[], bool] | None = None, start_grace: float = 60.0,
-                  on_input: Callable[[dict[str, Any]], str | None] | None = None,
-                  waker: Any = None, stall: float | None = None) -> Answer | None:
-        """Poll until the run that started after message index ``after`` ends; None on timeout.
-
-        The status map drops idle sessions, and a run may not be marked busy yet right after
-        ``prompt_async`` returns, so the end is: not busy AND a finished assistant message
-        beyond ``after``. With a ``waker`` (:class:`fleet.events.SessionWaker` fed by the server's
-        event stream), the state is re-read when an event about the session arrives, not on a
-        timer; while the stream is down it falls back to polling every ``poll`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        last_state = ""
-        idle_since = time.monotonic()
-        started = False
-        answered: set[str] = set()
-        self.pending_input = None
-        while True:
-            st = self.status().get(sid) or {"type": "idle"}
-            state = st.get("type", "idle") if isinstance(st, dict) else "idle"
-            if state == "retry":
-                state = f"retry (attempt {st.get('attempt')}: {st.get('message', '')})"
-            if state != "idle" and waker is not None and getattr(waker, "step", ""):
-                state = f"busy: {waker.step}" if state == "busy" else state
-            quiet = time.monotonic() - getattr(waker, "last_event", time.monotonic()) if waker is not None else 0.0
-            if stall and state.startswith("busy") and quiet > stall and getattr(waker, "stream", None) is not None \
-                    and waker.stream.connected.is_set():
-                # busy, the stream is up, and the server has said nothing about it for a while
-                state = f"stuck (no event for {quiet:.0f}s{'; ' + waker.step if waker.step else ''})"
-            if state != "idle":
-                started = True
-                # a pending permission is "needs-input": say so at once, let the policy answer it
-                pend = [p for p in self.permissions(sid) if p.get("id") not in answered]
-                if not pend:
-                    pend = self.questions(sid)  # a question waits for a person whatever the policy
-                self.pending_input = pend[0] if pend else None
-                if pend:
-                    state = "needs-input: " + describe_request(pend[0])
-                    if on_input is not None and "questions" not in pend[0]:
-                        reply = on_input(pend[0])
-                        if reply:
-                            self.reply_permission(str(pend[0]["id"]), reply)
-                            answered.add(str(pend[0]["id"]))
-            if state == "idle":
-                msgs = self.messages(sid)
-                newer = [m for m in msgs[after:] if (m.get("info") or {}).get("role") == "assistant"]
-                if newer:
-                    ans = extract_answer(newer[-1])
-                    if ans.completed:
-                        ans.tokens, ans.cost = turn_usage(newer)  # every model call of the turn
-                        if on_status and last_state and last_state != "idle":
-                            on_status("idle")
-                        return ans
-                if not started and time.monotonic() - idle_since > start_grace:
-                    raise ServerError(self.host.name, f"{self.base}/session/{sid}",
-                                      f"the server accepted the task but never started it (session idle "
-                                      f"for {start_grace:g}s with no reply); check the server's log")
-            shown = state if started or state != "idle" else "queued"
-            if on_status and shown != last_state:
-                on_status(shown)
-            last_state = shown
-            if time.monotonic() >= deadline or (stop is not None and stop()):
-                return None
-            stream = getattr(waker, "stream", None)
-            if stream is not None and stream.connected.is_set():
-                # an event wakes it; else a safety re-read every SAFETY_WAKE s (the stream is up and
-                # a reconnect wakes it too), or when a quiet busy session crosses the stall bound
-                nap = min(SAFETY_WAKE, deadline - time.monotonic())
-                if stall and state.startswith("busy"):
-                    nap = min(nap, stall - quiet + 0.05)
-                waker.wake.wait(max(0.05, nap))
-                waker.wake.clear()
-            else:
-                time.sleep(poll)
+    def wait_idle(self, sid: str, after: int, timeout: float, **kw: Any) -> Answer | None:
+        """The end of the turn after message ``after`` (an Answer), or None on timeout: kept for
+        callers of the old API; following a turn is :func:`fleet.agent.turn.follow_turn`, which
+        also says what the agent waits on when the wait runs out."""
+        from fleet.agent.turn import follow_turn
+        return follow_turn(self, sid, after, timeout, **kw).answer

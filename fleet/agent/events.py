@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import httpx
 
-from fleet.agent.client import add_usage, message_bill, resolve_password, tls_context
+from fleet.agent.client import resolve_password, tls_context
+from fleet.agent.usage import Usage, message_usage
 from fleet.inventory import Host
 
 Handler = Callable[[dict[str, Any]], None]
@@ -57,11 +58,12 @@ class EventStream:
     (re)connect, so the listener can re-read what the gap may have hidden."""
 
     def __init__(self, host: Host, on_event: Handler, directory: str | None = None,
-                 on_connect: Callable[[], None] | None = None, backoff_max: float = 5.0,
+                 on_connect: Callable[[], object] | None = None, backoff_max: float = 5.0,
                  on_error: Callable[[str], None] | None = None) -> None:
         if host.opencode is None:
             raise ValueError(f"{host.name} has no OpenCode server")
         self.host = host
+        self.url = host.opencode.url
         self.directory = directory
         self.on_event = on_event
         self.on_connect = on_connect
@@ -97,13 +99,13 @@ class EventStream:
         params = {"directory": self.directory} if self.directory else None
         while not self._stop.is_set():
             failed = ""
-            self._client = httpx.Client(base_url=self.host.opencode.url, auth=self._auth, verify=tls_context(),
+            self._client = httpx.Client(base_url=self.url, auth=self._auth, verify=tls_context(),
                                         timeout=httpx.Timeout(5.0, read=35.0))  # heartbeats every 10 s
             try:
                 with self._client.stream("GET", path, params=params,
                                          headers={"Accept": "text/event-stream"}) as resp:
                     if resp.status_code != 200:
-                        failed = f"{self.host.opencode.url}{path}: HTTP {resp.status_code}"
+                        failed = f"{self.url}{path}: HTTP {resp.status_code}"
                         raise httpx.HTTPError(failed)
                     self.connected.set()
                     if self.on_connect is not None:
@@ -125,7 +127,7 @@ class EventStream:
                         self.on_event(ev)
             except Exception as exc:  # noqa: BLE001 - any break of the stream: reconnect (REST covers the gap)
                 if not self.connected.is_set() and not failed:
-                    failed = f"{self.host.opencode.url}{path}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+                    failed = f"{self.url}{path}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
             finally:
                 self.connected.clear()
                 try:
@@ -144,44 +146,6 @@ class EventStream:
             delay = min(self.backoff_max, delay * 2)
 
 
-def message_usage(ev: dict[str, Any]) -> tuple[str, dict[str, Any], float] | None:
-    """``(message id, tokens, cost)`` from a ``message.updated`` event of an assistant message:
-    OpenCode bills each model call (step) on its message as the step finishes."""
-    if ev.get("type") != "message.updated":
-        return None
-    info = (ev.get("properties") or {}).get("info") or {}
-    bill = message_bill(info)
-    if bill is None or not info.get("id"):
-        return None
-    return str(info["id"]), bill[0], bill[1]
-
-
-class Usage:
-    """Tokens and cost so far, message by message (a message is re-sent as it grows)."""
-
-    def __init__(self) -> None:
-        self.by_message: dict[str, tuple[dict[str, Any], float]] = {}
-
-    def update(self, mid: str, tokens: dict[str, Any], cost: float) -> bool:
-        """Record one message's latest figures; True if the totals changed."""
-        old = self.by_message.get(mid)
-        self.by_message[mid] = (tokens, cost)
-        return old != (tokens, cost)
-
-    def totals(self) -> tuple[int, float]:
-        """(total tokens, cost) over every message seen."""
-        t: dict[str, Any] = {}
-        for tok, _ in self.by_message.values():
-            add_usage(t, tok)
-        return int(t.get("total") or 0), sum(c for _, c in self.by_message.values())
-
-
-def usage_text(tokens: int, cost: float) -> str:
-    """``1.2k tok $0.0123`` for a live line."""
-    tk = f"{tokens / 1000:.1f}k" if tokens >= 1000 else str(tokens)
-    return f"{tk} tok ${cost:.4f}"
-
-
 class SessionWaker:
     """Wakes a waiter when an event concerns its session, and remembers the agent's current step
     and the tokens and cost of the messages it has seen finish so far."""
@@ -196,6 +160,7 @@ class SessionWaker:
         self.usage = Usage()
         self._said: tuple[int, float] = (0, 0.0)
         self.last_event = time.monotonic()
+        self.stream: EventStream | None = None  # the subscription feeding it (set by whoever subscribes)
 
     def __call__(self, ev: dict[str, Any]) -> None:
         if ev.get("type") in ("server.connected", "server.heartbeat"):
@@ -221,4 +186,4 @@ class SessionWaker:
         self.wake.set()
 
 
-__all__ = ["EventStream", "SessionWaker", "Usage", "message_usage", "session_of", "step_of", "usage_text"]
+__all__ = ["EventStream", "SessionWaker", "session_of", "step_of"]

@@ -110,8 +110,9 @@ class AuditTrail:
         """Wait at most ``timeout`` (default flush_timeout) for posts in flight. True if all went."""
         if self._thread is None:
             return True
-        if getattr(self, "_closed", None) is not None:
-            return self._closed
+        closed: bool | None = getattr(self, "_closed", None)
+        if closed is not None:
+            return closed
         done = self._idle.wait(self.flush_timeout if timeout is None else timeout)
         self._q.put(None)
         self._closed = done

@@ -1,8 +1,9 @@
 """``dx-dispatch VM REPO TASK [--session ID] [--slack|--no-slack] [--all]``: the seed's command.
 
-Same semantics as the seed's script, on fleet's library: Slack audit on by default
-(``--no-slack`` or ``SLACK_AUDIT=false`` to skip), ``--all`` dispatches to every host
-with an OpenCode server in parallel (then the arguments are REPO TASK).
+Same semantics as the seed's script, on fleet's application context (the same settings, gate,
+audit and records as ``fleet dispatch``): Slack audit on by default (``--no-slack`` or
+``SLACK_AUDIT=false`` to skip), ``--all`` dispatches to every host with an OpenCode server in
+parallel (then the arguments are REPO TASK).
 """
 from __future__ import annotations
 
@@ -13,12 +14,6 @@ import sys
 from fleet.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, FleetError
 
 
-def _settings():
-    from fleet.settings import load_settings
-
-    return load_settings(os.getcwd())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dx-dispatch`` console script."""
     ap = argparse.ArgumentParser(prog="dx-dispatch", description="Dispatch a task to a remote OpenCode agent.")
@@ -27,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slack", action="store_true", help="post to the Slack audit channel (the default)")
     ap.add_argument("--no-slack", action="store_true", help="journal only, no Slack")
     ap.add_argument("--all", action="store_true", help="every host with an OpenCode server, in parallel")
-    ap.add_argument("--inventory", help="inventory file (default: $FLEET_INVENTORY or ./inventory.yaml)")
+    ap.add_argument("--inventory", help="inventory file (default: $FLEET_INVENTORY, else the 'inventory' setting)")
     ap.add_argument("--no-wait", action="store_true", help="send and return")
     ap.add_argument("--mode", help="off | canary | enforced (default: the 'mode' setting)")
+    ap.add_argument("--no-canary", action="store_true", help="canary mode without a canary: every host at once")
     ap.add_argument("--worktree", action="store_true", help="work in a new git worktree on the host")
     ap.add_argument("--confirm", help="confirmation token printed by a refused gated run")
     a = ap.parse_args(argv)
@@ -42,28 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     vm, repo, task = (None, *a.args) if a.all else a.args
     slack = not a.no_slack and os.environ.get("SLACK_AUDIT", "true").lower() != "false"
     try:
-        from fleet.app import audit_trail
-        from fleet.inventory import load_inventory
-        from fleet.inventory.select import select
-        from fleet.ops import dispatch as dx
+        from fleet.app import Fleet
 
-        st = _settings()
-        inv = load_inventory(a.inventory or os.environ.get("FLEET_INVENTORY") or st.inventory)
-        sel = ",".join(h.name for h in select(inv, "all") if h.opencode is not None) if a.all else vm
-        trail = audit_trail(inv, st, post=slack)
-        records = dx.SessionRecords(st.sessions_path())
+        fl = Fleet(a.inventory, face="cli")
+        sel = fl.agent_hosts()[0] if a.all else vm
 
         def ev(host: str, kind: str, text: str) -> None:
             if kind == "session":
                 print(f"{host}: session {text}", file=sys.stderr, flush=True)
-        try:
-            run = dx.dispatch(inv, sel, args={"task": task, "repo": repo, "session": a.session, "model": None,
-                                              "issue": None}, settings=st, audit=trail.gate_event,
-                              mode=a.mode, confirm=a.confirm, worktree=a.worktree or st.worktree,
-                              wait=not a.no_wait, timeout=st.dispatch_timeout, concurrency=st.concurrency,
-                              records=records, on_event=ev, audit_trail=trail)
-        finally:
-            trail.close()
+        run = fl.dispatch(sel, repo, task, mode=a.mode, confirm=a.confirm, no_canary=a.no_canary,
+                          session=a.session, wait=not a.no_wait, worktree=a.worktree or None, on_event=ev,
+                          slack=slack)
         for r in run.results:
             line = f"[{r.host}] {r.outcome.value} session={r.session_id or '-'} {r.duration_ms / 1000:.1f}s"
             print(line + (f": {r.error}" if r.error else ""))

@@ -1,91 +1,115 @@
 """The installed ``fleet`` command: an Invoke ``Program`` over the package's task collection
-(:mod:`fleet.cli`), usable from any directory. Settings: the user's ``~/.config/fleet/invoke.yaml``,
-the nearest project ``invoke.yaml`` with a ``fleet:`` section, ``INVOKE_FLEET_*``, ``-f``.
-Invoke's parse errors are said the fleet way (exit 2, with "did you mean")."""
+(:mod:`fleet.cli.tasks`), usable from any directory, and the same reading of arguments for
+Invoke's own ``inv`` in a checkout (:func:`adopt_invoke`). Settings come from
+:func:`fleet.settings.load_settings` for both. Unknown flags and Invoke's parse errors are said
+the fleet way (one line, exit 2, with "did you mean")."""
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from invoke import Exit
 
 from fleet.cli.tasks import ns
 
 
-def _find_project(start: str) -> str | None:
-    """The nearest directory from ``start`` up that holds an ``invoke.yaml`` with a ``fleet:`` section."""
-    d = os.path.abspath(start)
-    while True:
-        p = os.path.join(d, "invoke.yaml")
-        try:
-            with open(p, encoding="utf-8") as f:
-                if any(line.startswith("fleet:") for line in f):
-                    return d
-        except OSError:
-            pass
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
-
-
 def _program():
-    from invoke import Config, Program
-    from invoke.exceptions import ParseError
+    from invoke import Program
 
     from fleet import __version__
 
-    class FleetConfig(Config):
-        """Invoke's config with the user's file at ``~/.config/fleet/invoke.yaml``."""
-
-        prefix = "invoke"  # INVOKE_FLEET_* env vars and invoke.yaml project files, as with inv
-
-        def __init__(self, *a, **kw):
-            kw.setdefault("user_prefix", os.path.join(os.environ.get("XDG_CONFIG_HOME")
-                                                      or os.path.expanduser("~/.config"), "fleet", ""))
-            super().__init__(*a, **kw)
-
     class FleetProgram(Program):
-        def update_config(self, merge: bool = True) -> None:
-            project = _find_project(os.getcwd())
-            if project is not None:
-                self.config.set_project_location(project)
-                self.config.load_project(merge=False)
-            # YAML 1.1 reads a bare `mode: off` as False; Invoke would then cast INVOKE_FLEET_MODE
-            # to a bool. Keep the word.
-            for level in ("_system", "_user", "_project"):
-                data = getattr(self.config, level, None) or {}
-                fl = data.get("fleet") if isinstance(data, dict) else None
-                if isinstance(fl, dict) and isinstance(fl.get("mode"), bool):
-                    fl["mode"] = "on" if fl["mode"] else "off"
-            super().update_config(merge)
+        """Invoke's Program over fleet's tasks; settings come from fleet's one loader, not Invoke's."""
 
         def parse_tasks(self) -> None:
-            _check_flags(list(self.core.unparsed))
-            try:
-                super().parse_tasks()
-            except ParseError as exc:
-                raise Exit(_parse_error_message(exc, self), code=2) from None
+            self.core.unparsed[:] = prepare_argv(list(self.core.unparsed))
+            parse_tasks_fleet_way(self, super().parse_tasks)
 
         def parse_core(self, argv) -> None:
-            argv = _retry_alias(list(argv or sys.argv))
+            from invoke.exceptions import ParseError
             try:
                 super().parse_core(argv)
             except ParseError as exc:
                 raise Exit(_parse_error_message(exc, self), code=2) from None
 
-    return FleetProgram(namespace=ns, name="fleet", binary="fleet", version=__version__,
-                        config_class=FleetConfig)
+    return FleetProgram(namespace=ns, name="fleet", binary="fleet", version=__version__)
 
 
-def _retry_alias(argv: list[str]) -> list[str]:
-    """``fleet fanout --retry-failed [flags]`` is ``fleet retry [flags]`` (Invoke would demand the
-    fanout's command positional first)."""
-    if "fanout" in argv and "--retry-failed" in argv:
-        i = argv.index("fanout")
-        rest = [a for a in argv[i + 1:] if a != "--retry-failed"]
-        return argv[:i] + ["retry"] + rest
+def parse_tasks_fleet_way(program, parse) -> None:
+    """Run Invoke's task parsing, its parse errors said the fleet way (one line, exit 2)."""
+    from invoke.exceptions import ParseError
+    try:
+        parse()
+    except ParseError as exc:
+        raise Exit(_parse_error_message(exc, program), code=2) from None
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """The task arguments as fleet reads them, before Invoke parses them: unknown flags are one
+    line with a 'did you mean' (Invoke would take them for positional values), and fanout's
+    command is everything after its flags, taken whole as ``ssh host cmd args...`` takes it
+    (``fanout --hosts mac git status`` runs ``git status``, never a second task ``status``)."""
+    argv = _whole_command(argv)
+    _check_flags(argv)
     return argv
+
+
+def _value_flags(name: str) -> set[str]:
+    out = set()
+    for a in ns[name].get_arguments():
+        if a.kind is not bool:
+            out |= {("--" + n.replace("_", "-")) if len(n) > 1 else "-" + n for n in a.names}
+    return out
+
+
+def _whole_command(argv: list[str]) -> list[str]:
+    if "fanout" not in argv:
+        return argv
+    i = argv.index("fanout")
+    takes_value = _value_flags("fanout")
+    j = i + 1
+    while j < len(argv):
+        tok = argv[j]
+        if tok == "--":
+            rest = argv[j + 1:]
+            return argv[:j] + (["--command", " ".join(rest)] if rest else [])
+        if not tok.startswith("-") or tok == "-":
+            break
+        j += 2 if tok in takes_value and "=" not in tok else 1
+    rest = argv[j:]
+    # as a flag value: a command that happens to be a task's name ('status') stays the command
+    return argv[:j] + (["--command", " ".join(rest)] if rest else [])
+
+
+def adopt_invoke() -> None:
+    """Make Invoke's own ``inv`` read fleet's tasks as ``fleet`` does (flags checked, fanout's
+    command whole, parse errors one line with exit 2, hints naming ``inv``).
+
+    Called by the checkout's ``tasks.py`` while Invoke loads it: Invoke's Program is on the
+    stack then, between parsing its own flags and parsing the tasks'. Outside that (an import
+    from elsewhere) it does nothing."""
+    import sys as _sys
+
+    from invoke import Program
+
+    from fleet.cli.common import PROG
+
+    f: Any = _sys._getframe(1)
+    while f is not None:
+        prog = f.f_locals.get("self")
+        if isinstance(prog, Program) and type(prog).__name__ != "FleetProgram":
+            break
+        f = f.f_back
+    else:
+        return
+    PROG["name"] = "inv"
+    parse = prog.parse_tasks
+
+    def parse_tasks() -> None:
+        prog.core.unparsed[:] = prepare_argv(list(prog.core.unparsed))
+        parse_tasks_fleet_way(prog, parse)
+    prog.parse_tasks = parse_tasks  # type: ignore[method-assign]
 
 
 def _task_flags(name: str) -> list[str]:
@@ -101,10 +125,15 @@ def _task_flags(name: str) -> list[str]:
 
 def _check_flags(argv: list[str]) -> None:
     """Invoke takes an unknown ``--flag`` for a positional value; say it the fleet way instead."""
+    from fleet.cli.common import prog
     from fleet.names import did_you_mean
 
     current = None
+    skip = False
     for tok in argv:
+        if skip:
+            skip = False
+            continue
         if tok == "--":
             return
         if not tok.startswith("-") and tok in ns.task_names:
@@ -114,8 +143,9 @@ def _check_flags(argv: list[str]) -> None:
             flag = tok.split("=", 1)[0]
             known = _task_flags(current)
             if flag not in known:
-                hint = did_you_mean(flag, known) or f"see 'fleet -h {current}'"
-                raise Exit(f"fleet: unknown flag {flag} for '{current}': {hint}", code=2)
+                hint = did_you_mean(flag, known) or f"see '{prog()} -h {current}'"
+                raise Exit(f"{prog()}: unknown flag {flag} for '{current}': {hint}", code=2)
+            skip = "=" not in tok and flag in _value_flags(current)
 
 
 def _parse_error_message(exc, program) -> str:
@@ -127,7 +157,8 @@ def _parse_error_message(exc, program) -> str:
     msg = str(exc)
     m = re.search(r"Flag <Argument: ([\w-]+)[^>]*> needed value", msg)
     if m:
-        return f"fleet: --{m.group(1).replace('_', '-')} needs a value"
+        from fleet.cli.common import prog
+        return f"{prog()}: --{m.group(1).replace('_', '-')} needs a value"
     m = re.search(r"No idea what '([^']*)' is", msg)
     hint = ""
     if m and m.group(1).startswith("-"):
@@ -140,15 +171,14 @@ def _parse_error_message(exc, program) -> str:
     elif m:
         hint = did_you_mean(m.group(1), sorted(ns.task_names))
         hint = f"; {hint}" if hint else "; see 'fleet --list'"
-    return f"fleet: {msg.rstrip('!')}{hint}"
+    from fleet.cli.common import prog
+    return f"{prog()}: {msg.rstrip('!')}{hint}"
 
 
 def main() -> None:
     """Entry point of the ``fleet`` console script."""
     try:
         _program().run()
-    except BrokenPipeError:  # e.g. `fleet --list | head`
-        try:
-            sys.stdout.close()
-        except OSError:
-            pass
+    except BrokenPipeError:  # e.g. `fleet --list | head`: the reader has gone; end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

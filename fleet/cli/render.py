@@ -8,6 +8,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Iterable, TextIO
 
+from fleet.agent.review import files_summary
 from fleet.inventory import Host, Inventory
 from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
 
@@ -502,14 +503,6 @@ def dispatch_report(run: Any) -> str:
                        f"{run.dispatch_id}' (or fleet watch)")
     return body + (f"\ntotal: {len(run.results)} hosts, {files_summary(files) or 'no files changed'}, "
                    f"{toks} tokens, ${cost:.4f}")
-
-
-def files_summary(files: Any) -> str:
-    """``3 files +12 -4`` for what an agent changed (empty when nothing)."""
-    if not files:
-        return ""
-    return (f"{len(files)} file{'s' if len(files) != 1 else ''} +{sum(f['additions'] for f in files)} "
-            f"-{sum(f['deletions'] for f in files)}")
 
 
 def sessions_table(rows: list[Any]) -> str:

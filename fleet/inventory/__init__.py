@@ -1,4 +1,6 @@
-"""The inventory: the model (:mod:`.model`) and its strict YAML loader (:mod:`.loader`)."""
+"""The inventory: the model (:mod:`.model`) and its strict YAML loader (:mod:`.loader`, with the
+checks on single YAML nodes in :mod:`.nodes`); selectors (:mod:`.select`); the seed's JSON
+importer (:mod:`.importer`); exports for Ansible and ClusterShell (:mod:`.export`)."""
 from fleet.inventory.loader import (
                      MAX_INVENTORY_BYTES,
                      MAX_NESTING,

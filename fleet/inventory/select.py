@@ -66,7 +66,9 @@ def select(inv: "Inventory", selector: str) -> list["Host"]:
             saw_include = True
             include |= _term(inv, term, index, selector)
     if not saw_include:
-        # Only exclusions: "everything but these", as clush and Ansible read it.
+        # Only exclusions: "everything but these", as Ansible reads a pattern of exclusions alone
+        # ('!x' is 'all:!x' there). ClusterShell does not: its nodesets are read left to right, and
+        # '!x' alone is a parse error in nodeset and clush; write '@all!x' there.
         include = {h.name for h in inv.hosts}
     chosen = [h for h in inv.hosts if h.name in include and h.name not in exclude]
     if not chosen:

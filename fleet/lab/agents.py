@@ -123,5 +123,5 @@ def start_agents(lab: Lab, count: int, timeout: float = 90.0) -> list[dict[str, 
         procs.append((rec, p, pw, log))
     deadline = time.monotonic() + timeout
     for rec, p, pw, log in procs:
-        rec["version"] = _wait_health(rec["url"], pw, deadline, p, log)
+        rec["version"] = _wait_health(str(rec["url"]), pw, deadline, p, log)
     return agents

@@ -6,6 +6,10 @@ Replies ``DONE: <last user text>``. Markers in the prompt make it act like a mod
   answers ``DONE: ran CMD: <first line of output>``; the real server runs the real tool, and
   the lab's permission rules make ``[bash: ask-...]`` commands ask for approval first;
 - ``[write: PATH]``: asks the ``write`` tool to write PATH (so the session's diff is real);
+- ``[task: PROMPT]``: asks OpenCode's ``task`` tool to run a subagent on PROMPT (brackets may
+  nest: ``[task: [bash: echo ask-child]]``); the subagent's model calls come here too, so the
+  child session runs PROMPT's own markers (a child that asks for a permission, for example);
+- ``[ask: Q]``: asks the ``question`` tool (yes/no);
 - ``[slow]``: stalls ``FAKE_SLOW_DELAY`` seconds (default 60), so abort can be shown;
 - ``[fail]``: answers HTTP 400, so the agent ends with an error.
 
@@ -28,6 +32,27 @@ _WRITE = re.compile(r"\[write:\s*([^\]]+)\]")
 _ASK = re.compile(r"\[ask:\s*([^\]]+)\]")
 
 
+def _task_prompt(text: str) -> str | None:
+    """The PROMPT of the first ``[task: PROMPT]`` marker, with nested brackets balanced."""
+    i = text.find("[task:")
+    if i < 0:
+        return None
+    depth, j = 0, i
+    while j < len(text):
+        if text[j] == "[":
+            depth += 1
+        elif text[j] == "]":
+            depth -= 1
+            if depth == 0:
+                return text[i + len("[task:"):j].strip()
+        j += 1
+    return None
+
+
+def _has_tool(tools: list, name: str) -> bool:
+    return any(((t or {}).get("function") or {}).get("name") == name for t in tools or [])
+
+
 def _tool_param(tools: list, name: str, wanted: tuple[str, ...]) -> str:
     """The parameter of tool ``name`` (from the request's schema) that best matches ``wanted``."""
     for t in tools or []:
@@ -44,13 +69,19 @@ def _plan_tool(last_user: str, msgs: list, tools: list) -> tuple[str, dict] | No
     """The tool call the prompt's marker asks for, if its result is not in the conversation yet."""
     if not tools or (msgs and msgs[-1].get("role") == "tool"):
         return None
+    # a subagent first: its prompt may hold other markers, which are the child's to act on
+    sub = _task_prompt(last_user)
+    if sub is not None and _has_tool(tools, "task"):
+        return "task", {_tool_param(tools, "task", ("description",)): f"lab subagent: {sub[:40]}",
+                        _tool_param(tools, "task", ("prompt",)): sub,
+                        _tool_param(tools, "task", ("subagent_type", "agent")): "general"}
     m = _BASH.search(last_user)
     if m:
         cmd = m.group(1).strip()
         return "bash", {_tool_param(tools, "bash", ("command", "cmd")): cmd,
                         _tool_param(tools, "bash", ("description",)): f"run {cmd[:40]}"}
     m = _ASK.search(last_user)
-    if m and any(((t or {}).get("function") or {}).get("name") == "question" for t in tools):
+    if m and _has_tool(tools, "question"):
         return "question", {"questions": [{"question": m.group(1).strip(), "header": "fleet lab",
                                            "options": [{"label": "yes", "description": "go on"},
                                                        {"label": "no", "description": "stop here"}]}]}
@@ -100,6 +131,10 @@ class Handler(BaseHTTPRequestHandler):
             req = json.loads(self.rfile.read(n) or b"{}")
         except ValueError:
             return self._json(400, {"error": {"message": "bad json"}})
+        dump = os.environ.get("FAKE_LLM_DUMP")
+        if dump:  # every request, one JSON line each: what OpenCode asked the model (for debugging the lab)
+            with open(dump, "a", encoding="utf-8") as f:
+                f.write(json.dumps(req) + "\n")
         msgs = req.get("messages") or []
         last = ""
         for m in msgs:

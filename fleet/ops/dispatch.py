@@ -11,18 +11,18 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from fleet.agent.client import OpenCodeClient, OpenCodeError, ResponseTimeout, describe_request
+from fleet.agent.asks import check_policy
+from fleet.agent.checks import check_repo_dir, check_server
+from fleet.agent.client import OpenCodeClient
+from fleet.agent.outcome import Audit, EventHook, failed, redacted_hook, turn_result
+from fleet.agent.turn import subscribe, unsubscribe
 from fleet.audit.records import SessionRecords, new_dispatch_id
-from fleet.cli.render import files_summary
 from fleet.errors import BadInput, FleetError
-from fleet.inventory import Host
+from fleet.inventory import Host, Inventory
 from fleet.results import FanoutOutcome, RunSummary
-from fleet.safety.gate import Plan, guarded
+from fleet.safety import gate
+from fleet.safety.gate import DISPATCH, Plan
 from fleet.workers import run_bounded
-
-# (host, kind, text): kind is session (its id), status (queued, busy: STEP, needs-input: WHAT...),
-# usage (tokens and cost so far), answer (the final text) or end (the outcome, and the error if any)
-EventHook = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -96,19 +96,6 @@ def repo_directory(host: Host, repo: str) -> str:
     return d
 
 
-class _Audit:
-    """Adapter so dispatch works with or without an audit trail."""
-
-    def __init__(self, trail: Any, dispatch_id: str) -> None:
-        self.trail = trail
-        self.dispatch_id = dispatch_id
-
-    def __call__(self, operation: str, host: str, outcome: str, **detail: Any) -> None:
-        if self.trail is not None:
-            self.trail.record(operation=operation, host=host, outcome=outcome, dispatch_id=self.dispatch_id,
-                              **detail)
-
-
 def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = None, wait: bool = True,
                   model: str | None = None, timeout: float = 1800.0, records: SessionRecords | None = None,
                   on_event: EventHook | None = None, audit: Any = None, beads: Any = None,
@@ -125,7 +112,7 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     """
     t0 = time.monotonic()
     did = dispatch_id or new_dispatch_id()
-    au = _Audit(audit, did)
+    au = Audit(audit, did)
     url = host.opencode.url if host.opencode else ""
     ev = (lambda kind, text: on_event(host.name, kind, text)) if on_event else (lambda kind, text: None)
     directory = ""
@@ -156,8 +143,8 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
         with client_factory(host, directory) as oc:
             if wait and hasattr(oc, "deadline"):
                 oc.deadline = t0 + timeout + 5.0  # the whole dispatch, not only each read, is bounded
-            _check_server(oc, host)
-            _check_repo_dir(oc, host, directory)
+            check_server(oc, host)
+            check_repo_dir(oc, host, directory)
             if issue and beads is not None:
                 beads.claim(issue, host.name)
                 claimed = True
@@ -187,178 +174,20 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
             au("session_created" if created else "session_resumed", host.name, "ok", session_id=sid)
             before = len(oc.messages(sid))
             # follow the server's events first, then send: completion is seen as it happens
-            waker = _subscribe(host, sid, directory, ev) if wait and events else None
+            waker = subscribe(host, sid, directory, ev) if wait and events else None
             try:
                 oc.prompt_async(sid, task, model)
             except BaseException:
-                _unsubscribe(waker)
+                unsubscribe(waker)
                 raise
             au("task_sent", host.name, "ok", session_id=sid)
             if not wait:
                 ev("status", "sent (not waiting)")
                 return result(FanoutOutcome.SUCCESS)
-            return _follow(oc, host, sid, before, result, au, ev, timeout=timeout, poll=poll, stop=stop,
-                           on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
+            return turn_result(oc, host, sid, before, result, au, ev, timeout=timeout, poll=poll, stop=stop,
+                               on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
     except FleetError as exc:
-        return _failed(exc, host, sid, au, result)
-
-
-def redacted_hook(on_event: EventHook | None, red: Any) -> EventHook | None:
-    """``on_event`` with every text redacted: an agent may echo a secret back, and the live
-    lines (terminal, MCP progress) are output like any other."""
-    if on_event is None or red is None:
-        return on_event
-
-    def shown(host: str, kind: str, text: str) -> None:
-        on_event(host, kind, red.text(text))
-    return shown
-
-
-def _failed(exc: FleetError, host: Host, sid: str, au: Any, result: Callable[..., DispatchResult]) -> DispatchResult:
-    """A host's own failure as its result (journaled): a server that stopped answering is
-    TIMEOUT, any other server or fleet error FAILURE."""
-    if isinstance(exc, ResponseTimeout):
-        au("failed", host.name, "timeout", session_id=sid, error=str(exc))
-        return result(FanoutOutcome.TIMEOUT, error=str(exc), error_kind=exc.kind)
-    if isinstance(exc, OpenCodeError):
-        au("failed", host.name, "failure", session_id=sid, error=str(exc))
-        return result(FanoutOutcome.FAILURE, error=str(exc), error_kind=exc.kind)
-    au("failed", host.name, "failure", session_id=sid, error=str(exc))
-    return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
-
-
-def _subscribe(host: Host, sid: str, directory: str | None, ev: Callable[[str, str], None]) -> Any:
-    """A :class:`~fleet.events.SessionWaker` on the server's event stream for ``sid`` (connected,
-    or given 2 s to), or None when the server has no stream fleet can follow."""
-    from fleet.agent.events import EventStream, SessionWaker, usage_text
-    waker = SessionWaker(sid, on_step=lambda step: ev("status", f"busy: {step}"),
-                         on_usage=lambda tok, cost: ev("usage", usage_text(tok, cost)))
-    try:
-        waker.stream = EventStream(host, waker, directory=directory, on_connect=waker.reconnected).start()
-        waker.stream.connected.wait(2.0)
-    except (ValueError, FleetError):
-        return None
-    return waker
-
-
-def _unsubscribe(waker: Any) -> None:
-    if waker is not None and getattr(waker, "stream", None) is not None:
-        waker.stream.close()
-
-
-def _follow(oc: Any, host: Host, sid: str, before: int, result: Callable[..., DispatchResult], au: Any,
-            ev: Callable[[str, str], None], *, timeout: float, poll: float, stop: Callable[[], bool] | None,
-            on_permission: str, waker: Any, stall_timeout: float | None) -> DispatchResult:
-    """Wait for the turn that starts at message ``before`` to end (needs-input reported and
-    answered by the policy, stuck said once), then review it: the result of a dispatch."""
-    seen: set[str] = set()
-
-    def on_input(req: dict[str, Any]) -> str | None:
-        rid, what = str(req.get("id")), describe_request(req)
-        if rid not in seen:
-            seen.add(rid)
-            au("needs_input", host.name, "waiting", session_id=sid, request=what, request_id=rid,
-               policy=on_permission)
-        reply = {"allow": "once", "deny": "reject"}.get(on_permission)
-        if reply:
-            au("permission_answered", host.name, reply, session_id=sid, request=what, by="policy")
-        return reply
-    try:
-        stuck_said: list[bool] = []
-
-        def on_status(state: str) -> None:
-            ev("status", state)
-            if state.startswith("stuck") and not stuck_said:
-                stuck_said.append(True)
-                au("stuck", host.name, "stuck", session_id=sid, state=state)
-        ans = oc.wait_idle(sid, before, timeout, poll=poll, on_status=on_status, stop=stop,
-                           on_input=on_input, waker=waker, stall=stall_timeout)
-    finally:
-        _unsubscribe(waker)
-    if ans is None and oc.pending_input is not None:
-        what = describe_request(oc.pending_input)
-        au("failed", host.name, "timeout", session_id=sid, error=f"waiting for input: {what}")
-        return result(FanoutOutcome.TIMEOUT, pending=what, error_kind="needs_input",
-                      error=f"the agent is waiting for a permission ({what}) and nobody answered in "
-                      f"{timeout:g}s: fleet approve --host {host.name} --session {sid} (or deny); "
-                      f"or dispatch with --on-permission allow|deny")
-    if ans is None:
-        if stop is not None and stop():
-            au("wait_stopped", host.name, "aborted", session_id=sid)
-            return result(FanoutOutcome.ABORTED, error=f"stopped waiting (Ctrl-C); the agent may still "
-                          f"run: fleet abort --host {host.name} --session {sid}", error_kind="aborted")
-        au("failed", host.name, "timeout", session_id=sid)
-        return result(FanoutOutcome.TIMEOUT, error=f"agent still busy after {timeout:g}s; it keeps "
-                      f"running: follow with 'fleet wait --session {sid}', stop with "
-                      f"'fleet abort --host {host.name} --session {sid}'", error_kind="timeout")
-    ev("answer", ans.text)
-    files, todo = _review(oc, sid, before)
-    if ans.error and ans.error_name == "MessageAbortedError":
-        au("failed", host.name, "aborted", session_id=sid, error=ans.error)
-        return result(FanoutOutcome.ABORTED, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
-                      todo=todo, error=f"the session was aborted: {ans.error}", error_kind="aborted")
-    if ans.error:
-        au("failed", host.name, "failure", session_id=sid, error=ans.error)
-        return result(FanoutOutcome.FAILURE, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
-                      todo=todo, error=f"agent error {ans.error_name}: {ans.error}", error_kind="agent_error")
-    au("completed", host.name, "success", session_id=sid, answer=ans.text[:300],
-       changed=files_summary(files), tokens=(ans.tokens or {}).get("total"), cost=ans.cost)
-    return result(FanoutOutcome.SUCCESS, answer=ans.text, tokens=ans.tokens, cost=ans.cost, files=files,
-                  todo=todo)
-
-
-KNOWN_API_MAJOR = "1"  # the classic OpenCode HTTP API fleet speaks (contracts: 1.18 to 1.19)
-
-
-def _check_server(oc: Any, host: Host) -> None:
-    """Healthy, and an API fleet knows: refuse a server of another major version up front."""
-    if not hasattr(oc, "health"):
-        return
-    h = oc.health()
-    ver = str(h.get("version", ""))
-    if not h.get("healthy", False):
-        raise BadInput(f"{host.name}: the OpenCode server says it is not healthy ({h}); see its log")
-    if ver and ver.split(".")[0] != KNOWN_API_MAJOR:
-        raise BadInput(f"{host.name}: OpenCode {ver} speaks an API fleet does not know (fleet speaks "
-                       f"{KNOWN_API_MAJOR}.x, tested with 1.18.33): pin the server to 1.x or update fleet")
-
-
-def _check_repo_dir(oc: Any, host: Host, directory: str) -> None:
-    """Refuse a repo directory that is not on the host (else the agent idles with no reply),
-    naming the repos the host has."""
-    if not hasattr(oc, "list_dir"):
-        return
-    try:
-        oc.list_dir(directory)
-        return
-    except OpenCodeError:
-        pass
-    parent = directory.rstrip("/").rsplit("/", 1)[0] or "/"
-    try:
-        have = sorted(e.get("name", "") for e in oc.list_dir(parent) if e.get("type") == "directory"
-                      and not str(e.get("name", "")).startswith("."))
-        where = f"; {parent} there holds: {', '.join(have) or 'no repos'}"
-    except OpenCodeError:
-        where = f"; {parent} is not there either"
-    raise BadInput(f"{host.name}: repo directory {directory} does not exist on the host{where}. "
-                   f"Check --repo and the inventory's repos for {host.name}")
-
-
-def _review(oc: Any, sid: str, before: int) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
-    """What this turn changed (files with +/-) and the session's todo list; empty if the server says nothing."""
-    files: list[dict[str, Any]] = []
-    todo: list[dict[str, Any]] = []
-    try:
-        msgs = oc.messages(sid)
-        mid = (msgs[before].get("info") or {}).get("id") if len(msgs) > before else None
-        files = [{"file": d.get("file", ""), "additions": int(d.get("additions") or 0),
-                  "deletions": int(d.get("deletions") or 0), "status": d.get("status", "")}
-                 for d in (oc.diff(sid, mid) if hasattr(oc, "diff") else [])]
-        todo = [{"content": t.get("content", ""), "status": t.get("status", "")}
-                for t in (oc.todo(sid) if hasattr(oc, "todo") else [])]
-    except (OpenCodeError, ValueError, TypeError):
-        pass
-    return tuple(files), tuple(todo)
+        return failed(exc, host, sid, au, result)
 
 
 def _check_dispatch(plan: Plan) -> None:
@@ -378,21 +207,37 @@ def _check_dispatch(plan: Plan) -> None:
                        "dispatch one host at a time with --issue")
 
 
-def _validate_dispatch(kw: dict[str, Any]) -> None:
-    pol = kw.get("on_permission", "ask")
-    if pol not in ("ask", "allow", "deny"):
-        raise BadInput(f"--on-permission {pol}: write ask (report and wait for fleet approve/deny), "
-                       f"allow (approve once) or deny")
-
-
-@guarded("dispatch", local_ok=False, check=_check_dispatch, validate=_validate_dispatch)
-def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurrency: int = 32,
+def dispatch(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
+             confirm: str | None = None, canary: str | None = None, no_canary: bool = False,
+             settings: Any = None, store: Any = None, audit: Any = None, trail: Any = None,
+             wait: bool = True, timeout: float = 1800.0, concurrency: int = 32,
              records: SessionRecords | None = None, on_event: EventHook | None = None, audit_trail: Any = None,
              beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask",
              events: bool = True, worktree: bool = False, base: str | None = None,
              ssh_options: Any = None, stall_timeout: float | None = None) -> DispatchRun:
-    """Dispatch ``args['task']`` for ``args['repo']`` to the planned hosts (canary first)."""
+    """Dispatch ``args['task']`` for ``args['repo']`` to the selected hosts through the gate
+    (the canary's agent first; the rest only if it succeeded)."""
+    check_policy(on_permission)  # bad flags fail before any plan, token or host
+    trail = trail if trail is not None else audit_trail
+    with gate.enter(DISPATCH, inv, selector, args=args, mode=mode, confirm=confirm, canary=canary,
+                    no_canary=no_canary, settings=settings, store=store, audit=audit, trail=trail,
+                    call_options={"worktree": worktree, "base": base, "on_permission": on_permission,
+                                  "wait": wait}, check=_check_dispatch) as g:
+        run = _dispatch_plan(g.plan, wait=wait, timeout=timeout, concurrency=concurrency, records=records,
+                             on_event=on_event, audit_trail=g.trail, beads=beads, dispatch_id=dispatch_id,
+                             poll=poll, client_factory=client_factory, on_permission=on_permission,
+                             events=events, worktree=worktree, base=base, ssh_options=ssh_options,
+                             stall_timeout=stall_timeout)
+        g.ran(run.results, run.dispatch_id)
+        return run
+
+
+def _dispatch_plan(plan: Plan, *, wait: bool, timeout: float, concurrency: int, records: SessionRecords | None,
+                   on_event: EventHook | None, audit_trail: Any, beads: Any, dispatch_id: str | None,
+                   poll: float, client_factory: Callable[..., OpenCodeClient], on_permission: str,
+                   events: bool, worktree: bool, base: str | None, ssh_options: Any,
+                   stall_timeout: float | None) -> DispatchRun:
     a = plan.args
     did = dispatch_id or new_dispatch_id()
     if records is None and plan.settings is not None:
@@ -413,29 +258,26 @@ def dispatch(plan: Plan, *, wait: bool = True, timeout: float = 1800.0, concurre
                              stall_timeout=stall_timeout if stall_timeout is not None else
                              getattr(plan.settings, "stall_timeout", None))
 
-    hosts = list(plan.hosts)
     results: dict[str, DispatchResult] = {}
     try:
-        if plan.canary is not None:
-            c = plan.canary
-            first = one(c, True)
-            results[c.name] = first
-            hosts = [h for h in hosts if h.name != c.name]
-            if not first.ok:
-                for h in hosts:
-                    results[h.name] = DispatchResult(h.name, FanoutOutcome.ABORTED, url=h.opencode.url if h.opencode else "",
-                                                     error=f"not sent: canary {c.name} ended {first.outcome.value}"
-                                                     f"{': ' + first.error if first.error else ''}",
-                                                     error_kind="canary_failed", waited=False)
-                hosts = []
-        if hosts:
+        def rest(hs: list[Host]) -> dict[str, DispatchResult]:
             done, interrupted = run_bounded(
-                hosts, lambda h: one(h, wait), concurrency, "fleet-dispatch", on_interrupt=stop.set,
+                hs, lambda h: one(h, wait), concurrency, "fleet-dispatch", on_interrupt=stop.set,
                 not_started=lambda h: DispatchResult(h.name, FanoutOutcome.ABORTED, error="not sent: interrupted",
                                                      error_kind="aborted", waited=False))
-            results.update(done)
             if interrupted:
                 run.interrupted = True
+            return done
+
+        def not_sent(h: Host, first: DispatchResult) -> DispatchResult:
+            return DispatchResult(h.name, FanoutOutcome.ABORTED, url=h.opencode.url if h.opencode else "",
+                                  error=f"not sent: canary {first.host} ended {first.outcome.value}"
+                                  f"{': ' + first.error if first.error else ''}",
+                                  error_kind="canary_failed", waited=False)
+        # the canary's agent must finish its turn (wait) before the rest get the task
+        for r in gate.canary_first(plan, lambda h: one(h, plan.canary is not None and h.name == plan.canary.name
+                                                      or wait), lambda r: r.ok, not_sent, rest):
+            results[r.host] = r
     except KeyboardInterrupt:
         stop.set()
         run.interrupted = True

@@ -6,11 +6,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fleet.agent.client import OpenCodeClient, describe_request, session_usage
+from fleet.agent.asks import describe_request
+from fleet.agent.client import OpenCodeClient
+from fleet.agent.usage import session_usage
 from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError, OpenCodeError
-from fleet.inventory import Host
-from fleet.safety.gate import Plan, guarded
+from fleet.inventory import Host, Inventory
+from fleet.safety import gate
+from fleet.safety.gate import TEARDOWN
 from fleet.workers import run_bounded
 
 
@@ -55,7 +58,7 @@ def host_sessions(host: Host, records: SessionRecords | None = None, limit: int 
         sessions = oc.list_sessions(all_dirs=True)[:limit]
         states: dict[str, Any] = {}
         waiting: dict[str, str] = {}
-        for d in sorted({s.get("directory") for s in sessions if s.get("directory")}):
+        for d in sorted({str(s["directory"]) for s in sessions if s.get("directory")}):
             oc.directory = d
             states.update(oc.status())
             for p in oc.permissions() + oc.questions():
@@ -248,22 +251,33 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
     return {"host": host.name, "aborted": aborted, "deleted": deleted, "worktrees": list(worktrees.values())}
 
 
-@guarded("teardown", local_ok=False)
-def teardown(plan: Plan, *, records: SessionRecords, audit_trail: Any = None,
+def teardown(inv: Inventory, selector: str, *, records: SessionRecords, args: dict[str, Any] | None = None,
+             mode: str | None = None, confirm: str | None = None, canary: str | None = None,
+             settings: Any = None, store: Any = None, audit: Any = None, trail: Any = None,
+             audit_trail: Any = None,
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[dict[str, Any]]:
-    """Gated: abort running sessions and delete fleet's sessions on every planned host."""
-    out = []
-    for h in plan.hosts:
-        try:
-            out.append(teardown_host(h, records, audit_trail, client_factory))
-        except OpenCodeError as exc:
-            out.append({"host": h.name, "error": str(exc), "aborted": [], "deleted": [], "worktrees": []})
-    if audit_trail is not None:
-        for r in out:
-            audit_trail.record(operation="gated_action_run", host=r["host"], outcome="failure" if r.get("error")
-                               else "success", dispatch_id="", action="teardown", aborted=len(r["aborted"]),
-                               deleted=len(r["deleted"]), error=r.get("error"))
-    return out
+    """Gated: abort running sessions and delete fleet's sessions on the planned hosts, in the
+    plan's order (the canary first in canary mode; the rest only if its teardown succeeded)."""
+    trail = trail if trail is not None else audit_trail
+    with gate.enter(TEARDOWN, inv, selector, args=dict(args or {}), mode=mode, confirm=confirm, canary=canary,
+                    settings=settings, store=store, audit=audit, trail=trail) as g:
+        tr = g.trail
+
+        def one(h: Host) -> dict[str, Any]:
+            try:
+                r = teardown_host(h, records, tr, client_factory)
+            except OpenCodeError as exc:
+                r = {"host": h.name, "error": str(exc), "aborted": [], "deleted": [], "worktrees": []}
+            if tr is not None:
+                tr.record(operation="gated_action_run", host=r["host"], outcome="failure" if r.get("error")
+                          else "success", dispatch_id="", action="teardown", aborted=len(r["aborted"]),
+                          deleted=len(r["deleted"]), error=r.get("error"))
+            return r
+
+        def not_run(h: Host, first: dict[str, Any]) -> dict[str, Any]:
+            return {"host": h.name, "error": f"not run: canary {first['host']} failed: {first.get('error')}",
+                    "aborted": [], "deleted": [], "worktrees": [], "not_run": True}
+        return gate.canary_first(g.plan, one, lambda r: not r.get("error"), not_run)
 
 
 def server_status(host: Host, client_factory: Callable[..., OpenCodeClient] | None = None,

@@ -14,23 +14,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
+from fleet.agent.asks import check_policy
 from fleet.agent.client import OpenCodeClient
+from fleet.agent.outcome import Audit, EventHook, failed, redacted_hook, turn_result
+from fleet.agent.turn import subscribe
 from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError
 from fleet.inventory import Host, Inventory
-from fleet.ops.dispatch import (
-    DispatchResult,
-    DispatchRun,
-    EventHook,
-    _Audit,
-    _failed,
-    _follow,
-    _subscribe,
-    _validate_dispatch,
-    redacted_hook,
-)
+from fleet.ops.dispatch import DispatchResult, DispatchRun
 from fleet.ops.sessions import fleet_marks, known_session
 from fleet.results import FanoutOutcome
 from fleet.workers import run_bounded
@@ -39,7 +32,7 @@ ENDED = ("completed", "failed")
 TASK_GRACE = 10.0  # seconds a session with no task yet is given for one to arrive
 
 
-class _OnceAudit(_Audit):
+class _OnceAudit(Audit):
     """The dispatch's audit, but an end (completed / failed, not a timeout: the agent went on)
     already journaled for this session is not journaled again (``wait`` on a dispatch that was
     followed to its end), nor a needs-input request already journaled."""
@@ -74,7 +67,7 @@ def wait_session(host: Host, session: str, *, timeout: float = 1800.0, records: 
                  client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> DispatchResult:
     """Follow ``session`` on ``host`` to the end of its current turn; its review as a dispatch
     result. An unknown session, or one with no task yet, is :class:`BadInput`."""
-    _validate_dispatch({"on_permission": on_permission})
+    check_policy(on_permission)
     t0 = time.monotonic()
     rec = records.find(host.name, session) if records is not None else None
     url = host.opencode.url if host.opencode else ""
@@ -88,7 +81,7 @@ def wait_session(host: Host, session: str, *, timeout: float = 1800.0, records: 
         return DispatchResult(host=host.name, outcome=outcome, session_id=session, url=url,
                               directory=box["directory"], duration_ms=int((time.monotonic() - t0) * 1000),
                               issue=box["issue"] or None, worktree=box["worktree"], branch=box["branch"], **kw)
-    au = _Audit(None, did)
+    au = Audit(None, did)
     try:
         with client_factory(host, None) as oc:
             if hasattr(oc, "deadline"):
@@ -113,13 +106,13 @@ def wait_session(host: Host, session: str, *, timeout: float = 1800.0, records: 
                 raise BadInput(f"session {session} on {host.name} has no task yet: nothing to wait for "
                                f"(send one with fleet dispatch --session {session})")
             ev("session", session)
-            waker = _subscribe(host, session, oc.directory, ev) if events else None
-            return _follow(oc, host, session, users[-1], result, au, ev, timeout=timeout, poll=poll, stop=stop,
-                           on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
+            waker = subscribe(host, session, oc.directory, ev) if events else None
+            return turn_result(oc, host, session, users[-1], result, au, ev, timeout=timeout, poll=poll,
+                               stop=stop, on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
     except BadInput:
         raise
     except FleetError as exc:
-        return _failed(exc, host, session, au, result)
+        return failed(exc, host, session, au, result)
 
 
 def dispatch_sessions(inv: Inventory, dispatch_id: str, records: SessionRecords | None = None,
@@ -151,6 +144,8 @@ def wait_sessions(pairs: list[tuple[Host, str]], *, records: SessionRecords | No
     kw["on_event"] = redacted_hook(kw.get("on_event"), red)
 
     class Pair:
+        """One session to follow, named as run_bounded keys its results (it needs only ``name``)."""
+
         def __init__(self, h: Host, sid: str) -> None:
             self.host, self.sid, self.name = h, sid, f"{h.name} {sid}"
 
@@ -162,11 +157,12 @@ def wait_sessions(pairs: list[tuple[Host, str]], *, records: SessionRecords | No
                 raise
             return DispatchResult(p.host.name, FanoutOutcome.FAILURE, session_id=p.sid, error=str(exc),
                                   error_kind="not_found")
-    items = [Pair(h, sid) for h, sid in pairs]
-    done, interrupted = run_bounded(items, one, concurrency, "fleet-wait", on_interrupt=stop.set,  # type: ignore[arg-type]
-                                    not_started=lambda p: DispatchResult(p.host.name, FanoutOutcome.ABORTED,
-                                                                         session_id=p.sid, error="interrupted",
-                                                                         error_kind="aborted"))
+    def not_started(p: Pair) -> DispatchResult:
+        return DispatchResult(p.host.name, FanoutOutcome.ABORTED, session_id=p.sid, error="interrupted",
+                              error_kind="aborted")
+    items: list[Any] = [Pair(h, sid) for h, sid in pairs]  # run_bounded takes hosts; a Pair has what it uses
+    done, interrupted = run_bounded(items, cast(Any, one), concurrency, "fleet-wait", on_interrupt=stop.set,
+                                    not_started=cast(Any, not_started))
     run.interrupted = interrupted
     results = [done[p.name] for p in items]
     run.results = [replace(r, answer=red.text(r.answer), error=red.text(r.error)) for r in results] \

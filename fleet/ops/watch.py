@@ -13,12 +13,15 @@ change is handed to ``on_change`` as a plain dict.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any, Callable
 
-from fleet.agent.client import OpenCodeClient, describe_request, message_bill, session_usage
-from fleet.agent.events import EventStream, Usage, message_usage, session_of, step_of
+from fleet.agent.asks import describe_request
+from fleet.agent.client import OpenCodeClient
+from fleet.agent.events import EventStream, session_of, step_of
+from fleet.agent.usage import Usage, message_bill, message_usage, session_usage
 from fleet.audit.records import SessionRecords
 from fleet.inventory import Host
 from fleet.ops.sessions import fleet_marks, host_sessions
@@ -88,7 +91,7 @@ class Watcher:
         try:
             now = time.time()
             for r in rows:
-                usage = {"tokens": r.tokens, "cost": round(r.cost, 6)} if r.tokens is not None else {}
+                usage = {"tokens": r.tokens, "cost": round(r.cost or 0.0, 6)} if r.tokens is not None else {}
                 if usage:
                     self.server_totals.add((host.name, r.session_id))
                 self._set(host.name, r.session_id, state=r.state, waiting=r.waiting, title=r.title,
@@ -178,8 +181,8 @@ class Watcher:
         row (session ""), and a slow one holds up only its own row. :meth:`ready` waits for the
         first read of every server."""
         for h in self.hosts:
-            s = EventStream(h, self._handler(h), on_connect=lambda h=h: self._resync(h),
-                            on_error=lambda why, h=h: self._stream_failed(h, why))
+            s = EventStream(h, self._handler(h), on_connect=functools.partial(self._resync, h),
+                            on_error=functools.partial(self._stream_failed, h))
             self.streams.append(s.start())
         return self
 

@@ -17,7 +17,8 @@ from fleet.errors import BadInput, FleetError, Refused
 from fleet.inventory import Host, Inventory
 from fleet.names import is_plain_name
 from fleet.results import FanoutOutcome
-from fleet.safety.gate import Plan, guarded
+from fleet.safety import gate
+from fleet.safety.gate import WORKTREES_REMOVE, Plan
 from fleet.ssh.runner import FanoutOptions, FanoutRunner
 
 WT_DIR = ".worktrees"
@@ -178,23 +179,36 @@ def _check_remove(plan: Plan) -> None:
                           + ("; deletes its branch" if a.get("delete_branch") else "; keeps its branch"))
 
 
-@guarded("worktrees.remove", local_ok=False, check=_check_remove)
-def remove_worktree(plan: Plan, *, options: FanoutOptions | None = None, audit_trail: Any = None) -> list[dict[str, str]]:
-    """Remove a fleet-made worktree on the planned hosts (gated like blow-away). Dirty ones are
-    refused unless ``force``; the branch is kept unless ``delete_branch``."""
-    a = plan.args
-    done = []
-    for h in plan.hosts:
-        r = _one(plan.inventory, h, _script(_REMOVE, h.repos_root or "", a["repo"], a["name"],
-                                            "1" if a.get("force") else "0", "1" if a.get("delete_branch") else "0"),
-                 f"worktree remove {a['name']}", options)
-        ok = r.outcome == FanoutOutcome.SUCCESS
-        done.append({"host": h.name, "outcome": "removed" if ok else "refused",
-                     "detail": (r.stdout.strip() if ok else (r.stderr.strip().splitlines() or [r.error])[-1])})
-        if audit_trail is not None:
-            audit_trail.record("gated_action_run", h.name, "success" if ok else "failure", action="worktrees.remove",
-                               repo=a["repo"], name=a["name"], detail=done[-1]["detail"])
-    return done
+def remove_worktree(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
+                    confirm: str | None = None, canary: str | None = None, settings: Any = None,
+                    store: Any = None, audit: Any = None, trail: Any = None, audit_trail: Any = None,
+                    options: FanoutOptions | None = None) -> list[dict[str, str]]:
+    """Remove a fleet-made worktree on the planned hosts (gated like blow-away), one host after
+    another in the plan's order, the canary first. Dirty ones are refused unless ``force``; the
+    branch is kept unless ``delete_branch``."""
+    trail = trail if trail is not None else audit_trail
+    with gate.enter(WORKTREES_REMOVE, inv, selector, args=args, mode=mode, confirm=confirm, canary=canary,
+                    settings=settings, store=store, audit=audit, trail=trail,
+                    call_options={"options": options}, check=_check_remove) as g:
+        a, tr = g.plan.args, g.trail
+
+        def one(h: Host) -> dict[str, str]:
+            r = _one(g.plan.inventory, h, _script(_REMOVE, h.repos_root or "", a["repo"], a["name"],
+                                                  "1" if a.get("force") else "0",
+                                                  "1" if a.get("delete_branch") else "0"),
+                     f"worktree remove {a['name']}", options)
+            ok = r.outcome == FanoutOutcome.SUCCESS
+            out = {"host": h.name, "outcome": "removed" if ok else "refused",
+                   "detail": (r.stdout.strip() if ok else (r.stderr.strip().splitlines() or [r.error])[-1])}
+            if tr is not None:
+                tr.record("gated_action_run", h.name, "success" if ok else "failure", action="worktrees.remove",
+                          repo=a["repo"], name=a["name"], detail=out["detail"])
+            return out
+
+        def not_run(h: Host, first: dict[str, str]) -> dict[str, str]:
+            return {"host": h.name, "outcome": "not run",
+                    "detail": f"not run: canary {first['host']} was {first['outcome']}: {first['detail']}"}
+        return gate.canary_first(g.plan, one, lambda r: r["outcome"] == "removed", not_run)
 
 
 __all__ = ["Worktree", "create_worktree", "list_worktrees", "remove_worktree", "worktree_name", "worktree_path"]

@@ -1,13 +1,14 @@
-"""Dispatch modes (off / canary / enforced) and the safety gate, as library decorators.
+"""Dispatch modes (off / canary / enforced) and the safety gate, called explicitly.
 
-``@guarded("fanout")`` on a library operation turns (inventory, selector, mode, confirm)
-into a :class:`Plan`, applies the mode (off keeps everything here; enforced keeps to the
-operation's route), and asks for a scoped confirmation token when the operation is gated.
-The tasks use the same decorated functions, so Python callers get the same protection.
+Every operation declares what its plan contains (:class:`Operation`: canary, batches, order)
+and calls :func:`enter` before it touches a host: the gate turns (inventory, selector, mode,
+confirm) into a :class:`Plan`, applies the mode (off keeps everything here; enforced keeps to
+the operation's route), and asks for a scoped confirmation token when the operation is gated.
+The operation then runs the plan in the order its text shows (:func:`canary_first`). Every face
+calls the same operations, so Python callers get the same protection.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -49,6 +50,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     call_options: dict[str, Any] = field(default_factory=dict)  # the operation's own flags (batch, options...)
     settings: Any = None  # the Settings the plan was made under
+    op: Any = None  # the Operation: what the plan contains (canary, batches, order)
 
     @property
     def host_names(self) -> list[str]:
@@ -89,12 +91,41 @@ class Plan:
         """The exact plan, for a person."""
         lines = [f"operation: {self.operation}", f"mode:      {self.mode}",
                  f"hosts:     {', '.join(self.host_names)} ({len(self.host_names)})"]
-        if self.canary is not None:
-            lines.append(f"canary:    {self.canary.name} runs first; the rest only if it succeeds")
+        lines += self.order_lines()
         for k, v in sorted(self.args.items()):
-            lines.append(f"{k + ':':<10} {v}")
-        lines += [f"note:      {n}" for n in self.notes]
+            lines.append(f"{k + ':':<10} {shown(v)}")
+        lines += [f"note:      {shown(n)}" for n in self.notes]
         return "\n".join(lines)
+
+    def order_lines(self) -> list[str]:
+        """How the hosts will run, as the operation runs them (see :func:`canary_first`)."""
+        if self.local:
+            return ["order:     once, on this machine"]
+        serial = self.op is not None and self.op.serial
+        names = [h.name for h in self.hosts]
+        out = []
+        if self.canary is not None:
+            out.append(f"canary:    {self.canary.name} runs first; the rest only if it succeeds")
+            names = [n for n in names if n != self.canary.name]
+        batch = self.call_options.get("batch") if self.op is not None and self.op.batches else None
+        if len(names) > 1 or (names and self.canary is not None):
+            what = "then" if self.canary is not None else "order"
+            if serial:
+                out.append(f"{what + ':':<10} one host after another: {', '.join(names)}")
+            elif batch:
+                out.append(f"{what + ':':<10} rolling batches of {batch}")
+                if self.call_options.get("max_fail") not in (None, ""):
+                    out.append(f"max-fail:  stop when more than {self.call_options['max_fail']}% failed")
+            else:
+                out.append(f"{what + ':':<10} {'the rest' if self.canary is not None else 'every host'} at once")
+        return out
+
+
+def shown(v: Any) -> str:
+    """A value as plan text for a person: control characters and newlines escaped, so no value
+    can forge a line of the plan."""
+    text = str(v)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _plain(v: Any) -> Any:
@@ -199,71 +230,129 @@ def authorize(plan: Plan, confirm: str | None, settings: Settings, store: TokenS
     return True
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+@dataclass(frozen=True)
+class Operation:
+    """What an operation's plan contains, declared once: the gate shows it and the operation
+    runs it (tests compare the two)."""
+
+    name: str
+    local_ok: bool = True      # mode off runs it once on this machine (else mode off refuses it)
+    canary: bool = True        # in canary mode: the canary first, the rest only if it succeeds
+    batches: bool = False      # takes --batch / --max-fail
+    serial: bool = False       # the hosts one after another, in the plan's order (else at once)
+    journals_hosts: bool = False  # journals each host's part itself (else the gate does)
 
 
-def guarded(operation: str, local_ok: bool = True, check: Callable[[Plan], None] | None = None,
-            validate: Callable[[dict[str, Any]], None] | None = None) -> Callable[[F], F]:
-    """Decorator for a library operation ``fn(plan, **kw)``: the one layer every face goes through.
+FANOUT = Operation("fanout", batches=True)
+BLOW_AWAY = Operation("blow-away", local_ok=False, canary=False)  # each host's removal is checked on that host
+DISPATCH = Operation("dispatch", local_ok=False)
+TEARDOWN = Operation("teardown", local_ok=False, serial=True, journals_hosts=True)
+WORKTREES_REMOVE = Operation("worktrees.remove", local_ok=False, serial=True, journals_hosts=True)
+OPERATIONS = {op.name: op for op in (FANOUT, BLOW_AWAY, DISPATCH, TEARDOWN, WORKTREES_REMOVE)}
 
-    The wrapped function is called as ``fn(inv, selector, *, args, mode=None, confirm=None,
-    canary=None, no_canary=False, settings=None, store=None, audit=None, trail=None, **kw)``. It
-    validates ``fn``'s own flags (``validate(kw)``: bad input fails before any plan, token or
-    host), plans, applies the mode, runs ``check`` (refusals no token can lift), checks the
-    gate, then calls ``fn``. Audit happens here whoever calls: without a ``trail`` (or an
-    ``audit`` callback) one is made for the inventory with every secret it names redacted, token
-    events and gated runs are journaled, and ``fn`` gets it as ``audit_trail`` if it takes one.
-    Settings default to what every face reads (project ``invoke.yaml``, user file, env).
+
+class Gated:
+    """An operation let through the gate: its plan, its audit trail, and :meth:`ran` to journal
+    what a gated plan did. A context manager: closes the trail it opened itself."""
+
+    def __init__(self, op: Operation, plan: Plan, trail: Any, own: Any, spent: bool) -> None:
+        self.op, self.plan, self.trail, self._own, self.spent = op, plan, trail, own, spent
+
+    @property
+    def gated(self) -> bool:
+        """Whether this plan needed a confirmation."""
+        return self.spent or is_gated(self.op.name, self.plan.mode, self.plan.settings, self.plan.local)
+
+    def ran(self, results: Any, run_id: str = "") -> None:
+        """Journal each host's end of a gated plan (operations that journal hosts themselves skip this)."""
+        if self.trail is None or not self.gated or self.op.journals_hosts:
+            return
+        for r in results:
+            self.trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=self.op.name,
+                              run_id=run_id, error=getattr(r, "error", ""),
+                              **{k: str(v) for k, v in self.plan.args.items()})
+
+    def close(self) -> None:
+        """Close the trail if the gate opened it."""
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+    def __enter__(self) -> "Gated":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def enter(op: Operation, inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
+          confirm: str | None = None, canary: str | None = None, no_canary: bool = False,
+          settings: Settings | None = None, store: TokenStore | None = None,
+          audit: Callable[..., None] | None = None, trail: Any = None,
+          call_options: dict[str, Any] | None = None, check: Callable[[Plan], None] | None = None) -> Gated:
+    """The gate, called explicitly by every operation before it touches a host: plan (select the
+    hosts, apply the mode: off keeps everything here, enforced keeps to the operation's route,
+    canary picks who goes first when the operation honours a canary), run ``check`` (refusals no
+    token can lift), then ask for a scoped confirmation token when the operation is gated.
+
+    Audit happens here whoever calls: without a ``trail`` (or an ``audit`` callback) one is made
+    for the inventory with every secret it names redacted; token events are journaled.
     """
-    def deco(fn: F) -> F:
-        import inspect
+    if settings is None:
+        from fleet.settings import load_settings
+        settings = load_settings()
+    m = resolve_mode(mode, settings)
+    plan = make_plan(inv, op.name, selector, m, args, canary if op.canary else None, op.local_ok,
+                     no_canary and op.canary)
+    if not op.canary:
+        plan.canary = None  # the operation runs no canary: its plan shows none
+    plan.op = op
+    plan.call_options = dict(call_options or {})
+    plan.settings = settings
+    if check is not None:
+        check(plan)
+    own = None
+    if trail is None and audit is None:
+        from fleet.app import audit_trail
+        own = trail = audit_trail(inv, settings)
+    if audit is None and trail is not None:
+        audit = trail.gate_event
+    try:
+        spent = authorize(plan, confirm, settings, store, audit)
+    except BaseException:
+        if own is not None:
+            own.close()
+        raise
+    return Gated(op, plan, trail, own, spent)
 
-        takes_trail = "audit_trail" in inspect.signature(fn).parameters
 
-        @functools.wraps(fn)
-        def wrapper(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
-                    confirm: str | None = None, canary: str | None = None, settings: Settings | None = None,
-                    store: TokenStore | None = None, audit: Callable[..., None] | None = None,
-                    no_canary: bool = False, trail: Any = None, **kw: Any) -> Any:
-            if validate is not None:
-                validate(kw)
-            if settings is None:
-                import os
+R = TypeVar("R")
 
-                from fleet.settings import load_settings
-                settings = load_settings(os.getcwd())
-            st = settings
-            m = resolve_mode(mode, st)
-            plan = make_plan(inv, operation, selector, m, args, canary, local_ok, no_canary)
-            plan.call_options = dict(kw)
-            plan.settings = st
-            if check is not None:
-                check(plan)
-            trail = trail if trail is not None else kw.get("audit_trail")
-            own = None
-            if trail is None and audit is None:
-                from fleet.app import audit_trail
-                own = trail = audit_trail(inv, st)
-            if audit is None and trail is not None:
-                audit = trail.gate_event
-            if takes_trail and kw.get("audit_trail") is None and trail is not None:
-                kw["audit_trail"] = trail
-            try:
-                spent = authorize(plan, confirm, st, store, audit)
-                result = fn(plan, **kw)
-                if trail is not None and (spent or is_gated(operation, m, st, plan.local)) and operation not in (
-                        "teardown", "worktrees.remove"):  # those journal each host themselves
-                    for r in getattr(result, "results", []):
-                        trail.record("gated_action_run", r.host, r.outcome.value.lower(), action=operation,
-                                     run_id=getattr(result, "run_id", ""), error=getattr(r, "error", ""),
-                                     **{k: str(v) for k, v in args.items()})
-                return result
-            finally:
-                if own is not None:
-                    own.close()
-        wrapper.operation = operation  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
-    return deco
+
+def canary_first(plan: Plan, run_one: Callable[[Host], R], ok: Callable[[R], bool],
+                 not_run: Callable[[Host, R], R],
+                 run_rest: Callable[[list[Host]], dict[str, R]] | None = None) -> list[R]:
+    """Run a plan's hosts in the order its text shows: the canary first (if any) and the rest only
+    if it succeeds (``not_run(host, canary_result)`` stands for each of them otherwise); the rest
+    at once through ``run_rest`` or, for a serial operation, one after another in plan order.
+    Results come back in the plan's host order."""
+    hosts = list(plan.hosts)
+    done: dict[str, R] = {}
+    if plan.canary is not None:
+        first = run_one(plan.canary)
+        done[plan.canary.name] = first
+        hosts = [h for h in hosts if h.name != plan.canary.name]
+        if not ok(first):
+            for h in hosts:
+                done[h.name] = not_run(h, first)
+            hosts = []
+    if hosts:
+        if run_rest is not None and not (plan.op is not None and plan.op.serial):
+            done.update(run_rest(hosts))
+        else:
+            for h in hosts:
+                done[h.name] = run_one(h)
+    return [done[h.name] for h in plan.hosts if h.name in done]
 
 
 def parse_batch(batch: str | None, total: int) -> int | None:

@@ -12,6 +12,7 @@ was for, so a wrong-scope refusal can say so), ``spent/<id>`` and ``revoked/<id>
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -90,7 +91,7 @@ def _decode(token: str) -> bytes | None:
         return None
     try:
         raw = base64.b32decode(s)
-    except (ValueError, base64.binascii.Error):
+    except (ValueError, binascii.Error):
         return None
     return raw if len(raw) == _RAW else None
 
@@ -237,7 +238,7 @@ class TokenStore:
 
     def list(self) -> list[dict[str, Any]]:
         """Every issued token's record with its state: valid, expired, used or revoked."""
-        out = []
+        out: list[dict[str, Any]] = []
         d = self.dir / "issued"
         if not d.exists():
             return out

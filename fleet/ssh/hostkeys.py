@@ -1,7 +1,10 @@
 """Host keys for every SSH hop: checked as ``ssh -o StrictHostKeyChecking=yes`` would, under the
-name OpenSSH uses, against known_hosts parsed once per run (:mod:`fleet.knownhosts`). Unknown keys
-are accepted only when asked (per host or hop, per run, or ``StrictHostKeyChecking accept-new``
-in ssh_config); a changed or revoked key never."""
+name OpenSSH uses, against known_hosts parsed once per run (:mod:`fleet.knownhosts`): every file
+ssh reads for that hop (its UserKnownHostsFile and GlobalKnownHostsFile lists, or their defaults)
+plus fleet's own (the inventory's). Unknown keys are accepted only when asked (per host or hop,
+per run, or ``StrictHostKeyChecking accept-new`` in ssh_config); a changed or revoked key never.
+An accepted key is written where ssh would write it (the first UserKnownHostsFile, hashed with
+HashKnownHosts yes) when ssh_config names one, else plain to the inventory's known_hosts."""
 from __future__ import annotations
 
 import base64
@@ -15,7 +18,7 @@ import paramiko
 from fleet.errors import HostKeyChanged, HostKeyRevoked, UnknownHostKey
 from fleet.inventory import Host
 from fleet.ssh.config import Hop
-from fleet.ssh.knownhosts import Entry, KnownHosts, Verdict
+from fleet.ssh.knownhosts import Entry, KnownHosts, Verdict, hash_name
 
 
 def fingerprint_blob(blob: bytes) -> str:
@@ -49,8 +52,12 @@ class HostKeyStore:
         self.accepted: list[tuple[str, str]] = []
 
     def files_for(self, hop: Hop) -> tuple[str, ...]:
-        """The known_hosts files that decide ``hop``'s key."""
-        return hop.known_hosts or self.files
+        """The known_hosts files that decide ``hop``'s key: ssh's (user, then global) and fleet's."""
+        out: list[str] = []
+        for f in (*(hop.user_known_hosts or hop.known_hosts), *hop.global_known_hosts, *self.files):
+            if f and f not in out:
+                out.append(f)
+        return tuple(out)
 
     def known_types(self, hop: Hop) -> list[str]:
         """Key types known for ``hop`` (asked for first in the handshake, as OpenSSH does)."""
@@ -86,7 +93,10 @@ class HostKeyStore:
                 f"If this fingerprint is right, rerun with --accept-new-host-key {flag} "
                 f"(or --accept-new-host-keys for every host and hop of this run)")
         target = hop.known_hosts[0] if hop.known_hosts else (self.write_to or (self.files[0] if self.files else None))
-        entry = Entry("", hop.key_name, key.get_name(), blob, target or "<memory>", 0)
+        # ssh hashes what it writes to its own files; the inventory's file lists its hosts in the clear anyway
+        hashed = hop.hash_known_hosts and target is not None and target in (hop.user_known_hosts or hop.known_hosts)
+        filed = hash_name(hop.key_name) if hashed else hop.key_name
+        entry = Entry("", filed, key.get_name(), blob, target or "<memory>", 0)
         with self.lock:
             self.accepted.append((hop.name, fp))
             self.kh.add(target or "<memory>", entry)
@@ -94,7 +104,7 @@ class HostKeyStore:
                 path = Path(target)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "a", encoding="utf-8") as f:
-                    f.write(f"{hop.key_name} {key.get_name()} {key.get_base64()}\n")
+                    f.write(f"{filed} {key.get_name()} {key.get_base64()}\n")
 
 
 class _Policy(paramiko.MissingHostKeyPolicy):
@@ -110,5 +120,5 @@ class _Policy(paramiko.MissingHostKeyPolicy):
 class _NoKeys(dict):
     """An always-empty host key table for paramiko, so every key goes to :class:`_Policy`."""
 
-    def get(self, *_a, **_k):  # type: ignore[override]
+    def get(self, *_a, **_k):
         return None

@@ -3,7 +3,9 @@
 paramiko's own parser raises on a ``@cert-authority`` or malformed line (one bad line would
 stop every run), knows no wildcards or negation, and cannot tell a revoked key. This module
 reads each file once per run, skips (and remembers) what it cannot use, and gives the same
-verdict ``ssh -o StrictHostKeyChecking=yes`` would: known, changed, revoked or unknown.
+verdict ``ssh -o StrictHostKeyChecking=yes`` would over all the files it is given: known (the
+offered key is listed, whatever other types are), changed, revoked (a ``@revoked`` line in any
+file, under any name) or unknown.
 """
 from __future__ import annotations
 
@@ -87,6 +89,19 @@ def match_hosts(field: str, name: str) -> bool:
         elif _match_one(pat, name):
             positive = True
     return positive
+
+
+def hash_name(name: str, salt: bytes | None = None) -> str:
+    """``name`` hashed as ssh writes it with HashKnownHosts yes: ``|1|salt|HMAC-SHA1(salt, name)``."""
+    salt = salt if salt is not None else os.urandom(20)
+    mac = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(mac).decode()}"
+
+
+# OpenSSH's default HostKeyAlgorithms order (plain key types): the handshake asks first for the
+# types known_hosts has for the host, in this order, as OpenSSH's order_hostkeyalgs does.
+PREFERRED_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                   "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com", "ssh-rsa", "ssh-dss")
 
 
 def key_name(hostname: str, port: int, alias: str | None = None) -> str:
@@ -181,12 +196,15 @@ class KnownHosts:
         return Verdict.UNKNOWN, mine  # ``mine`` then holds keys of other types, if any
 
     def known_types(self, paths: tuple[str, ...] | list[str], name: str) -> list[str]:
-        """Key types known for ``name``, so the handshake can ask for one of them first."""
+        """Key types known for ``name``, in OpenSSH's preference order (not the files' order), so
+        the handshake asks for one of them first: a stale ``ssh-rsa`` line before the current
+        ``ssh-ed25519`` one must not make the server show its RSA key."""
         seen: list[str] = []
         for e in self.entries(paths):
             if not e.marker and e.keytype not in seen and e.matches(name):
                 seen.append(e.keytype)
-        return seen
+        rank = {t: i for i, t in enumerate(PREFERRED_TYPES)}
+        return sorted(seen, key=lambda t: (rank.get(t, len(rank)), seen.index(t)))
 
 
-__all__ = ["Entry", "KnownHosts", "Verdict", "key_name", "match_hosts"]
+__all__ = ["PREFERRED_TYPES", "Entry", "KnownHosts", "Verdict", "hash_name", "key_name", "match_hosts"]

@@ -58,8 +58,9 @@ def _check_dns(hop: Hop, timeout: float, hint_tailscale: bool) -> tuple[bool, st
         return False, f"cannot resolve {hop.hostname}: {exc.strerror}; {hint}", []
     addrs: list[str] = []
     for info in infos:
-        if info[4][0] not in addrs:
-            addrs.append(info[4][0])
+        ip = str(info[4][0])  # an IP address: sockaddr's first item for AF_INET and AF_INET6
+        if ip not in addrs:
+            addrs.append(ip)
     if not addrs:
         return False, f"{hop.hostname} resolves to no address", []
     return True, "", addrs
@@ -77,7 +78,8 @@ def _check_tcp(hop: Hop, addrs: list[str], timeout: float, label: str,
         if left <= 0:
             break
         try:
-            sock = socket.create_connection((_host_bytes(ip), hop.port), timeout=left)
+            # bytes, as _host_bytes says: the socket module takes them (typeshed allows only str)
+            sock = socket.create_connection((_host_bytes(ip), hop.port), timeout=left)  # type: ignore[arg-type]
             if keep is not None:
                 keep.append(sock)
             else:
@@ -139,12 +141,12 @@ def _check_auth(host: Host, target: Hop | None, timeout: float) -> tuple[bool, s
         if not exe:
             return False, "the tailscale CLI is not installed: install Tailscale or change 'auth:' for this host"
         try:
-            p = subprocess.run([exe, "status"], capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run([exe, "status"], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return False, f"'tailscale status' did not answer within {timeout:g}s: is tailscaled running?"
-        if p.returncode != 0:
-            first = (p.stdout + p.stderr).strip().splitlines()[:1]
-            return False, f"Tailscale is not up ({first[0] if first else 'exit ' + str(p.returncode)}): run 'tailscale up'"
+        if proc.returncode != 0:
+            first = (proc.stdout + proc.stderr).strip().splitlines()[:1]
+            return False, f"Tailscale is not up ({first[0] if first else 'exit ' + str(proc.returncode)}): run 'tailscale up'"
         return True, ""
     return True, ""
 

@@ -1,16 +1,17 @@
 """The SSH transport: Fabric ``Connection``s that behave as ``ssh NAME`` does.
 
-- Where to go comes from :mod:`fleet.sshconfig` (ssh_config applied to the inventory name,
+- Where to go comes from :mod:`fleet.ssh.config` (ssh_config applied to the inventory name,
   ProxyJump hops included); every hop is its own Fabric ``Connection`` over a socket fleet
   opened (TCP, a ``direct-tcpip`` channel through the previous hop, or a ProxyCommand), so each
   gets fleet's host-key policy, timeouts and accept flags, and all are closed with the session.
 - Host keys are checked under the name OpenSSH uses (HostKeyAlias, ``host`` or ``[host]:port``)
-  by :mod:`fleet.knownhosts`, never under a resolved IP; known_hosts files are parsed once per run.
-- Commands: stdin is closed at once (``cat`` returns, as with ``ssh host cat </dev/null``);
-  ``exit-signal`` is reported; on timeout or Ctrl-C the remote command's process group is
-  killed over a second channel of the same connection (see :data:`KILL_SCRIPT`), for root and
-  non-root logins alike; output streams to the artifact files byte-exact while only a bounded
-  tail is kept in memory.
+  by :mod:`fleet.ssh.hostkeys`, never under a resolved IP; known_hosts files are parsed once per run.
+- Commands run as :mod:`fleet.ssh.remote` says: stdin closed at once, ``exit-signal`` reported,
+  the command's process groups killed over a second channel on timeout or Ctrl-C, output
+  streamed byte-exact to the artifact files with a bounded tail in memory.
+
+:class:`SSHSession` is one attempt's connection (a :class:`~fleet.ssh.transport.Transport`);
+:class:`SSHLink` is how the runner reaches one host over SSH for a whole run.
 """
 from __future__ import annotations
 
@@ -18,15 +19,10 @@ import errno
 import os
 import socket
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import paramiko
-from paramiko.channel import Channel
-from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
-from paramiko.message import Message
 
 from fleet.errors import (  # noqa: F401
     Aborted,
@@ -43,36 +39,24 @@ from fleet.errors import (  # noqa: F401
     UnknownHostKey,
 )
 from fleet.inventory import Host
+from fleet.results import PreflightResult
 from fleet.ssh.config import Hop
 from fleet.ssh.hostkeys import HostKeyStore, _NoKeys, _Policy, fingerprint, fingerprint_blob  # noqa: F401
+from fleet.ssh.remote import CHANNEL_HANDLERS, KILL_SCRIPT, kill_remote, run_command  # noqa: F401
 from fleet.ssh.streams import KEEP_BYTES, StreamSink  # noqa: F401
+from fleet.ssh.transport import ExecResult, LineHook
 
-# ----------------------------------------------------------------------------- errors
+if TYPE_CHECKING:  # pragma: no cover
+    from fabric import Connection
 
-
-# -------------------------------------------------------------------------- host keys
-
-
-def _handle_request(chan: Channel, m: Message) -> None:
-    # paramiko ignores "exit-signal" (RFC 4254 6.10); OpenSSH sends it for a killed command.
-    start = m.packet.tell()
-    if m.get_text() == "exit-signal":
-        m.get_boolean()
-        chan.fleet_exit_signal = m.get_text() or "UNKNOWN"  # type: ignore[attr-defined]
-        chan.status_event.set()
-        return
-    m.packet.seek(start)
-    Channel._handle_request(chan, m)  # noqa: SLF001
-
-
-_HANDLERS = dict(paramiko.Transport._channel_handler_table)  # noqa: SLF001
-_HANDLERS[MSG_CHANNEL_REQUEST] = _handle_request
+    from fleet.ssh.transport import Transport
+    from fleet.ssh.warm import ConnectionPool
 
 
 def _transport_factory(preferred: list[str]) -> Callable[..., paramiko.Transport]:
     def make(sock, disabled_algorithms=None):
         t = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
-        t._channel_handler_table = _HANDLERS  # noqa: SLF001
+        t._channel_handler_table = CHANNEL_HANDLERS  # type: ignore[attr-defined]  # noqa: SLF001
         if preferred:
             opts = t.get_security_options()
             want: list[str] = []
@@ -83,19 +67,6 @@ def _transport_factory(preferred: list[str]) -> Callable[..., paramiko.Transport
             opts.key_types = first + [k for k in have if k not in first]
         return t
     return make
-
-
-# ----------------------------------------------------------------------------- output
-
-
-@dataclass
-class ExecResult:
-    """A finished remote command. ``exit_code`` is None when it was killed by ``signal``."""
-
-    exit_code: int | None
-    stdout: str
-    stderr: str
-    signal: str | None = None
 
 
 class KeyCache:
@@ -115,38 +86,6 @@ class KeyCache:
             return k
 
 
-# Kills the timed-out command and everything in its process group, over a second channel of
-# the same connection. sshd makes each session's shell a session (and group) leader, and every
-# channel of one connection is a child of the same sshd process: so the script finds its own
-# sshd parent and kills the process groups of that parent's other children. No user data is
-# in it; it works for root (whose "signal" requests OpenSSH refuses) and for any other user.
-KILL_SCRIPT = (
-    "sh -c 'me=$$; p=$PPID; "
-    "case \"$(ps -o comm= -p \"$p\" 2>/dev/null)\" in *sshd*) s=$p;; "
-    "*) s=$(ps -o ppid= -p \"$p\" | tr -d \" \");; esac; "
-    "kids=$(ps -A -o pid= -o ppid= | while read -r pid ppid; do "
-    "[ \"$ppid\" = \"$s\" ] && [ \"$pid\" != \"$me\" ] && [ \"$pid\" != \"$p\" ] && echo \"$pid\"; done); "
-    "for k in $kids; do kill -TERM -\"$k\" 2>/dev/null || kill -TERM \"$k\" 2>/dev/null; done; "
-    "[ -n \"$kids\" ] && sleep 0.3; "
-    "for k in $kids; do kill -KILL -\"$k\" 2>/dev/null || kill -KILL \"$k\" 2>/dev/null; done; "
-    "echo $kids'"
-)
-
-
-def _send_signal(chan: paramiko.Channel, sig: str) -> None:
-    # RFC 4254 6.9 "signal"; OpenSSH delivers it (to the process group) for non-root logins.
-    try:
-        m = Message()
-        m.add_byte(cMSG_CHANNEL_REQUEST)
-        m.add_int(chan.remote_chanid)
-        m.add_string("signal")
-        m.add_boolean(False)
-        m.add_string(sig)
-        chan.transport._send_user_message(m)  # noqa: SLF001 - paramiko has no public API for it
-    except Exception:  # noqa: BLE001 - best effort; the kill channel does the real work
-        pass
-
-
 # ----------------------------------------------------------------------------- session
 
 class SSHSession:
@@ -161,8 +100,8 @@ class SSHSession:
         self.connect_timeout = connect_timeout
         self.address = address  # the first hop's address as preflight resolved it (saves a lookup)
         self.sock = sock        # an open TCP connection to the first hop (preflight's), used once
-        self.conns: list = []
-        self.conn = None
+        self.conns: list[Connection] = []  # every hop's, the target's last
+        self.conn: Connection | None = None  # the target's, once connected
         self.running = False
         self._closed = threading.Event()
 
@@ -189,8 +128,9 @@ class SSHSession:
                 raise ConnectFailed(h.name, f"ProxyCommand for {where} failed to start: {exc}") from None
         addr = self.address if (self.address and hop.via is None) else hop.hostname
         try:
-            return socket.create_connection((addr.encode("ascii") if addr.isascii() else addr, hop.port),
-                                            timeout=ct)
+            # an ASCII name as bytes: no idna codec import (~25 ms); the socket module takes bytes
+            return socket.create_connection((addr.encode("ascii") if addr.isascii() else addr,  # type: ignore[arg-type]
+                                             hop.port), timeout=ct)
         except socket.gaierror as exc:
             raise DNSFailure(h.name, f"cannot resolve {hop.hostname} for {where}: {exc.strerror}") from None
         except (socket.timeout, TimeoutError):
@@ -303,122 +243,21 @@ class SSHSession:
     # ------------------------------------------------------------------ run
     def kill_remote(self, budget: float = 3.0) -> bool:
         """Kill the running command's process groups over a second channel. True if it ran."""
-        transport = self.conn.client.get_transport() if self.conn else None
-        if transport is None or not transport.is_active():
-            return False
-        try:
-            ch = transport.open_session(timeout=budget)
-            ch.exec_command(KILL_SCRIPT)
-            ch.shutdown_write()
-            ok = ch.status_event.wait(budget)
-            ch.close()
-            return bool(ok)
-        except Exception:  # noqa: BLE001 - best effort; the caller reports the timeout either way
-            return False
+        return kill_remote(self, budget)
 
     def run(self, command: str, timeout: float | None, abort: threading.Event,
-            on_output: Callable[[str, str], None] | None = None,
-            artifacts: Path | None = None) -> ExecResult:
+            on_output: LineHook | None = None, artifacts: Path | None = None) -> ExecResult:
         """Run ``command`` with stdin closed. On timeout or abort, kill it, close, and raise.
 
         ``artifacts``: a path prefix; the streams go to ``<prefix>.stdout`` / ``.stderr``.
+        See :func:`fleet.ssh.remote.run_command`.
         """
-        h = self.host
-        transport = self.conn.client.get_transport() if self.conn else None
-        if transport is None or not transport.is_active():
-            raise ConnectFailed(h.name, f"connection to {h.name} closed before the command started")
-        try:
-            chan = transport.open_session(timeout=self.connect_timeout)
-            chan.exec_command(command)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            if abort.is_set():
-                raise Aborted(h.name, "interrupted before the command started") from None
-            # not started: retryable like any transport error before exec
-            raise ConnectFailed(h.name, f"could not start the command on {h.name}: {exc}") from None
-        self.running = True
-        out = StreamSink(Path(f"{artifacts}.stdout") if artifacts else None,
-                         (lambda ln: on_output("stdout", ln)) if on_output else None)
-        err = StreamSink(Path(f"{artifacts}.stderr") if artifacts else None,
-                         (lambda ln: on_output("stderr", ln)) if on_output else None)
-
-        def drain_stderr() -> None:
-            while chan.recv_stderr_ready():
-                err.write(chan.recv_stderr(65536))
-
-        def stop(exc_type: type[SSHFailure], why: str) -> SSHFailure:
-            _send_signal(chan, "TERM")
-            killed = self.kill_remote(2.0 if exc_type is Aborted else 3.0)
-            try:
-                drain_stderr()
-            except Exception:  # noqa: BLE001
-                pass
-            out.close()
-            err.close()
-            tail = ("; its processes were killed" if killed else
-                    "; the remote processes could not be confirmed killed")
-            return exc_type(h.name, why + tail, out.text(), err.text())
-
-        deadline = time.monotonic() + timeout if timeout else None
-        try:
-            try:
-                chan.shutdown_write()  # stdin: EOF at once, as ssh does with no input
-            except (EOFError, OSError, paramiko.SSHException):
-                pass
-            while True:
-                if abort.is_set():
-                    raise stop(Aborted, "interrupted while the command ran (Ctrl-C)")
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise stop(CommandTimeout, f"command timed out after {timeout:g}s on {h.name}")
-                wait = 0.2 if deadline is None else max(0.001, min(0.2, deadline - time.monotonic()))
-                chan.settimeout(wait)
-                try:
-                    data = chan.recv(65536)
-                except socket.timeout:
-                    data = None
-                drain_stderr()
-                if data:
-                    out.write(data)
-                elif data == b"":
-                    break
-            # stdout closed: the exit status follows at once unless the link died.
-            remaining = 5.0 if deadline is None else max(0.1, deadline - time.monotonic())
-            if not chan.status_event.wait(remaining) and not chan.exit_status_ready():
-                if not transport.is_active():
-                    raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran",
-                                         out.text(), err.text())
-                raise stop(CommandTimeout, f"command on {h.name} closed its output but sent no exit status")
-            drain_stderr()
-            out.close()
-            err.close()
-            sig = getattr(chan, "fleet_exit_signal", None)
-            if sig:
-                return ExecResult(None, out.text(), err.text(), sig)
-            code = chan.recv_exit_status()
-            if code == -1:
-                if abort.is_set():
-                    raise Aborted(h.name, "interrupted while the command ran (Ctrl-C)", out.text(), err.text())
-                raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran "
-                                     f"(no exit status; the remote sshd or host may have died)",
-                                     out.text(), err.text())
-            return ExecResult(code, out.text(), err.text())
-        except SSHFailure:
-            raise
-        except (EOFError, OSError, paramiko.SSHException) as exc:
-            if abort.is_set():
-                raise Aborted(h.name, "interrupted while the command ran (Ctrl-C)", out.text(), err.text()) from None
-            raise ConnectionLost(h.name, f"connection to {h.name} was lost while the command ran: {exc}",
-                                 out.text(), err.text()) from None
-        finally:
-            out.close()
-            err.close()
-            self.running = False
-            try:
-                chan.close()
-            except Exception:  # noqa: BLE001
-                pass
+        return run_command(self, command, timeout, abort, on_output, artifacts)
 
     def get(self, remote: str, local: str) -> None:
         """Fetch one file with SFTP."""
+        if self.conn is None:
+            raise ConnectFailed(self.host.name, f"not connected to {self.host.name}: cannot fetch {remote}")
         sftp = self.conn.client.open_sftp()
         try:
             sftp.get(remote, local)
@@ -441,6 +280,63 @@ class SSHSession:
                 pass
 
 
+
+class SSHLink:
+    """How the runner reaches one host over SSH for a whole run (a :class:`~fleet.ssh.transport.Link`).
+
+    Each attempt's :class:`SSHSession` gets the run's host keys, private keys and connect
+    timeout, the address preflight found answering, and (once) preflight's open TCP
+    connection; a long-lived caller's :class:`~fleet.ssh.warm.ConnectionPool` lends warm
+    sessions and takes sound ones back. Retries follow the options (only failures before the
+    command started, see :mod:`fleet.ssh.attempts`).
+    """
+
+    max_attempts: int | None = None
+
+    def __init__(self, host: Host, target: Hop, store: HostKeyStore, keys: KeyCache, connect_timeout: float,
+                 pool: ConnectionPool | None = None) -> None:
+        self.host = host
+        self.target = target
+        self.user = target.user
+        self.store = store
+        self.keys = keys
+        self.connect_timeout = connect_timeout
+        self.pool = pool
+        self.keep: list[socket.socket] = []  # preflight's TCP connection, used by the first attempt
+        self.address: str | None = None
+
+    def warm(self) -> SSHSession | None:
+        """A connection kept from an earlier command for this host and target (it shows the
+        host is reachable, so the runner skips preflight), or None."""
+        return self.pool.take(self.host, self.target) if self.pool is not None else None
+
+    def preflighted(self, pf: PreflightResult) -> None:
+        """Dial the address that answered preflight; on a failed preflight close its socket."""
+        if pf.ok:
+            self.address = pf.address or None
+            return
+        for sock in self.keep:
+            sock.close()
+        self.keep.clear()
+
+    def open(self) -> SSHSession:
+        """A new session (unconnected) for one attempt."""
+        return SSHSession(self.host, self.target, self.store, self.keys, self.connect_timeout, self.address,
+                          sock=self.keep.pop() if self.keep else None)
+
+    def dial(self, sess: Transport) -> None:
+        """Connect every hop of ``sess`` (counted by the pool, when there is one)."""
+        sess.connect()
+        if self.pool is not None:
+            self.pool.dials += 1
+
+    def release(self, sess: Transport, reusable: bool) -> None:
+        """Give a sound ``sess`` back to the pool, when there is one; close it otherwise."""
+        if reusable and self.pool is not None and isinstance(sess, SSHSession):
+            self.pool.give(sess)
+        else:
+            sess.close()
+
 __all__ = ["Aborted", "AuthFailed", "CommandTimeout", "ConnectFailed", "ConnectTimeout", "ConnectionLost",
            "DNSFailure", "ExecResult", "HostKeyChanged", "HostKeyRevoked", "HostKeyStore", "KeyCache",
-           "NonZeroExit", "SSHFailure", "SSHSession", "StreamSink", "UnknownHostKey", "fingerprint"]
+           "NonZeroExit", "SSHFailure", "SSHLink", "SSHSession", "StreamSink", "UnknownHostKey", "fingerprint"]

@@ -1,0 +1,42 @@
+"""What one agent turn changed: the files (with lines added and removed) and the todo list.
+
+The answer alone does not say what an agent did, so every followed turn is reviewed, and the
+journal (and so Slack) and the terminal report sum the files up in the same words. Light on
+purpose (no HTTP library): the renderer imports :func:`files_summary` from here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fleet.errors import OpenCodeError
+
+
+def review(oc: Any, sid: str, before: int) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
+    """(files, todo): what the turn that began at message ``before`` changed (each file with its
+    additions, deletions and status), and the session's todo list. Empty if the server says
+    nothing (or cannot): a review never fails the turn it describes."""
+    files: list[dict[str, Any]] = []
+    todo: list[dict[str, Any]] = []
+    try:
+        msgs = oc.messages(sid)
+        mid = (msgs[before].get("info") or {}).get("id") if len(msgs) > before else None
+        files = [{"file": d.get("file", ""), "additions": int(d.get("additions") or 0),
+                  "deletions": int(d.get("deletions") or 0), "status": d.get("status", "")}
+                 for d in (oc.diff(sid, mid) if hasattr(oc, "diff") else [])]
+        todo = [{"content": t.get("content", ""), "status": t.get("status", "")}
+                for t in (oc.todo(sid) if hasattr(oc, "todo") else [])]
+    except (OpenCodeError, ValueError, TypeError):
+        pass
+    return tuple(files), tuple(todo)
+
+
+def files_summary(files: Any) -> str:
+    """``3 files +12 -4`` for what an agent changed (empty when nothing): one wording for the
+    journal (and so Slack) and the terminal report."""
+    if not files:
+        return ""
+    return (f"{len(files)} file{'s' if len(files) != 1 else ''} +{sum(f['additions'] for f in files)} "
+            f"-{sum(f['deletions'] for f in files)}")
+
+
+__all__ = ["files_summary", "review"]

@@ -1,0 +1,180 @@
+"""Following one agent turn to its end: the one place that knows when a turn is over.
+
+A turn begins when a task is sent (``prompt_async`` returns at once) and ends when the session
+is idle again with a finished assistant message after the task. Between the two the agent may
+be busy on a tool step, retrying the model, waiting on a person (needs-input), or silent for
+too long (stuck). :func:`follow_turn` re-reads the session's state over REST whenever the
+server's event stream says something about it (see :mod:`fleet.agent.events`; polling while the
+stream is down), reports each state change, lets a callback answer needs-input, and returns a
+:class:`TurnEnd`. Dispatch and ``wait`` both follow turns through it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fleet.agent.asks import describe_request, is_question
+from fleet.agent.client import OpenCodeClient
+from fleet.agent.events import EventStream, SessionWaker
+from fleet.agent.usage import turn_usage, usage_text
+from fleet.errors import FleetError, ServerError
+from fleet.inventory import Host
+
+SAFETY_WAKE = 15.0  # with the event stream up: re-read a waiting session's state at least this often
+
+# (kind, text) for one host's live lines: status (queued, busy: STEP, needs-input: WHAT...), usage, ...
+StatusHook = Callable[[str, str], None]
+
+
+@dataclass
+class Answer:
+    """The end of an agent run: its final text, usage and error (what a dispatch reports)."""
+
+    text: str = ""
+    error: str = ""
+    error_name: str = ""
+    tokens: dict[str, Any] = field(default_factory=dict)
+    cost: float = 0.0
+    message_id: str = ""
+    completed: bool = False
+
+
+def extract_answer(message: dict[str, Any]) -> Answer:
+    """From one ``{info, parts}`` assistant message: text parts joined, error, tokens, cost.
+    Synthetic and ignored parts are OpenCode's own, not the agent's words, and are left out."""
+    info = message.get("info") or {}
+    parts = message.get("parts") or []
+    text = "".join(p.get("text", "") for p in parts
+                   if isinstance(p, dict) and p.get("type") == "text" and not p.get("synthetic") and not p.get("ignored"))
+    err = info.get("error") or {}
+    emsg = ""
+    if isinstance(err, dict) and err:
+        data = err.get("data") or {}
+        emsg = (data.get("message") if isinstance(data, dict) else "") or err.get("name", "error")
+    return Answer(text=text, error=emsg, error_name=(err.get("name", "") if isinstance(err, dict) else ""),
+                  tokens=dict(info.get("tokens") or {}), cost=float(info.get("cost") or 0.0),
+                  message_id=str(info.get("id", "")),
+                  completed=bool((info.get("time") or {}).get("completed")) or bool(err))
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """How following a turn ended. ``answer`` is the finished turn, or None when the wait ran out
+    or was stopped first; then ``pending`` is the request the agent was waiting on at that moment
+    (if any), because "nobody answered" calls for a different remedy than "still working"."""
+
+    answer: Answer | None = None
+    pending: dict[str, Any] | None = None
+
+
+def subscribe(host: Host, sid: str, directory: str | None, ev: StatusHook) -> SessionWaker | None:
+    """A :class:`~fleet.agent.events.SessionWaker` on the server's event stream for ``sid``
+    (connected, or given 2 s to), whose steps and usage go to ``ev``; None when the server has no
+    stream fleet can follow. Subscribe before sending the task, so its end cannot be missed."""
+    waker = SessionWaker(sid, on_step=lambda step: ev("status", f"busy: {step}"),
+                         on_usage=lambda tok, cost: ev("usage", usage_text(tok, cost)))
+    try:
+        waker.stream = EventStream(host, waker, directory=directory, on_connect=waker.reconnected).start()
+        waker.stream.connected.wait(2.0)
+    except (ValueError, FleetError):
+        return None
+    return waker
+
+
+def unsubscribe(waker: SessionWaker | None) -> None:
+    """Close the waker's event stream (a no-op for None): each stream holds a connection."""
+    if waker is not None and waker.stream is not None:
+        waker.stream.close()
+
+
+def _state(oc: OpenCodeClient, sid: str, waker: SessionWaker | None, stall: float | None) -> tuple[str, float]:
+    """The session's state as shown (idle, busy: STEP, retry (...), stuck (...)) and how long the
+    stream has said nothing about it."""
+    st = oc.status().get(sid) or {"type": "idle"}
+    state = st.get("type", "idle") if isinstance(st, dict) else "idle"
+    if state == "retry":
+        state = f"retry (attempt {st.get('attempt')}: {st.get('message', '')})"
+    if state != "idle" and waker is not None and waker.step:
+        state = f"busy: {waker.step}" if state == "busy" else state
+    quiet = time.monotonic() - waker.last_event if waker is not None else 0.0
+    stream = waker.stream if waker is not None else None
+    if stall and state.startswith("busy") and quiet > stall and stream is not None and stream.connected.is_set():
+        # busy, the stream is up, and the server has said nothing about it for a while
+        state = f"stuck (no event for {quiet:.0f}s{'; ' + waker.step if waker and waker.step else ''})"
+    return state, quiet
+
+
+def follow_turn(oc: OpenCodeClient, sid: str, after: int, timeout: float, *, poll: float = 0.5,
+                on_status: Callable[[str], None] | None = None, stop: Callable[[], bool] | None = None,
+                start_grace: float = 60.0, on_input: Callable[[dict[str, Any]], str | None] | None = None,
+                waker: SessionWaker | None = None, stall: float | None = None) -> TurnEnd:
+    """Wait until the run that started after message index ``after`` ends, or ``timeout`` runs out,
+    or ``stop()`` says so.
+
+    The status map drops idle sessions, and a run may not be marked busy yet right after
+    ``prompt_async`` returns, so the end is: not busy AND a finished assistant message beyond
+    ``after`` (a session idle for ``start_grace`` seconds without one never started: ServerError).
+    With a ``waker`` (see :func:`subscribe`), the state is re-read when an event about the session
+    arrives, not on a timer; while the stream is down it falls back to polling every ``poll`` s.
+    ``on_status`` hears each new state; ``on_input(request)`` may answer a pending permission
+    (return ``once``/``always``/``reject``, or None to leave it to a person); a question is only
+    reported. ``stall``: a busy session the stream has been silent about this long is ``stuck``.
+    """
+    deadline = time.monotonic() + timeout
+    last_state = ""
+    idle_since = time.monotonic()
+    started = False
+    answered: set[str] = set()
+    pending: dict[str, Any] | None = None
+    while True:
+        state, quiet = _state(oc, sid, waker, stall)
+        if state != "idle":
+            started = True
+            # a pending permission is "needs-input": say so at once, let the policy answer it
+            pend = [p for p in oc.permissions(sid) if p.get("id") not in answered]
+            if not pend:
+                pend = oc.questions(sid)  # a question waits for a person whatever the policy
+            pending = pend[0] if pend else None
+            if pending is not None:
+                state = "needs-input: " + describe_request(pending)
+                if on_input is not None and not is_question(pending):
+                    reply = on_input(pending)
+                    if reply:
+                        oc.reply_permission(str(pending["id"]), reply)
+                        answered.add(str(pending["id"]))
+        if state == "idle":
+            msgs = oc.messages(sid)
+            newer = [m for m in msgs[after:] if (m.get("info") or {}).get("role") == "assistant"]
+            if newer:
+                ans = extract_answer(newer[-1])
+                if ans.completed:
+                    ans.tokens, ans.cost = turn_usage(newer)  # every model call of the turn
+                    if on_status and last_state and last_state != "idle":
+                        on_status("idle")
+                    return TurnEnd(ans)
+            if not started and time.monotonic() - idle_since > start_grace:
+                raise ServerError(oc.host.name, f"{oc.base}/session/{sid}",
+                                  f"the server accepted the task but never started it (session idle "
+                                  f"for {start_grace:g}s with no reply); check the server's log")
+        shown = state if started or state != "idle" else "queued"
+        if on_status and shown != last_state:
+            on_status(shown)
+        last_state = shown
+        if time.monotonic() >= deadline or (stop is not None and stop()):
+            return TurnEnd(None, pending)
+        stream = waker.stream if waker is not None else None
+        if waker is not None and stream is not None and stream.connected.is_set():
+            # an event wakes it; else a safety re-read every SAFETY_WAKE s (the stream is up and
+            # a reconnect wakes it too), or when a quiet busy session crosses the stall bound
+            nap = min(SAFETY_WAKE, deadline - time.monotonic())
+            if stall and state.startswith("busy"):
+                nap = min(nap, stall - quiet + 0.05)
+            waker.wake.wait(max(0.05, nap))
+            waker.wake.clear()
+        else:
+            time.sleep(poll)
+
+
+__all__ = ["SAFETY_WAKE", "Answer", "StatusHook", "TurnEnd", "extract_answer", "follow_turn", "subscribe",
+           "unsubscribe"]

@@ -1,0 +1,95 @@
+"""Talking to a running ``fleet serve``: a Unix socket, one JSON request, a stream of JSON events
+back (one per line), the last one ``done`` or ``error``. Imports little: a face checks for the
+service on every run."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any, Callable, Iterator
+
+from fleet.serve.paths import socket_path
+
+PROTOCOL = 1
+
+
+class ServiceGone(Exception):
+    """The service closed the connection before its answer (it stopped or crashed)."""
+
+
+def connect(journal: str, timeout: float = 2.0) -> socket.socket | None:
+    """A connection to this state directory's service, or None when none runs (no socket, or a
+    stale one nobody listens on)."""
+    path = socket_path(journal)
+    if not os.path.exists(path):
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        return None
+    s.settimeout(None)
+    return s
+
+
+class Reader:
+    """The service's events on one connection, one at a time. The buffer lives here, so a Ctrl-C
+    while waiting for the next event loses nothing: the caller may tell the service and read on."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, request: dict[str, Any]) -> None:
+        from fleet import __version__
+
+        self.sock.sendall((json.dumps({**request, "version": __version__, "protocol": PROTOCOL}) + "\n").encode())
+
+    def next(self) -> dict[str, Any]:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ServiceGone("the service closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        ev: dict[str, Any] = json.loads(line)
+        return ev
+
+
+def events(sock: socket.socket, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Send ``request`` and yield the service's events until its last one."""
+    r = Reader(sock)
+    r.send(request)
+    while True:
+        ev = r.next()
+        yield ev
+        if ev.get("event") in ("done", "error"):
+            return
+
+
+def call(journal: str, request: dict[str, Any], on_event: Callable[[dict[str, Any]], None] | None = None,
+         timeout: float = 2.0) -> dict[str, Any] | None:
+    """One request to the service: its last event (``done`` or ``error``), every other event to
+    ``on_event``; None when no service runs."""
+    sock = connect(journal, timeout)
+    if sock is None:
+        return None
+    try:
+        for ev in events(sock, request):
+            if ev.get("event") in ("done", "error"):
+                return ev
+            if on_event is not None:
+                on_event(ev)
+    finally:
+        sock.close()
+    return None
+
+
+def status(journal: str) -> dict[str, Any] | None:
+    """The running service's status (pid, version, since, followed dispatches), or None."""
+    try:
+        return call(journal, {"op": "status"})
+    except (OSError, ServiceGone, ValueError):
+        return None

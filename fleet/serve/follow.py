@@ -1,0 +1,144 @@
+"""Every open dispatch, followed to its end by the service, whichever face sent it.
+
+Open dispatches come from the journal (a ``dispatch_requested`` whose hosts have not all ended),
+so a service that starts after ``kill -9`` or a reboot picks up every one still open. Following
+one is :meth:`fleet.app.Fleet.wait`: needs-input, stuck, errors and the end are journaled (and so
+posted to the dispatch's Slack thread) once. Once, also when a ``dispatch`` or ``wait`` process
+follows the same agent at the same time: the service journals a needs-input or an end only after
+a short grace, under a lock, when nobody else journaled it meanwhile (:class:`OnceTrail`).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from fleet.audit.journal import Journal
+
+ENDS = {"completed", "failed", "aborted"}
+WINDOW = 24 * 3600.0  # dispatches older than a day are not picked up again
+
+
+def host_ended(operation: str, outcome: str) -> bool:
+    """Whether an event ends a host's part of a dispatch (a timeout does not: the agent goes on)."""
+    return operation in ENDS and outcome != "timeout"
+
+
+def open_dispatches(events: list[dict[str, Any]], now: float | None = None) -> list[str]:
+    """Dispatch ids, oldest first, whose hosts have not all ended (within :data:`WINDOW`)."""
+    now = time.time() if now is None else now
+    started: dict[str, set[str]] = {}
+    ended: dict[str, set[str]] = {}
+    for e in events:
+        did = e.get("dispatch_id")
+        if not did:
+            continue
+        op, host = e.get("operation", ""), e.get("host", "")
+        if op == "dispatch_requested" and now - float(e.get("epoch") or 0) <= WINDOW:
+            started.setdefault(did, set()).add(host)
+        elif host_ended(op, e.get("outcome", "")) or (op == "gated_action_run" and e.get("outcome") != "success"):
+            ended.setdefault(did, set()).add(host)
+    return [d for d, hosts in started.items() if not hosts <= ended.get(d, set())]
+
+
+class OnceTrail:
+    """An audit trail whose needs-input and end events are journaled once across processes: the
+    service waits ``grace`` seconds (a live ``dispatch``/``wait`` journals its own at once), then,
+    under a lock, journals only what the journal does not hold yet."""
+
+    def __init__(self, trail: Any, lock_file: str, grace: float = 2.0) -> None:
+        self._trail = trail
+        self._lock_file = lock_file
+        self.grace = grace
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trail, name)
+
+    def _seen(self, operation: str, dispatch_id: str, detail: dict[str, Any]) -> bool:
+        sid = str(detail.get("session_id") or "")
+        req = str(detail.get("request_id") or "")
+        for e in Journal(self._trail.journal.path).load().events:
+            if e.get("dispatch_id") != dispatch_id or str((e.get("detail") or {}).get("session_id") or "") != sid:
+                continue
+            if operation in ENDS and host_ended(e.get("operation", ""), e.get("outcome", "")):
+                return True
+            if operation == "needs_input" and e.get("operation") == "needs_input" and \
+                    str((e.get("detail") or {}).get("request_id") or "") == req:
+                return True
+        return False
+
+    def record(self, operation: str, host: str | None, outcome: str, dispatch_id: str = "",
+               **detail: Any) -> dict[str, Any] | None:
+        """Journal one event; a needs-input or an end only if nobody journaled it meanwhile."""
+        if operation not in ENDS and operation != "needs_input":
+            return self._trail.record(operation, host, outcome, dispatch_id, **detail)
+        time.sleep(self.grace)
+        with open(self._lock_file, "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            try:
+                if self._seen(operation, dispatch_id, detail):
+                    return None
+                return self._trail.record(operation, host, outcome, dispatch_id, **detail)
+            finally:
+                fcntl.flock(lk, fcntl.LOCK_UN)
+
+
+class Follower:
+    """Finds open dispatches in the journal every ``interval`` seconds and follows each one on a
+    thread of its own until it ends (or its wait times out: then it is picked up again)."""
+
+    def __init__(self, journal: str, follow: Callable[[str], Any], interval: float = 3.0) -> None:
+        self.journal = journal
+        self._follow = follow
+        self.interval = interval
+        self.following: dict[str, float] = {}
+        self.rested: dict[str, float] = {}  # when each dispatch's last follow ended
+        self.rest = 30.0  # a follow that ended with the dispatch still open is retried after this
+        self.followed_total = 0
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Follower:
+        self._thread = threading.Thread(target=self._run, name="fleet-follower", daemon=True)
+        self._thread.start()
+        return self
+
+    def scan(self) -> list[str]:
+        """Start following every open dispatch not followed yet; returns the ones started."""
+        if not os.path.exists(self.journal):
+            return []
+        started = []
+        for did in open_dispatches(Journal(self.journal).load().events):
+            with self._lock:
+                if did in self.following or time.time() - self.rested.get(did, 0.0) < self.rest:
+                    continue
+                self.following[did] = time.time()
+                self.followed_total += 1
+            threading.Thread(target=self._one, args=(did,), name=f"fleet-follow-{did}", daemon=True).start()
+            started.append(did)
+        return started
+
+    def _one(self, did: str) -> None:
+        try:
+            self._follow(did)
+        except Exception as exc:  # noqa: BLE001 - one dispatch's trouble never stops the others
+            self.errors.append(f"{did}: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self.following.pop(did, None)
+                self.rested[did] = time.time()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scan()
+            except Exception as exc:  # noqa: BLE001 - a torn journal line must not end the service
+                self.errors.append(f"scan: {type(exc).__name__}: {exc}")
+            self._stop.wait(self.interval)
+
+    def close(self) -> None:
+        self._stop.set()

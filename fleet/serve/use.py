@@ -1,0 +1,93 @@
+"""A face's side of the service: run an operation through a running ``fleet serve`` (its warm
+connections) and give back the same result as in-process, with the same live hooks; None when
+no service runs, so the caller runs it in-process. Ctrl-C is passed on: the service interrupts
+the run as a terminal's Ctrl-C would, and its summary comes back."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from fleet.errors import FleetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fleet.app import Fleet
+    from fleet.results import FanoutRun
+    from fleet.ssh.options import FanoutOptions
+
+
+class ServiceSaid(FleetError):
+    """An error the service reported for this call, with its exit status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _say_once(text: str, said: set[str] = set()) -> None:  # noqa: B006 - said once per process
+    import sys
+    if text not in said:
+        said.add(text)
+        print(f"fleet: {text}", file=sys.stderr)
+
+
+def fanout_via_service(fl: Fleet, selector: str, command: str, *, mode: str | None, confirm: str | None,
+                       canary: str | None, no_canary: bool, options: FanoutOptions,
+                       on_output: Any = None, on_result: Any = None, log_stream: Any = None,
+                       batch: str | None = None, max_fail: Any = None, **rest: Any) -> FanoutRun | None:
+    """The fanout run by the service, or None (no service here, or an older one)."""
+    from fleet.serve import client
+
+    if rest:
+        return None  # a call the service does not take (a Python caller's extras): run it here
+    sock = client.connect(fl.settings.path("journal"))
+    if sock is None:
+        return None
+    from fleet.results import FanoutResult, FanoutRun
+
+    inv = fl.inventory
+    o = asdict(options)
+    o["accept_host_keys_for"] = sorted(o.get("accept_host_keys_for") or ())
+    req = {"op": "fanout", "selector": selector, "command": command, "mode": mode, "confirm": confirm,
+           "canary": canary, "no_canary": no_canary, "options": o, "batch": batch, "max_fail": max_fail,
+           "settings": asdict(fl.settings), "inventory": os.path.abspath(inv.path),
+           "stream": on_output is not None, "log": log_stream is not None}
+    last: dict[str, Any] | None = None
+    interrupted = False
+    try:
+        reader = client.Reader(sock)
+        reader.send(req)
+        while True:
+            try:
+                ev = reader.next()
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True  # the first Ctrl-C: the service stops the run and sends its summary
+                sock.sendall(b'{"op": "interrupt"}\n')
+                continue
+            kind = ev.get("event")
+            if kind in ("done", "error"):
+                last = ev
+                break
+            if kind == "output" and on_output is not None:
+                on_output(ev["host"], ev["stream"], ev["line"])
+            elif kind == "result" and on_result is not None:
+                on_result(FanoutResult.from_dict(ev["result"]))
+            elif kind == "log" and log_stream is not None:
+                log_stream.write(ev["text"])
+    except client.ServiceGone:
+        raise ServiceSaid("fleet serve went away during the run: see 'fleet serve status'; the run's "
+                          "artifacts say how far it got", 1) from None
+    finally:
+        sock.close()
+    if last is None:
+        return None
+    if last["event"] == "error":
+        if last.get("kind") == "version":
+            _say_once(last["message"] + "; running here instead")
+            return None
+        if last.get("exit_code") == 130:
+            raise KeyboardInterrupt
+        raise ServiceSaid(last["message"], int(last.get("exit_code") or 1))
+    return FanoutRun.from_dict(last["run"])

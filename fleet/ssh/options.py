@@ -1,0 +1,62 @@
+"""How a fanout behaves: :class:`FanoutOptions` (settings give the defaults, flags override them)
+and the run id every run's artifacts folder is named by."""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from fleet.errors import BadInput
+
+
+@dataclass(frozen=True)
+class FanoutOptions:
+    """How a fanout behaves. Settings give the defaults; flags override them."""
+
+    concurrency: int = 32
+    connect_timeout: float = 10.0
+    command_timeout: float | None = 3600.0
+    attempts: int = 2
+    retry_delay: float = 2.0
+    retry_on_exit: bool = False
+    preflight: bool = True
+    preflight_timeout: float = 5.0
+    accept_new_host_keys: bool = False
+    accept_host_keys_for: frozenset[str] = frozenset()
+    collect: tuple[str, ...] = ()
+    artifacts_dir: str | None = "artifacts"
+    user_known_hosts: str | None = "~/.ssh/known_hosts"
+    ssh_config: str | None = "~/.ssh/config"
+    artifacts_keep: int = 50  # run folders kept; older ones are pruned (0 keeps all)
+
+    def validate(self) -> "FanoutOptions":
+        """Bad values are bad input, with the flag to fix."""
+        for flag, v in (("--connect-timeout", self.connect_timeout), ("--timeout", self.command_timeout),
+                        ("--retry-delay", self.retry_delay), ("--preflight-timeout", self.preflight_timeout)):
+            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v)):
+                raise BadInput(f"{flag} {v}: write a number of seconds")
+        if self.concurrency < 1:
+            raise BadInput(f"--concurrency {self.concurrency}: write a number of at least 1")
+        if self.attempts < 1 or self.attempts > 10:
+            raise BadInput(f"--attempts {self.attempts}: write a number from 1 to 10")
+        if self.connect_timeout <= 0:
+            raise BadInput(f"--connect-timeout {self.connect_timeout}: write a positive number of seconds")
+        if self.command_timeout is not None and self.command_timeout < 0:
+            raise BadInput(f"--timeout {self.command_timeout}: write a positive number of seconds (0 for none)")
+        if self.preflight_timeout <= 0:
+            raise BadInput(f"preflight timeout {self.preflight_timeout}: write a positive number of seconds")
+        if self.retry_delay < 0:
+            raise BadInput(f"--retry-delay {self.retry_delay}: write 0 or more seconds")
+        for p in self.collect:
+            if not p or "\0" in p:
+                raise BadInput("--collect needs a remote file path, e.g. --collect /var/log/syslog")
+        return self
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+__all__ = ["FanoutOptions", "new_run_id"]
