@@ -46,6 +46,26 @@ def default_inventory_path(settings: Settings | None = None) -> str:
     return os.environ.get("FLEET_INVENTORY") or (settings or load_settings()).inventory
 
 
+class LazyTrail:
+    """An audit trail made on first use (reading the inventory's secrets costs an HTTP client's
+    import): a face that hands its work to the service never pays for it."""
+
+    def __init__(self, make: Callable[[], AuditTrail]) -> None:
+        self._make = make
+        self._trail: AuditTrail | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._trail is None:
+            if name in ("status", "last_error"):
+                return None
+            self._trail = self._make()
+        return getattr(self._trail, name)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Close the trail if it was made (True: everything delivered, or nothing to deliver)."""
+        return True if self._trail is None else self._trail.close(timeout)
+
+
 class Fleet:
     """fleet as one object: settings, inventory, audit trail, records, Beads, warm connections.
 
@@ -102,8 +122,9 @@ class Fleet:
         return load_inventory(self._inventory_arg or default_inventory_path(self.settings))
 
     def trail(self, slack: bool = True) -> AuditTrail:
-        """A new audit trail for this inventory (close it when done; every secret redacted)."""
-        return audit_trail(self.inventory, self.settings, post=slack)
+        """A new audit trail for this inventory (close it when done; every secret redacted).
+        Opened on first use: a call the service runs never opens one here."""
+        return LazyTrail(lambda: audit_trail(self.inventory, self.settings, post=slack))  # type: ignore[return-value]
 
     @cached_property
     def records(self) -> SessionRecords:
@@ -174,7 +195,7 @@ class Fleet:
     def fanout_options(self, **flags: Any) -> FanoutOptions:
         """The SSH engine's options: the settings, then the flags given (None = the setting)."""
         from fleet.settings import number
-        from fleet.ssh.runner import FanoutOptions
+        from fleet.ssh.options import FanoutOptions
 
         st = self.settings
 
@@ -206,8 +227,6 @@ class Fleet:
                trail: Any = None, **kw: Any) -> FanoutRun:
         """Run ``command`` on the selected hosts under the mode and the gate (see
         :func:`fleet.ops.fanout.fanout`); over this object's warm connections."""
-        from fleet.ops.fanout import fanout
-
         if not command or not str(command).strip():
             raise BadInput('give the command to run, e.g. fanout --all "make test"')
         if self._use_service:
@@ -217,6 +236,8 @@ class Fleet:
                                      no_canary=no_canary, options=options or self.fanout_options(), **kw)
             if run is not None:
                 return run
+        from fleet.ops.fanout import fanout
+
         return self._with_trail(trail, lambda tr: fanout(
             self.inventory, selector, args={"command": command}, mode=self.mode(mode), confirm=confirm,
             canary=canary, no_canary=self.no_canary(no_canary), settings=self.settings,

@@ -196,7 +196,8 @@ _WORDS = st.sampled_from(["Host", "Match", "HostName", "User", "Port", "Identity
                           "ProxyCommand", "ConnectTimeout", "HostKeyAlias", "UserKnownHostsFile",
                           "IdentitiesOnly", "Include", "all", "final", "host", "exec", "none", "yes", "*", "!x",
                           "%h", "%%", "%", "#", "# c", "\"", "'", "=", "\\", "a b", "x,y", "22", "0", "ssh",
-                          "1m", "[h]:2", "u@h", "${HOME}", "~", "\t", "NAS.Example.COM", "::1", "010.1", "\x00"])
+                          "1m", "[h]:2", "u@h", "${HOME}", "~", "\t", "NAS.Example.COM", "::1", "010.1", "\x00",
+                          "\u00e9", "\u2028", "\x0c", "\r", "IgnoreUnknown", "SendEnv", "Bogus"])
 
 
 _KW = st.sampled_from(["Host", "Match host", "Match final host", "Match user", "Match originalhost", "HostName",
@@ -236,3 +237,139 @@ def test_generated_configs_agree_with_ssh(lines, tmp_path_factory):
         raise AssertionError(f"unexpected {type(exc).__name__}: {exc}") from None
     finally:
         os.environ["HOME"] = old
+
+
+# ------------------------------------------------ what ssh -G cannot show on this machine
+
+def _cfg(d: Path, text: str) -> Path:
+    p = d / "config"
+    p.write_text(text.replace("@D@", str(d)))
+    return p
+
+
+def test_canonical_domains_found_rename_and_reparse(scratch, monkeypatch):
+    """With a resolver that knows web.corp.example (the lab has no DNS), as ssh: the name gets
+    the domain, the config is read again for it (Host *.corp.example, Match canonical), and a
+    permitted CNAME is followed."""
+    import fleet.ssh.config as c
+    d, _ = scratch
+    answers = {"web.corp.example.": (True, "web.corp.example"), "db.corp.example.": (True, "real-db.corp.example"),
+               "other": (True, ""), "a.b.c": (True, "")}  # (PermittedCNAMEs: ssh looks up a name not found too)
+    monkeypatch.setattr(c, "lookup", lambda name: answers.get(name, (False, "")))
+    cfg = load_ssh_config(str(_cfg(d, "CanonicalizeHostname yes\nCanonicalDomains nothere.example corp.example\n"
+                                       "CanonicalizePermittedCNAMEs *.corp.example:*.corp.example\n"
+                                       "Host *.corp.example\n  User corpuser\nMatch canonical\n  Port 2022\n")))
+    web = cfg.lookup("web")
+    assert (web["hostname"], web["user"], web["port"]) == ("web.corp.example", "corpuser", "2022")
+    assert cfg.lookup("db")["hostname"] == "real-db.corp.example"
+    other = cfg.lookup("other")  # not found anywhere: kept (CanonicalizeFallbackLocal yes), re-parsed
+    assert (other["hostname"], other["port"]) == ("other", "2022")
+    assert cfg.lookup("a.b.c")["hostname"] == "a.b.c"  # more dots than CanonicalizeMaxDots
+
+
+def test_recursive_includes_are_refused_at_once(scratch):
+    import time
+    d, _ = scratch
+    for i in range(12):  # 12 files each including all 12: ssh would walk 12**16 files
+        (d / "fan" / f"f{i}").parent.mkdir(exist_ok=True)
+        (d / "fan" / f"f{i}").write_text(f"Include {d}/fan/*\nUser u{i}\n")
+    (d / "self").write_text(f"Host nomatch\n  Include {d}/self\n")
+    for main in (d / "fan" / "f0", d / "self"):
+        t0 = time.monotonic()
+        with pytest.raises(BadInput, match="Too many recursive configuration includes"):
+            load_ssh_config(str(main))
+        assert time.monotonic() - t0 < 2
+
+
+def test_wide_include_fanout_is_bounded(scratch):
+    d, _ = scratch
+    (d / "w").mkdir()
+    for i in range(8):  # no loop, but 8**5 paths: refused, not walked for minutes
+        (d / "w" / f"l{i}").write_text("".join(f"Include {d}/w/m{j}\n" for j in range(8)) + "User x\n")
+        (d / "w" / f"m{i}").write_text("".join(f"Include {d}/w/n{j}\n" for j in range(8)))
+        (d / "w" / f"n{i}").write_text("".join(f"Include {d}/w/o{j}\n" for j in range(8)))
+        (d / "w" / f"o{i}").write_text("".join(f"Include {d}/w/p{j}\n" for j in range(8)))
+        (d / "w" / f"p{i}").write_text("Port 22\n" * 100)
+    cfg = load_ssh_config(str(_cfg(d, "".join(f"Include {d}/w/l{j}\n" for j in range(8)))))
+    with pytest.raises(BadInput, match="more than"):
+        cfg.lookup("h")
+
+
+def test_bastion_with_proxycommand_none_under_host_star_proxyjump(scratch):
+    from fleet.inventory.model import Host
+    from fleet.ssh.config import resolve_host
+    d, _ = scratch
+    cfg = load_ssh_config(str(_cfg(d, "Host bastion\n  HostName 10.9.9.9\n  ProxyCommand none\n"
+                                       "Host j1\n  ProxyJump should-be-ignored\nHost *\n  ProxyJump bastion\n")))
+    t = resolve_host(Host(name="app", address="app", explicit=frozenset()), cfg)
+    assert [h.name for h in t.chain()] == ["bastion", "app"] and t.first.hostname == "10.9.9.9"
+    # several hops: like ssh -J j1 j2 (the earlier hops are the later hop's own -J, its config ignored)
+    cfg = load_ssh_config(str(_cfg(d, "Host bastion\n  ProxyCommand none\nHost app\n  ProxyJump u@j1:2201,j2\n"
+                                       "Host *\n  ProxyJump bastion\n")))
+    t = resolve_host(Host(name="app", address="app", explicit=frozenset()), cfg)
+    assert [(h.name, h.port) for h in t.chain()] == [("bastion", 22), ("j1", 2201), ("j2", 22), ("app", 22)]
+    assert t.chain()[1].user == "u"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("Host *\n  ProxyJump %h\n", "jumphost loop"),
+    ("Host *\n  ProxyJump none # no jump\n", "named 'none'"),
+    ("Host a\n  ProxyJump b\nHost b\n  ProxyJump a\n", "longer than"),
+    ("Host *\n  IdentityFile ${FLEET_NO_SUCH_VAR}/k\n", "has no value"),
+])
+def test_refused_with_file_and_line(scratch, text, match):
+    d, _ = scratch
+    p = _cfg(d, text)
+    with pytest.raises(BadInput, match=match) as ei:
+        load_ssh_config(str(p)).lookup("a")
+    assert str(p) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_match_exec_runs_through_the_shell_with_tokens_and_only_if_needed(scratch):
+    d, _ = scratch
+    cfg = load_ssh_config(str(_cfg(d, "Host h\n  HostName H.Example\n  Port 2200\n"
+                                       "Match exec \"echo %h %p %r %n >> @D@/ran; test %n = h\"\n  User matched\n"
+                                       "Match host nomatch exec \"touch @D@/never\"\n  User no\n")))
+    assert cfg.lookup("h")["user"] == "matched"
+    # %h in a first-pass Match is HostName as written, %-expanded (ssh lowercases it only afterwards)
+    assert (d / "ran").read_text().split() == ["H.Example", "2200", pwd.getpwuid(os.getuid()).pw_name, "h"]
+    assert not (d / "never").exists()
+
+
+def test_inventory_values_act_as_ssh_dash_o(scratch):
+    from fleet.inventory.model import Host
+    from fleet.ssh.config import resolve_host
+    d, _ = scratch
+    cfg = load_ssh_config(str(_cfg(d, "Match user deploy\n  Port 2222\nHost web\n  HostName Web.Internal\n"
+                                       "  User nobody\n  Port 22\n")))
+    t = resolve_host(Host(name="web", address="Override.Example", user="deploy", explicit=frozenset({"address", "user"})),
+                     cfg)
+    assert (t.hostname, t.user, t.port, t.key_name) == ("override.example", "deploy", 2222, "[override.example]:2222")
+
+
+def test_config_files_and_their_permissions(scratch):
+    d, home = scratch
+    with pytest.raises(BadInput, match="no such file"):
+        load_ssh_config(str(d / "missing"))
+    assert load_ssh_config("none").lookup("h")["hostname"] == "h"
+    user_cfg = home / ".ssh" / "config"
+    user_cfg.write_text("Host h\n  User mine\n")
+    user_cfg.chmod(0o666)  # ssh refuses a ~/.ssh/config others can write
+    with pytest.raises(BadInput, match="Bad owner or permissions"):
+        load_ssh_config(None)
+    user_cfg.chmod(0o600)
+    assert load_ssh_config("~/.ssh/config").lookup("h")["user"] == "mine"
+
+
+def test_newer_openssh_keywords_and_paramiko_configs_are_read(scratch):
+    import paramiko
+
+    from fleet.inventory.model import Host
+    from fleet.ssh.config import resolve_host
+    d, _ = scratch
+    # keywords of OpenSSH releases newer than this one's ssh (9.4+, 10.x) are accepted and ignored
+    cfg = load_ssh_config(str(_cfg(d, "Host *\n  Tag t\n  ChannelTimeout session=5m\n  ObscureKeystrokeTiming no\n")))
+    assert cfg.lookup("h")["hostname"] == "h"
+    legacy = paramiko.SSHConfig.from_text("Host old\n  HostName 10.0.0.9\n  Port 2022\n  User legacy\n")
+    t = resolve_host(Host(name="old", address="old", explicit=frozenset()), legacy)
+    assert (t.hostname, t.port, t.user) == ("10.0.0.9", 2022, "legacy")

@@ -12,7 +12,7 @@ from fleet.inventory import load_inventory
 from fleet.ops import dispatch as dx
 from fleet.ops.worktrees import list_worktrees, remove_worktree
 from fleet.results import FanoutOutcome
-from fleet.safety.gate import ConfirmationRequired
+from fleet.safety.gate import ConfirmationRequired, Refused
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,15 @@ def test_remove_needs_a_token_refuses_dirty_without_force(wlab, tmp_path, st):
     assert r.outcome == FanoutOutcome.SUCCESS, r.error
     name = r.branch.split("/", 1)[1]
     args = {"repo": "demo", "name": name, "force": False, "delete_branch": False}
-    with pytest.raises(ConfirmationRequired) as ei:
+    with pytest.raises(Refused) as refused:  # checked on the host before any token is issued
         remove_worktree(inv, "lab01", args=args, settings=st)
-    out = remove_worktree(inv, "lab01", args=args, settings=st, confirm=ei.value.token)
-    assert out[0]["outcome"] == "refused" and "has changes" in out[0]["detail"]
+    assert not isinstance(refused.value, ConfirmationRequired)
+    assert "uncommitted changes" in str(refused.value) and "--force" in str(refused.value)
     assert Path(r.worktree).exists()
     forced = dict(args, force=True, delete_branch=True)
     with pytest.raises(ConfirmationRequired) as ei:
         remove_worktree(inv, "lab01", args=forced, settings=st)
+    assert "--force discards them" in ei.value.plan.describe()
     out = remove_worktree(inv, "lab01", args=forced, settings=st, confirm=ei.value.token)
     assert out[0]["outcome"] == "removed" and not Path(r.worktree).exists()
     demo = Path(wlab.hosts[0].repos_root) / "demo"
@@ -97,10 +98,10 @@ def test_remove_never_leaves_the_worktrees_dir(wlab, tmp_path, st):
     wt_dir.mkdir(parents=True, exist_ok=True)
     (wt_dir / "evil").symlink_to(victim)
     args = {"repo": "demo", "name": "evil", "force": True, "delete_branch": False}
-    with pytest.raises(ConfirmationRequired) as ei:
+    with pytest.raises(Refused) as refused:  # found before any token: none is issued
         remove_worktree(inv, "lab01", args=args, settings=st)
-    out = remove_worktree(inv, "lab01", args=args, settings=st, confirm=ei.value.token)
-    assert out[0]["outcome"] == "refused" and (victim / "keep").read_text() == "keep"
+    assert not isinstance(refused.value, ConfirmationRequired) and "symlink" in str(refused.value)
+    assert (victim / "keep").read_text() == "keep"
     from fleet.errors import BadInput
     with pytest.raises(BadInput):
         remove_worktree(inv, "lab01", args=dict(args, name="../../x"), settings=st)

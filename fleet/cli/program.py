@@ -51,7 +51,23 @@ def prepare_argv(argv: list[str]) -> list[str]:
     command is everything after its flags, taken whole as ``ssh host cmd args...`` takes it
     (``fanout --hosts mac git status`` runs ``git status``, never a second task ``status``)."""
     argv = _whole_command(argv)
+    argv = _optional_word(argv, "serve", "action")
     _check_flags(argv)
+    return argv
+
+
+def _optional_word(argv: list[str], task: str, arg: str) -> list[str]:
+    """``serve status``: the word after a task whose positional is optional is that positional,
+    never another task of the same name (``status``), so it goes in as ``--action status``."""
+    if task not in argv:
+        return argv
+    i = argv.index(task)
+    takes_value = _value_flags(task)
+    j = i + 1
+    while j < len(argv) and argv[j].startswith("-"):
+        j += 2 if argv[j] in takes_value and "=" not in argv[j] else 1
+    if j < len(argv) and argv[j] not in ns.task_names or (j < len(argv) and argv[j] in ("status", "stop")):
+        return argv[:j] + [f"--{arg}", argv[j]] + argv[j + 1:]
     return argv
 
 
@@ -182,3 +198,7 @@ def main() -> None:
     except BrokenPipeError:  # e.g. `fleet --list | head`: the reader has gone; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,17 @@
-"""Renderers: read result objects and print them. They decide nothing."""
+"""Renderers: read result objects and print them. They decide nothing.
+
+What hosts and servers say (remote output, session titles, agents' answers, errors) reaches a
+terminal only escaped: every table cell and live line through :func:`cell` (no control
+character, no newline: one row per result, nothing can move the cursor or colour the screen),
+gathered output bodies through :func:`lines_of` (lines and tabs kept, every other control character
+escaped). Artifacts are not rendered here and stay byte-exact."""
 from __future__ import annotations
 
 import json
 import re
 import sys
 import threading
+import unicodedata
 from collections import OrderedDict
 from typing import Any, Iterable, TextIO
 
@@ -14,6 +21,36 @@ from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResul
 
 _ORDER = {FanoutOutcome.PREFLIGHT_FAILED: 0, FanoutOutcome.TIMEOUT: 1, FanoutOutcome.FAILURE: 2,
           FanoutOutcome.ABORTED: 3, FanoutOutcome.SUCCESS: 4}
+
+
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escaped(c: str) -> str:
+    """One character as Python would write it in a string: ``\\x1b``, ``\\n``, ``\\u202e``."""
+    if c in _NAMED:
+        return _NAMED[c]
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def cell(value: Any) -> str:
+    """``value`` as one table cell or live line: every character that is not printable (control
+    characters, newlines, tabs, bidi overrides) escaped, so no host or server can forge a row,
+    move the cursor or colour the terminal. The person still sees what was sent."""
+    s = "" if value is None else str(value)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else _escaped(c) for c in s)
+
+
+def lines_of(text: str) -> str:
+    """Output shown as lines (gathered output, an agent's answer): newlines and tabs kept, CRLF
+    read as a newline, every other control character (ESC, CR, BEL, DEL, C1) escaped."""
+    s = (text or "").replace("\r\n", "\n")
+    if not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in s):
+        return s
+    return "".join(_escaped(c) if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in s)
 
 
 def first_line(text: str, width: int = 100) -> str:
@@ -26,7 +63,9 @@ def first_line(text: str, width: int = 100) -> str:
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    """A plain aligned text table."""
+    """A plain aligned text table; every cell escaped (:func:`cell`): one line per row."""
+    headers = [cell(h) for h in headers]
+    rows = [[cell(c) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in rows:
         for i, c in enumerate(r):
@@ -62,7 +101,7 @@ def fanout_table(run: FanoutRun, color: "Colors | None" = None) -> str:
         e = first_line(r.error, 10_000)
         if len(e) > 60 and e not in seen:
             seen.add(e)
-            long.append(f"{r.host}: {e}")
+            long.append(cell(f"{r.host}: {e}"))
     extra = ("\n" + "\n".join(long)) if long else ""
     return body + extra + "\n" + summary_line(run)
 
@@ -88,7 +127,7 @@ def to_json(doc: Any) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, default=str)
 
 
-_SEG = re.compile(r"(\d+)")
+_SEG = re.compile(r"([0-9]+)")  # ASCII digits only: the numbers of host names
 
 
 def _range_text(nums: list[str]) -> str:
@@ -112,7 +151,7 @@ def _range_text(nums: list[str]) -> str:
 def fold(names: Iterable[str]) -> str:
     """Fold host names as ClusterShell writes them: ``lab[01-120]``, ``r[1-2]n[01-04]``, sorted."""
     def key(n: str) -> list:
-        return [(0, int(x), len(x)) if x.isdigit() else (1, x, 0) for x in _SEG.split(n)]
+        return [(0, int(x), len(x)) if _SEG.fullmatch(x) else (1, x, 0) for x in _SEG.split(n)]
     items = [_SEG.split(n) for n in sorted(set(names), key=key)]
     # fold one numeric dimension at a time, the last first; folded ones become text
     width = max((len(t) for t in items), default=0)
@@ -120,7 +159,7 @@ def fold(names: Iterable[str]) -> str:
         groups: "OrderedDict[tuple, list[str]]" = OrderedDict()
         shape: dict[tuple, list[str]] = {}
         for t in items:
-            if len(t) <= pos or not t[pos].isdigit():
+            if len(t) <= pos or not _SEG.fullmatch(t[pos]):
                 groups.setdefault(("=",) + tuple(t), [])
                 shape[("=",) + tuple(t)] = t
                 continue
@@ -147,9 +186,10 @@ def _buckets(run: FanoutRun) -> "OrderedDict[tuple[str, str], list[str]]":
 
 
 def _block_text(out: str, err: str, color: "Colors") -> str:
-    text = out.rstrip("\n")
+    text = lines_of(out).rstrip("\n")
     if err.strip():
-        text += ("\n" if text else "") + "\n".join(color.dim("stderr| ") + ln for ln in err.rstrip("\n").splitlines())
+        text += ("\n" if text else "") + "\n".join(color.dim("stderr| ") + ln
+                                                  for ln in lines_of(err).rstrip("\n").splitlines())
     return text
 
 
@@ -159,7 +199,7 @@ def gathered(run: FanoutRun, color: "Colors | None" = None) -> str:
     c = color or Colors(False)
     blocks = []
     for (out, err), hosts in _buckets(run).items():
-        head = f"{fold(hosts)} ({len(hosts)})"
+        head = cell(f"{fold(hosts)} ({len(hosts)})")
         bar = "-" * max(15, len(head))
         blocks.append(f"{bar}\n{c.bold(head)}\n{bar}\n{_block_text(out, err, c)}")
     return "\n".join(blocks)
@@ -175,11 +215,11 @@ def diffed(run: FanoutRun, color: "Colors | None" = None) -> str:
         return ""
     (base_out, base_err), base_hosts = buckets[0]
     base = _block_text(base_out, base_err, Colors(False)).splitlines()
-    head = f"{fold(base_hosts)} ({len(base_hosts)})"
+    head = cell(f"{fold(base_hosts)} ({len(base_hosts)})")
     parts = [f"{'-' * max(15, len(head))}\n{c.bold(head)} (most common)\n{'-' * max(15, len(head))}\n" + "\n".join(base)]
     for (out, err), hosts in buckets[1:]:
         other = _block_text(out, err, Colors(False)).splitlines()
-        lines = list(difflib.unified_diff(base, other, fold(base_hosts), fold(hosts), lineterm=""))
+        lines = list(difflib.unified_diff(base, other, cell(fold(base_hosts)), cell(fold(hosts)), lineterm=""))
         parts.append("\n".join(c.red(ln) if ln.startswith("-") and not ln.startswith("---") else
                                 c.green(ln) if ln.startswith("+") and not ln.startswith("+++") else ln
                                 for ln in lines))
@@ -191,9 +231,9 @@ def stderr_tails(run: FanoutRun, lines: int = 5) -> str:
     tails: "OrderedDict[str, list[str]]" = OrderedDict()
     for r in run.results:
         if not r.ok and r.stderr.strip():
-            tail = "\n".join(r.stderr.rstrip("\n").splitlines()[-lines:])
+            tail = "\n".join(lines_of(r.stderr).rstrip("\n").splitlines()[-lines:])
             tails.setdefault(tail, []).append(r.host)
-    return "\n".join(f"{fold(hosts)} stderr (last lines):\n" + "\n".join("  " + ln for ln in tail.splitlines())
+    return "\n".join(cell(f"{fold(hosts)} stderr (last lines):") + "\n" + "\n".join("  " + ln for ln in tail.splitlines())
                      for tail, hosts in tails.items())
 
 
@@ -252,7 +292,7 @@ class LineStreamer:
     def __call__(self, host: str, stream: str, line: str) -> None:
         target = self.out if stream == "stdout" else self.err
         with self.lock:
-            target.write(f"{host:<{self.width}} | {line}\n")
+            target.write(f"{cell(host):<{self.width}} | {cell(line)}\n")
             target.flush()
 
 
@@ -405,6 +445,7 @@ class DispatchLive:
 
         if self.quiet:
             return
+        host, text = cell(host), cell(text)  # what the server says, escaped before it is stored or shown
         with self.lock:
             row = self.rows.setdefault(host, {"host": host, "session": "", "state": "starting", "step": "",
                                               "usage": "", "t0": time.monotonic(), "ended": None})
@@ -475,22 +516,23 @@ def dispatch_report(run: Any) -> str:
     """One host: the agent's answer, then a line of outcome, tokens, cost; many: a table."""
     if len(run.results) == 1 and run.results[0].ok and not run.results[0].waited:
         r = run.results[0]
-        return (f"{r.host}: sent, session={r.session_id}; the agent works on: follow it with 'fleet wait "
-                f"--session {r.session_id}' (or fleet watch)" + (f"\nworktree: {r.worktree} (branch {r.branch})"
-                                                                  if r.worktree else ""))
+        return cell(f"{r.host}: sent, session={r.session_id}; the agent works on: follow it with 'fleet wait "
+                    f"--session {r.session_id}' (or fleet watch)") + (
+                        cell(f"\nworktree: {r.worktree} (branch {r.branch})")[2:].join(["\n", ""])
+                        if r.worktree else "")
     if len(run.results) == 1:
         r = run.results[0]
         tok = r.tokens or {}
-        head = (r.answer + "\n") if r.waited and r.answer else ""
-        changed = "".join(f"\n  {f['status'] or 'changed':<8} {f['file']} +{f['additions']} -{f['deletions']}"
-                          for f in r.files)
-        todo = "".join(f"\n  [{t['status']}] {t['content']}" for t in r.todo)
-        return (head + f"{r.host}: {r.outcome.value} session={r.session_id or '-'} tokens={tok.get('total', '-')} "
-                f"(in {tok.get('input', '-')}, out {tok.get('output', '-')}) cost=${r.cost:.4f} "
-                f"duration={r.duration_ms / 1000:.1f}s"
-                + (f"\nworktree: {r.worktree} (branch {r.branch})" if r.worktree else "")
+        head = (lines_of(r.answer) + "\n") if r.waited and r.answer else ""
+        changed = "".join("\n  " + cell(f"{f['status'] or 'changed':<8} {f['file']} +{f['additions']} "
+                                        f"-{f['deletions']}") for f in r.files)
+        todo = "".join("\n  " + cell(f"[{t['status']}] {t['content']}") for t in r.todo)
+        return (head + cell(f"{r.host}: {r.outcome.value} session={r.session_id or '-'} "
+                            f"tokens={tok.get('total', '-')} (in {tok.get('input', '-')}, out "
+                            f"{tok.get('output', '-')}) cost=${r.cost:.4f} duration={r.duration_ms / 1000:.1f}s")
+                + ("\n" + cell(f"worktree: {r.worktree} (branch {r.branch})") if r.worktree else "")
                 + (f"\nchanged:{changed}" if changed else "")
-                + (f"\ntodo:{todo}" if todo else "") + (f"\nerror: {r.error}" if r.error else ""))
+                + (f"\ntodo:{todo}" if todo else "") + ("\n" + cell(f"error: {r.error}") if r.error else ""))
     body = table([[r.host, "SENT" if r.ok and not r.waited else r.outcome.value, r.session_id or "-",
                    f"{r.duration_ms / 1000:.1f}s",
                    files_summary(r.files) or "-", first_line(r.answer, 50) or "-", first_line(r.error, 80)]
@@ -522,7 +564,7 @@ def status_table(servers: list[dict[str, Any]]) -> str:
 
 def abort_line(host: str, aborted: list[str]) -> str:
     """``abort``: what was stopped."""
-    return f"{host}: aborted {len(aborted)} session(s)" + (": " + ", ".join(aborted) if aborted else "")
+    return cell(f"{host}: aborted {len(aborted)} session(s)" + (": " + ", ".join(aborted) if aborted else ""))
 
 
 def teardown_lines(out: list[dict[str, Any]]) -> str:
@@ -530,12 +572,13 @@ def teardown_lines(out: list[dict[str, Any]]) -> str:
     lines = []
     for r in out:
         if r.get("error"):
-            lines.append(f"{r['host']}: error: {r['error']}")
+            lines.append(cell(f"{r['host']}: error: {r['error']}"))
             continue
-        lines.append(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)")
+        lines.append(cell(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)"))
         for w in r.get("worktrees") or []:
-            lines.append(f"  worktree kept: {w['path']} (branch {w['branch'] or '-'}); remove it with: fleet "
-                         f"worktrees.remove --hosts {r['host']} --repo {w['repo']} --name {w['name']}")
+            lines.append("  " + cell(f"worktree kept: {w['path']} (branch {w['branch'] or '-'}); remove it with: "
+                                     f"fleet worktrees.remove --hosts {r['host']} --repo {w['repo']} "
+                                     f"--name {w['name']}"))
     return "\n".join(lines)
 
 
@@ -550,8 +593,8 @@ def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
         d = e.get("detail") or {}
         extra = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
                          for k, v in d.items())
-        out.append(f"{e['time']}  {e.get('dispatch_id') or '-':<28} {e.get('host') or '-':<10} "
-                   f"{e['operation']:<18} {e['outcome']:<9} [{state}] {extra}".rstrip())
+        out.append(cell(f"{e['time']}  {e.get('dispatch_id') or '-':<28} {e.get('host') or '-':<10} "
+                        f"{e['operation']:<18} {e['outcome']:<9} [{state}] {extra}".rstrip()))
     return "\n".join(out)
 
 
@@ -571,8 +614,8 @@ def watch_line(row: dict[str, Any]) -> str:
     extra = f" ({row['waiting']})" if row.get("waiting") else (f" ({row['step']})" if row.get("step") else "")
     tok, cost = _usage_cells(row)
     usage = f"  {tok} tok {cost}" if row.get("tokens") is not None else ""
-    return (f"{row['host']}  {row.get('repo') or '-'}  {row['session'] or '-'}  {row['state']}{extra}{usage}  "
-            f"{row.get('title', '')[:40]}").rstrip()
+    return cell(f"{row['host']}  {row.get('repo') or '-'}  {row['session'] or '-'}  {row['state']}{extra}{usage}  "
+                f"{row.get('title', '')[:40]}".rstrip())
 
 
 def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: float | None = None,

@@ -13,20 +13,22 @@ from invoke import Collection
 
 from fleet.cli import admin_tasks as adm
 from fleet.cli import agent_tasks as agt
+from fleet.cli import serve_tasks as svt
 from fleet.cli import ssh_tasks as sst
 from fleet.settings import Settings
 
 ns = Collection()
 for _t in (sst.preflight, sst.fanout, sst.retry, sst.blow_away, agt.dispatch, agt.wait, agt.abort, agt.approve,
            agt.deny, agt.answer, agt.sessions, agt.watch, agt.listen, agt.status, agt.teardown, adm.mcp,
-           adm.settings_show):
+           adm.settings_show, svt.serve):
     ns.add_task(_t)
 for _name, _tasks in (("inventory", {"check": adm.inventory_check, "show": adm.inventory_show,
                                      "import": adm.inventory_import, "export": adm.inventory_export}),
                       ("lab", {"up": adm.lab_up, "down": adm.lab_down}),
                       ("audit", {"replay": adm.audit_replay, "tail": adm.audit_tail, "show": adm.audit_show}),
                       ("worktrees", {"list": sst.worktrees_list, "remove": sst.worktrees_remove}),
-                      ("token", {"list": adm.token_list, "revoke": adm.token_revoke})):
+                      ("token", {"list": adm.token_list, "revoke": adm.token_revoke}),
+                      ("service", {"install": svt.service_install})):
     _sub = Collection(_name)
     for _n, _t in _tasks.items():
         _sub.add_task(_t, name=_n, default=(_name, _n) == ("worktrees", "list"))

@@ -1,7 +1,10 @@
 """Lab agents: one real ``opencode serve`` per lab host on loopback, with a stand-in model.
 
-Each agent gets its own HOME (state, config) under the lab dir, a random password in a
-0600 file, and a global config pointing at the lab's fake model server. The opencode
+Each agent runs, as on a user's machine, in its lab host's home directory (``hosts/<name>``:
+not a git project; the repos are under ``~/repos``, several of them, so sessions span
+projects), which is also its HOME (state, config); a random password in a 0600 file, and a
+global config pointing at the lab's fake model server (whose markers, ``[task: ...]`` among
+them, make the real server run real tools and real subagents). The opencode
 binary comes from ``.tools/`` (``make setup`` installs the pinned npm package
 ``opencode-ai``), ``$FLEET_OPENCODE_BIN``, or PATH.
 """
@@ -21,6 +24,7 @@ import httpx
 
 
 from fleet.lab.base import Lab, free_ports
+from fleet.lab.hosts import seed_repos
 from fleet.errors import AgentError  # noqa: F401 - re-exported where they were defined
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +92,10 @@ def start_agents(lab: Lab, count: int, timeout: float = 90.0) -> list[dict[str, 
     procs = []
     for i, h in enumerate(lab.hosts[:count]):
         d = adir / h.name
-        home = d / "home"
+        d.mkdir(parents=True, exist_ok=True)
+        # as on a user's machine: the server runs in the host's home directory (not a git
+        # project), with the repos under ~/repos, so sessions of several projects are real
+        home = Path(h.repos_root).parent
         (home / ".config" / "opencode").mkdir(parents=True, exist_ok=True)
         (home / ".config" / "opencode" / "opencode.json").write_text(json.dumps(_config(mport), indent=2))
         pw = secrets.token_urlsafe(18)
@@ -96,15 +103,7 @@ def start_agents(lab: Lab, count: int, timeout: float = 90.0) -> list[dict[str, 
         fd = os.open(pwf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(pw + "\n")
-        repo = Path(h.repos_root) / "demo"
-        repo.mkdir(parents=True, exist_ok=True)
-        if not (repo / ".git").exists():
-            # a real repository with a commit, so worktrees, branches and the agent's edits are real
-            (repo / "README.md").write_text("# demo\nThe lab's demo repository.\n")
-            git = ["git", "-C", str(repo), "-c", "user.name=fleet lab", "-c", "user.email=lab@fleet.invalid"]
-            subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=False, capture_output=True)
-            subprocess.run(git + ["add", "README.md"], check=False, capture_output=True)
-            subprocess.run(git + ["commit", "-q", "-m", "lab: initial commit"], check=False, capture_output=True)
+        seed_repos(lab.dir, [h.repos_root])
         env = dict(os.environ, HOME=str(home), OPENCODE_SERVER_PASSWORD=pw, OPENCODE_DISABLE_AUTOUPDATE="1",
                    OPENCODE_DISABLE_MODELS_FETCH="1", OPENCODE_DISABLE_SHARE="1",
                    OPENCODE_DISABLE_LSP_DOWNLOAD="1", npm_config_registry="http://127.0.0.1:9/",
@@ -113,7 +112,7 @@ def start_agents(lab: Lab, count: int, timeout: float = 90.0) -> list[dict[str, 
         env.pop("OPENCODE_SERVER_USERNAME", None)
         log = d / "opencode.log"
         p = subprocess.Popen([oc, "serve", "--port", str(ports[i]), "--hostname", "127.0.0.1"],
-                             cwd=str(repo), env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                             cwd=str(home), env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True)
         (d / "opencode.pid").write_text(str(p.pid))
         url = f"http://127.0.0.1:{ports[i]}"

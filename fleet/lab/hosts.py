@@ -50,6 +50,31 @@ def find_sshd() -> str:
                    "(Debian/Ubuntu) or 'make test', which installs it")
 
 
+LAB_REPOS = ("demo", "site")  # every lab host has these real git repos under ~/repos, as a user's machine does
+
+
+def seed_repos(lab_dir: Path, roots: list[str]) -> None:
+    """Give each repos root the lab's repos (:data:`LAB_REPOS`), real git repositories with one
+    commit, so worktrees, branches, diffs and sessions in several projects are real. One template
+    is made with git and copied, so a 100-host lab costs no more than a few git calls."""
+    tmpl = lab_dir / "template"
+    git_id = ["-c", "user.name=fleet lab", "-c", "user.email=lab@fleet.invalid"]
+    for name in LAB_REPOS:
+        t = tmpl / name
+        if not (t / ".git").exists():
+            t.mkdir(parents=True, exist_ok=True)
+            (t / "README.md").write_text(f"# {name}\nThe lab's {name} repository.\n")
+            subprocess.run(["git", "init", "-q", "-b", "main", str(t)], check=False, capture_output=True)
+            subprocess.run(["git", "-C", str(t), *git_id, "add", "README.md"], check=False, capture_output=True)
+            subprocess.run(["git", "-C", str(t), *git_id, "commit", "-q", "-m", "lab: initial commit"], check=False,
+                           capture_output=True)
+    for root in roots:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        for name in LAB_REPOS:
+            if not (Path(root) / name).exists():
+                shutil.copytree(tmpl / name, Path(root) / name, symlinks=True)
+
+
 def _keygen(path: Path, comment: str) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
                    check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -160,7 +185,7 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
     other = ensure_other_user()
     users = [user] + ([other] if other else [])
     if lab_dir.exists():
-        for child in ("sshd", "hosts", "agents"):
+        for child in ("sshd", "hosts", "agents", "template"):
             shutil.rmtree(lab_dir / child, ignore_errors=True)
     lab_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(lab_dir, 0o700)
@@ -237,9 +262,8 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
         raise
 
     (lab_dir / "known_hosts").write_text("\n".join(known_lines) + "\n")
-    for h in hosts:
-        Path(h.repos_root).mkdir(parents=True, exist_ok=True)
-        lab.hosts.append(h)
+    seed_repos(lab_dir, [h.repos_root for h in hosts])
+    lab.hosts.extend(hosts)
     write_ssh_config(lab)
     if agents:
         from fleet.lab.agents import start_agents

@@ -39,32 +39,62 @@ _CREATE = _SH_X + (
     'cd -- "$wt" && pwd -P && printf "%s\\n" "$base"'
 )
 
-# $1 repos root. One line per fleet worktree: repo TAB name TAB path TAB branch TAB dirty TAB ahead TAB mtime
+# $1 repos root, then pairs (repo, its directory) for the repos the inventory places elsewhere
+# (repos.paths); any other repo is <root>/<repo>. One line per fleet worktree:
+# repo TAB name TAB path TAB branch TAB dirty TAB ahead TAB mtime
 _LIST = _SH_X + (
-    'root=$(x "$1"); [ -d "$root/' + WT_DIR + '" ] || exit 0; '
+    'root=$(x "$1"); shift; [ -d "$root/' + WT_DIR + '" ] || exit 0; '
+    'dir() { want=$1; shift; while [ $# -ge 2 ]; do [ "$1" = "$want" ] && { x "$2"; return; }; shift 2; done; '
+    'printf "%s/%s" "$root" "$want"; }; '
     'for wt in "$root"/' + WT_DIR + '/*/*; do [ -d "$wt" ] || continue; '
     'repo=$(basename -- "$(dirname -- "$wt")"); name=$(basename -- "$wt"); '
     'br=$(git -C "$wt" rev-parse --abbrev-ref HEAD 2>/dev/null || echo "?"); '
     'if [ -n "$(git -C "$wt" status --porcelain 2>/dev/null | head -n 1)" ]; then d=dirty; else d=clean; fi; '
-    'main=$(git -C "$root/$repo" rev-parse HEAD 2>/dev/null); '
-    'ahead=$(git -C "$wt" rev-list --count "$main..HEAD" 2>/dev/null || echo "?"); '
+    'main=$(git -C "$(dir "$repo" "$@")" rev-parse HEAD 2>/dev/null); '
+    'if [ -n "$main" ]; then ahead=$(git -C "$wt" rev-list --count "$main..HEAD" 2>/dev/null || echo "?"); '
+    'else ahead="?"; fi; '
     'm=$(stat -c %Y "$wt" 2>/dev/null || stat -f %m "$wt" 2>/dev/null || echo 0); '
     'printf "%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n" "$repo" "$name" "$wt" "$br" "$d" "$ahead" "$m"; done'
 )
 
-# $1 repos root, $2 repo, $3 name, $4 force (0/1), $5 delete branch (0/1).
+# $1 repos root, $2 the repo's directory (the inventory's), $3 repo, $4 name, $5 force (0/1),
+# $6 delete branch (0/1), $7 "probe" (say what is there, change nothing) or "remove".
+# The same facts decide the plan (probe, before any token) and the removal (checked again there).
+# Only fleet's own branch fleet/<name> is ever deleted, whatever the worktree has checked out.
 _REMOVE = _SH_X + (
-    'root=$(cd -- "$(x "$1")" 2>/dev/null && pwd -P) || { printf "repos root %s does not exist\\n" "$1" >&2; exit 91; }; '
-    'wt="$root/' + WT_DIR + '/$2/$3"; '
-    '[ -L "$wt" ] && { printf "refused: %s is a symlink\\n" "$wt" >&2; exit 92; }; '
-    '[ -d "$wt" ] || { printf "nothing to remove: %s does not exist\\n" "$wt"; exit 0; }; '
-    'real=$(cd -- "$wt" && pwd -P); case "$real" in "$root/' + WT_DIR + '"/?*/?*) ;; '
-    '*) printf "refused: %s resolves to %s, outside %s\\n" "$wt" "$real" "$root/' + WT_DIR + '" >&2; exit 94;; esac; '
-    'br=$(git -C "$real" rev-parse --abbrev-ref HEAD 2>/dev/null); '
-    'if [ "$4" = 1 ]; then git -C "$root/$2" worktree remove --force -- "$real" >&2 || exit 96; '
-    'else git -C "$root/$2" worktree remove -- "$real" >&2 || { printf "refused: %s has changes (use --force)\\n" "$real" >&2; exit 97; }; fi; '
-    'if [ "$5" = 1 ] && [ -n "$br" ]; then git -C "$root/$2" branch -D -- "$br" >/dev/null 2>&1; fi; '
-    'printf "removed %s (branch %s %s)\\n" "$real" "$br" "$( [ "$5" = 1 ] && echo deleted || echo kept)"'
+    'no() { printf "refused: %s\\n" "$*" >&2; exit "$code"; }; '
+    'code=91; root=$(cd -- "$(x "$1")" 2>/dev/null && pwd -P) || no "repos root $1 does not exist"; '
+    'repo=$(x "$2"); wt="$root/' + WT_DIR + '/$3/$4"; br="fleet/$4"; '
+    'code=92; [ -L "$wt" ] && no "$wt is a symlink"; '
+    'if [ ! -d "$wt" ]; then [ "$7" = probe ] && { echo "state=absent"; echo "path=$wt"; exit 0; }; '
+    'printf "nothing to remove: %s does not exist\\n" "$wt"; exit 0; fi; '
+    'code=94; real=$(cd -- "$wt" && pwd -P); case "$real" in "$root/' + WT_DIR + '"/?*/?*) ;; '
+    '*) no "$wt resolves to $real, outside $root/' + WT_DIR + '";; esac; '
+    'code=82; git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 || no "$2 is not a git repository"; '
+    'code=95; git -C "$repo" worktree list --porcelain | grep -qxF "worktree $real" '
+    '|| no "$real is not a worktree of $2"; '
+    'head=$(git -C "$real" symbolic-ref -q --short HEAD 2>/dev/null) || head=""; '
+    'if [ -n "$(git -C "$real" status --porcelain 2>/dev/null | head -n 1)" ]; then dirty=1; else dirty=0; fi; '
+    'lost=0; [ -z "$head" ] && lost=$(git -C "$real" rev-list --count HEAD --not --branches --tags --remotes '
+    '2>/dev/null || echo "?"); '
+    'if git -C "$repo" show-ref --verify --quiet "refs/heads/$br"; then '
+    'only=$(git -C "$repo" rev-list --count "refs/heads/$br" --not --exclude="refs/heads/$br" --single-worktree '
+    '--all 2>/dev/null) || only="?"; else only=-; fi; '
+    'if [ "$7" = probe ]; then printf "state=present\\npath=%s\\nhead=%s\\ndirty=%s\\nlost=%s\\nonly=%s\\n" '
+    '"$real" "$head" "$dirty" "$lost" "$only"; exit 0; fi; '
+    'code=97; if [ "$5" != 1 ]; then '
+    '[ "$dirty" = 0 ] || no "$real has uncommitted changes: commit them there, or add --force to discard them"; '
+    '[ "$lost" = 0 ] || no "$real has $lost commit(s) on no branch (detached HEAD): put a branch on them, '
+    'or add --force to drop them"; '
+    'if [ "$6" = 1 ] && [ "$only" != - ] && [ "$only" != 0 ]; then no "branch $br has $only commit(s) on no '
+    'other branch: merge or push them, drop --delete-branch, or add --force to delete them"; fi; fi; '
+    'code=96; if [ "$5" = 1 ]; then git -C "$repo" worktree remove --force -- "$real" >&2 || no "git could not '
+    'remove $real"; else git -C "$repo" worktree remove -- "$real" >&2 || no "git could not remove $real"; fi; '
+    'if [ "$6" != 1 ]; then b="branch $br kept"; elif [ "$only" = - ]; then b="no branch $br to delete"; '
+    'elif git -C "$repo" branch -D -- "$br" >/dev/null 2>&1; then b="branch $br deleted"; '
+    'else b="branch $br could not be deleted, kept"; fi; '
+    '[ -n "$head" ] && [ "$head" != "$br" ] && b="$b; $head (checked out there) kept"; '
+    'printf "removed %s (%s)\\n" "$real" "$b"'
 )
 
 
@@ -151,7 +181,7 @@ def list_worktrees(inv: Inventory, hosts: list[Host], options: FanoutOptions | N
     for h in hosts:
         if h.repos_root is None:
             continue
-        r = _one(inv, h, _script(_LIST, h.repos_root), "worktrees", options)
+        r = _one(inv, h, _script(_LIST, h.repos_root, *_repo_dirs(h)), "worktrees", options)
         if r.outcome != FanoutOutcome.SUCCESS:
             errors.append(f"{h.name}: {r.error}")
             continue
@@ -166,7 +196,82 @@ def list_worktrees(inv: Inventory, hosts: list[Host], options: FanoutOptions | N
     return out, errors
 
 
+def _repo_dirs(h: Host) -> list[str]:
+    """(repo, directory) pairs, flat, for the repos the inventory places elsewhere (repos.paths)."""
+    out: list[str] = []
+    for repo in sorted(h.repos):
+        path = h.repo_path(repo)
+        if path is not None:
+            out += [repo, path]
+    return out
+
+
+def _remove_script(h: Host, a: dict[str, Any], what: str) -> str:
+    return _script(_REMOVE, h.repos_root or "", h.repo_path(str(a["repo"])) or "", str(a["repo"]), str(a["name"]),
+                   "1" if a.get("force") else "0", "1" if a.get("delete_branch") else "0", what)
+
+
+# Host-side refusals that are about what is there (a symlink, a path outside .worktrees, not a
+# worktree of the repo): found before any token, they refuse the plan. A missing repos root or
+# repository is the host not being as the inventory says: noted, and that host fails when it runs.
+_REFUSE_CODES = (92, 94, 95)
+
+
+def _plain_count(v: str) -> int | None:
+    return int(v) if v.isdigit() else None
+
+
+def _judge(h: Host, a: dict[str, Any], facts: dict[str, str]) -> tuple[str, str]:
+    """(the plan's note for ``h``, why it is refused or ''), from what the probe found there."""
+    force, delete = bool(a.get("force")), bool(a.get("delete_branch"))
+    br = f"fleet/{a['name']}"
+    path = facts.get("path", worktree_path(h, a["repo"], a["name"]))
+    if facts.get("state") == "absent":
+        return f"{h.name}: nothing to remove: {path} does not exist", ""
+    why: list[str] = []
+    note = f"{h.name}: removes {path}"
+    if facts.get("dirty") == "1":
+        if force:
+            note += " with its uncommitted changes (--force discards them)"
+        else:
+            why.append(f"{path} has uncommitted changes: commit them there, or add --force to discard them")
+    else:
+        note += " (clean)"
+    head, lost = facts.get("head", ""), facts.get("lost", "0")
+    if lost != "0":
+        n = _plain_count(lost)
+        what = f"{n} commit(s)" if n is not None else "commits"
+        if force:
+            note += f"; drops {what} on no branch (detached HEAD; --force)"
+        else:
+            why.append(f"{path} has {what} on no branch (detached HEAD): put a branch on them there, or add "
+                       f"--force to drop them")
+    if head and head != br:
+        note += f"; {head} is checked out there and is kept (only {br} is ever deleted)"
+    elif not head:
+        note += "; its HEAD is detached"
+    only = facts.get("only", "-")
+    if not delete:
+        note += f"; keeps branch {br}"
+    elif only == "-":
+        note += f"; no branch {br} to delete"
+    elif only == "0":
+        note += f"; deletes branch {br} (each of its commits is on another branch too)"
+    else:
+        n = _plain_count(only)
+        what = f"{n} commit(s)" if n is not None else "commits (how many could not be told)"
+        if force:
+            note += f"; deletes branch {br} and its {what} on no other branch (--force)"
+        else:
+            why.append(f"branch {br} has {what} on no other branch: merge or push them, drop --delete-branch, "
+                       f"or add --force to delete them")
+    return note, "; ".join(why)
+
+
 def _check_remove(plan: Plan) -> None:
+    """Names, then each host as it is now (read only, before any token): the plan's notes say what
+    will be removed, kept or discarded; what would be refused refuses the plan here, so no token
+    is issued (or spent) for a removal that cannot happen."""
     a = plan.args
     for k in ("repo", "name"):
         if not a.get(k) or not is_plain_name(str(a[k])):
@@ -174,9 +279,25 @@ def _check_remove(plan: Plan) -> None:
     for h in plan.hosts:
         if h.repos_root is None:
             raise Refused(f"{h.name} has no repos root: nothing fleet made can be there")
-        plan.notes.append(f"{h.name}: removes {worktree_path(h, a['repo'], a['name'])}"
-                          + (" even with changes (--force)" if a.get("force") else "")
-                          + ("; deletes its branch" if a.get("delete_branch") else "; keeps its branch"))
+    options = plan.call_options.get("options")
+    refusals: list[str] = []
+    for h in plan.hosts:
+        r = _one(plan.inventory, h, _remove_script(h, a, "probe"), f"worktree check {a['name']}", options)
+        if r.outcome == FanoutOutcome.SUCCESS:
+            facts = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
+            note, why = _judge(h, a, facts)
+            plan.notes.append(note)
+            if why:
+                refusals.append(f"{h.name}: {why}")
+            continue
+        said = (r.stderr.strip().splitlines() or [r.error])[-1].removeprefix("refused: ")
+        if r.exit_code in _REFUSE_CODES:
+            refusals.append(f"{h.name}: {said}")
+        else:
+            plan.notes.append(f"{h.name}: could not be checked ({said}); it is checked again when it runs")
+    if refusals:
+        raise Refused("worktrees.remove refused before anything was done (no token was issued): "
+                      + "; ".join(refusals))
 
 
 def remove_worktree(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
@@ -193,10 +314,7 @@ def remove_worktree(inv: Inventory, selector: str, *, args: dict[str, Any], mode
         a, tr = g.plan.args, g.trail
 
         def one(h: Host) -> dict[str, str]:
-            r = _one(g.plan.inventory, h, _script(_REMOVE, h.repos_root or "", a["repo"], a["name"],
-                                                  "1" if a.get("force") else "0",
-                                                  "1" if a.get("delete_branch") else "0"),
-                     f"worktree remove {a['name']}", options)
+            r = _one(g.plan.inventory, h, _remove_script(h, a, "remove"), f"worktree remove {a['name']}", options)
             ok = r.outcome == FanoutOutcome.SUCCESS
             out = {"host": h.name, "outcome": "removed" if ok else "refused",
                    "detail": (r.stdout.strip() if ok else (r.stderr.strip().splitlines() or [r.error])[-1])}

@@ -57,7 +57,7 @@ class Service:
         self._stop = threading.Event()
         self._lock_fd: int | None = None
         self._sock: socket.socket | None = None
-        self.follower = None
+        self.follower: Any = None
         self._follow = follow
 
     # ------------------------------------------------------------------ life

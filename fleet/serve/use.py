@@ -31,6 +31,33 @@ def _say_once(text: str, said: set[str] = set()) -> None:  # noqa: B006 - said o
         print(f"fleet: {text}", file=sys.stderr)
 
 
+def autostart(fl: Fleet, wait: float = 5.0) -> Any:
+    """Start ``fleet serve`` in the background for this state directory (``persist`` set: as
+    OpenSSH's ControlMaster auto + ControlPersist), gone after ``persist`` idle seconds; its
+    connection, or None if it did not come up (the call then runs here)."""
+    import subprocess
+    import sys
+    import time
+
+    from fleet.serve import client, paths
+
+    journal = fl.settings.path("journal")
+    log = os.path.join(paths.ensure_run_dir(journal), "serve.log")
+    env = dict(os.environ, INVOKE_FLEET_JOURNAL=journal)
+    with open(log, "ab") as out:
+        subprocess.Popen([sys.executable, "-m", "fleet.cli.program", "serve", "--idle-exit",
+                          str(fl.settings.persist)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         start_new_session=True, env=env, close_fds=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        sock = client.connect(journal)
+        if sock is not None:
+            return sock
+        time.sleep(0.05)
+    _say_once(f"fleet serve did not start in {wait:g}s (see {log}); running here")
+    return None
+
+
 def fanout_via_service(fl: Fleet, selector: str, command: str, *, mode: str | None, confirm: str | None,
                        canary: str | None, no_canary: bool, options: FanoutOptions,
                        on_output: Any = None, on_result: Any = None, log_stream: Any = None,
@@ -41,6 +68,8 @@ def fanout_via_service(fl: Fleet, selector: str, command: str, *, mode: str | No
     if rest:
         return None  # a call the service does not take (a Python caller's extras): run it here
     sock = client.connect(fl.settings.path("journal"))
+    if sock is None and fl.settings.persist > 0:
+        sock = autostart(fl)
     if sock is None:
         return None
     from fleet.results import FanoutResult, FanoutRun

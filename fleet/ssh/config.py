@@ -239,14 +239,16 @@ def _settle(cfg: Config, name: str, pre: dict[str, Any], me: Local) -> tuple[Opt
         o.want_final = True
     if o.want_final:
         o.v["hostname"] = host
+        o.at.setdefault("hostname", "the final pass")
         cfg.read(host, name, o, True, me)
     return o, host
 
 
 def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identities: tuple[str, ...] | None = None,
-             identities_only: bool | None = None, depth: int = 0) -> tuple[Hop, Options]:
+             identities_only: bool | None = None, depth: int = 0, why: str = "") -> tuple[Hop, Options]:
     if depth > MAX_HOPS:
-        raise BadInput(f"ProxyJump chain for {name} is longer than {MAX_HOPS} hops (a loop?): check ssh_config")
+        raise BadInput(f"ssh_config {why}: the ProxyJump chain reaching {name} is longer than {MAX_HOPS} hops "
+                       f"(a loop?)")
     o, host = _settle(cfg, name, pre, me)
     port = o.get("port") or _default_port()
     user = o.get("user") or me.user
@@ -292,7 +294,7 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
             except lx.LexError as exc:
                 raise bad(where, str(exc)) from None
             hop_pre["proxycommand"] = "none"
-        via = _resolve(cfg, jhost, hop_pre, me, depth=depth + 1)[0]
+        via = _resolve(cfg, jhost, hop_pre, me, depth=depth + 1, why=where)[0]
     elif pc is not None and lx.lower(pc) != "none":
         if pc == "-":
             raise bad(o.at["proxycommand"], "ProxyCommand - (use stdin/stdout) cannot be used by fleet")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 
 WS = " \t\r\n"
 
@@ -49,6 +50,8 @@ _BY_KIND = {
     CMD: "proxycommand proxyjump localcommand remotecommand knownhostscommand",
 }
 KEYWORDS: dict[str, str] = {k: kind for kind, names in _BY_KIND.items() for k in names.split()}
+if sys.platform == "darwin":  # Apple's ssh knows it (and refuses nothing for it)
+    KEYWORDS["usekeychain"] = IGNORE
 ALIASES = {"identityfile2": "identityfile", "keepalive": "tcpkeepalive"}
 
 STRICT = {"true": "yes", "yes": "yes", "false": "off", "no": "off", "off": "off", "ask": "ask",

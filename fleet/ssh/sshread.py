@@ -10,16 +10,15 @@ every line, active or not, as ssh does: a bad line is a :class:`BadInput` naming
 from __future__ import annotations
 
 import glob
-import grp
 import os
-import pwd
 import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import BadInput
 from fleet.ssh import sshlex as lx
-from fleet.ssh.sshmatch import Criterion, MatchState, eval_match, match_pattern, match_pattern_list, parse_match
+from fleet.ssh.sshcheck import check_line, secure
+from fleet.ssh.sshmatch import Criterion, MatchState, eval_match, match_pattern, match_pattern_list
 from fleet.ssh.tokens import Local
 
 NEVER, CHECKPERM, USERCONF = 1, 2, 4
@@ -27,12 +26,16 @@ MAX_DEPTH = 16           # READCONF_MAX_DEPTH
 MAX_FILE = 4 << 20       # a bigger "config" (or /dev/zero) is refused, not read forever
 MAX_LINES = 500_000      # lines one lookup may walk (includes can multiply them)
 MAX_IDENTITIES = 100
-MAX_HOSTFILES = 32
+
+
+def printable(s: str) -> str:
+    """``s`` with control characters escaped (a message stays one line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
 def bad(where: str, why: str) -> BadInput:
     """fleet's one-line error for a config line."""
-    return BadInput(f"ssh_config {where}: {why}")
+    return BadInput(printable(f"ssh_config {where}: {why}"))
 
 
 @dataclass
@@ -80,106 +83,6 @@ class Options:
         return self.v.get(key, default)
 
 
-# ------------------------------------------------------------------------------- checking
-
-def _one(ln: Line) -> str:
-    if not ln.argv or ln.argv[0] == "":
-        raise lx.LexError("Missing argument.")
-    if len(ln.argv) > 1:
-        raise lx.LexError(f"keyword {ln.kw} extra arguments at end of line")
-    return ln.argv[0]
-
-
-def _check_list(ln: Line, limit: int) -> list[str]:
-    for i, a in enumerate(ln.argv):
-        if a == "":
-            raise lx.LexError(f"keyword {ln.kw} empty argument")
-        if lx.lower(a) == "none" and (i > 0 or len(ln.argv) > 1):
-            raise lx.LexError(f'keyword {ln.kw} "none" argument must appear alone.')
-    if len(ln.argv) > limit:
-        raise lx.LexError(f"too many {ln.kw} entries.")
-    return list(ln.argv)
-
-
-def _value(ln: Line, kind: str) -> Any:
-    """Check one line as ssh does and return its value (LexError with ssh's complaint)."""
-    kw = ln.kw
-    if kind in (lx.FLAG, lx.TIME, lx.INT, lx.ONE):
-        arg = _one(ln)
-        if kind == lx.FLAG:
-            return lx.flag(arg)
-        if kind == lx.INT:
-            return lx.atoi(arg)
-        if kind == lx.TIME:
-            t = -1 if arg == "none" else lx.convtime(arg)
-            if t < 0 and arg != "none":
-                raise lx.LexError("invalid time value.")
-            return t
-        if kw == "port":
-            p = lx.a2port(arg)
-            if p <= 0:
-                raise lx.LexError(f"Bad port '{arg}'.")
-            return p
-        if kw == "stricthostkeychecking":
-            return lx.multistate(arg, lx.STRICT)
-        if kw == "canonicalizehostname":
-            return lx.multistate(arg, lx.CANONICALIZE)
-        return arg
-    if kind == lx.CMD:
-        raw = ln.rest.lstrip(lx.WS + "=")
-        return lx.parse_jump(raw) if kw == "proxyjump" else raw
-    if kw == "host":
-        if any(a == "" for a in ln.argv):
-            raise lx.LexError("keyword host empty argument")
-    elif kw == "match":
-        ln.crits = parse_match(ln.rest)
-    elif kw == "sendenv":
-        if any(a == "" or "=" in a for a in ln.argv):
-            raise lx.LexError("Invalid environment name.")
-    elif kw == "setenv":
-        if any("=" not in a for a in ln.argv):
-            raise lx.LexError("Invalid SetEnv.")
-    elif kw in ("userknownhostsfile", "globalknownhostsfile"):
-        return _check_list(ln, MAX_HOSTFILES)
-    elif kw == "canonicaldomains":
-        _check_list(ln, MAX_HOSTFILES)
-        return [a if lx.lower(a) == "none" else lx.valid_domain(a) for a in ln.argv]
-    elif kw == "canonicalizepermittedcnames":
-        out = []
-        for i, a in enumerate(ln.argv):
-            if lx.lower(a) == "none":
-                if i > 0 or len(ln.argv) > 1:
-                    raise lx.LexError(f'keyword {kw} "none" argument must appear alone.')
-                return []
-            src, colon, dst = (a, ":", a) if a == "*" else lx.lower(a).partition(":")
-            if not colon or not dst:
-                raise lx.LexError(f'Invalid permitted CNAME "{a}"')
-            out.append((src, dst))
-        return out
-    return None
-
-
-def _secure(st: os.stat_result) -> bool:
-    """Debian's ``secure_permissions``: owned by root or us, not world-writable, and
-    group-writable only for a group whose one member is the owner."""
-    uid = os.getuid()
-    if st.st_uid not in (0, uid) or st.st_mode & 0o002:
-        return False
-    if not st.st_mode & 0o020:
-        return True
-    try:
-        g = grp.getgrgid(st.st_gid)
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        return False
-    members = [p for p in pwd.getpwall() if p.pw_gid == g.gr_gid]
-    if any(p.pw_uid != uid for p in members):
-        return False
-    if g.gr_mem and (g.gr_mem[0] != owner or len(g.gr_mem) > 1):
-        return False
-    return bool(members or g.gr_mem)
-
-
 # -------------------------------------------------------------------------------- loading
 
 class _Loader:
@@ -209,7 +112,7 @@ class _Loader:
             data, st = b"", os.stat(path)
         except OSError as exc:
             raise BadInput(f"Can't open user config file {path}: {exc.strerror or exc}") from None
-        if flags & CHECKPERM and not _secure(st):
+        if flags & CHECKPERM and not secure(st):
             raise BadInput(f"ssh_config {path}: Bad owner or permissions (ssh refuses it too): run "
                            f"'chmod go-w {path}'")
         if len(data) > MAX_FILE:
@@ -238,7 +141,7 @@ class _Loader:
                 ln.unknown = True
                 self.unknown.append(ln)
                 return ln
-            ln.value = _value(ln, kind)
+            ln.value = check_line(ln, kind)
             if kw == "ignoreunknown":
                 self.ignore.append(ln.value)
             if kw == "include":
@@ -299,6 +202,7 @@ def load(files: list[tuple[str, int, bool]], text: str | None = None) -> "Config
         more = f" (and {len(ld.errors) - 1} more bad line{'s' if len(ld.errors) > 2 else ''})" \
             if len(ld.errors) > 1 else ""
         raise BadInput(f"{ld.errors[0]}{more}; ssh refuses this config too: fix or remove the line")
+    # (messages of ``bad`` are printable already)
     return Config(roots)
 
 
@@ -418,4 +322,4 @@ class _Pass:
             o.first(kw, v, where)
 
 
-__all__ = ["CHECKPERM", "Config", "ConfFile", "Line", "NEVER", "Options", "USERCONF", "bad", "load", "load_text"]
+__all__ = ["CHECKPERM", "Config", "ConfFile", "Line", "NEVER", "Options", "USERCONF", "bad", "load", "load_text", "printable"]

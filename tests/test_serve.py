@@ -1,0 +1,204 @@
+"""`fleet serve`: one per state directory (a lock), an owner-only Unix socket; a CLI fanout through
+it is the in-process one (output, exit code, artifacts, Ctrl-C) over warm connections; every open
+dispatch followed to its end with no dispatch or wait process alive, also after kill -9."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import running_lab, write_inventory
+from test_ssh_world import _marker, no_process
+
+FLEET = str(Path(sys.executable).parent / "fleet")
+
+
+def state_dir() -> Path:
+    return Path(os.environ["INVOKE_FLEET_JOURNAL"]).parent
+
+
+def sock() -> Path:
+    return state_dir() / "run" / "fleet.sock"
+
+
+def fleet(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([FLEET, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@contextmanager
+def service(*args: str):
+    proc = subprocess.Popen([FLEET, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock().exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sock().exists(), proc.stderr.read() if proc.poll() is not None else "no socket"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def running(pattern: str) -> bool:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+
+def logins(lab) -> int:
+    return sum(p.read_text().count("Accepted publickey") for p in Path(lab.dir).glob("sshd/*/sshd.log"))
+
+
+def test_one_service_per_state_directory_owner_only_status_and_stop(tmp_path):
+    with service() as proc:
+        assert stat.S_IMODE(sock().stat().st_mode) == 0o600
+        assert stat.S_IMODE(sock().parent.stat().st_mode) == 0o700
+        second = fleet("serve")
+        assert second.returncode == 3 and "already runs" in second.stderr and str(proc.pid) in second.stderr
+        st = fleet("serve", "status", "--json")
+        assert st.returncode == 0 and json.loads(st.stdout)["pid"] == proc.pid
+        assert fleet("serve", "stop").returncode == 0
+        proc.wait(timeout=10)
+    assert not sock().exists()
+    assert fleet("serve", "status").returncode == 1  # not running: said, exit 1
+
+
+def test_a_fanout_through_the_service_is_the_in_process_one_over_warm_connections(lab, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02", "lab03"])
+    cmd = "echo out-$((6*7)); echo err >&2; [ $(hostname) ] && exit 3"
+    here = fleet("fanout", "--inventory", str(inv), "--all", "--no-canary", "--json", cmd)
+    with service():
+        before = logins(lab)
+        first = fleet("fanout", "--inventory", str(inv), "--all", "--no-canary", "--json", cmd)
+        after_first = logins(lab)
+        second = fleet("fanout", "--inventory", str(inv), "--all", "--no-canary", "--json", cmd)
+        after_second = logins(lab)
+        table = fleet("fanout", "--inventory", str(inv), "--all", "--no-canary", cmd)
+        st = json.loads(fleet("serve", "status", "--json").stdout)
+    assert here.returncode == first.returncode == second.returncode == table.returncode == 1
+    keep = ("host", "outcome", "exit_code", "stdout", "stderr", "attempts", "error_kind")
+    a, b = json.loads(here.stdout), json.loads(second.stdout)
+    assert [{k: r[k] for k in keep} for r in a["results"]] == [{k: r[k] for k in keep} for r in b["results"]]
+    assert a["counts"] == b["counts"] and a["mode"] == b["mode"]
+    assert after_first - before == 3 and after_second == after_first  # the second run: no new login
+    assert st["calls"] >= 3 and st["warm"] == 3
+    for r in (json.loads(first.stdout), b):
+        art = Path(r["artifacts_dir"])
+        assert (art / "summary.json").exists() and (art / "lab01.stdout").read_text() == "out-42\n"
+    assert "out-42" in table.stdout and "FAILURE" in table.stdout and "lab[01-03] (3)" in table.stdout
+
+
+def test_ctrl_c_through_the_service_stops_the_remote_command_and_prints_the_summary(lab, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", lab, names=["lab05", "lab06"])
+    m = _marker()
+    with service():
+        proc = subprocess.Popen([FLEET, "fanout", "--inventory", str(inv), "--all", "--canary=lab05",
+                                 f"sleep {m}; true"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not running(f"^sleep {m}"):
+                time.sleep(0.1)
+            assert running(f"^sleep {m}"), "never started"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        assert b"ABORTED" in out + err
+        assert no_process(f"^sleep {m}")
+        assert fleet("serve", "status").returncode == 0  # the service goes on
+
+
+def test_an_older_or_newer_service_is_not_used_and_the_run_happens_here(lab, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", lab, names=["lab01"])
+    code = ("import sys, fleet; fleet.__version__ = '9.9.9'; from fleet.cli.program import main; "
+            f"sys.argv = ['fleet', 'fanout', '--inventory', {str(inv)!r}, '--all', '--json', 'echo here']; main()")
+    with service():
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    assert "version" in p.stderr and "running here instead" in p.stderr
+    assert json.loads(p.stdout)["results"][0]["stdout"] == "here\n"
+
+
+@pytest.fixture(scope="module")
+def alab(tmp_path_factory):
+    with running_lab(tmp_path_factory.mktemp("svlab"), 1, agents=1) as lab:
+        yield lab
+
+
+def journal() -> list[dict]:
+    p = Path(os.environ["INVOKE_FLEET_JOURNAL"])
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+
+def wait_for(pred, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def ops_of(did: str, op: str) -> list[dict]:
+    return [e for e in journal() if e.get("dispatch_id") == did and e.get("operation") == op]
+
+
+def test_a_no_wait_dispatch_is_followed_to_its_end_with_nobody_at_a_terminal(alab, tmp_path):
+    with service("--inventory", str(alab.inventory)):
+        p = fleet("dispatch", "--inventory", str(alab.inventory), "--host", "lab01", "--repo", "demo",
+                  "--task", "please [bash: echo ask-served]", "--no-wait", "--json")
+        assert p.returncode == 0, p.stderr
+        sent = json.loads(p.stdout)
+        did, sid = sent["dispatch_id"], sent["results"][0]["session_id"]
+        # no dispatch or wait process is alive now: the service journals the request...
+        assert wait_for(lambda: ops_of(did, "needs_input")), journal()[-5:]
+        a = fleet("approve", "--inventory", str(alab.inventory), "--session", sid)
+        assert a.returncode == 0, a.stderr
+        # ...and the end, once
+        assert wait_for(lambda: ops_of(did, "completed"))
+        time.sleep(4)  # a second report would come within the service's grace
+    assert len(ops_of(did, "needs_input")) == 1 and len(ops_of(did, "completed")) == 1
+
+
+def test_after_kill_9_a_new_service_posts_the_end_once(alab, tmp_path):
+    with service("--inventory", str(alab.inventory)) as first:
+        p = fleet("dispatch", "--inventory", str(alab.inventory), "--host", "lab01", "--repo", "demo",
+                  "--task", "please [slow] think", "--no-wait", "--json")
+        assert p.returncode == 0, p.stderr
+        did = json.loads(p.stdout)["dispatch_id"]
+        assert wait_for(lambda: did in json.loads(fleet("serve", "status", "--json").stdout)["following"], 20)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    assert not ops_of(did, "completed")
+    with service("--inventory", str(alab.inventory)):  # the stale socket and lock are taken over
+        assert wait_for(lambda: ops_of(did, "completed"), 90)
+        time.sleep(4)
+    assert len(ops_of(did, "completed")) == 1
+
+
+def test_persist_starts_the_service_on_the_first_call_and_it_leaves_when_idle(lab, tmp_path):
+    inv = write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02"])
+    env = {"INVOKE_FLEET_PERSIST": "3"}
+    assert not sock().exists()
+    first = fleet("fanout", "--inventory", str(inv), "--all", "--json", "echo one", env=env)
+    assert first.returncode == 0, first.stderr
+    assert sock().exists() and fleet("serve", "status").returncode == 0
+    before = logins(lab)
+    second = fleet("fanout", "--inventory", str(inv), "--all", "--json", "echo two", env=env)
+    assert second.returncode == 0 and logins(lab) == before  # warm: no new login
+    assert wait_for(lambda: not sock().exists(), 20)  # idle past 'persist': it went away
