@@ -46,26 +46,6 @@ def default_inventory_path(settings: Settings | None = None) -> str:
     return os.environ.get("FLEET_INVENTORY") or (settings or load_settings()).inventory
 
 
-class LazyTrail:
-    """An audit trail made on first use (reading the inventory's secrets costs an HTTP client's
-    import): a face that hands its work to the service never pays for it."""
-
-    def __init__(self, make: Callable[[], AuditTrail]) -> None:
-        self._make = make
-        self._trail: AuditTrail | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._trail is None:
-            if name in ("status", "last_error"):
-                return None
-            self._trail = self._make()
-        return getattr(self._trail, name)
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Close the trail if it was made (True: everything delivered, or nothing to deliver)."""
-        return True if self._trail is None else self._trail.close(timeout)
-
-
 class Fleet:
     """fleet as one object: settings, inventory, audit trail, records, Beads, warm connections.
 
@@ -124,6 +104,8 @@ class Fleet:
     def trail(self, slack: bool = True) -> AuditTrail:
         """A new audit trail for this inventory (close it when done; every secret redacted).
         Opened on first use: a call the service runs never opens one here."""
+        from fleet.audit.lazy import LazyTrail
+
         return LazyTrail(lambda: audit_trail(self.inventory, self.settings, post=slack))  # type: ignore[return-value]
 
     @cached_property
@@ -194,28 +176,9 @@ class Fleet:
 
     def fanout_options(self, **flags: Any) -> FanoutOptions:
         """The SSH engine's options: the settings, then the flags given (None = the setting)."""
-        from fleet.settings import number
         from fleet.ssh.options import FanoutOptions
 
-        st = self.settings
-
-        def num(flag: str, value: Any, default: Any, kind: type = float, minimum: float = 0,
-                positive: bool = False) -> Any:
-            return default if value is None else number(flag, value, kind, minimum, positive)
-        ct = num("--timeout", flags.get("timeout"), st.command_timeout)
-        return FanoutOptions(
-            concurrency=num("--concurrency", flags.get("concurrency"), st.concurrency, int, 1),
-            connect_timeout=num("--connect-timeout", flags.get("connect_timeout"), st.connect_timeout,
-                                positive=True),
-            command_timeout=ct if ct > 0 else None,
-            attempts=num("--attempts", flags.get("attempts"), st.attempts, int, 1),
-            retry_delay=num("--retry-delay", flags.get("retry_delay"), st.retry_delay),
-            retry_on_exit=bool(flags.get("retry_on_exit")), preflight=not flags.get("no_preflight"),
-            preflight_timeout=st.preflight_timeout,
-            accept_new_host_keys=bool(flags.get("accept_new_host_keys")),
-            accept_host_keys_for=frozenset(flags.get("accept_new_host_key") or ()),
-            collect=tuple(flags.get("collect") or ()), artifacts_dir=st.artifacts_dir, ssh_config=st.ssh_config,
-            artifacts_keep=st.artifacts_keep).validate()
+        return FanoutOptions.from_settings(self.settings, **flags)
 
     def ssh_options(self, **flags: Any) -> FanoutOptions:
         """One-attempt SSH options, for SSH work that is not a fanout (worktrees, deep preflight)."""

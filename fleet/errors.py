@@ -313,3 +313,15 @@ class AuditError(FleetError):
     """The journal cannot be written."""
 
     exit_code = 1
+
+
+class StorageError(FleetError):
+    """A file fleet must keep (the journal, the session records, a run's artifacts, tokens) cannot
+    be written: the disk is full, read-only, or a part of the path is not a directory. Names the
+    path and what to do; what could not be recorded was not done."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, path: str = "") -> None:
+        self.path = path
+        super().__init__(message)

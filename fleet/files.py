@@ -2,16 +2,22 @@
 
 - :func:`locked`: an exclusive lock (``flock`` on ``<path><suffix>``) across threads and processes;
 - :func:`append_line`: append one line to an owner-only file and fsync before returning;
-- :func:`loose_mode`: the 0600 rule for secrets (passwords, keys, the token secret).
+- :func:`loose_mode`: the 0600 rule for secrets (passwords, keys, the token secret);
+- :func:`writing` and :func:`ensure_writable`: a file fleet must keep that cannot be written (disk
+  full, read-only, a path through a file) is a :class:`~fleet.errors.StorageError` naming the path
+  and what to do, never a bare ``OSError``; checked before anything is sent that must be recorded.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from fleet.errors import StorageError
 
 
 @contextmanager
@@ -39,4 +45,55 @@ def loose_mode(path: str | os.PathLike[str]) -> int | None:
     return stat.S_IMODE(m) if m & (stat.S_IRWXG | stat.S_IRWXO) else None
 
 
-__all__ = ["append_line", "locked", "loose_mode"]
+def storage_error(exc: OSError, what: str, path: str | os.PathLike[str] | None = None,
+                  setting: str | None = None) -> StorageError:
+    """``exc`` (raised writing ``what`` at ``path``) as one line: the path, why, and what to do."""
+    where = str(path if path is not None else (exc.filename or ""))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        todo = "free some space on that disk"
+    elif exc.errno == errno.EROFS:
+        todo = "that file system is read-only: use a writable place"
+    elif exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENOENT):
+        todo = "a part of that path is not a directory: use a directory path"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        todo = "you may not write there: fix its permissions or use another place"
+    else:
+        todo = "fix that path"
+    if setting:
+        todo += f" (or set 'fleet.{setting}', ${'INVOKE_FLEET_' + setting.upper()}, to another place)"
+    why = exc.strerror or type(exc).__name__
+    return StorageError(f"cannot write {what} {where}: {why}: {todo}, then run it again", where)
+
+
+@contextmanager
+def writing(what: str, path: str | os.PathLike[str], setting: str | None = None) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``what`` at ``path`` into a :class:`StorageError`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, what, path, setting) from None
+
+
+def ensure_writable(directory: str | os.PathLike[str], what: str, setting: str | None = None) -> Path:
+    """Make ``directory`` (0700 where it is new) and prove a file can be written and synced in it,
+    before anything is sent that must be recorded there. Returns it; raises :class:`StorageError`."""
+    d = Path(os.path.expanduser(str(directory)))
+    with writing(what, d, setting):
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = d / f".fleet-write-check.{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"fleet write check\n" * 64)  # a page's worth: a full disk refuses it
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+    return d
+
+
+__all__ = ["append_line", "ensure_writable", "locked", "loose_mode", "storage_error", "writing"]

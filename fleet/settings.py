@@ -65,9 +65,7 @@ class Settings:
                     value = bool(value)
                 elif isinstance(default, (int, float)):
                     lo, positive = _RANGES.get(key, (0, False))
-                    value = number(flag, value, type(default), lo, positive)
-                    if key == "attempts" and value > 10:
-                        raise BadInput(f"{flag} {value}: write a number from 1 to 10")
+                    value = number(flag, value, type(default), lo, positive, _MAXIMA.get(key, MAX_NUMBER))
                 elif isinstance(default, tuple):
                     if isinstance(value, str):
                         value = tuple(x.strip() for x in value.split(",") if x.strip())
@@ -126,25 +124,40 @@ _RANGES = {"concurrency": (1, True), "connect_timeout": (0, True), "command_time
            "preflight_timeout": (0, True), "attempts": (1, True), "retry_delay": (0, False),
            "token_ttl": (1, True), "dispatch_timeout": (0, True), "artifacts_keep": (0, False), "warm_idle": (0, False), "stall_timeout": (0, False), "persist": (0, False)}
 
+# Ceilings: beyond them a value overflows what it feeds (a token's 4-byte expiry, the C time a
+# thread waits with) or means nothing a person wants. No number fleet reads exceeds MAX_NUMBER.
+MAX_NUMBER = 1_000_000_000
+YEAR = 365 * 86400
+_MAXIMA = {"token_ttl": 86400, "attempts": 10, "connect_timeout": YEAR, "command_timeout": YEAR,
+           "preflight_timeout": YEAR, "retry_delay": YEAR, "dispatch_timeout": YEAR, "stall_timeout": YEAR,
+           "warm_idle": YEAR, "concurrency": 100_000, "artifacts_keep": 1_000_000}
 
-def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0, positive: bool = False) -> Any:
-    """A number flag or setting, checked: non-numeric, NaN, infinite, negative (below ``minimum``)
-    or zero when ``positive`` is bad input naming ``flag``."""
+
+def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0, positive: bool = False,
+           maximum: float | None = MAX_NUMBER) -> Any:
+    """A number flag or setting, checked: non-numeric, NaN, infinite, negative (below ``minimum``),
+    zero when ``positive``, or above ``maximum`` (by default :data:`MAX_NUMBER`, so no value can
+    overflow what it feeds) is bad input naming ``flag``."""
     import math
 
     what = "a whole number" if kind is int else "a number"
+    span = (f" from {minimum:g} to {maximum:g}" if minimum is not None and maximum is not None else
+            f" of at least {minimum:g}" if minimum is not None else
+            f" of at most {maximum:g}" if maximum is not None else "")
     try:
         if isinstance(value, bool):
             raise ValueError
         v = kind(value) if kind is float else int(str(value).strip())
     except (TypeError, ValueError):
-        raise BadInput(f"{flag} {value}: write {what}" + (f" of at least {minimum:g}" if minimum is not None else "")) from None
+        raise BadInput(f"{flag} {value}: write {what}{span}") from None
     if kind is float and (math.isnan(v) or math.isinf(v)):
         raise BadInput(f"{flag} {value}: write {what} of seconds, not {value}")
     if positive and v <= 0:
-        raise BadInput(f"{flag} {value}: write {what} greater than 0")
+        raise BadInput(f"{flag} {value}: write {what} greater than 0" + (f" and at most {maximum:g}" if maximum else ""))
     if minimum is not None and v < minimum:
-        raise BadInput(f"{flag} {value}: write {what} of at least {minimum:g}")
+        raise BadInput(f"{flag} {value}: write {what}{span}")
+    if maximum is not None and v > maximum:
+        raise BadInput(f"{flag} {value}: write {what}{span}")
     return v
 
 

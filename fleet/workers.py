@@ -9,11 +9,18 @@ from __future__ import annotations
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from fleet.inventory import Host
+
+class Named(Protocol):
+    """Anything with a name (a host, a (host, session) pair's host): what the pool keys results by."""
+
+    @property
+    def name(self) -> str: ...
+
 
 R = TypeVar("R")
+Host = TypeVar("Host", bound=Named)
 
 
 def run_bounded(hosts: Sequence[Host], work: Callable[[Host], R], width: int, name: str, *,

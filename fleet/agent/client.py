@@ -5,6 +5,12 @@ auth when the server has a password (username default ``opencode``; the password
 from an env var or a 0600 file, never the inventory), and timeouts. Connect errors are
 retried with tenacity; nothing that may have reached the server is ever sent twice.
 
+Bounded against any server: every reply is read with a size cap (:data:`MAX_BODY`; a server
+that sends a gigabyte costs a few megabytes, then a clear error), every exchange has an overall
+deadline (not only per read), and every reply is checked for the shape the contract promises
+before anyone reads it, so a wrong type is one :class:`ProtocolError` line naming the host,
+never a ``TypeError`` halfway through a task.
+
 HTTP only (the endpoints and their errors): what the replies mean lives beside it, following a
 turn to its end in :mod:`fleet.agent.turn`, tokens and cost in :mod:`fleet.agent.usage`.
 """
@@ -63,11 +69,38 @@ def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:
     return None
 
 
-def _excerpt(resp: httpx.Response, n: int = 200) -> str:
-    try:
-        text = resp.text
-    except Exception:  # noqa: BLE001
-        return ""
+MAX_BODY = 8 * 1024 * 1024  # bytes of one reply (decoded): a few MB, far above any the contract describes
+MAX_MESSAGES_BODY = 64 * 1024 * 1024  # a long session's messages (tool outputs are capped at ~50 kB each)
+
+
+class BodyTooLarge(Exception):
+    """A reply went past its cap (raised inside the exchange, mapped to :class:`ProtocolError`)."""
+
+
+class Reply:
+    """One bounded reply: status, headers and the (decoded) body bytes."""
+
+    def __init__(self, status_code: int, headers: httpx.Headers, body: bytes) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        """The body as text (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON (ValueError if it is not)."""
+        import json as _json
+        try:
+            return _json.loads(self.body)
+        except RecursionError:  # nested deeper than Python parses: not a reply of the contract
+            raise ValueError("JSON nested too deeply") from None
+
+
+def _excerpt(resp: Reply, n: int = 200) -> str:
+    text = resp.text
     try:
         doc = resp.json()
         if isinstance(doc, dict):
@@ -80,6 +113,15 @@ def _excerpt(resp: httpx.Response, n: int = 200) -> str:
         pass
     text = " ".join(text.split())
     return text[:n] + ("…" if len(text) > n else "")
+
+
+def _kind(value: Any) -> str:
+    """A JSON type's name, for an error a person reads: ``a string ('yes')``."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    shown = repr(value)
+    return names.get(type(value), type(value).__name__) + (f" ({shown[:40]})" if not isinstance(value, (list, dict))
+                                                            else "")
 
 
 @functools.lru_cache(maxsize=1)
@@ -135,16 +177,30 @@ class OpenCodeClient:
         self.http.close()
 
     # ------------------------------------------------------------------ transport
-    def _send(self, method: str, path: str, kwargs: dict[str, Any], total: float) -> httpx.Response:
-        """One HTTP exchange with an overall deadline: httpx bounds each read, not the whole reply,
-        so a server that trickles a byte at a time would never end. The exchange runs on a
-        helper thread; past ``total`` its client is dropped (closing its socket) and a fresh one
-        serves later calls. Ctrl-C reaches the waiting (main) thread at once."""
+    def _send(self, method: str, path: str, kwargs: dict[str, Any], total: float, limit: int) -> Reply:
+        """One HTTP exchange with an overall deadline and a size cap: httpx bounds each read, not
+        the whole reply, so a server that trickles a byte at a time would never end, and one that
+        sends a gigabyte would fill the memory. The exchange runs on a helper thread reading the
+        body in chunks up to ``limit`` bytes; past ``total`` its client is dropped (closing its
+        socket) and a fresh one serves later calls. Ctrl-C reaches the waiting (main) thread at once."""
         box: dict[str, Any] = {}
+        http = self.http
 
         def go() -> None:
             try:
-                box["resp"] = self.http.request(method, path, **kwargs)
+                req = http.build_request(method, path, **kwargs)
+                resp = http.send(req, stream=True)
+                try:
+                    chunks, size = [], 0
+                    for chunk in resp.iter_bytes():
+                        size += len(chunk)
+                        if size > limit:
+                            raise BodyTooLarge(f"the reply to {method} {path} is larger than "
+                                               f"{limit // (1024 * 1024)} MiB")
+                        chunks.append(chunk)
+                    box["resp"] = Reply(resp.status_code, resp.headers, b"".join(chunks))
+                finally:
+                    resp.close()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 box["exc"] = exc
         t = threading.Thread(target=go, name="fleet-http", daemon=True)
@@ -159,8 +215,15 @@ class OpenCodeClient:
         return box["resp"]
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                expect_json: bool = True, timeout: float | None = None) -> Any:
+                expect_json: bool = True, timeout: float | None = None, limit: int = MAX_BODY) -> Any:
         """One call. Connect failures are retried (nothing was sent); everything else is mapped once."""
+        return self.exchange(method, path, json=json, params=params, expect_json=expect_json, timeout=timeout,
+                             limit=limit)[0]
+
+    def exchange(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+                 expect_json: bool = True, timeout: float | None = None,
+                 limit: int = MAX_BODY) -> tuple[Any, httpx.Headers]:
+        """:meth:`request`, with the reply's headers (paging cursors live there)."""
         q = dict(params or {})
         if self.directory and "directory" not in q:
             q["directory"] = self.directory
@@ -181,7 +244,7 @@ class OpenCodeClient:
             for attempt in Retrying(stop=stop_after_attempt(self.connect_attempts), wait=wait_fixed(0.5),
                                     retry=retry_if_exception_type(httpx.ConnectError), reraise=True):
                 with attempt:
-                    resp = self._send(method, path, kwargs, total)
+                    resp = self._send(method, path, kwargs, total, limit)
         except httpx.ConnectError as exc:
             raise Unreachable(self.host.name, url, f"cannot connect to the OpenCode server after "
                               f"{self.connect_attempts} attempts ({exc or 'connection refused'}); is "
@@ -196,6 +259,8 @@ class OpenCodeClient:
             raise ProtocolError(self.host.name, url, f"the server broke the HTTP exchange: {exc}") from None
         except httpx.HTTPError as exc:
             raise Unreachable(self.host.name, url, f"HTTP error: {exc}") from None
+        except BodyTooLarge as exc:
+            raise ProtocolError(self.host.name, url, f"{exc}: not an OpenCode reply fleet will read") from None
         if resp.status_code == 401:
             how = (f"username '{self.username}' with the password from the inventory's "
                    f"{'password_env' if self.endpoint.password_env else 'password_file'}"
@@ -207,9 +272,9 @@ class OpenCodeClient:
             raise ServerError(self.host.name, url, f"server error {resp.status_code}: "
                               f"{self._scrub(_excerpt(resp)) or '(empty body)'}")
         if not expect_json or resp.status_code == 204:
-            return None
+            return None, resp.headers
         try:
-            return resp.json()
+            return resp.json(), resp.headers
         except ValueError:
             raise ProtocolError(self.host.name, url, f"expected JSON from {method} {path}, got "
                                 f"{resp.headers.get('content-type', 'no content type')}: "
@@ -217,43 +282,130 @@ class OpenCodeClient:
 
     def _shape(self, value: Any, kind: type, what: str, path: str) -> Any:
         if not isinstance(value, kind):
-            raise ProtocolError(self.host.name, self.base + path, f"{what}: expected a JSON "
-                                f"{kind.__name__}, got {type(value).__name__}")
+            raise ProtocolError(self.host.name, self.base + path, f"{what}: expected "
+                                f"{_kind(kind())}, got {_kind(value)}")
         return value
+
+    def _items(self, value: Any, what: str, path: str) -> list[dict[str, Any]]:
+        """A JSON array of objects: the array is required, items that are not objects are dropped
+        (one odd entry must not hide the rest)."""
+        return [v for v in self._shape(value, list, what, path) if isinstance(v, dict)]
+
+    def _sessions(self, value: Any, path: str) -> list[dict[str, Any]]:
+        """Sessions as the contract has them: an object with a string ``id`` (others dropped), and
+        the fields fleet reads of the right type (a wrong one is left out, not trusted)."""
+        out = []
+        for s in self._items(value, "session list", path):
+            if isinstance(s.get("id"), str) and s["id"]:
+                out.append(_clean_session(s))
+        return out
 
     # ------------------------------------------------------------------ API
     def health(self) -> dict[str, Any]:
-        """``GET /global/health`` -> ``{healthy, version}``."""
-        return self._shape(self.request("GET", "/global/health"),
-                           dict, "health", "/global/health")
+        """``GET /global/health`` -> ``{healthy: bool, version: str}``, checked: a server that says
+        ``"healthy": "yes"`` or a numeric version is not one fleet can trust to follow the contract."""
+        h = self._shape(self.request("GET", "/global/health"), dict, "health", "/global/health")
+        if not isinstance(h.get("healthy"), bool):
+            raise ProtocolError(self.host.name, self.base + "/global/health", f"health: 'healthy' should be "
+                                f"true or false, got {_kind(h.get('healthy'))}: not an OpenCode server fleet knows")
+        if not isinstance(h.get("version", ""), str):
+            raise ProtocolError(self.host.name, self.base + "/global/health", f"health: 'version' should be "
+                                f"a string like \"1.18.33\", got {_kind(h.get('version'))}")
+        return h
 
-    def create_session(self, title: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``POST /session``; returns the Session (with ``id``). ``metadata`` is kept by the server."""
+    def create_session(self, title: str, metadata: dict[str, Any] | None = None,
+                       permission: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``POST /session``; returns the Session (with ``id``). ``metadata`` is kept by the server;
+        ``permission`` is the session's own ruleset (``[{permission, pattern, action}]``), which
+        OpenCode applies after the configured rules (so it wins where both match)."""
         body: dict[str, Any] = {"title": title}
         if metadata:
             body["metadata"] = metadata
+        if permission:
+            body["permission"] = permission
         s = self._shape(self.request("POST", "/session", json=body), dict, "session", "/session")
-        if not isinstance(s.get("id"), str):
+        if not isinstance(s.get("id"), str) or not s["id"]:
             raise ProtocolError(self.host.name, self.base + "/session", "created session has no id")
-        return s
+        return _clean_session(s)
 
     def get_session(self, sid: str) -> dict[str, Any]:
-        """``GET /session/{id}``."""
-        return self._shape(self.request("GET", f"/session/{sid}"), dict, "session", f"/session/{sid}")
+        """``GET /session/{id}`` (any directory: the server finds the session by its id)."""
+        s = self._shape(self.request("GET", f"/session/{sid}"), dict, "session", f"/session/{sid}")
+        return _clean_session(s)
 
-    def list_sessions(self, all_dirs: bool = False) -> list[dict[str, Any]]:
-        """``GET /session`` (this directory, or every one with ``all_dirs``)."""
+    def children(self, sid: str) -> list[dict[str, Any]]:
+        """``GET /session/{id}/children``: the subagent sessions the session's ``task`` tool made."""
+        return self._sessions(self.request("GET", f"/session/{sid}/children"), f"/session/{sid}/children")
+
+    def tree(self, sid: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Every descendant of ``sid`` (children, their children...), breadth first, at most
+        ``limit``: subagents work, ask and bill like the session that started them."""
+        out: list[dict[str, Any]] = []
+        seen = {sid}
+        todo = [sid]
+        while todo and len(out) < limit:
+            for c in self.children(todo.pop(0)):
+                if c["id"] not in seen and len(out) < limit:
+                    seen.add(c["id"])
+                    out.append(c)
+                    todo.append(c["id"])
+        return out
+
+    def list_sessions(self, all_dirs: bool = False, limit: int = 200,
+                      directories: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Sessions, most recently updated first: of this directory, or with ``all_dirs`` of
+        every project on the server.
+
+        ``GET /session`` lists one project only (the server's own, without a directory), so a
+        server started in ``$HOME`` would list none of the repos' sessions. Across projects:
+        ``GET /experimental/session`` (paged by its ``x-next-cursor`` header), and on a server
+        without it one ``GET /session`` per directory in ``directories`` (the repo directories the
+        inventory names) plus the server's own."""
+        if not all_dirs:
+            return self._sessions(self.request("GET", "/session"), "/session")[:limit]
         saved = self.directory
-        if all_dirs:
-            self.directory = None
+        self.directory = None
         try:
-            return self._shape(self.request("GET", "/session"), list, "session list", "/session")
+            try:
+                return self._all_sessions(limit)
+            except SessionNotFound:  # a server without the cross-project listing
+                pass
+            got: dict[str, dict[str, Any]] = {}
+            for d in (None, *directories):
+                self.directory = d
+                try:
+                    for s in self._sessions(self.request("GET", "/session"), "/session"):
+                        got.setdefault(s["id"], s)
+                except SessionNotFound:
+                    continue
+            return sorted(got.values(), key=lambda s: -_num((s.get("time") or {}).get("updated")))[:limit]
         finally:
             self.directory = saved
 
+    def _all_sessions(self, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        while len(out) < limit:
+            params: dict[str, Any] = {"limit": min(100, limit - len(out))}
+            if cursor:
+                params["cursor"] = cursor
+            got, headers = self.exchange("GET", "/experimental/session", params=params)
+            page = self._sessions(got, "/experimental/session")
+            fresh = [s for s in page if s["id"] not in seen]
+            seen.update(s["id"] for s in fresh)
+            out += fresh
+            nxt = headers.get("x-next-cursor")
+            if not fresh or not nxt or nxt == cursor or len(page) < params["limit"]:
+                break
+            cursor = nxt
+        return out[:limit]
+
     def status(self) -> dict[str, Any]:
-        """``GET /session/status``: busy/retry sessions of this directory (idle ones are absent)."""
-        return self._shape(self.request("GET", "/session/status"), dict, "status", "/session/status")
+        """``GET /session/status``: busy/retry sessions of this directory (idle ones are absent);
+        entries that are not objects are dropped."""
+        got = self._shape(self.request("GET", "/session/status"), dict, "status", "/session/status")
+        return {k: v for k, v in got.items() if isinstance(k, str) and isinstance(v, dict)}
 
     def prompt_async(self, sid: str, text: str, model: str | None = None) -> None:
         """``POST /session/{id}/prompt_async`` (204). Sent once; never retried after it left."""
@@ -264,38 +416,53 @@ class OpenCodeClient:
         self.request("POST", f"/session/{sid}/prompt_async", json=body, expect_json=False)
 
     def messages(self, sid: str) -> list[dict[str, Any]]:
-        """``GET /session/{id}/message``, oldest first."""
-        return self._shape(self.request("GET", f"/session/{sid}/message"), list, "messages",
-                           f"/session/{sid}/message")
+        """``GET /session/{id}/message``, oldest first, each ``{info: {...}, parts: [...]}`` (a
+        message of another shape is dropped; parts that are not objects too)."""
+        got = self._items(self.request("GET", f"/session/{sid}/message", limit=MAX_MESSAGES_BODY), "messages",
+                          f"/session/{sid}/message")
+        out = []
+        for m in got:
+            info = m.get("info")
+            if not isinstance(info, dict):
+                continue
+            parts = m.get("parts")
+            out.append({"info": info, "parts": [p for p in parts if isinstance(p, dict)] if isinstance(parts, list)
+                        else []})
+        return out
 
     def abort(self, sid: str) -> bool:
         """``POST /session/{id}/abort``."""
         return bool(self.request("POST", f"/session/{sid}/abort"))
 
     def delete_session(self, sid: str) -> bool:
-        """``DELETE /session/{id}``."""
+        """``DELETE /session/{id}`` (its subagent sessions go with it)."""
         return bool(self.request("DELETE", f"/session/{sid}"))
 
-    def permissions(self, sid: str | None = None) -> list[dict[str, Any]]:
-        """Pending permission requests (``GET /permission``), of one session if ``sid``. A server
-        without the endpoint has none."""
-        try:
-            got = self._shape(self.request("GET", "/permission"), list, "permissions", "/permission")
-        except SessionNotFound:
-            return []
-        return [p for p in got if isinstance(p, dict) and (sid is None or p.get("sessionID") == sid)]
+    def permissions(self, sid: str | None = None, sessions: set[str] | None = None) -> list[dict[str, Any]]:
+        """Pending permission requests of this directory (``GET /permission``), of one session if
+        ``sid`` (or of any in ``sessions``). A server without the endpoint has none."""
+        return self._pending("/permission", "permissions", sid, sessions)
 
-    def questions(self, sid: str | None = None) -> list[dict[str, Any]]:
-        """Pending questions (``GET /question``: the agent's question tool), of one session if ``sid``."""
+    def questions(self, sid: str | None = None, sessions: set[str] | None = None) -> list[dict[str, Any]]:
+        """Pending questions (``GET /question``: the agent's question tool), filtered as :meth:`permissions`."""
+        return self._pending("/question", "questions", sid, sessions)
+
+    def _pending(self, path: str, what: str, sid: str | None, sessions: set[str] | None) -> list[dict[str, Any]]:
         try:
-            got = self._shape(self.request("GET", "/question"), list, "questions", "/question")
+            got = self._items(self.request("GET", path), what, path)
         except SessionNotFound:
             return []
-        return [q for q in got if isinstance(q, dict) and (sid is None or q.get("sessionID") == sid)]
+        want = sessions if sessions is not None else ({sid} if sid is not None else None)
+        return [p for p in got if isinstance(p.get("id"), str) and isinstance(p.get("sessionID"), str)
+                and (want is None or p["sessionID"] in want)]
 
     def reply_question(self, request_id: str, answers: list[list[str]]) -> bool:
         """Answer a question request: one list of chosen labels (or free text) per question."""
         return bool(self.request("POST", f"/question/{request_id}/reply", json={"answers": answers}))
+
+    def reject_question(self, request_id: str) -> bool:
+        """Turn a question down (the agent is told nobody answered it)."""
+        return bool(self.request("POST", f"/question/{request_id}/reject"))
 
     def list_dir(self, path: str) -> list[dict[str, Any]]:
         """Entries of a directory on the host (``GET /file?path=.`` scoped to it); raises if it is not there."""
@@ -330,3 +497,23 @@ class OpenCodeClient:
         also says what the agent waits on when the wait runs out."""
         from fleet.agent.turn import follow_turn
         return follow_turn(self, sid, after, timeout, **kw).answer
+
+
+def _num(v: Any) -> float:
+    """A number the server sent, or 0 for anything else (``True`` is not a number here)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+
+
+def _clean_session(s: dict[str, Any]) -> dict[str, Any]:
+    """A session with the fields fleet reads made safe: strings that are not strings, times and
+    metadata that are not objects, are dropped (the rest of the session is kept as it came)."""
+    out = dict(s)
+    for k in ("title", "directory", "parentID", "projectID"):
+        if k in out and not isinstance(out[k], str):
+            out.pop(k)
+    for k in ("time", "metadata", "tokens"):
+        if k in out and not isinstance(out[k], dict):
+            out.pop(k)
+    if isinstance(out.get("time"), dict):
+        out["time"] = {k: v for k, v in out["time"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out

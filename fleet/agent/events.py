@@ -7,6 +7,15 @@ and more, with a heartbeat every 10 s. Events carry no ids and a reconnect loses
 fleet uses them as *wake-ups*: whoever waits re-reads the state over REST when woken (and after
 every reconnect), and falls back to polling while the stream is down. Completion is then seen
 within milliseconds of the server saying so, and nothing is polled between events.
+
+A session's turn is a tree: the agent's ``task`` tool runs subagents in child sessions (their
+``parentID`` is the session that made them), which ask, fail and bill like it does. A
+:class:`SessionWaker` follows the whole tree: it learns each child from its ``session.created``
+event, and keeps every ``session.error`` of the tree (the only place a failure before any reply
+is seen).
+
+Bounded: an event line longer than :data:`MAX_EVENT_LINE` is skipped (read and dropped, never
+held whole), so a server cannot fill the memory through its stream.
 """
 from __future__ import annotations
 
@@ -23,10 +32,37 @@ from fleet.inventory import Host
 
 Handler = Callable[[dict[str, Any]], None]
 
+MAX_EVENT_LINE = 4 * 1024 * 1024  # bytes of one SSE line; a tool part with a large output fits
+
+
+def bounded_lines(chunks: Any, limit: int = MAX_EVENT_LINE) -> Any:
+    """Lines (str) from an iterator of byte chunks, each at most ``limit`` bytes: a longer line is
+    dropped as it streams by (its bytes are never kept), and the next line is read as usual."""
+    buf = b""
+    skipping = False
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line, buf = buf[:nl], buf[nl + 1:]
+            if skipping:
+                skipping = False
+                continue
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+        if len(buf) > limit:
+            buf = b""
+            skipping = True
+    if buf and not skipping:
+        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+
 
 def session_of(ev: dict[str, Any]) -> str | None:
     """The session an event is about, if it says."""
-    p = ev.get("properties") or {}
+    p = ev.get("properties")
+    if not isinstance(p, dict):
+        return None
     for key in ("sessionID",):
         if isinstance(p.get(key), str):
             return p[key]
@@ -41,13 +77,15 @@ def step_of(ev: dict[str, Any]) -> str | None:
     """``bash: make test`` for a tool step that is running, from ``message.part.updated``."""
     if ev.get("type") != "message.part.updated":
         return None
-    part = (ev.get("properties") or {}).get("part") or {}
-    if part.get("type") != "tool":
+    props = ev.get("properties")
+    part = props.get("part") if isinstance(props, dict) else None
+    if not isinstance(part, dict) or part.get("type") != "tool":
         return None
-    state = part.get("state") or {}
-    if state.get("status") not in ("pending", "running"):
+    state = part.get("state")
+    if not isinstance(state, dict) or state.get("status") not in ("pending", "running"):
         return None
-    inp = state.get("input") or {}
+    got = state.get("input")
+    inp: dict[str, Any] = got if isinstance(got, dict) else {}
     what = state.get("title") or inp.get("command") or inp.get("filePath") or inp.get("description") or ""
     return f"{part.get('tool', 'tool')}: {str(what)[:80]}".rstrip(": ")
 
@@ -111,7 +149,7 @@ class EventStream:
                     if self.on_connect is not None:
                         self.on_connect()
                     delay = 0.2
-                    for line in resp.iter_lines():
+                    for line in bounded_lines(resp.iter_bytes()):
                         if self._stop.is_set():
                             return
                         if not line.startswith("data:"):
@@ -124,6 +162,8 @@ class EventStream:
                             continue
                         if "payload" in ev and isinstance(ev["payload"], dict):  # /global/event wrapper
                             ev = dict(ev["payload"], directory=ev.get("directory"))
+                        if not isinstance(ev.get("type", ""), str) or not isinstance(ev.get("properties", {}), dict):
+                            continue
                         self.on_event(ev)
             except Exception as exc:  # noqa: BLE001 - any break of the stream: reconnect (REST covers the gap)
                 if not self.connected.is_set() and not failed:
@@ -146,9 +186,25 @@ class EventStream:
             delay = min(self.backoff_max, delay * 2)
 
 
+def error_of(ev: dict[str, Any]) -> tuple[str, str] | None:
+    """``(name, message)`` of a ``session.error`` event: the server's own words, first line."""
+    if ev.get("type") != "session.error":
+        return None
+    err = (ev.get("properties") or {}).get("error")
+    if not isinstance(err, dict):
+        return "UnknownError", "the session failed (the server gave no detail)"
+    data = err.get("data")
+    msg = data.get("message") if isinstance(data, dict) else None
+    got = err.get("name")
+    name: str = got if isinstance(got, str) and got else "UnknownError"
+    text: str = msg if isinstance(msg, str) and msg.strip() else name
+    return name, text.strip().splitlines()[0][:500]
+
+
 class SessionWaker:
-    """Wakes a waiter when an event concerns its session, and remembers the agent's current step
-    and the tokens and cost of the messages it has seen finish so far."""
+    """Wakes a waiter when an event concerns its session or one of its subagents' sessions, and
+    remembers the agent's current step, the tree's errors, and the tokens and cost of the
+    messages it has seen finish so far (subagents' included)."""
 
     def __init__(self, sid: str, on_step: Callable[[str], None] | None = None,
                  on_usage: Callable[[int, float], None] | None = None) -> None:
@@ -158,16 +214,35 @@ class SessionWaker:
         self.on_step = on_step
         self.on_usage = on_usage
         self.usage = Usage()
+        self.tree: set[str] = {sid}  # the session and every descendant seen so far
+        self.errors: list[tuple[str, str, str]] = []  # (session, name, message) of session.error events
+        self.resync = True  # the REST view (tree, state) needs a fresh read: at start, after a reconnect
         self._said: tuple[int, float] = (0, 0.0)
+        self._lock = threading.Lock()
         self.last_event = time.monotonic()
         self.stream: EventStream | None = None  # the subscription feeding it (set by whoever subscribes)
+
+    def add(self, sids: Any) -> None:
+        """Sessions of the tree found over REST (``GET /session/{id}/children``)."""
+        with self._lock:
+            self.tree.update(sids)
 
     def __call__(self, ev: dict[str, Any]) -> None:
         if ev.get("type") in ("server.connected", "server.heartbeat"):
             return
-        if session_of(ev) not in (self.sid, None):
+        if ev.get("type") in ("session.created", "session.updated"):
+            info = (ev.get("properties") or {}).get("info")
+            if isinstance(info, dict) and isinstance(info.get("id"), str) and info.get("parentID") in self.tree:
+                with self._lock:
+                    self.tree.add(info["id"])  # a subagent of the tree: follow it too
+        sid = session_of(ev)
+        if sid is not None and sid not in self.tree:
             return
         self.last_event = time.monotonic()
+        err = error_of(ev)
+        if err is not None and sid is not None:
+            with self._lock:
+                self.errors.append((sid, *err))
         step = step_of(ev)
         if step and step != self.step:
             self.step = step
@@ -183,7 +258,8 @@ class SessionWaker:
 
     def reconnected(self) -> None:
         """After a (re)connect the gap is unknown: wake the waiter to re-read the state."""
+        self.resync = True
         self.wake.set()
 
 
-__all__ = ["EventStream", "SessionWaker", "session_of", "step_of"]
+__all__ = ["MAX_EVENT_LINE", "EventStream", "SessionWaker", "bounded_lines", "error_of", "session_of", "step_of"]

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fleet.files import append_line, locked
+from fleet.files import append_line, locked, writing
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Journal:
     def append(self, rec: dict[str, Any]) -> None:
         """Append one line and fsync before returning."""
         line = json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
-        with self._tlock, locked(self.path):
+        with self._tlock, writing("the audit journal", self.path, "journal"), locked(self.path):
             self._heal_tail()
             append_line(self.path, line)
 
@@ -100,7 +100,7 @@ class Journal:
     def load(self) -> JournalState:
         """Fold the journal. A torn last line is reported in ``torn`` and moved aside."""
         st = JournalState()
-        with self._tlock, locked(self.path):
+        with self._tlock, writing("the audit journal's lock beside", self.path, "journal"), locked(self.path):
             try:
                 raw = self.path.read_bytes()
             except FileNotFoundError:

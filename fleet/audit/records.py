@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleet.files import append_line, locked
+from fleet.files import append_line, locked, writing
 
 
 def new_dispatch_id() -> str:
@@ -28,7 +28,7 @@ class SessionRecords:
 
     def add(self, rec: dict[str, Any]) -> None:
         """Append one record (fsynced)."""
-        with self._locked():
+        with writing("the session records", self.path, "journal"), self._locked():
             append_line(self.path, json.dumps(rec, sort_keys=True) + "\n")
 
     def all(self) -> list[dict[str, Any]]:
@@ -58,7 +58,7 @@ class SessionRecords:
 
     def remove(self, host: str, sids: set[str]) -> None:
         """Drop records (atomic rewrite under the lock)."""
-        with self._locked():
+        with writing("the session records", self.path, "journal"), self._locked():
             keep = [r for r in self.all() if not (r.get("host") == host and r.get("session_id") in sids)]
             tmp = self.path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -29,12 +29,13 @@ from fleet.errors import (
     Refused,
     TokenRefused,  # noqa: F401 - re-exported where they were defined
 )
-from fleet.files import loose_mode
+from fleet.files import loose_mode, writing
 
 _NONCE = 4
 _EXP = 4
 _MAC = 7
 _RAW = _NONCE + _EXP + _MAC  # 15 bytes -> 24 base32 characters, no padding
+MAX_TTL = 86400  # a confirmation is for now: a day at most (and the expiry must fit its 4 bytes)
 
 
 @dataclass(frozen=True)
@@ -114,16 +115,21 @@ class TokenStore:
     def _secret(self) -> bytes:
         p = self.secret_path
         if not p.exists():
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(secrets.token_bytes(32))
-                    f.flush()
-                    os.fsync(f.fileno())
+            with writing("the token secret", p, "token_dir"):
+                self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                try:
+                    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    pass
+                else:
+                    try:
+                        with os.fdopen(fd, "wb") as f:
+                            f.write(secrets.token_bytes(32))
+                            f.flush()
+                            os.fsync(f.fileno())
+                    except OSError:
+                        p.unlink(missing_ok=True)  # never leave a short secret behind
+                        raise
         st = os.stat(p)
         loose = loose_mode(p)
         if loose is not None:
@@ -143,19 +149,27 @@ class TokenStore:
     # --------------------------------------------------------------- issue / check
     def issue(self, scope: Scope, ttl: int | None = None) -> str:
         """A new token for ``scope``."""
+        life = int(ttl if ttl is not None else self.ttl)
+        if not 1 <= life <= MAX_TTL:
+            raise BadInput(f"token ttl {life}s: write a whole number of seconds from 1 to {MAX_TTL} "
+                           f"(setting 'fleet.token_ttl', INVOKE_FLEET_TOKEN_TTL)")
         secret = self._secret()
         nonce = secrets.token_bytes(_NONCE)
-        expires = int(self.clock()) + int(ttl if ttl is not None else self.ttl)
+        expires = int(self.clock()) + life
         exp = struct.pack(">I", expires)
         token = _encode(nonce + exp + self._mac(secret, nonce, exp, scope))
         rec = {"id": nonce.hex(), "operation": scope.operation, "hosts": list(scope.hosts),
                "args_digest": scope.args_digest, "args": scope.args_summary, "expires": expires,
                "issued": int(self.clock()), "detail": scope.detail}
         d = self.dir / "issued"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = d / f".{nonce.hex()}.tmp"
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, d / f"{nonce.hex()}.json")
+        with writing("a confirmation token's record", d, "token_dir"):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                tmp.write_text(json.dumps(rec))
+                os.replace(tmp, d / f"{nonce.hex()}.json")
+            finally:
+                tmp.unlink(missing_ok=True)
         return token
 
     def _record(self, nid: str) -> dict[str, Any] | None:
@@ -199,21 +213,29 @@ class TokenStore:
                                "--confirm to get a new one")
         if now >= expires:
             ago = int(now - expires)
-            raise TokenRefused("expired", f"confirmation token expired {ago}s ago (tokens last "
-                               f"{self.ttl}s): run the command without --confirm to get a new one")
+            rec = self._record(nid)
+            lasted = (f"it was issued for {int(expires - rec['issued'])}s"
+                      if rec is not None and isinstance(rec.get("issued"), (int, float)) else "")
+            raise TokenRefused("expired", f"confirmation token expired {ago}s ago{' (' + lasted + ')' if lasted else ''}"
+                               f": run the command without --confirm to get a new one")
         if (self.dir / "spent" / nid).exists():
             raise TokenRefused("reused", "confirmation token was already used (each token works once): "
                                "run the command without --confirm to get a new one")
         if spend:
             d = self.dir / "spent"
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(d / nid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                raise TokenRefused("reused", "confirmation token was already used (each token works "
-                                   "once): run the command without --confirm to get a new one") from None
-            os.write(fd, str(int(now)).encode())
-            os.close(fd)
+            with writing("the spent-token mark", d / nid, "token_dir"):
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                try:
+                    fd = os.open(d / nid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    raise TokenRefused("reused", "confirmation token was already used (each token works "
+                                       "once): run the command without --confirm to get a new one") from None
+                try:
+                    os.write(fd, str(int(now)).encode())
+                except OSError:
+                    pass  # the mark is its existence (made above); the time in it is only a note
+                finally:
+                    os.close(fd)
 
     def revoke(self, token: str) -> dict[str, Any]:
         """Revoke a token, given whole or by the id ``token.list`` shows; returns its record.
@@ -232,8 +254,9 @@ class TokenStore:
             raise BadInput(f"token '{token}' was not issued on this machine: nothing to revoke "
                            f"(see 'inv token.list')")
         d = self.dir / "revoked"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (d / nid).touch()
+        with writing("the revoked-token mark", d / nid, "token_dir"):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (d / nid).touch()
         return rec
 
     def list(self) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from fleet.errors import BadInput
 
@@ -52,6 +53,29 @@ class FanoutOptions:
             if not p or "\0" in p:
                 raise BadInput("--collect needs a remote file path, e.g. --collect /var/log/syslog")
         return self
+
+    @classmethod
+    def from_settings(cls, st: Any, **flags: Any) -> FanoutOptions:
+        """The options from fleet's settings, then the flags given (None = the setting), checked."""
+        from fleet.settings import number
+
+        def num(flag: str, value: Any, default: Any, kind: type = float, minimum: float = 0,
+                positive: bool = False) -> Any:
+            return default if value is None else number(flag, value, kind, minimum, positive)
+        ct = num("--timeout", flags.get("timeout"), st.command_timeout)
+        return cls(
+            concurrency=num("--concurrency", flags.get("concurrency"), st.concurrency, int, 1),
+            connect_timeout=num("--connect-timeout", flags.get("connect_timeout"), st.connect_timeout,
+                                positive=True),
+            command_timeout=ct if ct > 0 else None,
+            attempts=num("--attempts", flags.get("attempts"), st.attempts, int, 1),
+            retry_delay=num("--retry-delay", flags.get("retry_delay"), st.retry_delay),
+            retry_on_exit=bool(flags.get("retry_on_exit")), preflight=not flags.get("no_preflight"),
+            preflight_timeout=st.preflight_timeout,
+            accept_new_host_keys=bool(flags.get("accept_new_host_keys")),
+            accept_host_keys_for=frozenset(flags.get("accept_new_host_key") or ()),
+            collect=tuple(flags.get("collect") or ()), artifacts_dir=st.artifacts_dir, ssh_config=st.ssh_config,
+            artifacts_keep=st.artifacts_keep).validate()
 
 
 def new_run_id() -> str:
