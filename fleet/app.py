@@ -327,13 +327,17 @@ class Fleet:
         return h
 
     def abort(self, session: str | None, *, host: str | None = None, all_sessions: bool = False,
-              reason: str = "aborted by operator", slack: bool = True) -> tuple[Host, list[str]]:
-        """Stop a session (or every busy one on the host) and check it stopped."""
+              reason: str = "aborted by operator", slack: bool = True,
+              stop_tools: bool = True) -> tuple[Host, list[str]]:
+        """Stop a session (or every busy one on the host) and check it stopped; with ``stop_tools``,
+        a tool process that outlived the abort is stopped over SSH (the result's ``notes`` say so)."""
         from fleet.ops.sessions import abort_sessions
 
         h = self.session_host(session, host)
-        return h, self._with_trail(None, lambda tr: abort_sessions(h, session, all_sessions, self.records, tr,
-                                                                   self.beads(), reason), slack)
+        return h, self._with_trail(None, lambda tr: abort_sessions(
+            h, session, all_sessions, self.records, tr, self.beads(), reason,
+            inventory=self.inventory if stop_tools else None,
+            ssh_options=self.ssh_options() if stop_tools else None), slack)
 
     def answer_permission(self, session: str, reply: str, *, host: str | None = None,
                           message: str | None = None) -> tuple[Host, list[str]]:

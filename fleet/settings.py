@@ -130,7 +130,7 @@ MAX_NUMBER = 1_000_000_000
 YEAR = 365 * 86400
 _MAXIMA = {"token_ttl": 86400, "attempts": 10, "connect_timeout": YEAR, "command_timeout": YEAR,
            "preflight_timeout": YEAR, "retry_delay": YEAR, "dispatch_timeout": YEAR, "stall_timeout": YEAR,
-           "warm_idle": YEAR, "concurrency": 100_000, "artifacts_keep": 1_000_000}
+           "warm_idle": YEAR, "persist": YEAR, "concurrency": 100_000, "artifacts_keep": 1_000_000}
 
 
 def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0, positive: bool = False,
@@ -140,10 +140,13 @@ def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0,
     overflow what it feeds) is bad input naming ``flag``."""
     import math
 
+    def n(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
     what = "a whole number" if kind is int else "a number"
-    span = (f" from {minimum:g} to {maximum:g}" if minimum is not None and maximum is not None else
-            f" of at least {minimum:g}" if minimum is not None else
-            f" of at most {maximum:g}" if maximum is not None else "")
+    span = (f" from {n(minimum)} to {n(maximum)}" if minimum is not None and maximum is not None else
+            f" of at least {n(minimum)}" if minimum is not None else
+            f" of at most {n(maximum)}" if maximum is not None else "")
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -153,7 +156,7 @@ def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0,
     if kind is float and (math.isnan(v) or math.isinf(v)):
         raise BadInput(f"{flag} {value}: write {what} of seconds, not {value}")
     if positive and v <= 0:
-        raise BadInput(f"{flag} {value}: write {what} greater than 0" + (f" and at most {maximum:g}" if maximum else ""))
+        raise BadInput(f"{flag} {value}: write {what} greater than 0" + (f" and at most {n(maximum)}" if maximum else ""))
     if minimum is not None and v < minimum:
         raise BadInput(f"{flag} {value}: write {what}{span}")
     if maximum is not None and v > maximum:

@@ -30,8 +30,13 @@ class FakeOpenCode(_Server):
     "hang" (never answers), "404", "drop" (closes the connection without a reply).
     """
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, cross_project: bool = True) -> None:
         self.password = password
+        self.cross_project = cross_project  # GET /experimental/session (1.18 has it; older servers 404)
+        self.replies: dict[str, tuple[int, bytes]] = {}  # "METHOD /path" -> a canned (status, body)
+        self.busy: set[str] = set()  # sessions GET /session/status reports busy (an abort ends it...)
+        self.stubborn: set[str] = set()  # ...except for these: busy whatever abort says (OpenCode #16721)
+        self.running_turns = False  # prompt_async starts a turn that runs (busy, a step billed) until aborted
         self.faults: dict[str, str] = {}
         self.hits: list[tuple[str, str, dict]] = []
         self.sessions: dict[str, dict] = {}
@@ -69,6 +74,9 @@ class _OCHandler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
         key = f"{method} {u.path}"
+        if key in srv.replies:
+            code, canned = srv.replies[key]
+            return self._send(code, canned)
         fault = srv.faults.get(key) or srv.faults.get(u.path.rsplit("/", 1)[-1])
         if fault == "500":
             return self._send(500, json.dumps({"name": "UnknownError", "data": {"message": "database is locked",
@@ -120,7 +128,12 @@ class _OCHandler(BaseHTTPRequestHandler):
         if len(parts) >= 2 and parts[0] == "session" and parts[1] not in srv.sessions and parts[1] != "status":
             return self._send(404, json.dumps({"name": "NotFoundError", "data": {"message": f"Session not found: {parts[1]}"}}).encode())
         if key == "GET /session/status":
-            return self._send(200, b"{}")
+            return self._send(200, json.dumps({sid: {"type": "busy"} for sid in srv.busy}).encode())
+        if key == "GET /experimental/session" and srv.cross_project:
+            return self._send(200, json.dumps(list(srv.sessions.values())[::-1]).encode())
+        if len(parts) == 3 and parts[2] == "children" and method == "GET":
+            kids = [x for x in srv.sessions.values() if x.get("parentID") == parts[1]]
+            return self._send(200, json.dumps(kids).encode())
         if key in ("GET /permission", "GET /question"):
             return self._send(200, b"[]")
         if key == "GET /file":  # the directory listing (contract: list of {name, path, type})
@@ -130,6 +143,16 @@ class _OCHandler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[2] == "prompt_async":
             sid = parts[1]
             text = json.loads(body)["parts"][0]["text"]
+            if srv.running_turns:
+                srv.busy.add(sid)
+                srv.messages[sid] += [{"info": {"id": "msg_u", "role": "user", "time": {"created": 1}},
+                                       "parts": [{"type": "text", "text": text}]},
+                                      {"info": {"id": "msg_a", "role": "assistant", "time": {"created": 1},
+                                                "tokens": {"total": 40}, "cost": 0.5}, "parts": []}]
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             srv.messages[sid] += [{"info": {"id": "msg_u", "role": "user"}, "parts": [{"type": "text", "text": text}]},
                                   {"info": {"id": "msg_a", "role": "assistant", "time": {"created": 1, "completed": 2},
                                             "tokens": {"total": 3}, "cost": 0.5},
@@ -141,6 +164,8 @@ class _OCHandler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[2] == "message" and method == "GET":
             return self._send(200, json.dumps(srv.messages[parts[1]]).encode())
         if len(parts) == 3 and parts[2] == "abort":
+            if parts[1] not in srv.stubborn:
+                srv.busy.discard(parts[1])
             return self._send(200, b"true")
         if method == "DELETE" and len(parts) == 2:
             srv.sessions.pop(parts[1], None)

@@ -142,7 +142,7 @@ def test_dispatch_live_board_and_plain_lines():
     one plain line per change, with the usage so far."""
     import io
 
-    from fleet.cli.render import DispatchLive
+    from fleet.cli.live import DispatchLive
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -178,7 +178,7 @@ def test_dispatch_live_board_and_plain_lines():
 
 def test_watch_board_fits_the_terminal_people_first():
     """More sessions than lines: the ones that need a person stay, the rest are counted."""
-    from fleet.cli.render import watch_board
+    from fleet.cli.live import watch_board
 
     rows = [{"host": f"h{i:02d}", "session": f"ses_{i}", "state": "idle", "title": "x" * 200} for i in range(30)]
     rows.append({"host": "h99", "session": "ses_ask", "state": "needs-input", "waiting": "bash: rm -rf build"})
@@ -189,7 +189,7 @@ def test_watch_board_fits_the_terminal_people_first():
 
 
 def test_a_no_wait_report_says_how_to_follow_not_empty_usage():
-    from fleet.cli.render import dispatch_report
+    from fleet.cli.agent_render import dispatch_report
     from fleet.ops.dispatch import DispatchResult, DispatchRun
     from fleet.results import FanoutOutcome
 

@@ -89,14 +89,14 @@ def test_teardown_runs_its_hosts_in_the_order_its_plan_shows(tmp_path):
 def test_a_failed_canary_teardown_stops_the_rest_as_its_plan_says(tmp_path):
     srv = Servers(["t1", "t2", "t3"])
     try:
-        srv.servers["t1"].faults["GET /session"] = "500"
         inv, st = srv.inventory(), settings(tmp_path)
+        srv.servers["t1"].close()  # the canary's server is down: its teardown fails
         recs = SessionRecords(tmp_path / "sessions.jsonl")
         with pytest.raises(ConfirmationRequired) as ei:
             teardown(inv, "all", records=recs, settings=st)
         canary, rest, _ = shown_order(ei.value.plan.describe())
         out = teardown(inv, "all", records=recs, settings=st, confirm=ei.value.token)
-        assert canary == "t1" and srv.order == ["t1"]  # the others were never reached
+        assert canary == "t1" and srv.order == []  # the others were never reached
         by = {r["host"]: r for r in out}
         assert by["t1"]["error"] and all(by[h].get("not_run") and "canary t1" in by[h]["error"] for h in rest)
     finally:
@@ -167,3 +167,15 @@ def test_plan_text_cannot_be_forged_by_a_value(tmp_path):
         assert "\nnote:      all is fine" not in text and "\x1b" not in text and "\\n" in text
     finally:
         srv.close()
+
+
+def test_the_plan_a_person_confirms_shows_no_secret(tmp_path, monkeypatch):
+    secret = "s3cr3t+pw/with=odd&chars"
+    monkeypatch.setenv("OC_PW", secret)
+    inv = load_inventory_text("hosts:\n  h1: {address: 127.0.0.1, port: 9, opencode: {url: 'http://127.0.0.1:9', "
+                              "password_env: OC_PW}}\n", "inv.yaml")
+    st = settings(tmp_path, gated=("fanout",))
+    with pytest.raises(ConfirmationRequired) as ei:
+        fanout(inv, "all", args={"command": f"curl -u opencode:{secret} x"}, settings=st)
+    assert secret not in str(ei.value) and secret not in ei.value.plan.describe()
+    assert "curl -u opencode:" in str(ei.value)

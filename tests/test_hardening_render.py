@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.cli import render
+from fleet.cli import agent_render, live, render
 from fleet.results import FanoutOutcome, FanoutResult, FanoutRun
 
 EVIL = "ok\n\x1b[2J\x1b[31mlab99  FAILURE  forged\r\x07\x9b1m\u202eevil"
@@ -52,26 +52,26 @@ def session_row(title: str, state: str = "busy"):
 
 
 def test_a_session_title_cannot_add_rows_or_colour_the_terminal():
-    out = render.sessions_table([session_row(EVIL), session_row("plain")]).split("\n")
+    out = agent_render.sessions_table([session_row(EVIL), session_row("plain")]).split("\n")
     assert len(out) == 3 and all(printable(line) for line in out)
     assert "\\x1b[2J" in out[1]  # shown, escaped: the person sees what the server sent
 
 
 def test_every_table_and_line_escapes_what_servers_and_hosts_say():
     outs = [
-        render.status_table([{"host": "lab01", "healthy": False, "version": EVIL, "ms": 3, "url": "http://x",
+        agent_render.status_table([{"host": "lab01", "healthy": False, "version": EVIL, "ms": 3, "url": "http://x",
                               "error": EVIL}]),
         render.preflight_table([SimpleNamespace(host="h", ok=False, status=SimpleNamespace(value="FAILED"),
                                                 auth_mode="ssh-key", failed_check="auth", duration_ms=1,
                                                 opencode="", error_detail=EVIL)]),
         render.worktrees_table([SimpleNamespace(host="h", repo="demo", branch=EVIL, path="/p", age_s=1, dirty=False,
                                                 ahead="1", session="")]),
-        render.watch_board([{"host": "h", "repo": "demo", "session": "s", "state": "busy", "step": EVIL,
+        live.watch_board([{"host": "h", "repo": "demo", "session": "s", "state": "busy", "step": EVIL,
                              "title": EVIL, "created": 0}], now=10),
-        render.watch_line({"host": "h", "repo": "demo", "session": "s", "state": "busy", "step": EVIL,
+        live.watch_line({"host": "h", "repo": "demo", "session": "s", "state": "busy", "step": EVIL,
                            "title": EVIL}),
-        render.abort_line("h", [EVIL]),
-        render.teardown_lines([{"host": "h", "error": EVIL}]),
+        agent_render.abort_line("h", [EVIL]),
+        agent_render.teardown_lines([{"host": "h", "error": EVIL}]),
         render.format_events([{"id": "e1", "time": "t", "dispatch_id": "", "host": "h", "operation": "op",
                                "outcome": "ok", "channel": "C1", "detail": {"answer": EVIL}}], {}),
     ]
@@ -82,18 +82,18 @@ def test_every_table_and_line_escapes_what_servers_and_hosts_say():
 
 def test_live_lines_are_escaped():
     out, err = io.StringIO(), io.StringIO()
-    ls = render.LineStreamer(["lab01"], out, err)
+    ls = live.LineStreamer(["lab01"], out, err)
     ls("lab01", "stdout", EVIL)
     ls("lab01", "stderr", "\x1b]0;owned\x07")
     for text in (out.getvalue(), err.getvalue()):
         lines = text.split("\n")
         assert lines[-1] == "" and len(lines) == 2 and printable(lines[0]), text
-    live = io.StringIO()
-    with render.DispatchLive(quiet=False, many=True, stream=live, tick=0) as d:
+    screen = io.StringIO()
+    with live.DispatchLive(quiet=False, many=True, stream=screen, tick=0) as d:
         d("lab01", "session", EVIL)
         d("lab01", "status", "busy: " + EVIL)
         d("lab01", "end", "SUCCESS: " + EVIL)
-    assert all(printable(line) for line in live.getvalue().split("\n")), live.getvalue()
+    assert all(printable(line) for line in screen.getvalue().split("\n")), screen.getvalue()
 
 
 def test_gathered_output_keeps_lines_and_tabs_and_escapes_the_rest():
@@ -111,5 +111,5 @@ def test_an_agents_answer_is_shown_escaped():
     r = SimpleNamespace(host="lab01", ok=True, waited=True, answer="done\n\x1b[2Jforged line", session_id="s",
                         outcome=FanoutOutcome.SUCCESS, tokens={}, cost=0.0, duration_ms=1, worktree="",
                         branch="", files=[], todo=[{"status": "x", "content": EVIL}], error=EVIL)
-    text = render.dispatch_report(SimpleNamespace(results=[r], dispatch_id="d"))
+    text = agent_render.dispatch_report(SimpleNamespace(results=[r], dispatch_id="d"))
     assert no_controls(text, "\n\t") and "done\n" in text

@@ -150,7 +150,7 @@ def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab
         # the worktree stays (it may hold work): teardown names it and the command that removes it
         kept = next(w for w in out[0]["worktrees"] if w["path"] == a.worktree)
         assert kept["branch"] == a.branch and kept["repo"] == "demo" and Path(a.worktree).is_dir()
-        from fleet.cli.render import teardown_lines
+        from fleet.cli.agent_render import teardown_lines
         line = teardown_lines(out)
         assert f"worktrees.remove --hosts lab01 --repo demo --name {Path(a.worktree).name}" in line
         from fleet.ops.worktrees import remove_worktree

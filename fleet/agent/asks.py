@@ -7,6 +7,7 @@ tool) is never answered by the policy: only a person knows what to say.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fleet.errors import BadInput
@@ -41,4 +42,46 @@ def check_policy(policy: str) -> None:
                        f"allow (approve once) or deny")
 
 
-__all__ = ["POLICY_REPLY", "check_policy", "describe_request", "is_question"]
+_PERMISSION = re.compile(r"[a-z_*][a-z0-9_*-]*")
+
+
+def permission_rules(allow: Any = (), deny: Any = (), ask: Any = ()) -> list[dict[str, str]]:
+    """A dispatch's ``--allow/--deny/--ask PERMISSION[:PATTERN]`` as the session's OpenCode
+    ruleset (``[{permission, pattern, action}]``, given at ``POST /session``): ``bash:git *``
+    is the bash commands matching ``git *``, a bare ``edit`` every edit. OpenCode applies the
+    last rule that matches, after the configured ones: so these win over the server's config,
+    and among them a deny wins over an allow or ask of the same request (asks first, denies last).
+    Each flag takes one pattern or a comma list; a malformed one is :class:`BadInput`."""
+    rules: list[dict[str, str]] = []
+    for action, given in (("ask", ask), ("allow", allow), ("deny", deny)):
+        items = [given] if isinstance(given, str) else list(given or ())
+        for item in items:
+            for one in (str(item).split(",") if ":" not in str(item) else [str(item)]):
+                perm, sep, pattern = one.strip().partition(":")
+                perm, pattern = perm.strip(), pattern.strip() if sep else "*"
+                if not _PERMISSION.fullmatch(perm) or not pattern:
+                    raise BadInput(f"--{action} {one.strip()!r}: write PERMISSION or PERMISSION:PATTERN, e.g. "
+                                   f"--{action} 'bash:git *' or --{action} edit")
+                rules.append({"permission": perm, "pattern": pattern, "action": action})
+    return rules
+
+
+def check_budget(max_tokens: Any, max_cost: Any, wait: bool) -> tuple[int | None, float | None]:
+    """``--max-tokens N`` / ``--max-cost USD`` checked: positive numbers, and only for a dispatch
+    that follows its agent (nobody is there to stop a ``--no-wait`` one)."""
+    tok = cost = None
+    try:
+        tok = None if max_tokens in (None, "") else int(max_tokens)
+        cost = None if max_cost in (None, "") else float(max_cost)
+    except (TypeError, ValueError):
+        raise BadInput(f"--max-tokens {max_tokens} / --max-cost {max_cost}: write numbers, e.g. --max-tokens "
+                       f"200000 --max-cost 2.50") from None
+    if (tok is not None and tok <= 0) or (cost is not None and not cost > 0):
+        raise BadInput("--max-tokens and --max-cost must be more than 0")
+    if (tok is not None or cost is not None) and not wait:
+        raise BadInput("--max-tokens / --max-cost stop the agent when it goes past them, which needs fleet to "
+                       "follow it: drop --no-wait")
+    return tok, cost
+
+
+__all__ = ["POLICY_REPLY", "check_budget", "check_policy", "describe_request", "is_question", "permission_rules"]

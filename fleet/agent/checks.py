@@ -12,6 +12,18 @@ from fleet.errors import BadInput, OpenCodeError
 from fleet.inventory import Host
 
 KNOWN_API_MAJOR = "1"  # the classic OpenCode HTTP API fleet speaks (contracts: 1.18 to 1.19)
+TESTED_WITH = "1.18.33"
+
+
+def version_problem(version: str) -> str:
+    """Why fleet will not talk to an OpenCode server of ``version`` (empty: it will). OpenCode
+    2.x drops session metadata, ``session.status``, todo and per-session permissions: misread
+    halfway through a task, so refused up front, naming both versions."""
+    major = version.strip().lstrip("v").split(".")[0]
+    if not version or major == KNOWN_API_MAJOR:
+        return ""
+    return (f"OpenCode {version} speaks an API fleet does not know (fleet speaks {KNOWN_API_MAJOR}.x, "
+            f"tested with {TESTED_WITH}): pin the server to {KNOWN_API_MAJOR}.x or update fleet")
 
 
 def check_server(oc: Any, host: Host) -> None:
@@ -20,12 +32,11 @@ def check_server(oc: Any, host: Host) -> None:
     if not hasattr(oc, "health"):
         return
     h = oc.health()
-    ver = str(h.get("version", ""))
     if not h.get("healthy", False):
-        raise BadInput(f"{host.name}: the OpenCode server says it is not healthy ({h}); see its log")
-    if ver and ver.split(".")[0] != KNOWN_API_MAJOR:
-        raise BadInput(f"{host.name}: OpenCode {ver} speaks an API fleet does not know (fleet speaks "
-                       f"{KNOWN_API_MAJOR}.x, tested with 1.18.33): pin the server to 1.x or update fleet")
+        raise BadInput(f"{host.name}: the OpenCode server says it is not healthy; see its log")
+    why = version_problem(str(h.get("version", "")))
+    if why:
+        raise BadInput(f"{host.name}: {why}")
 
 
 def check_repo_dir(oc: Any, host: Host, directory: str) -> None:
@@ -49,4 +60,4 @@ def check_repo_dir(oc: Any, host: Host, directory: str) -> None:
                    f"Check --repo and the inventory's repos for {host.name}")
 
 
-__all__ = ["KNOWN_API_MAJOR", "check_repo_dir", "check_server"]
+__all__ = ["KNOWN_API_MAJOR", "TESTED_WITH", "check_repo_dir", "check_server", "version_problem"]

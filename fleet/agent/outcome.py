@@ -15,7 +15,7 @@ from fleet.agent.asks import POLICY_REPLY, describe_request
 from fleet.agent.client import OpenCodeClient
 from fleet.agent.events import SessionWaker
 from fleet.agent.review import files_summary, review
-from fleet.agent.turn import follow_turn, unsubscribe
+from fleet.agent.turn import follow_turn, stop_turn, tree_usage, turn_start_ms, unsubscribe
 from fleet.errors import FleetError, OpenCodeError, ResponseTimeout
 from fleet.inventory import Host
 from fleet.results import FanoutOutcome
@@ -63,17 +63,28 @@ def failed(exc: FleetError, host: Host, sid: str, au: Any, result: Callable[...,
         au("failed", host.name, "failure", session_id=sid, error=str(exc))
         return result(FanoutOutcome.FAILURE, error=str(exc), error_kind=exc.kind)
     au("failed", host.name, "failure", session_id=sid, error=str(exc))
-    return result(FanoutOutcome.FAILURE, error=f"{host.name}: {exc}", error_kind=type(exc).__name__)
+    said = str(exc) if str(exc).startswith(f"{host.name}:") else f"{host.name}: {exc}"
+    return result(FanoutOutcome.FAILURE, error=said, error_kind=type(exc).__name__)
 
 
 def turn_result(oc: OpenCodeClient, host: Host, sid: str, before: int, result: Callable[..., R], au: Any,
                 ev: Callable[[str, str], None], *, timeout: float, poll: float, stop: Callable[[], bool] | None,
-                on_permission: str, waker: SessionWaker | None, stall_timeout: float | None) -> R:
+                on_permission: str, waker: SessionWaker | None, stall_timeout: float | None,
+                max_tokens: int | None = None, max_cost: float | None = None) -> R:
     """Follow the turn that starts at message ``before`` to its end (needs-input journaled and
     answered by the ``on_permission`` policy, stuck journaled once), close ``waker``'s stream,
     then review and classify it: the host's result. Failures of the server itself are raised
-    (:func:`failed` turns them into a result)."""
+    (:func:`failed` turns them into a result). ``max_tokens`` / ``max_cost``: the turn's budget
+    (its subagents' calls included); past it the agent is stopped (journaled) and the turn ends
+    ABORTED saying which."""
     seen: set[str] = set()
+
+    def budget(tokens: int, cost: float) -> str:
+        if max_tokens is not None and tokens > max_tokens:
+            return f"{tokens} tokens used, over --max-tokens {max_tokens}"
+        if max_cost is not None and cost > max_cost:
+            return f"${cost:.4f} spent, over --max-cost {max_cost:g}"
+        return ""
 
     def on_input(req: dict[str, Any]) -> str | None:
         rid, what = str(req.get("id")), describe_request(req)
@@ -94,9 +105,23 @@ def turn_result(oc: OpenCodeClient, host: Host, sid: str, before: int, result: C
             au("stuck", host.name, "stuck", session_id=sid, state=state)
     try:
         end = follow_turn(oc, sid, before, timeout, poll=poll, on_status=on_status, stop=stop,
-                          on_input=on_input, waker=waker, stall=stall_timeout)
+                          on_input=on_input, waker=waker, stall=stall_timeout,
+                          budget=budget if max_tokens is not None or max_cost is not None else None)
     finally:
         unsubscribe(waker)
+    if end.over:
+        stopped = stop_turn(oc, sid)
+        au("over_budget", host.name, "aborted" if stopped else "still_busy", session_id=sid, reason=end.over,
+           max_tokens=max_tokens, max_cost=max_cost)
+        ev("status", f"over budget: {end.over}")
+        files, todo = review(oc, sid, before)
+        msgs = oc.messages(sid)
+        tokens, cost = tree_usage(oc, sid, [m for m in msgs[before:] if m["info"].get("role") == "assistant"],
+                                  turn_start_ms(msgs, before))
+        return result(FanoutOutcome.ABORTED, files=files, todo=todo, error_kind="over_budget", tokens=tokens, cost=cost,
+                      error=f"stopped the agent: {end.over}" + ("" if stopped else
+                                                                  f"; it is still busy: fleet abort --host "
+                                                                  f"{host.name} --session {sid}"))
     ans = end.answer
     if ans is None and end.pending is not None:
         what = describe_request(end.pending)

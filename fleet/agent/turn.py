@@ -22,7 +22,8 @@ from typing import Any, Callable
 from fleet.agent.asks import describe_request, is_question
 from fleet.agent.client import OpenCodeClient
 from fleet.agent.events import EventStream, SessionWaker
-from fleet.agent.usage import add_usage, turn_usage, usage_text
+from fleet.agent.tree import where
+from fleet.agent.usage import add_usage, message_bill, turn_usage, usage_text
 from fleet.errors import FleetError, ServerError
 from fleet.inventory import Host
 
@@ -52,17 +53,18 @@ def extract_answer(message: dict[str, Any]) -> Answer:
     Synthetic and ignored parts are OpenCode's own, not the agent's words, and are left out."""
     info = message.get("info") or {}
     parts = message.get("parts") or []
-    text = "".join(p.get("text", "") for p in parts
+    text = "".join(str(p.get("text", "")) for p in parts
                    if isinstance(p, dict) and p.get("type") == "text" and not p.get("synthetic") and not p.get("ignored"))
     err = info.get("error") or {}
     emsg = ""
     if isinstance(err, dict) and err:
         data = err.get("data") or {}
-        emsg = (data.get("message") if isinstance(data, dict) else "") or err.get("name", "error")
-    return Answer(text=text, error=emsg, error_name=(err.get("name", "") if isinstance(err, dict) else ""),
-                  tokens=dict(info.get("tokens") or {}), cost=float(info.get("cost") or 0.0),
-                  message_id=str(info.get("id", "")),
-                  completed=bool((info.get("time") or {}).get("completed")) or bool(err))
+        emsg = str((data.get("message") if isinstance(data, dict) else "") or err.get("name", "error"))
+    tokens, cost = message_bill(dict(info, role="assistant")) or ({}, 0.0)
+    times = info.get("time")
+    return Answer(text=text, error=emsg, error_name=(str(err.get("name", "")) if isinstance(err, dict) else ""),
+                  tokens=tokens, cost=cost, message_id=str(info.get("id", "")),
+                  completed=bool(isinstance(times, dict) and times.get("completed")) or bool(err))
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,6 @@ def _state(oc: OpenCodeClient, sid: str, waker: SessionWaker | None, stall: floa
         # busy, the stream is up, and the server has said nothing about it for a while
         state = f"stuck (no event for {quiet:.0f}s{'; ' + waker.step if waker and waker.step else ''})"
     return state, quiet
-
-
-def where(req: dict[str, Any], sid: str) -> str:
-    """`` (subagent ses_...)`` for a request of a descendant session, else nothing."""
-    other = req.get("sessionID")
-    return f" (subagent {other})" if isinstance(other, str) and other != sid else ""
 
 
 def turn_start_ms(msgs: list[dict[str, Any]], after: int) -> float:
@@ -243,11 +239,6 @@ def follow_turn(oc: OpenCodeClient, sid: str, after: int, timeout: float, *, pol
                     if reply:
                         oc.reply_permission(str(pending["id"]), reply)
                         answered.add(str(pending["id"]))
-        if budget is not None:
-            tok, cost = _usage_so_far(oc, sid, after, waker, since_ms)
-            over = budget(tok, cost)
-            if over:
-                return TurnEnd(None, pending, over)
         if state == "idle":
             msgs = oc.messages(sid)
             since_ms = since_ms or turn_start_ms(msgs, after)
@@ -268,6 +259,11 @@ def follow_turn(oc: OpenCodeClient, sid: str, after: int, timeout: float, *, pol
                                   f"the agent's run ended without a reply (idle for {LOST_GRACE:g}s with no "
                                   f"answer): the server lost it (was it restarted?) or reported a failure "
                                   f"only on its event stream; check the server's log")
+        if budget is not None and state != "idle":  # a turn that ended is reported, whatever it cost
+            tok, cost = _usage_so_far(oc, sid, after, waker, since_ms)
+            over = budget(tok, cost)
+            if over:
+                return TurnEnd(None, pending, over)
         shown = state if started or state != "idle" else "queued"
         if on_status and shown != last_state:
             on_status(shown)
@@ -287,6 +283,47 @@ def follow_turn(oc: OpenCodeClient, sid: str, after: int, timeout: float, *, pol
             time.sleep(poll)
 
 
+PENDING_GRACE = 3.0  # seconds a task sent a moment ago is given to start, so that it can be stopped
+
+
+def stop_turn(oc: OpenCodeClient, sid: str, settle: float = 5.0) -> bool:
+    """Abort ``sid``'s whole tree (its subagents first, deepest first, then the session: a
+    subagent left running would go on working, and one stopped alone hands its parent an error
+    to carry on from), until every session of it is idle with no task left to start; False if
+    still busy after ``settle`` s. ``oc`` must be scoped to the session's directory (status is
+    per directory).
+
+    A task sent a moment ago (``prompt_async`` returns before the run starts) is not stopped by
+    an abort that comes first: the run starts after it. So the abort is repeated while the tree
+    is busy, and an idle session whose last message is a task with no reply yet is watched for
+    PENDING_GRACE s and stopped when it starts."""
+    t0 = time.monotonic()
+    end = t0 + settle
+
+    def abort_tree() -> list[str]:
+        ids = [c["id"] for c in reversed(oc.tree(sid))] + [sid]  # breadth first, reversed: deepest first
+        for x in ids:
+            oc.abort(x)
+        return ids
+    ids = abort_tree()
+    aborted_at = time.monotonic()
+    while True:
+        states = oc.status()
+        busy = any((states.get(x) or {}).get("type", "idle") != "idle" for x in ids)
+        now = time.monotonic()
+        if not busy:
+            msgs = oc.messages(sid)
+            waiting = bool(msgs) and (msgs[-1].get("info") or {}).get("role") == "user"
+            if not waiting or now - t0 > PENDING_GRACE:
+                return True
+        elif now - aborted_at > 1.0:
+            ids = abort_tree()  # the run started after the last abort, a subagent since, or it ignored it
+            aborted_at = now
+        if now >= end:
+            return not busy
+        time.sleep(0.1)
+
+
 def _usage_so_far(oc: OpenCodeClient, sid: str, after: int, waker: SessionWaker | None,
                   since_ms: float) -> tuple[int, float]:
     """(tokens, cost) of the turn so far: from the events (every model call of the tree, as it is
@@ -299,5 +336,6 @@ def _usage_so_far(oc: OpenCodeClient, sid: str, after: int, waker: SessionWaker 
     return int(tokens.get("total") or 0), cost
 
 
-__all__ = ["ABORTED", "LOST_GRACE", "SAFETY_WAKE", "Answer", "StatusHook", "TurnEnd", "extract_answer", "follow_turn", "subscribe", "tree_usage",
+__all__ = ["ABORTED", "LOST_GRACE", "PENDING_GRACE", "SAFETY_WAKE", "Answer", "StatusHook", "TurnEnd", "extract_answer",
+           "follow_turn", "stop_turn", "subscribe", "tree_usage", "turn_start_ms",
            "unsubscribe"]

@@ -11,23 +11,34 @@ from __future__ import annotations
 from typing import Any
 
 
+def _int(v: Any) -> int:
+    """A count the server sent, or 0 for anything that is not a number (a server that sends
+    ``"12"``, ``true`` or ``{}`` is not to be trusted with a total)."""
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) < 1e15 else 0
+
+
+def _cost(v: Any) -> float:
+    """A cost the server sent, or 0.0 for anything that is not a finite number."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12 else 0.0
+
+
 def add_usage(total: dict[str, Any], tokens: Any) -> dict[str, Any]:
     """``total`` plus one message's ``tokens`` (input, output, reasoning, cache read/write, total),
     in place: sums are built message by message from figures any of which may be missing."""
     if not isinstance(tokens, dict):
         return total
     for k in ("input", "output", "reasoning"):
-        total[k] = int(total.get(k) or 0) + int(tokens.get(k) or 0)
+        total[k] = _int(total.get(k)) + _int(tokens.get(k))
     got = tokens.get("cache")
     cache: dict[str, Any] = got if isinstance(got, dict) else {}
     tc = total.setdefault("cache", {"read": 0, "write": 0})
     for k in ("read", "write"):
-        tc[k] = int(tc.get(k) or 0) + int(cache.get(k) or 0)
+        tc[k] = _int(tc.get(k)) + _int(cache.get(k))
     # older servers send no total: it is the sum OpenCode itself would show
     own = tokens.get("total")
-    total["total"] = int(total.get("total") or 0) + int(own if own is not None else (
-        sum(int(tokens.get(k) or 0) for k in ("input", "output", "reasoning")) + int(cache.get("read") or 0)
-        + int(cache.get("write") or 0)))
+    total["total"] = _int(total.get("total")) + (_int(own) if own is not None else (
+        sum(_int(tokens.get(k)) for k in ("input", "output", "reasoning")) + _int(cache.get("read"))
+        + _int(cache.get("write"))))
     return total
 
 
@@ -37,11 +48,7 @@ def session_usage(session: dict[str, Any]) -> tuple[int, float] | None:
     tok = session.get("tokens") if isinstance(session, dict) else None
     if not isinstance(tok, dict):
         return None
-    try:
-        cost = float(session.get("cost") or 0.0)
-    except (TypeError, ValueError):
-        cost = 0.0
-    return int(add_usage({}, tok).get("total") or 0), cost
+    return int(add_usage({}, tok).get("total") or 0), _cost(session.get("cost"))
 
 
 def message_bill(info: Any) -> tuple[dict[str, Any], float] | None:
@@ -49,11 +56,8 @@ def message_bill(info: Any) -> tuple[dict[str, Any], float] | None:
     or None for any other message; a cost that is not a number counts as 0."""
     if not isinstance(info, dict) or info.get("role") != "assistant":
         return None
-    try:
-        cost = float(info.get("cost") or 0.0)
-    except (TypeError, ValueError):
-        cost = 0.0
-    return dict(info.get("tokens") or {}), cost
+    tok = info.get("tokens")
+    return (dict(tok) if isinstance(tok, dict) else {}), _cost(info.get("cost"))
 
 
 def turn_usage(messages: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
@@ -76,9 +80,10 @@ def message_usage(ev: dict[str, Any]) -> tuple[str, dict[str, Any], float] | Non
     comes from events, without reading the messages."""
     if ev.get("type") != "message.updated":
         return None
-    info = (ev.get("properties") or {}).get("info") or {}
+    props = ev.get("properties")
+    info = props.get("info") if isinstance(props, dict) else None
     bill = message_bill(info)
-    if bill is None or not info.get("id"):
+    if bill is None or not isinstance(info, dict) or not isinstance(info.get("id"), str):
         return None
     return str(info["id"]), bill[0], bill[1]
 

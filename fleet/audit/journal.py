@@ -2,7 +2,9 @@
 processes (flock). Kinds of line: ``event`` (id, time, actor, host, operation, outcome,
 dispatch_id, channel, detail), ``attempt`` (just before a Slack send), ``delivered`` (after
 it), ``failed`` (Slack refused it for good) and ``retry`` (a failed event to try again). An
-event with no ``delivered`` (nor ``failed``) line is pending. Lines of another shape are
+event with no ``delivered`` (nor ``failed``) line is pending: a replay to its channel delivers it.
+An event journaled while no Slack was configured (no channel) is never posted, and never
+pending: it is the journal's alone. Lines of another shape are
 skipped and counted; a torn last line (a crash mid-write) is set aside, never glued to.
 """
 from __future__ import annotations
@@ -30,9 +32,14 @@ class JournalState:
     skipped: int = 0  # well-formed JSON lines of a shape fleet does not know
 
     def pending(self, include_failed: bool = False) -> list[dict[str, Any]]:
-        """Events not yet delivered (nor given up on, unless ``include_failed``), in journal order."""
-        return [e for e in self.events if e["id"] not in self.delivered
+        """Events a replay will deliver: not yet delivered (nor given up on, unless
+        ``include_failed``), recorded for a Slack channel; in journal order."""
+        return [e for e in self.events if e["id"] not in self.delivered and e.get("channel")
                 and (include_failed or e["id"] not in self.failed)]
+
+    def journal_only(self) -> list[dict[str, Any]]:
+        """Events journaled while no Slack was configured: never to be posted."""
+        return [e for e in self.events if not e.get("channel")]
 
     def thread_ts(self, dispatch_id: str) -> str | None:
         """Slack ts of the first delivered event of ``dispatch_id`` (the thread root)."""

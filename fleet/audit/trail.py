@@ -48,12 +48,18 @@ class AuditTrail:
         self.actor = who or actor()
         self.flush_timeout = flush_timeout
         self.poster: SlackPoster | None = None
-        self.status = "slack not configured: events stay pending (inv audit.replay)"
-        if post and slack is not None and token:
-            self.poster = SlackPoster(slack, token)
-            self.status = ""
+        # What a face says when Slack was asked for (``post``) and cannot be posted to now; the
+        # journal says the same (an event with no channel is never pending).
+        self.status = ""
+        if post and slack is None:
+            self.status = ("Slack is not configured (the inventory has no 'slack:' section): events are kept in "
+                           "the local journal only and will never be posted")
+        elif post and not token:
+            assert slack is not None
+            self.status = (f"${slack.token_env} is not set: events stay pending in the journal; export it, then "
+                           f"run audit.replay to post them")
         elif post and slack is not None:
-            self.status = f"${slack.token_env} is not set: events stay pending (inv audit.replay)"
+            self.poster = SlackPoster(slack, token or "")
         self._q: "queue.Queue[str | None]" = queue.Queue()
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
@@ -127,6 +133,8 @@ class ReplayReport:
     pending: int
     torn: list[str]
     stopped: str
+    other_channels: int = 0  # pending for another channel than this one (a replay there delivers them)
+    journal_only: int = 0  # journaled with no Slack configured: never posted
 
 
 def replay(journal: str, slack: SlackSettings | None, token: str | None, max_wait: float = 300.0,
@@ -149,6 +157,7 @@ def replay(journal: str, slack: SlackSettings | None, token: str | None, max_wai
         return True
     sent, why = deliver(j, poster, None, on_rl, retry_failed=retry_failed)
     after = j.load()
-    return ReplayReport(sent, len([e for e in after.pending() if e.get("channel", "") == slack.channel]),
-                        st.torn, why)
+    left = after.pending()
+    return ReplayReport(sent, len([e for e in left if e.get("channel", "") == slack.channel]), st.torn, why,
+                        len([e for e in left if e.get("channel", "") != slack.channel]), len(after.journal_only()))
 

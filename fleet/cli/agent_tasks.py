@@ -31,15 +31,23 @@ DISPATCH_HELP = {
                      "allow (approve once) or deny. Default: ask.",
     "retry_failed": "Send the last dispatch's task again to its hosts that never got it or whose agent "
                     "failed (never to one that may still be at work).",
+    "allow": "PERMISSION[:PATTERN] the new session may use without asking, e.g. 'bash:make *' (repeatable); "
+             "the session's own rules win over the server's config.",
+    "deny": "PERMISSION[:PATTERN] the new session may never use, e.g. 'bash:git push*' or webfetch (repeatable; "
+            "a deny wins over an allow).",
+    "ask": "PERMISSION[:PATTERN] the new session must ask a person for (needs-input), e.g. edit (repeatable).",
+    "max_cost": "Stop the agent (journaled) when its turn, subagents included, has cost more than this many USD.",
+    "max_tokens": "Stop the agent (journaled) when its turn, subagents included, has used more than this many tokens.",
 }
 
 
-@fleet_task(help=DISPATCH_HELP)
+@fleet_task(help=DISPATCH_HELP, iterable=["allow", "deny", "ask"])
 def dispatch(c, repo=None, task=None, host=None, hosts=None, all_=False, session=None, no_wait=False, issue=None,
              model=None, timeout=None, mode=None, canary=None, confirm=None, json_=False, inventory=None,
-             no_slack=False, on_permission=None, worktree=False, base=None, retry_failed=False, no_canary=False):
+             no_slack=False, on_permission=None, worktree=False, base=None, retry_failed=False, no_canary=False,
+             allow=None, deny=None, ask=None, max_cost=None, max_tokens=None):
     """Hand a task to the OpenCode agent on a host (or many) and follow it to the end."""
-    from fleet.cli.render import DispatchLive
+    from fleet.cli.live import DispatchLive
     from fleet.errors import BadInput
     from fleet.ops import dispatch as dx
 
@@ -82,7 +90,8 @@ def dispatch(c, repo=None, task=None, host=None, hosts=None, all_=False, session
         run = fl.dispatch(sel, repo, task, mode=mode, confirm=confirm, canary=canary, no_canary=no_canary,
                           session=session, model=model, issue=issue, wait=not no_wait, timeout=timeout,
                           worktree=bool(worktree) or None, base=base, on_permission=on_permission or "ask",
-                          on_event=live, trail=trail)
+                          on_event=live, trail=trail, allow=allow or (), deny=deny or (), ask=ask or (),
+                          max_cost=max_cost, max_tokens=max_tokens)
     finally:
         live.close()
         trail.close()
@@ -91,7 +100,7 @@ def dispatch(c, repo=None, task=None, host=None, hosts=None, all_=False, session
 
 def _dispatch_out(run: Any, json_: bool, trail: Any) -> None:
     """A dispatch run (dispatch, wait): JSON or the report and the audit line; its exit status."""
-    from fleet.cli.render import dispatch_report
+    from fleet.cli.agent_render import dispatch_report
 
     if json_:
         emit(run.to_dict())
@@ -109,7 +118,7 @@ def _dispatch_out(run: Any, json_: bool, trail: Any) -> None:
 def abort(c, host=None, session=None, all_sessions=False, reason="aborted by operator", inventory=None, json_=False,
           no_slack=False):
     """Stop a running agent session and check it stopped (marks its Beads issue blocked)."""
-    from fleet.cli.render import abort_line
+    from fleet.cli.agent_render import abort_line
 
     h, done = app(c, inventory).abort(session, host=host, all_sessions=all_sessions, reason=reason,
                                       slack=not no_slack)
@@ -128,7 +137,7 @@ def abort(c, host=None, session=None, all_sessions=False, reason="aborted by ope
 def wait(c, session=None, dispatch=None, host=None, hosts=None, timeout=None, on_permission="ask", inventory=None,
          json_=False, no_slack=False):
     """Follow agents already at work (a --no-wait dispatch) to the end of their turn, and review it."""
-    from fleet.cli.render import DispatchLive
+    from fleet.cli.live import DispatchLive
     from fleet.errors import BadInput
 
     if bool(session) == bool(dispatch):
@@ -185,7 +194,7 @@ def answer(c, session, text, host=None, inventory=None, json_=False):
                   "inventory": "Inventory file.", "json": "One JSON document."})
 def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
     """What each host's agent is doing: sessions, busy/idle/retry, titles, age."""
-    from fleet.cli.render import sessions_table
+    from fleet.cli.agent_render import sessions_table
 
     fl = app(c, inventory)
     sel = selector(hosts, all_)
@@ -200,7 +209,7 @@ def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
                   "json": "One JSON document."})
 def status(c, hosts=None, all_=False, inventory=None, json_=False):
     """Health and version of each host's OpenCode server."""
-    from fleet.cli.render import status_table
+    from fleet.cli.agent_render import status_table
 
     res = app(c, inventory).status(selector(hosts, all_))
     if json_:
@@ -218,7 +227,7 @@ def status(c, hosts=None, all_=False, inventory=None, json_=False):
                   "inventory": "Inventory file.", "json": "One JSON document."})
 def teardown(c, hosts=None, all_=False, confirm=None, mode=None, canary=None, inventory=None, json_=False):
     """Abort running agent sessions and delete the ones fleet created (gated: --confirm)."""
-    from fleet.cli.render import teardown_lines
+    from fleet.cli.agent_render import teardown_lines
 
     fl = app(c, inventory)
     trail = fl.trail()
@@ -246,7 +255,8 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
     import threading
     import time
 
-    from fleet.cli.render import Colors, watch_board, watch_line
+    from fleet.cli.live import watch_board, watch_line
+    from fleet.cli.render import Colors
     from fleet.ops.watch import Watcher
 
     fl = app(c, inventory)

@@ -46,9 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         def ev(host: str, kind: str, text: str) -> None:
             if kind == "session":
                 print(f"{host}: session {text}", file=sys.stderr, flush=True)
-        run = fl.dispatch(sel, repo, task, mode=a.mode, confirm=a.confirm, no_canary=a.no_canary,
-                          session=a.session, wait=not a.no_wait, worktree=a.worktree or None, on_event=ev,
-                          slack=slack)
+        from fleet.cli.common import say_audit
+
+        trail = fl.trail(slack)
+        try:
+            run = fl.dispatch(sel, repo, task, mode=a.mode, confirm=a.confirm, no_canary=a.no_canary,
+                              session=a.session, wait=not a.no_wait, worktree=a.worktree or None, on_event=ev,
+                              slack=slack, trail=trail)
+        finally:
+            say_audit(trail)  # closes it; says when a requested Slack audit cannot happen
         for r in run.results:
             line = f"[{r.host}] {r.outcome.value} session={r.session_id or '-'} {r.duration_ms / 1000:.1f}s"
             print(line + (f": {r.error}" if r.error else ""))

@@ -1,29 +1,51 @@
 """``fleet mcp``: fleet as an MCP server (stdio) for orchestrator agents.
 
-One more face over the same library layer: every tool parses its input, calls one library
-operation, and returns the same dict as ``--json``; modes, routes, gates, audit and redaction
-happen below, as for the CLI. Long calls report progress (one step per host). Errors come back
-as tool errors with fleet's one-line messages.
+One more face over the same library layer: one :class:`fleet.app.Fleet` context per server
+(face ``mcp``); every tool parses its input, calls one Fleet operation on a worker thread, and
+returns the same dict as ``--json``, as ``structuredContent`` (checked against the tool's
+``outputSchema``, :mod:`fleet.schemas`) and as text. Modes, routes, gates, audit and redaction
+happen below, as for the CLI.
+
+- Arguments: unknown ones are errors (``additionalProperties: false``), a tool that acts on
+  hosts is told which (``fanout`` has no default selector), every argument error is one line
+  naming the argument and what to write; a tool's failure is fleet's one-line message.
+- Long calls report progress (a host done, an agent's state) and a heartbeat every
+  ``FLEET_MCP_HEARTBEAT`` seconds (2) while quiet, so clients that reset their timeout on
+  progress never time out.
+- Cancellation (``notifications/cancelled``) interrupts the call as Ctrl-C interrupts the CLI:
+  remote commands are killed, agents stopped; one response goes out and the server serves on.
+- Artifacts never go to the client's working directory (OpenCode starts servers in its
+  project): a relative ``artifacts_dir`` is under fleet's state directory.
+- stderr is quiet unless ``FLEET_MCP_LOG=info`` (or debug) asks.
 
 The person stays in the loop: a gated plan (teardown, blow-away, worktrees.remove, anything in
-``gated:``) is shown to the *person* through MCP elicitation; only their accept runs it, and the
-confirmation token is spent inside the server, never shown to the model. A client without
-elicitation gets the refusal with the plan and the CLI command to run, not the token. Every
-call is journaled with the client's name.
+``gated:``) is shown to the *person* through MCP elicitation, every line escaped; only their
+accept runs it, and the confirmation token is spent inside the server, never shown to the
+model. A client without elicitation gets the refusal with the plan and the CLI command to run,
+not the token. A client cannot change the person's mode or skip the canary. Every call is
+journaled with the client's name (a cancelled one twice: called, cancelled).
 """
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any, Callable
+import os
+from dataclasses import asdict, replace
+from typing import Any, Callable, Literal
 
 import anyio
-import anyio.lowlevel
-from mcp.server.fastmcp import Context, FastMCP
+import anyio.to_thread
+from mcp.server.fastmcp import Context
 from mcp.server.fastmcp.exceptions import ToolError
 from pydantic import BaseModel, Field
+from typing_extensions import Annotated
 
-from fleet.errors import ConfirmationRequired, FleetError
+from fleet import __version__
+from fleet import schemas as S
+from fleet.app import Fleet
+from fleet.cli.mcp_runtime import FleetMCP, Live, Worker, can_elicit, client_name, one_line
+from fleet.errors import BadInput, ConfirmationRequired, FleetError
+from fleet.safety.gate import shown
+from fleet.settings import Settings, find_project
 
 
 class Confirm(BaseModel):
@@ -32,235 +54,335 @@ class Confirm(BaseModel):
     confirm: bool = Field(description="Run exactly this plan")
 
 
-def _client_name(ctx: Context) -> str:
+# ------------------------------------------------------------------------ arguments
+# (module level: FastMCP reads the annotations of the tools in build_server from here)
+
+_SEL = ('Which hosts: a host name or alias ("lab01"), "@group", "tag:NAME", "all", a comma list of these, '
+        'and "!x" to leave one out (e.g. "@gpu,!gpu3")')
+Selector = Annotated[str, Field(description=_SEL + ". Required: fleet never picks the hosts for you.",
+                                min_length=1)]
+ReadSelector = Annotated[str, Field(description=_SEL + '. Default "all" (this tool only reads).', min_length=1)]
+DispatchSelector = Annotated[str | None, Field(description=_SEL + ". Default: the inventory's default_host "
+                                                                  "(an error when it has none).", min_length=1)]
+Command = Annotated[str, Field(description='The shell command to run on each host, taken whole (e.g. "uptime", '
+                                           '"make test")', min_length=1)]
+Mode = Annotated[Literal["off", "canary", "enforced"] | None, Field(
+    description="Only the person's configured mode (see the settings tool) is accepted: another one is refused, "
+                "nothing is run. Leave it out.")]
+Canary = Annotated[str | None, Field(description="The host to run first in canary mode (default: the inventory's "
+                                                 "canary, else the first host)", min_length=1)]
+NoCanary = Annotated[bool, Field(description="Skip the canary: refused over MCP (the person's canary always runs "
+                                             "first). Leave it out.")]
+CommandTimeout = Annotated[float | None, Field(description="Seconds the command may run on each host before it is "
+                                                           "killed (default: the command_timeout setting; 0: no "
+                                                           "limit)", ge=0)]
+Deep = Annotated[bool, Field(description="Also log in for real and check each host's OpenCode server (slower)")]
+Repo = Annotated[str, Field(description="The repo to work in, as the inventory names it (its path on each host "
+                                        "comes from repos: in the inventory)", min_length=1)]
+Task = Annotated[str, Field(description="What the agent is asked to do, as a prompt", min_length=1)]
+NoWait = Annotated[bool, Field(description="Hand the task over and return at once (waited: false); follow it "
+                                           "later with the wait tool and the dispatch_id")]
+Worktree = Annotated[bool, Field(description="Work in a new git worktree of the repo (a branch of its own) "
+                                             "instead of the checkout itself")]
+Issue = Annotated[str | None, Field(description="A Beads issue id to claim for this task (refused if someone "
+                                                "else holds it)", min_length=1)]
+OnPermission = Annotated[Literal["ask", "allow", "deny"], Field(
+    description="When the agent asks for a permission: ask (report needs-input and keep waiting for approve or "
+                "deny), allow (approve once) or deny (reject it)")]
+AgentTimeout = Annotated[float | None, Field(description="Seconds to wait for the agent to end its turn (default: "
+                                                         "the dispatch_timeout setting)", gt=0)]
+Session = Annotated[str, Field(description='An agent session id ("ses_...", from dispatch or sessions)',
+                               min_length=1)]
+WaitSession = Annotated[str | None, Field(description='One agent session to follow ("ses_..."); give this or '
+                                                      'dispatch_id', min_length=1)]
+DispatchId = Annotated[str | None, Field(description="Follow every session of this dispatch (its dispatch_id); "
+                                                     "give this or session", min_length=1)]
+Host = Annotated[str | None, Field(description="The session's host (default: the one fleet's records or the "
+                                               "servers know)", min_length=1)]
+Reason = Annotated[str, Field(description="Why, for the journal")]
+Always = Annotated[bool, Field(description="Approve this kind of request for the rest of the session, not once")]
+DenyMessage = Annotated[str | None, Field(description="What to tell the agent with the rejection")]
+AnswerText = Annotated[str, Field(description="An option's label, or free text", min_length=1)]
+Lines = Annotated[int, Field(description="How many of the last events", ge=1, le=1000)]
+
+
+# ------------------------------------------------------------------------ paths
+
+def state_dir() -> str:
+    """fleet's state directory: ``$XDG_STATE_HOME/fleet`` (``~/.local/state/fleet``)."""
+    return os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "fleet")
+
+
+def off_the_project(st: Settings, cwd: str | None = None) -> Settings:
+    """``st`` with artifacts out of the project ``fleet mcp`` was started in: a client starts
+    its servers in *its* working directory (OpenCode: the project it works on), and a relative
+    ``artifacts_dir`` (the default) would fill it; they go under fleet's state directory, as
+    they do for a command run outside any project. An explicit path elsewhere is kept."""
+    project = find_project(cwd or os.getcwd())
+    if project is None:
+        return st  # relative paths are already under the state directory
+    root = os.path.realpath(project)
+    where = os.path.realpath(st.path("artifacts_dir"))
+    if where != root and not where.startswith(root + os.sep):
+        return st
+    return replace(st, artifacts_dir=os.path.join(state_dir(), "artifacts"))
+
+
+class McpFleet(Fleet):
+    """The one application context of a ``fleet mcp`` server (face ``mcp``, warm connections):
+    the person's settings, read again before each call, with artifacts off the project."""
+
+    def __init__(self, inventory: str | None = None) -> None:
+        super().__init__(inventory, face="mcp", warm=True)
+        self.settings = off_the_project(self.settings)
+
+    def refresh(self) -> None:
+        super().refresh()
+        self.settings = off_the_project(self.settings)
+
+
+# ------------------------------------------------------------------------ one call
+
+def elicitation_message(plan: Any, client: str) -> str:
+    """What the person reads before they accept a gated plan. Every line is escaped again
+    (control characters, newlines, bidi marks): nothing a model or a command wrote can forge a
+    line of it, and no line but these exists."""
+    lines = [f"fleet: the MCP client {shown(client)} asks to run a gated operation. Nothing runs unless you "
+             f"accept.", "The plan:"]
+    lines += [shown(line) for line in plan.describe().split("\n")]
+    lines.append("Accept runs exactly this plan, once. Values are shown escaped (\\n is a newline in them).")
+    return "\n".join(lines)
+
+
+async def _confirmed(ctx: Context, tool: str, exc: ConfirmationRequired, trail: Any, client: str) -> str:
+    """Ask the person for a gated plan; their accept gives the token (never the model)."""
+    plan = exc.plan
+    if not can_elicit(ctx):
+        raise ToolError(
+            f"'{plan.operation}' is gated: a person must confirm it, and this client cannot ask one. Nothing "
+            f"was done. The plan:\n{plan.describe()}\nRun the same operation with the fleet command in a "
+            f"terminal: it shows this plan and a token to confirm it with.")
+    answer = await ctx.elicit(message=elicitation_message(plan, client), schema=Confirm)
+    accepted = answer.action == "accept" and bool(getattr(answer.data, "confirm", False))
+    trail.record("mcp_confirmation", ",".join(plan.host_names), "accepted" if accepted else "declined",
+                 tool=tool, client=client, operation_gated=plan.operation)
+    if not accepted:
+        raise ToolError(f"the person declined '{plan.operation}'; nothing was done")
+    return str(exc.token)
+
+
+async def _work(ctx: Context, tool: str, fn: Callable[..., Any], trail: Any, client: str) -> Any:
     try:
-        info = ctx.session.client_params.clientInfo  # type: ignore[union-attr,unused-ignore]
-        return f"{info.name}/{info.version}" if info else "unknown"
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def _can_elicit(ctx: Context) -> bool:
-    try:
-        return ctx.session.client_params.capabilities.elicitation is not None  # type: ignore[union-attr,unused-ignore]
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _reporter(ctx: Context) -> Callable[[float, float | None, str], None]:
-    """Report progress to the client from any thread (fleet's pool threads included)."""
-    token = anyio.lowlevel.current_token()
-    lock = threading.Lock()
-
-    def report(done: float, total: float | None, message: str) -> None:
-        with lock:
-            try:
-                anyio.from_thread.run(ctx.report_progress, done, total, message, token=token)
-            except Exception:  # noqa: BLE001 - progress is best effort
-                pass
-    return report
-
-
-def _progress(ctx: Context, total: int) -> Callable[[Any], None]:
-    """A per-host result callback that reports one step of ``total`` to the client."""
-    report = _reporter(ctx)
-    done = [0]
-
-    def step(r: Any) -> None:
-        done[0] += 1
-        msg = f"{getattr(r, 'host', '')}: {getattr(getattr(r, 'outcome', None), 'value', '')}".strip(": ")
-        report(done[0], total, msg)
-    return step
-
-
-async def _run(ctx: Context, tool: str, fn: Callable[..., Any], fl: Any = None) -> Any:
-    """Run a library call on a worker thread; journal the call with the client's name; map
-    fleet's errors to tool errors; ask the person for a gated plan."""
-    client = _client_name(ctx)
-    trail = None
-    if fl is not None:
         try:
-            fl.refresh()
-            trail = fl.trail()
-        except FleetError as exc:
-            raise ToolError(str(exc).splitlines()[0]) from None
-        trail.record("mcp_call", "", "called", tool=tool, client=client)
-    try:
-        try:
-            return await anyio.to_thread.run_sync(fn)
+            return await Worker(fn, tool).run()
         except ConfirmationRequired as exc:
-            plan = exc.plan.describe()  # values escaped: a command cannot forge a line of it
-            if not _can_elicit(ctx):
-                raise ToolError(
-                    f"'{exc.plan.operation}' is gated: a person must confirm it, and this client cannot ask "
-                    f"one. Nothing was done. The plan:\n{plan}\nRun the same operation with the fleet "
-                    f"command in a terminal: it shows this plan and a token to confirm it with.") from None
-            answer = await ctx.elicit(message=f"fleet asks you to confirm a gated operation. The plan:\n{plan}",
-                                      schema=Confirm)
-            accepted = answer.action == "accept" and bool(getattr(answer.data, "confirm", False))
-            if trail is not None:
-                trail.record("mcp_confirmation", ",".join(exc.plan.host_names), "accepted" if accepted else "declined",
-                             tool=tool, client=client, operation_gated=exc.plan.operation)
-            if not accepted:
-                raise ToolError(f"the person declined '{exc.plan.operation}'; nothing was done") from None
-            token = exc.token  # spent here, never returned to the model
-            return await anyio.to_thread.run_sync(lambda: fn(token))
+            token = await _confirmed(ctx, tool, exc, trail, client)  # spent here, never returned
+            return await Worker(lambda: fn(token), tool).run()
+    except ConfirmationRequired as exc:
+        raise ToolError(f"'{exc.plan.operation}' needs confirmation") from None
     except FleetError as exc:
-        raise ToolError(str(exc).splitlines()[0] if not isinstance(exc, ConfirmationRequired) else
-                        f"'{exc.plan.operation}' needs confirmation") from None
+        raise ToolError(one_line(exc)) from None
+
+
+async def call(ctx: Context, fl: Fleet, tool: str, fn: Callable[..., Any], live: Live | None = None) -> Any:
+    """One tool call: the settings and inventory read again, the call journaled with the
+    client's name, ``fn`` run on a worker thread (interrupted if the client cancels), progress
+    and heartbeats while it runs, fleet's errors as one-line tool errors, a gated plan asked of
+    the person."""
+    client = client_name(ctx)
+    try:
+        fl.refresh()
+        trail = fl.trail()
+        trail.record("mcp_call", "", "called", tool=tool, client=client)
+    except FleetError as exc:
+        raise ToolError(one_line(exc)) from None
+    live = live or Live(ctx, tool)
+    failure: Exception | None = None
+    result: Any = None
+    try:
+        async with anyio.create_task_group() as tg:
+            if live.enabled:
+                tg.start_soon(live.pump)
+            try:
+                result = await _work(ctx, tool, fn, trail, client)
+            except Exception as exc:  # noqa: BLE001 - raised after the progress ends
+                failure = exc
+            finally:
+                live.close()
+    except anyio.get_cancelled_exc_class():
+        trail.record("mcp_cancelled", "", "cancelled", tool=tool, client=client)
+        raise
     finally:
-        if trail is not None:
-            trail.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(trail.close)
+    if failure is not None:
+        raise failure
+    return result
 
 
-def build_server(inventory: str | None = None) -> FastMCP:
+# ------------------------------------------------------------------------ the server
+
+def build_server(inventory: str | None = None) -> FleetMCP:
     """The MCP server with fleet's tools (``inventory``: path, else $FLEET_INVENTORY or the setting)."""
     logging.getLogger("paramiko").setLevel(logging.WARNING)  # stderr is the client's log: keep it quiet
-    from fleet.app import Fleet
     # the one application context: the person's settings (the same loader as the CLI's), warm
     # connections across calls of this session; an MCP client cannot change the mode
-    fl = Fleet(inventory, face="mcp", warm=True)
-    server = FastMCP("fleet", instructions="Drive a fleet of machines that run OpenCode agents: preflight, "
-                     "fanout, dispatch, sessions, abort, approvals. Gated operations are confirmed by the person.")
+    fl = McpFleet(inventory)
+    server = FleetMCP("fleet", __version__, instructions=(
+        "Drive a fleet of machines that run OpenCode agents: preflight, fanout (a shell command on many hosts), "
+        "dispatch (a task to the agents), wait, sessions, abort, approve/deny/answer, teardown. Name the hosts "
+        "with a selector (\"lab01\", \"@group\", \"tag:x\", \"all\"). Gated operations are confirmed by the "
+        "person, not by you. Results are structured (see each tool's outputSchema); long calls send progress."))
 
-    @server.tool()
-    async def settings(ctx: Context) -> dict:
-        """The person's effective settings (mode, gated, concurrency, ...): what every call here runs under."""
-        from dataclasses import asdict
+    def reads(fn: Callable[..., Any], result: type, title: str, open_world: bool = True) -> None:
+        server.fleet_tool(fn, result=result, title=title, read_only=True, destructive=False, idempotent=True,
+                          open_world=open_world)
 
-        def go() -> dict:
-            return {"settings": asdict(fl.settings)}
-        return await _run(ctx, "settings", go, fl)
+    def acts(fn: Callable[..., Any], result: type, title: str, destructive: bool, idempotent: bool) -> None:
+        server.fleet_tool(fn, result=result, title=title, read_only=False, destructive=destructive,
+                          idempotent=idempotent, open_world=True)
 
-    @server.tool()
-    async def hosts(ctx: Context, selector: str = "all") -> dict:
-        """The inventory's hosts (name, user, address, auth, tags, OpenCode URL, repos)."""
+    async def settings(ctx: Context) -> dict[str, Any]:
+        """The person's effective settings (mode, gated, concurrency, timeouts, artifacts_dir, ...): what
+        every call here runs under. A client cannot change them."""
+        return await call(ctx, fl, "settings", lambda: {"settings": asdict(fl.settings)})
+    reads(settings, S.SettingsResult, "Settings", open_world=False)
+
+    async def hosts(ctx: Context, selector: ReadSelector = "all") -> dict[str, Any]:
+        """The inventory's hosts (name, user, address, auth, tags, OpenCode URL, repos). No host is contacted."""
         from fleet.cli.render import host_dict
-        return await _run(ctx, "hosts", lambda: {"hosts": [host_dict(h) for h in fl.select(selector)]}, fl)
+        return await call(ctx, fl, "hosts", lambda: {"hosts": [host_dict(h) for h in fl.select(selector)]})
+    reads(hosts, S.HostsResult, "Inventory hosts", open_world=False)
 
-    @server.tool()
-    async def preflight(ctx: Context, selector: str = "all", deep: bool = False) -> dict:
-        """Is each host usable? (--deep: a real login and the OpenCode server's health)."""
-        def go() -> dict:
+    async def preflight(ctx: Context, selector: ReadSelector = "all", deep: Deep = False) -> dict[str, Any]:
+        """Is each host usable? DNS, TCP, SSH handshake and login checks per host, and what to do when one
+        fails (deep: a real login and the OpenCode server's health)."""
+        def go() -> dict[str, Any]:
             res = fl.preflight(selector, deep=deep)
             return {"results": [r.to_dict() for r in res], "ok": all(r.ok for r in res)}
-        return await _run(ctx, "preflight", go, fl)
+        return await call(ctx, fl, "preflight", go)
+    reads(preflight, S.PreflightResultSet, "Preflight hosts")
 
-    @server.tool()
-    async def fanout(ctx: Context, command: str, selector: str = "all", mode: str | None = None,
-                     canary: str | None = None, no_canary: bool = False, timeout: float | None = None) -> dict:
-        """Run one shell command on the selected hosts; every host's outcome, exit code and output.
-        ``mode``/``no_canary`` may only repeat the person's settings: a client cannot change them."""
-        step = _progress(ctx, len(fl.select(selector)))  # the reporter is made on the event loop
+    async def fanout(ctx: Context, command: Command, selector: Selector, mode: Mode = None, canary: Canary = None,
+                     no_canary: NoCanary = False, timeout: CommandTimeout = None) -> dict[str, Any]:
+        """Run one shell command on the selected hosts (in canary mode the canary first, the rest only if it
+        succeeds); every host's outcome, exit code and output, and the run's artifacts folder. Progress: one
+        step per host. Cancelling the call stops the run as Ctrl-C does (remote commands are killed)."""
+        live = Live(ctx, "fanout")
 
-        def go(confirm: str | None = None) -> dict:
+        def go(confirm: str | None = None) -> dict[str, Any]:
+            live.set_total(len(fl.select(selector)))
             opts = fl.fanout_options(timeout=timeout)
             return fl.fanout(selector, command, mode=mode, canary=canary, no_canary=no_canary, options=opts,
-                             on_result=step, confirm=confirm).to_dict()
-        return await _run(ctx, "fanout", go, fl)
+                             on_result=lambda r: live.step(f"{r.host}: {r.outcome.value}"),
+                             confirm=confirm).to_dict()
+        return await call(ctx, fl, "fanout", go, live)
+    acts(fanout, S.FanoutRunResult, "Run a command on hosts", destructive=True, idempotent=False)
 
-    @server.tool()
-    async def dispatch(ctx: Context, repo: str, task: str, selector: str | None = None, no_wait: bool = False,
-                       worktree: bool = False, issue: str | None = None, on_permission: str = "ask",
-                       timeout: float | None = None) -> dict:
-        """Hand a task to the OpenCode agent on a host (or a selector of hosts) and follow it to the end."""
-        sel = selector or fl.inventory.default_host
-        if not sel:
-            raise ToolError("say which host: selector (the inventory has no default_host)")
-        statuses: list[str] = []
-        report = _reporter(ctx)
+    async def dispatch(ctx: Context, repo: Repo, task: Task, selector: DispatchSelector = None,
+                       no_wait: NoWait = False, worktree: Worktree = False, issue: Issue = None,
+                       on_permission: OnPermission = "ask", timeout: AgentTimeout = None) -> dict[str, Any]:
+        """Hand a task to the OpenCode agent on a host (or a selector of hosts) and follow it to the end of
+        its turn: the answer, the files it changed, tokens and cost. Progress: the session, its states and
+        usage. Cancelling the call stops it as Ctrl-C does."""
+        live = Live(ctx, "dispatch")
 
         def on_event(host: str, kind: str, text: str) -> None:
             if kind in ("session", "status", "usage", "end"):  # the same live view as the CLI's
-                statuses.append(f"{host}: {kind} {text}" if kind == "session" else f"{host}: {text}")
-                report(len(statuses), None, statuses[-1])
+                live.step(f"{host}: {kind} {text}" if kind == "session" else f"{host}: {text}")
 
-        def go(confirm: str | None = None) -> dict:
+        def go(confirm: str | None = None) -> dict[str, Any]:
+            sel = selector or fl.inventory.default_host
+            if not sel:
+                raise BadInput("dispatch: say which host: selector (the inventory has no default_host)")
             return fl.dispatch(sel, repo, task, issue=issue, wait=not no_wait, timeout=timeout, on_event=on_event,
                                worktree=worktree or None, on_permission=on_permission, confirm=confirm).to_dict()
-        return await _run(ctx, "dispatch", go, fl)
+        return await call(ctx, fl, "dispatch", go, live)
+    acts(dispatch, S.DispatchRunResult, "Dispatch a task to agents", destructive=True, idempotent=False)
 
-    @server.tool()
-    async def sessions(ctx: Context, selector: str = "all") -> dict:
-        """What each host's agent is doing: busy / idle / needs-input (and what it asks), by whom."""
-        def go() -> dict:
-            rows, errors = fl.sessions(selector)
-            return {"sessions": [r.to_dict() for r in rows], "errors": errors}
-        return await _run(ctx, "sessions", go, fl)
-
-    @server.tool()
-    async def status(ctx: Context, selector: str = "all") -> dict:
-        """Health and version of each OpenCode server (a wedged one is DOWN, not a hang)."""
-        return await _run(ctx, "status", lambda: {"servers": fl.status(selector)}, fl)
-
-    @server.tool()
-    async def abort(ctx: Context, session: str, host: str | None = None, reason: str = "aborted from MCP") -> dict:
-        """Stop an agent session and check it stopped."""
-        def go() -> dict:
-            h, done = fl.abort(session, host=host, reason=reason)
-            return {"host": h.name, "aborted": done}
-        return await _run(ctx, "abort", go, fl)
-
-    @server.tool()
-    async def approve(ctx: Context, session: str, host: str | None = None, always: bool = False) -> dict:
-        """Approve the permission an agent waits on."""
-        def go() -> dict:
-            h, done = fl.answer_permission(session, "always" if always else "once", host=host)
-            return {"host": h.name, "answered": done}
-        return await _run(ctx, "approve", go, fl)
-
-    @server.tool()
-    async def deny(ctx: Context, session: str, host: str | None = None, message: str | None = None) -> dict:
-        """Reject the permission an agent waits on."""
-        def go() -> dict:
-            h, done = fl.answer_permission(session, "reject", host=host, message=message)
-            return {"host": h.name, "answered": done}
-        return await _run(ctx, "deny", go, fl)
-
-    @server.tool()
-    async def answer(ctx: Context, session: str, text: str, host: str | None = None) -> dict:
-        """Answer the question an agent asks (its question tool): an option's label, or free text."""
-        def go() -> dict:
-            h, done = fl.answer_question(session, text, host=host)
-            return {"host": h.name, "answered": done}
-        return await _run(ctx, "answer", go, fl)
-
-    @server.tool()
-    async def wait(ctx: Context, session: str | None = None, dispatch_id: str | None = None, host: str | None = None,
-                   timeout: float | None = None, on_permission: str = "ask") -> dict:
-        """Follow agents already at work (a no_wait dispatch: one session, or every session of a
-        dispatch_id) to the end of their turn; the same result as dispatch (answer, files, usage)."""
+    async def wait(ctx: Context, session: WaitSession = None, dispatch_id: DispatchId = None, host: Host = None,
+                   timeout: AgentTimeout = None, on_permission: OnPermission = "ask") -> dict[str, Any]:
+        """Follow agents already at work (a no_wait dispatch: one session, or every session of a dispatch_id)
+        to the end of their turn; the same result as dispatch (answer, files, usage)."""
         if bool(session) == bool(dispatch_id):
-            raise ToolError("say what to wait for: session, or dispatch_id")
-        report = _reporter(ctx)
-        said: list[str] = []
+            raise ToolError("wait: say what to wait for: session, or dispatch_id (one of them). Nothing was done")
+        live = Live(ctx, "wait")
 
         def on_event(h: str, kind: str, text: str) -> None:
             if kind in ("status", "usage", "end"):
-                said.append(f"{h}: {text}")
-                report(len(said), None, said[-1])
+                live.step(f"{h}: {text}")
 
-        def go() -> dict:
+        def go() -> dict[str, Any]:
             return fl.wait(session=session, dispatch_id=dispatch_id, host=host, timeout=timeout,
                            on_permission=on_permission, on_event=on_event).to_dict()
-        return await _run(ctx, "wait", go, fl)
+        return await call(ctx, fl, "wait", go, live)
+    # on_permission allow/deny answers the agent's permissions: not read-only
+    acts(wait, S.DispatchRunResult, "Wait for agents", destructive=True, idempotent=False)
 
-    @server.tool()
-    async def teardown(ctx: Context, selector: str) -> dict:
-        """Abort running sessions and delete the ones fleet created (gated: the person confirms)."""
-        def go(confirm: str | None = None) -> dict:
+    async def sessions(ctx: Context, selector: ReadSelector = "all") -> dict[str, Any]:
+        """What each host's agent is doing: busy / idle / needs-input (and what it asks), by whom, tokens
+        and cost so far."""
+        def go() -> dict[str, Any]:
+            rows, errors = fl.sessions(selector)
+            return {"sessions": [r.to_dict() for r in rows], "errors": errors}
+        return await call(ctx, fl, "sessions", go)
+    reads(sessions, S.SessionsResult, "Agent sessions")
+
+    async def status(ctx: Context, selector: ReadSelector = "all") -> dict[str, Any]:
+        """Health and version of each OpenCode server (a wedged one is DOWN after 3 s, not a hang)."""
+        return await call(ctx, fl, "status", lambda: {"servers": fl.status(selector)})
+    reads(status, S.StatusResult, "OpenCode servers")
+
+    async def abort(ctx: Context, session: Session, host: Host = None,
+                    reason: Reason = "aborted from MCP") -> dict[str, Any]:
+        """Stop an agent session and check it stopped."""
+        def go() -> dict[str, Any]:
+            h, done = fl.abort(session, host=host, reason=reason)
+            return {"host": h.name, "aborted": list(done), "notes": list(getattr(done, "notes", []))}
+        return await call(ctx, fl, "abort", go)
+    acts(abort, S.AbortResult, "Abort a session", destructive=True, idempotent=True)
+
+    async def approve(ctx: Context, session: Session, host: Host = None, always: Always = False) -> dict[str, Any]:
+        """Approve the permission an agent waits on (it then does what it asked to)."""
+        def go() -> dict[str, Any]:
+            h, done = fl.answer_permission(session, "always" if always else "once", host=host)
+            return {"host": h.name, "answered": done}
+        return await call(ctx, fl, "approve", go)
+    acts(approve, S.AnsweredResult, "Approve a permission", destructive=True, idempotent=False)
+
+    async def deny(ctx: Context, session: Session, host: Host = None, message: DenyMessage = None) -> dict[str, Any]:
+        """Reject the permission an agent waits on."""
+        def go() -> dict[str, Any]:
+            h, done = fl.answer_permission(session, "reject", host=host, message=message)
+            return {"host": h.name, "answered": done}
+        return await call(ctx, fl, "deny", go)
+    acts(deny, S.AnsweredResult, "Deny a permission", destructive=False, idempotent=False)
+
+    async def answer(ctx: Context, session: Session, text: AnswerText, host: Host = None) -> dict[str, Any]:
+        """Answer the question an agent asks (its question tool): an option's label, or free text."""
+        def go() -> dict[str, Any]:
+            h, done = fl.answer_question(session, text, host=host)
+            return {"host": h.name, "answered": done}
+        return await call(ctx, fl, "answer", go)
+    acts(answer, S.AnsweredResult, "Answer an agent's question", destructive=False, idempotent=False)
+
+    async def teardown(ctx: Context, selector: Selector) -> dict[str, Any]:
+        """Abort running sessions and delete the ones fleet created on the selected hosts (gated: the person
+        confirms the plan; their git worktrees are left, listed)."""
+        def go(confirm: str | None = None) -> dict[str, Any]:
             return {"teardown": fl.teardown(selector, confirm=confirm)}
-        return await _run(ctx, "teardown", go, fl)
+        return await call(ctx, fl, "teardown", go)
+    acts(teardown, S.TeardownResult, "Tear down agent sessions", destructive=True, idempotent=True)
 
-    @server.tool()
-    async def audit_tail(ctx: Context, lines: int = 20) -> dict:
-        """The last audit events (journal), with their Slack delivery state."""
+    async def audit_tail(ctx: Context, lines: Lines = 20) -> dict[str, Any]:
+        """The last audit events (the journal) and how many still wait for Slack."""
         from fleet.audit.journal import Journal
 
-        def go() -> dict:
+        def go() -> dict[str, Any]:
             j = Journal(fl.settings.path("journal")).load()
-            return {"events": j.events[-max(1, lines):], "pending": len(j.pending())}
-        return await _run(ctx, "audit_tail", go, fl)
+            return {"events": j.events[-lines:], "pending": len(j.pending())}
+        return await call(ctx, fl, "audit_tail", go)
+    reads(audit_tail, S.AuditTailResult, "Audit journal", open_world=False)
 
     server.fleet = fl  # type: ignore[attr-defined]
     server.fleet_pool = fl.pool  # type: ignore[attr-defined]
@@ -272,4 +394,4 @@ def serve(inventory: str | None = None) -> None:
     build_server(inventory).run("stdio")
 
 
-__all__ = ["build_server", "serve"]
+__all__ = ["build_server", "elicitation_message", "off_the_project", "serve"]

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 import unicodedata
 from collections import OrderedDict
 from typing import Any, Iterable, TextIO
 
-from fleet.agent.review import files_summary
 from fleet.inventory import Host, Inventory
-from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
+from fleet.results import FanoutOutcome, FanoutRun, PreflightResult
 
 _ORDER = {FanoutOutcome.PREFLIGHT_FAILED: 0, FanoutOutcome.TIMEOUT: 1, FanoutOutcome.FAILURE: 2,
           FanoutOutcome.ABORTED: 3, FanoutOutcome.SUCCESS: 4}
@@ -280,58 +278,6 @@ class Colors:
         return self.red(s)
 
 
-class LineStreamer:
-    """``--stream``: live output lines prefixed ``host | ``."""
-
-    def __init__(self, hosts: list[str], out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self.width = max((len(h) for h in hosts), default=5)
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
-        self.lock = threading.Lock()
-
-    def __call__(self, host: str, stream: str, line: str) -> None:
-        target = self.out if stream == "stdout" else self.err
-        with self.lock:
-            target.write(f"{cell(host):<{self.width}} | {cell(line)}\n")
-            target.flush()
-
-
-class Progress:
-    """A one-line live progress on a terminal; silent otherwise."""
-
-    def __init__(self, total: int, stream: TextIO | None = None, enabled: bool | None = None,
-                 canary: str | None = None) -> None:
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.done = 0
-        self.failed = 0
-        self.canary = canary
-        self.canary_state = ""
-        self.lock = threading.Lock()
-        if self.enabled and canary:
-            self.stream.write(f"\r\x1b[Kcanary {canary} running, {total - 1} more connecting...")
-            self.stream.flush()
-
-    def __call__(self, r: FanoutResult) -> None:
-        with self.lock:
-            self.done += 1
-            if not r.ok:
-                self.failed += 1
-            if self.canary and r.host == self.canary:
-                self.canary_state = f"canary {r.host} {'ok' if r.ok else r.outcome.value}: "
-            if self.enabled:
-                self.stream.write(f"\r\x1b[K{self.canary_state}{self.done}/{self.total} done, {self.failed} failed, "
-                                  f"{self.total - self.done} to go")
-                self.stream.flush()
-
-    def clear(self) -> None:
-        """Erase the line before the summary is printed."""
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
 def preflight_table(results: list[PreflightResult]) -> str:
     """Preflight per host: status, failed check, advice."""
     rows = sorted(results, key=lambda r: (r.ok,))
@@ -384,204 +330,6 @@ def inventory_summary(inv: Inventory) -> str:
 
 # ---------------------------------------------------------------------- dispatch and agents
 
-class DispatchLive:
-    """Dispatch's live view, fed by dispatch's ``on_event(host, kind, text)``.
-
-    On a terminal: one host gets one status line rewritten in place; many hosts get a board
-    (host, session, state and current step or what it asks, time, tokens and cost so far),
-    needs-input first and highlighted, redrawn on every event and once a second for the
-    clocks. Not a terminal (a log, a pipe): plain lines, one per change. ``quiet``: nothing.
-    Use as a context manager (or call :meth:`close`) so the board is cleared at the end.
-    """
-
-    ORDER = {"needs-input": 0, "stuck": 1, "retry": 2, "busy": 3, "queued": 4, "starting": 5}
-
-    def __init__(self, quiet: bool, many: bool, stream: TextIO | None = None, tick: float = 1.0) -> None:
-        import threading
-        import time
-
-        self.quiet = quiet
-        self.many = many
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.colors = Colors(stream=self.stream)
-        self.t0 = time.monotonic()
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.drawn = 0
-        self.lock = threading.RLock()
-        self._stop = threading.Event()
-        self._ticker: Any = None
-        if self.tty and not quiet and tick > 0:
-            self._ticker = threading.Thread(target=self._tick, args=(tick,), name="fleet-live", daemon=True)
-            self._ticker.start()
-
-    def __enter__(self) -> "DispatchLive":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _tick(self, every: float) -> None:
-        while not self._stop.wait(every):
-            with self.lock:
-                if any(r["state"] != "starting" and not r.get("ended") for r in self.rows.values()):
-                    self._draw()
-
-    def close(self) -> None:
-        """Stop the clock and clear the board or line (the report follows)."""
-        self._stop.set()
-        with self.lock:
-            if self.tty and not self.quiet:
-                if self.many and self.drawn:
-                    self.stream.write(f"\x1b[{self.drawn}F\x1b[J")
-                elif not self.many and self.rows:
-                    self.stream.write("\r\x1b[K")
-                self.stream.flush()
-            self.drawn = 0
-
-    def __call__(self, host: str, kind: str, text: str) -> None:
-        import re
-        import time
-
-        if self.quiet:
-            return
-        host, text = cell(host), cell(text)  # what the server says, escaped before it is stored or shown
-        with self.lock:
-            row = self.rows.setdefault(host, {"host": host, "session": "", "state": "starting", "step": "",
-                                              "usage": "", "t0": time.monotonic(), "ended": None})
-            if kind == "session":
-                row["session"] = text
-            elif kind == "status":
-                if text == row.get("said"):
-                    return  # the same state again (the step seen by the stream, then by the waiter)
-                row["said"] = text
-                m = re.match(r"([\w-]+)[: ]*(.*)", text, re.S)
-                row["state"], row["step"] = (m.group(1), m.group(2)) if m else (text, "")
-            elif kind == "usage":
-                row["usage"] = text
-            elif kind == "end":
-                outcome, _, err = text.partition(": ")
-                row.update(state=outcome, step=first_line(err, 100), ended=time.monotonic())
-            else:
-                return
-            if self.tty and not self.many and kind == "session":
-                self.stream.write(f"\r\x1b[K{host}: session {text}\n")  # the id stays on screen
-                self.stream.flush()
-            elif self.tty:
-                self._draw()
-            elif kind == "session":
-                print(f"{host}: session {text}", file=self.stream, flush=True)
-            elif kind == "status":
-                print(f"{host}: {text} ({self._age(row):.1f}s)" + (f" {row['usage']}" if row["usage"] else ""),
-                      file=self.stream, flush=True)
-            elif kind == "end" and self.many:
-                print(f"{host}: {text} ({self._age(row):.1f}s)", file=self.stream, flush=True)
-
-    @staticmethod
-    def _age(row: dict[str, Any]) -> float:
-        import time
-        return (row["ended"] or time.monotonic()) - row["t0"]
-
-    def _draw(self) -> None:
-        import shutil
-
-        width = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
-        if not self.many:
-            r = next(iter(self.rows.values()))
-            if r["ended"]:
-                return
-            what = r["state"] + (f": {r['step']}" if r["step"] else "")
-            line = f"{r['host']}: {what} ({self._age(r):.0f}s)" + (f"  {r['usage']}" if r["usage"] else "")
-            self.stream.write("\r\x1b[K" + line[:width])
-            self.stream.flush()
-            return
-        rows = sorted(self.rows.values(), key=lambda r: (self.ORDER.get(r["state"], 6), r["host"]))
-        body = table([[r["host"], r["session"] or "-", r["state"], r["step"][:60], f"{self._age(r):.0f}s",
-                       r["usage"] or "-"] for r in rows],
-                     ["HOST", "SESSION", "STATE", "DOING / ASKS", "TIME", "TOKENS / COST"]).splitlines()
-        out = []
-        for k, line in enumerate(body):
-            line = line[:width]
-            st = rows[k - 1]["state"] if k else ""
-            out.append(self.colors.yellow(line) if st in ("needs-input", "stuck") else
-                       self.colors.red(line) if st in ("FAILURE", "TIMEOUT", "UNREACHABLE", "ABORTED") else
-                       self.colors.green(line) if st == "SUCCESS" else line)
-        up = f"\x1b[{self.drawn}F" if self.drawn else ""
-        self.stream.write(up + "\x1b[J" + "\n".join(out) + "\n")
-        self.stream.flush()
-        self.drawn = len(out)
-
-
-def dispatch_report(run: Any) -> str:
-    """One host: the agent's answer, then a line of outcome, tokens, cost; many: a table."""
-    if len(run.results) == 1 and run.results[0].ok and not run.results[0].waited:
-        r = run.results[0]
-        return cell(f"{r.host}: sent, session={r.session_id}; the agent works on: follow it with 'fleet wait "
-                    f"--session {r.session_id}' (or fleet watch)") + (
-                        cell(f"\nworktree: {r.worktree} (branch {r.branch})")[2:].join(["\n", ""])
-                        if r.worktree else "")
-    if len(run.results) == 1:
-        r = run.results[0]
-        tok = r.tokens or {}
-        head = (lines_of(r.answer) + "\n") if r.waited and r.answer else ""
-        changed = "".join("\n  " + cell(f"{f['status'] or 'changed':<8} {f['file']} +{f['additions']} "
-                                        f"-{f['deletions']}") for f in r.files)
-        todo = "".join("\n  " + cell(f"[{t['status']}] {t['content']}") for t in r.todo)
-        return (head + cell(f"{r.host}: {r.outcome.value} session={r.session_id or '-'} "
-                            f"tokens={tok.get('total', '-')} (in {tok.get('input', '-')}, out "
-                            f"{tok.get('output', '-')}) cost=${r.cost:.4f} duration={r.duration_ms / 1000:.1f}s")
-                + ("\n" + cell(f"worktree: {r.worktree} (branch {r.branch})") if r.worktree else "")
-                + (f"\nchanged:{changed}" if changed else "")
-                + (f"\ntodo:{todo}" if todo else "") + ("\n" + cell(f"error: {r.error}") if r.error else ""))
-    body = table([[r.host, "SENT" if r.ok and not r.waited else r.outcome.value, r.session_id or "-",
-                   f"{r.duration_ms / 1000:.1f}s",
-                   files_summary(r.files) or "-", first_line(r.answer, 50) or "-", first_line(r.error, 80)]
-                  for r in run.results], ["HOST", "STATE", "SESSION", "DURATION", "CHANGED", "ANSWER", "ERROR"])
-    files = [f for r in run.results for f in r.files]
-    cost = sum(r.cost for r in run.results)
-    toks = sum(int((r.tokens or {}).get("total") or 0) for r in run.results)
-    if all(not r.waited for r in run.results):
-        return body + (f"\n{len(run.results)} hosts; the agents work on: follow them with 'fleet wait --dispatch "
-                       f"{run.dispatch_id}' (or fleet watch)")
-    return body + (f"\ntotal: {len(run.results)} hosts, {files_summary(files) or 'no files changed'}, "
-                   f"{toks} tokens, ${cost:.4f}")
-
-
-def sessions_table(rows: list[Any]) -> str:
-    """``sessions``: one line per session."""
-    return table([[r.host, r.repo or "-", r.session_id, r.state + (f" ({r.waiting})" if r.waiting else ""),
-                   age_text(r.age_s), *_usage_cells({"tokens": r.tokens, "cost": r.cost}),
-                   (r.machine or "yes") if r.fleet else "", r.branch or "-", r.title[:50]] for r in rows],
-                 ["HOST", "REPO", "SESSION", "STATE", "AGE", "TOKENS", "COST", "FLEET (BY)", "WORKTREE BRANCH",
-                  "TITLE"])
-
-
-def status_table(servers: list[dict[str, Any]]) -> str:
-    """``status``: health, version and round trip of each OpenCode server."""
-    return table([[r["host"], "healthy" if r["healthy"] else "DOWN", r["version"] or "-", f"{r['ms']}ms",
-                   r["url"], r["error"][:100]] for r in servers], ["HOST", "STATE", "VERSION", "RTT", "URL", "ERROR"])
-
-
-def abort_line(host: str, aborted: list[str]) -> str:
-    """``abort``: what was stopped."""
-    return cell(f"{host}: aborted {len(aborted)} session(s)" + (": " + ", ".join(aborted) if aborted else ""))
-
-
-def teardown_lines(out: list[dict[str, Any]]) -> str:
-    """``teardown``: per host, what was aborted and deleted, or the error."""
-    lines = []
-    for r in out:
-        if r.get("error"):
-            lines.append(cell(f"{r['host']}: error: {r['error']}"))
-            continue
-        lines.append(cell(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)"))
-        for w in r.get("worktrees") or []:
-            lines.append("  " + cell(f"worktree kept: {w['path']} (branch {w['branch'] or '-'}); remove it with: "
-                                     f"fleet worktrees.remove --hosts {r['host']} --repo {w['repo']} "
-                                     f"--name {w['name']}"))
-    return "\n".join(lines)
-
-
 def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
                   failed: dict[str, Any] | None = None) -> str:
     """Journal events for a person, one per line."""
@@ -589,7 +337,8 @@ def format_events(events: list[dict[str, Any]], delivered: dict[str, Any],
     failed = failed or {}
     for e in events:
         state = "sent" if e["id"] in delivered else (
-            f"failed: {failed[e['id']].get('error', '')}" if e["id"] in failed else "pending")
+            f"failed: {failed[e['id']].get('error', '')}" if e["id"] in failed else
+            "pending" if e.get("channel") else "journal only: no Slack then")
         d = e.get("detail") or {}
         extra = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
                          for k, v in d.items())
@@ -604,51 +353,9 @@ def age_text(seconds: float) -> str:
     return f"{s // 86400}d" if s >= 86400 else f"{s // 3600}h" if s >= 3600 else f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
-def _usage_cells(row: dict[str, Any]) -> list[str]:
+def usage_cells(row: dict[str, Any]) -> list[str]:
     tok, cost = row.get("tokens"), row.get("cost")
     return [str(tok) if tok is not None else "-", f"${cost:.4f}" if cost is not None else "-"]
-
-
-def watch_line(row: dict[str, Any]) -> str:
-    """One change on the board, as a line (not a terminal)."""
-    extra = f" ({row['waiting']})" if row.get("waiting") else (f" ({row['step']})" if row.get("step") else "")
-    tok, cost = _usage_cells(row)
-    usage = f"  {tok} tok {cost}" if row.get("tokens") is not None else ""
-    return cell(f"{row['host']}  {row.get('repo') or '-'}  {row['session'] or '-'}  {row['state']}{extra}{usage}  "
-                f"{row.get('title', '')[:40]}".rstrip())
-
-
-def watch_board(rows: list[dict[str, Any]], color: "Colors | None" = None, now: float | None = None,
-                size: tuple[int, int] | None = None) -> str:
-    """The whole board (a terminal): needs-input first and highlighted. ``size`` (columns,
-    lines): lines are cut to the width, and rows that do not fit are counted in a last line
-    (the ones that need a person come first, so they are never the ones cut)."""
-    import time
-
-    c = color or Colors(False)
-    now = time.time() if now is None else now
-    order = {"needs-input": 0, "stuck": 1, "down": 2, "error": 3, "no-events": 4, "retry": 5, "busy": 6, "idle": 7}
-    rows = sorted(rows, key=lambda r: (order.get(r["state"], 8), r["host"]))
-    cut = 0
-    if size is not None and len(rows) > max(1, size[1] - 3):
-        keep = max(1, size[1] - 3)
-        cut, rows = len(rows) - keep, rows[:keep]
-    body = table([[r["host"], r.get("repo") or "-", r["session"] or "-", r["state"],
-                   (r.get("waiting") or r.get("step") or "")[:60], age_text(now - r.get("created", now)),
-                   *_usage_cells(r), r.get("title", "")[:40]] for r in rows],
-                 ["HOST", "REPO", "SESSION", "STATE", "DOING / ASKS", "AGE", "TOKENS", "COST", "TITLE"])
-    out = body.splitlines()
-    if size is not None:
-        out = [line[:max(20, size[0] - 1)] for line in out]
-    for k, r in enumerate(rows, start=1):
-        if r["state"] in ("needs-input", "stuck"):
-            out[k] = c.yellow(out[k])
-        elif r["state"] in ("error", "down"):
-            out[k] = c.red(out[k])
-    if cut:
-        more = f"... {cut} more session(s) below the screen (fleet watch --json lists all)"
-        out.append(more[:max(20, size[0] - 1)] if size is not None else more)
-    return "\n".join(out)
 
 
 def worktrees_table(rows: list[Any]) -> str:

@@ -59,14 +59,14 @@ FANOUT_HELP = {
 
 
 def _render_run(run: Any, json_: bool, stream: bool, quiet: bool = False, diff: bool = False) -> None:
-    from fleet.cli.render import Colors, diffed, fanout_table, gathered, stderr_tails
+    from fleet.cli.render import Colors, cell, diffed, fanout_table, gathered, stderr_tails
 
     if json_:
         emit(run.to_dict())
         return
     color = Colors()
     for n in run.notes:
-        print(f"note: {n}", file=sys.stderr)
+        print(cell(f"note: {n}"), file=sys.stderr)
     if diff:
         text = diffed(run, color)
     elif not (quiet or stream):
@@ -84,7 +84,7 @@ def _render_run(run: Any, json_: bool, stream: bool, quiet: bool = False, diff: 
 def _run_gated(fl: Any, op: str, sel: str, call: Any, mode: str | None, canary: str | None, json_: bool,
                stream: bool, log: bool, quiet: bool = False, diff: bool = False, no_canary: bool = False) -> None:
     """A fanout-shaped operation with the live progress line (or streamed lines), then its report."""
-    from fleet.cli.render import LineStreamer, Progress
+    from fleet.cli.live import LineStreamer, Progress
     from fleet.errors import BadInput
     from fleet.safety.gate import OPERATIONS, make_plan, resolve_mode
 
@@ -125,9 +125,12 @@ def fanout(c, command="", hosts=None, all_=False, inventory=None, json_=False, m
         from fleet.ssh.artifacts import last_failed
 
         fl = app(c, inventory)
-        command, failed = last_failed(fl.settings.artifacts_dir)
-        print(f"retry: {command!r} on {len(failed)} host(s): {', '.join(failed)}", file=sys.stderr)
-        hosts = ",".join(failed)
+        last = last_failed(fl.settings.artifacts_dir)
+        command = last.command
+        if last.note:
+            print(f"retry: {last.note}", file=sys.stderr)
+        print(f"retry: {command!r} on {len(last.hosts)} host(s): {', '.join(last.hosts)}", file=sys.stderr)
+        hosts = ",".join(last.hosts)
     else:
         fl = app(c, inventory)
     if not command or not command.strip():
@@ -209,8 +212,10 @@ def worktrees_remove(c, repo, name, hosts=None, all_=False, force=False, delete_
     if json_:
         emit({"worktrees": out})
     else:
+        from fleet.cli.render import cell
+
         for r in out:
-            print(f"{r['host']}: {r['detail']}")
+            print(cell(f"{r['host']}: {r['detail']}"))
     if any(r["outcome"] != "removed" for r in out):
         raise Exit(code=1)
 

@@ -247,7 +247,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InventoryError("file not found", str(p),
-                             hint="pass --inventory PATH, set 'inventory' in invoke.yaml, or create ./inventory.yaml") from None
+                             hint=f"create {p}, or pass --inventory PATH, set FLEET_INVENTORY, or set 'inventory' under fleet: in invoke.yaml") from None
     except IsADirectoryError:
         raise InventoryError("is a directory, not a file", str(p), hint="pass the path of the YAML file") from None
     except UnicodeDecodeError:

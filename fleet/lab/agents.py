@@ -22,10 +22,8 @@ from typing import Any
 
 import httpx
 
-
-from fleet.lab.base import Lab, free_ports
-from fleet.lab.hosts import seed_repos
 from fleet.errors import AgentError  # noqa: F401 - re-exported where they were defined
+from fleet.lab.base import Lab, free_ports, seed_repos
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,3 +139,28 @@ def _children(pid: int) -> list[int]:
 def state_file(lab_dir: Path) -> Path:
     """Where the lab records what it started."""
     return lab_dir / "lab.json"
+
+
+LAB_REPOS = ("demo", "site")  # every lab host has these real git repos under ~/repos, as a user's machine does
+
+
+def seed_repos(lab_dir: Path, roots: list[str]) -> None:
+    """Give each repos root the lab's repos (:data:`LAB_REPOS`), real git repositories with one
+    commit, so worktrees, branches, diffs and sessions in several projects are real. One template
+    is made with git and copied, so a 100-host lab costs no more than a few git calls."""
+    tmpl = lab_dir / "template"
+    git_id = ["-c", "user.name=fleet lab", "-c", "user.email=lab@fleet.invalid"]
+    for name in LAB_REPOS:
+        t = tmpl / name
+        if not (t / ".git").exists():
+            t.mkdir(parents=True, exist_ok=True)
+            (t / "README.md").write_text(f"# {name}\nThe lab's {name} repository.\n")
+            subprocess.run(["git", "init", "-q", "-b", "main", str(t)], check=False, capture_output=True)
+            subprocess.run(["git", "-C", str(t), *git_id, "add", "README.md"], check=False, capture_output=True)
+            subprocess.run(["git", "-C", str(t), *git_id, "commit", "-q", "-m", "lab: initial commit"], check=False,
+                           capture_output=True)
+    for root in roots:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        for name in LAB_REPOS:
+            if not (Path(root) / name).exists():
+                shutil.copytree(tmpl / name, Path(root) / name, symlinks=True)

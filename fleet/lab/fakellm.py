@@ -26,7 +26,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 _BASH = re.compile(r"\[bash:\s*([^\]]+)\]")
 _WRITE = re.compile(r"\[write:\s*([^\]]+)\]")
 _ASK = re.compile(r"\[ask:\s*([^\]]+)\]")

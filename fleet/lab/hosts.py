@@ -23,13 +23,24 @@ import signal
 import socket
 import subprocess
 import time
-
 from pathlib import Path
 
-from fleet.errors import BadInput
-from fleet.lab.base import (Lab, LabHost, _children, _cmdline, _cwd, _pid_alive, free_ports, host_address,  # noqa: F401
-                   state_file)
-from fleet.errors import LabError  # noqa: F401 - re-exported where they were defined
+from fleet.errors import (
+    BadInput,
+    LabError,  # noqa: F401 - re-exported where they were defined
+)
+from fleet.lab.base import (  # noqa: F401
+    Lab,
+    LabHost,
+    _children,
+    _cmdline,
+    _cwd,
+    _pid_alive,
+    free_ports,
+    host_address,
+    seed_repos,
+    state_file,
+)
 
 PORTS_PER_SSHD = 16  # OpenSSH refuses more than 16 ListenAddress lines
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
@@ -48,31 +59,6 @@ def find_sshd() -> str:
         return found
     raise LabError("OpenSSH server (sshd) is not installed: run 'apt-get install openssh-server' "
                    "(Debian/Ubuntu) or 'make test', which installs it")
-
-
-LAB_REPOS = ("demo", "site")  # every lab host has these real git repos under ~/repos, as a user's machine does
-
-
-def seed_repos(lab_dir: Path, roots: list[str]) -> None:
-    """Give each repos root the lab's repos (:data:`LAB_REPOS`), real git repositories with one
-    commit, so worktrees, branches, diffs and sessions in several projects are real. One template
-    is made with git and copied, so a 100-host lab costs no more than a few git calls."""
-    tmpl = lab_dir / "template"
-    git_id = ["-c", "user.name=fleet lab", "-c", "user.email=lab@fleet.invalid"]
-    for name in LAB_REPOS:
-        t = tmpl / name
-        if not (t / ".git").exists():
-            t.mkdir(parents=True, exist_ok=True)
-            (t / "README.md").write_text(f"# {name}\nThe lab's {name} repository.\n")
-            subprocess.run(["git", "init", "-q", "-b", "main", str(t)], check=False, capture_output=True)
-            subprocess.run(["git", "-C", str(t), *git_id, "add", "README.md"], check=False, capture_output=True)
-            subprocess.run(["git", "-C", str(t), *git_id, "commit", "-q", "-m", "lab: initial commit"], check=False,
-                           capture_output=True)
-    for root in roots:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        for name in LAB_REPOS:
-            if not (Path(root) / name).exists():
-                shutil.copytree(tmpl / name, Path(root) / name, symlinks=True)
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -203,7 +189,7 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
     listen_ips = ["127.0.0.1"] + [host_address(i) for i in range(2, count + 1)]
     ports = free_ports(count, listen_ips)
     hosts = []
-    for i, (ip, port) in enumerate(zip(listen_ips, ports), start=1):
+    for i, (ip, port) in enumerate(zip(listen_ips, ports, strict=True), start=1):
         name = f"lab{i:02d}"
         root = lab_dir / "hosts" / name / "repos"
         hosts.append(LabHost(name=name, port=port, repos_root=str(root),

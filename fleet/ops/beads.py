@@ -95,7 +95,9 @@ class Beads:
         return item
 
     def claim(self, issue: str, host: str) -> dict[str, Any]:
-        """Atomic claim for ``host`` (re-claiming one's own is fine)."""
+        """Atomic claim for ``host`` (re-claiming one's own is fine), then the issue read again:
+        a claim answered with our name while another actor holds the issue (a bd that resolved a
+        race the other way, a sync from another clone) is refused, not trusted."""
         self.check_claimable(issue, host)
         code, out, err = self._run(["update", issue, "--claim", "--json"], actor=host)
         if code != 0:
@@ -106,7 +108,10 @@ class Beads:
         item = self._array("update --claim", issue, out)
         if item.get("assignee") != host:
             raise AlreadyClaimed(issue, item.get("assignee") or "someone else", host)
-        return item
+        now = self.show(issue)
+        if (now.get("assignee") or "") != host:
+            raise AlreadyClaimed(issue, now.get("assignee") or "nobody (the claim did not hold)", host)
+        return now
 
     def release(self, issue: str, host: str) -> None:
         """Undo our claim (the session could not be created)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from fleet.errors import BadInput, Refused
 from fleet.inventory import Host, Inventory
-from fleet.ops.fanout import run_plan
+from fleet.ops.fanout import check_artifacts, run_plan
 from fleet.results import FanoutRun
 from fleet.safety import gate
 from fleet.safety.gate import BLOW_AWAY, Plan
@@ -117,12 +117,13 @@ def blow_away(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str 
     """Remove ``args['repo']``'s working copy on the selected hosts (gated, strictly inside root;
     no canary: each host's removal is checked on that host)."""
     repo = check_repo_name(str(args.get("repo") or ""))
+    check_artifacts(options)
     with gate.enter(BLOW_AWAY, inv, selector, args=args, mode=mode, confirm=confirm, settings=settings,
                     store=store, audit=audit, trail=trail, call_options={"options": options},
                     check=_check_blow_away) as g:
         paths = blow_away_paths(g.plan.hosts, repo)
         run = run_plan(g.plan, lambda h: blow_away_command(*paths[h.name]), f"blow-away {repo}", options,
-                       on_output, on_result, log_stream, None, None)
+                       on_output, on_result, log_stream, None, None, redactor=getattr(g.trail, "redactor", None))
         g.ran(run.results, run.run_id)
         return run
 

@@ -1,8 +1,11 @@
 """OpenCode dispatch: hand a task to the agent on one or many hosts and follow it to the end.
 
-Order of work, so nothing is half-done: plan and gate (modes, tokens) -> Beads claim
-(checked before any session exists) -> create or resume the session -> record it (local
-record, Beads metadata, audit) -> send the prompt once -> wait for the run to end.
+Order of work, so nothing is half-done: plan and gate (modes, tokens; the repo a plain name) ->
+the server and the repo directory checked -> Beads claim (before any worktree or session
+exists: a refused claim leaves nothing behind) -> the worktree (its failure gives the claim
+back) -> create or resume the session, with the dispatch's own permission rules -> record it
+(local record, Beads metadata, audit) -> send the prompt once -> wait for the run to end (or
+stop it past its token or cost budget).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from fleet.agent.asks import check_policy
+from fleet.agent.asks import check_budget, check_policy, permission_rules
 from fleet.agent.checks import check_repo_dir, check_server
 from fleet.agent.client import OpenCodeClient
 from fleet.agent.outcome import Audit, EventHook, failed, redacted_hook, turn_result
@@ -86,6 +89,8 @@ class DispatchRun(RunSummary):
 
 def repo_directory(host: Host, repo: str) -> str:
     """The absolute repo path on ``host`` that every OpenCode call is scoped to."""
+    from fleet.ops.blow_away import check_repo_name
+    check_repo_name(repo)  # a name, never a path: '../../victim' must not reach any host
     d = host.repo_path(repo)
     if d is None:
         raise BadInput(f"no path for repo '{repo}' on {host.name}: add repos: {{root: /abs/path}} (or "
@@ -103,12 +108,14 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                   stop: Callable[[], bool] | None = None, client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
                   poll: float = 0.5, on_permission: str = "ask", events: bool = True, worktree: bool = False,
                   base: str | None = None, inventory: Any = None, ssh_options: Any = None,
-                  stall_timeout: float | None = None) -> DispatchResult:
+                  stall_timeout: float | None = None, permission: list[dict[str, str]] | None = None,
+                  max_tokens: int | None = None, max_cost: float | None = None) -> DispatchResult:
     """Dispatch ``task`` to one host's agent. Never raises for the host's own failures.
 
     ``on_permission``: what to do when the agent asks for a permission: ``ask`` (report
     needs-input, journal it, and keep waiting for ``fleet approve``/``deny``), ``allow`` (answer
-    once) or ``deny`` (reject it).
+    once) or ``deny`` (reject it). ``permission``: the new session's own ruleset (see
+    :func:`permission_rules`). ``max_tokens`` / ``max_cost``: stop the agent past them.
     """
     t0 = time.monotonic()
     did = dispatch_id or new_dispatch_id()
@@ -131,15 +138,9 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
         directory = repo_directory(host, repo)
         au("dispatch_requested", host.name, "requested", repo=repo, task=task, issue=issue,
            worktree=worktree or None)
-        if worktree:
-            # the agent's own checkout, made before anything else: if it cannot be made, nothing
-            # is claimed and no session exists
-            from fleet.ops.worktrees import create_worktree, worktree_name
-            wt = create_worktree(inventory, host, repo, directory, worktree_name(issue, did), base, ssh_options)
-            directory = wt["path"]
-            au("worktree_created", host.name, "ok", worktree=wt["path"], branch=wt["branch"], base=wt["base"])
-        # everything that can fail before the session exists (password, client) comes before
-        # the claim, so a claim never outlives a dispatch that could not start
+        # everything that can fail before the session exists (password, client, server, repo)
+        # comes before the claim, so a claim never outlives a dispatch that could not start; the
+        # claim comes before the worktree, so a refused claim leaves no worktree or branch
         with client_factory(host, directory) as oc:
             if wait and hasattr(oc, "deadline"):
                 oc.deadline = t0 + timeout + 5.0  # the whole dispatch, not only each read, is bounded
@@ -149,6 +150,12 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                 beads.claim(issue, host.name)
                 claimed = True
             try:
+                if worktree:
+                    from fleet.ops.worktrees import create_worktree, worktree_name
+                    wt = create_worktree(inventory, host, repo, directory, worktree_name(issue, did), base,
+                                         ssh_options)
+                    directory = oc.directory = wt["path"]
+                    au("worktree_created", host.name, "ok", worktree=wt["path"], branch=wt["branch"], base=wt["base"])
                 if session:
                     oc.get_session(session)
                 else:
@@ -157,9 +164,12 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                     # tear down this session, and continue its Slack thread (local records are a cache)
                     s = oc.create_session(f"fleet {did}: {task[:60]}", {"fleet": {
                         "dispatch_id": did, "machine": actor(), "repo": repo, "issue": issue or "",
-                        "worktree": wt.get("path", ""), "branch": wt.get("branch", ""), "directory": directory}})
+                        "worktree": wt.get("path", ""), "branch": wt.get("branch", ""), "directory": directory}},
+                        permission=permission)
                     sid = s["id"]
                     created = True
+                    if permission:
+                        au("permission_rules", host.name, "set", session_id=sid, rules=permission)
             except BaseException:
                 if claimed and not created and not session:
                     beads.release(issue, host.name)
@@ -185,7 +195,8 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
                 ev("status", "sent (not waiting)")
                 return result(FanoutOutcome.SUCCESS)
             return turn_result(oc, host, sid, before, result, au, ev, timeout=timeout, poll=poll, stop=stop,
-                               on_permission=on_permission, waker=waker, stall_timeout=stall_timeout)
+                               on_permission=on_permission, waker=waker, stall_timeout=stall_timeout,
+                               max_tokens=max_tokens, max_cost=max_cost)
     except FleetError as exc:
         return failed(exc, host, sid, au, result)
 
@@ -215,20 +226,29 @@ def dispatch(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str |
              beads: Any = None, dispatch_id: str | None = None, poll: float = 0.5,
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask",
              events: bool = True, worktree: bool = False, base: str | None = None,
-             ssh_options: Any = None, stall_timeout: float | None = None) -> DispatchRun:
+             ssh_options: Any = None, stall_timeout: float | None = None, allow: Any = (), deny: Any = (),
+             ask: Any = (), max_tokens: int | None = None, max_cost: float | None = None) -> DispatchRun:
     """Dispatch ``args['task']`` for ``args['repo']`` to the selected hosts through the gate
-    (the canary's agent first; the rest only if it succeeded)."""
+    (the canary's agent first; the rest only if it succeeded). ``allow`` / ``deny`` / ``ask``:
+    permission patterns that become each new session's ruleset (:func:`permission_rules`);
+    ``max_tokens`` / ``max_cost``: each agent is stopped past them (its subagents count)."""
     check_policy(on_permission)  # bad flags fail before any plan, token or host
+    rules = permission_rules(allow, deny, ask)
+    max_tokens, max_cost = check_budget(max_tokens, max_cost, wait)
+    if rules and args.get("session"):
+        raise BadInput("--allow/--deny/--ask set a new session's rules: drop --session (a resumed session "
+                       "keeps its own)")
     trail = trail if trail is not None else audit_trail
+    limits = {"permission": rules or None, "max_tokens": max_tokens, "max_cost": max_cost}
     with gate.enter(DISPATCH, inv, selector, args=args, mode=mode, confirm=confirm, canary=canary,
                     no_canary=no_canary, settings=settings, store=store, audit=audit, trail=trail,
                     call_options={"worktree": worktree, "base": base, "on_permission": on_permission,
-                                  "wait": wait}, check=_check_dispatch) as g:
+                                  "wait": wait, **limits}, check=_check_dispatch) as g:
         run = _dispatch_plan(g.plan, wait=wait, timeout=timeout, concurrency=concurrency, records=records,
                              on_event=on_event, audit_trail=g.trail, beads=beads, dispatch_id=dispatch_id,
                              poll=poll, client_factory=client_factory, on_permission=on_permission,
                              events=events, worktree=worktree, base=base, ssh_options=ssh_options,
-                             stall_timeout=stall_timeout)
+                             stall_timeout=stall_timeout, limits=limits)
         g.ran(run.results, run.dispatch_id)
         return run
 
@@ -237,7 +257,7 @@ def _dispatch_plan(plan: Plan, *, wait: bool, timeout: float, concurrency: int, 
                    on_event: EventHook | None, audit_trail: Any, beads: Any, dispatch_id: str | None,
                    poll: float, client_factory: Callable[..., OpenCodeClient], on_permission: str,
                    events: bool, worktree: bool, base: str | None, ssh_options: Any,
-                   stall_timeout: float | None) -> DispatchRun:
+                   stall_timeout: float | None, limits: dict[str, Any]) -> DispatchRun:
     a = plan.args
     did = dispatch_id or new_dispatch_id()
     if records is None and plan.settings is not None:
@@ -256,7 +276,7 @@ def _dispatch_plan(plan: Plan, *, wait: bool, timeout: float, concurrency: int, 
                              on_permission=on_permission, events=events, worktree=worktree, base=base,
                              inventory=plan.inventory, ssh_options=ssh_options,
                              stall_timeout=stall_timeout if stall_timeout is not None else
-                             getattr(plan.settings, "stall_timeout", None))
+                             getattr(plan.settings, "stall_timeout", None), **limits)
 
     results: dict[str, DispatchResult] = {}
     try:

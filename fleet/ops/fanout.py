@@ -1,8 +1,13 @@
-"""The fanout operation: one command on many hosts under the mode (canary first, rolling batches)."""
+"""The fanout operation: one command on many hosts under the mode (canary first, rolling batches).
+
+Before the gate and before any host, the artifacts folder must be writable (a full disk is one
+line, exit 2, and nothing was sent); the run then shows nothing its audit trail would not journal:
+the trail's redactor (every secret the inventory names) redacts the whole :class:`FanoutRun`."""
 from __future__ import annotations
 
 from typing import Any
 
+from fleet.files import ensure_writable
 from fleet.inventory import Inventory
 from fleet.results import FanoutOutcome, FanoutRun
 from fleet.safety import gate
@@ -13,11 +18,17 @@ from fleet.ssh.runner import CanaryGate, FanoutOptions, FanoutRunner, OutputHook
 
 def run_plan(plan: Plan, command: Any, label: str, options: FanoutOptions | None,
               on_output: OutputHook | None, on_result: ResultHook | None, log_stream: Any,
-              batch: str | None, max_fail: str | float | None, pool: Any = None) -> FanoutRun:
+              batch: str | None, max_fail: str | float | None, pool: Any = None, redactor: Any = None) -> FanoutRun:
+    """Run ``command`` (text, or a function of the host) as ``plan`` says; ``redactor``: what the
+    run shows is redacted with it (default: the inventory's secrets)."""
     runner = FanoutRunner(plan.inventory, label, options, on_output, on_result, log_stream, mode=plan.mode,
-                          pool=pool)
+                          pool=pool, redactor=redactor)
+    runner.operation = plan.operation
     runner.run.notes.extend(plan.notes)
     try:
+        # recorded as started (every planned host) before any host runs: a run killed outright is
+        # still the last run, and its hosts without a result are the ones to retry
+        runner.start(["local"] if plan.local else [h.name for h in plan.hosts])
         if plan.local:
             runner.add_local("local")
             return runner.run
@@ -89,10 +100,19 @@ def fanout(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | N
     to use and refill."""
     parse_batch(batch, 1)  # bad flags fail before any plan, token or host
     parse_max_fail(max_fail)
+    check_artifacts(options)
     cmd = args["command"]
     with gate.enter(FANOUT, inv, selector, args=args, mode=mode, confirm=confirm, canary=canary,
                     no_canary=no_canary, settings=settings, store=store, audit=audit, trail=trail,
                     call_options={"options": options, "batch": batch, "max_fail": max_fail}) as g:
-        run = run_plan(g.plan, cmd, cmd, options, on_output, on_result, log_stream, batch, max_fail, pool)
+        run = run_plan(g.plan, cmd, cmd, options, on_output, on_result, log_stream, batch, max_fail, pool,
+                       getattr(g.trail, "redactor", None))
         g.ran(run.results, run.run_id)
         return run
+
+
+def check_artifacts(options: FanoutOptions | None) -> None:
+    """The run's artifacts folder can be written (before a token is spent or a host is reached)."""
+    where = (options or FanoutOptions()).artifacts_dir
+    if where:
+        ensure_writable(where, "the run's artifacts in", "artifacts_dir")

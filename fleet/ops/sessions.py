@@ -1,5 +1,12 @@
 """What the agents are doing, and stopping them: sessions per host, abort, teardown (gated) and
-server health. Every call names the host; a wedged server is DOWN after a short timeout."""
+server health. Every call names the host; a wedged server is DOWN after a short timeout.
+
+A server runs in the user's home with many repos, so every session is found across projects
+(``GET /experimental/session``, else one listing per repo directory), and status and pending
+requests are read per directory. Subagents' sessions (``parentID``) are rows of their own, and
+what they wait on and bill shows on the session that started them too (the one a dispatch
+follows). Abort stops a session's whole tree, subagents first, and then stops what its tools
+left running on the host."""
 from __future__ import annotations
 
 import time
@@ -7,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fleet.agent.asks import describe_request
+from fleet.agent.checks import version_problem
 from fleet.agent.client import OpenCodeClient
-from fleet.agent.usage import session_usage
+from fleet.agent.tools import StillBusy, Stopped, stop_session
+from fleet.agent.tree import rollup, tree_requests
 from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError, OpenCodeError
 from fleet.inventory import Host, Inventory
@@ -34,8 +43,9 @@ class SessionRow:
     machine: str = ""  # the orchestrating machine that dispatched it (fleet's marks on the server)
     dispatch_id: str = ""
     repo: str = ""  # the repo fleet dispatched it for, else the directory's last part
-    tokens: int | None = None  # the session's tokens and cost so far, when the server keeps them
+    tokens: int | None = None  # the session's tokens and cost so far (its subagents' too), when the server keeps them
     cost: float | None = None
+    parent: str = ""  # the session whose subagent this is (its task tool made it)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -49,35 +59,46 @@ def fleet_marks(session: dict[str, Any]) -> dict[str, Any]:
     return mark if isinstance(mark, dict) else {}
 
 
-def host_sessions(host: Host, records: SessionRecords | None = None, limit: int = 50,
+def repo_dirs(host: Host, records: SessionRecords | None = None) -> tuple[str, ...]:
+    """The repo directories the inventory (and this machine's records) name on ``host``: where a
+    server without the cross-project listing is asked for its sessions."""
+    dirs = [d for d in (host.repo_path(n) for n in host.repos) if d]
+    dirs += [str(r["directory"]) for r in (records.for_host(host.name) if records else []) if r.get("directory")]
+    return tuple(dict.fromkeys(dirs))
+
+
+def host_sessions(host: Host, records: SessionRecords | None = None, limit: int = 200,
                   client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[SessionRow]:
-    """Sessions on ``host`` with their state (busy/idle/retry), newest first."""
+    """Sessions on ``host`` (every project) with their state (busy/idle/retry/needs-input), newest
+    first. A request counts only while its session is at work (a stopped or deleted session's
+    request lingers on the server); a subagent's request, tokens and cost show on its ancestors."""
     recs = {r["session_id"]: r for r in (records.for_host(host.name) if records else [])}
     mine = set(recs)
     with client_factory(host, None) as oc:
-        sessions = oc.list_sessions(all_dirs=True)[:limit]
+        sessions = oc.list_sessions(all_dirs=True, limit=limit, directories=repo_dirs(host, records))
         states: dict[str, Any] = {}
-        waiting: dict[str, str] = {}
+        pend: list[dict[str, Any]] = []
         for d in sorted({str(s["directory"]) for s in sessions if s.get("directory")}):
             oc.directory = d
             states.update(oc.status())
-            for p in oc.permissions() + oc.questions():
-                waiting.setdefault(str(p.get("sessionID")), describe_request(p))
+            pend += oc.permissions() + oc.questions()
+    waiting, usage = rollup(sessions, states, pend)
     now = time.time() * 1000
     rows = []
     for s in sessions:
         st = states.get(s["id"]) or {"type": "idle"}
         created = ((s.get("time") or {}).get("created")) or now
-        state = "needs-input" if s["id"] in waiting else st.get("type", "idle")
+        state = "needs-input" if s["id"] in waiting else str(st.get("type", "idle"))
         rec = recs.get(s["id"]) or {}
         mark = fleet_marks(s)
+        tok, cost = usage.get(s["id"], (None, None))
         rows.append(SessionRow(host.name, s["id"], str(s.get("title", "")), state,
                                int((now - created) / 1000), str(s.get("directory", "")),
                                s["id"] in mine or bool(mark), waiting.get(s["id"], ""),
                                rec.get("worktree") or mark.get("worktree", ""), rec.get("branch") or mark.get("branch", ""),
-                               mark.get("machine", ""), rec.get("dispatch_id") or mark.get("dispatch_id", ""),
+                               str(mark.get("machine", "")), rec.get("dispatch_id") or str(mark.get("dispatch_id", "")),
                                str(mark.get("repo") or str(s.get("directory", "")).rstrip("/").rsplit("/", 1)[-1]),
-                               *(session_usage(s) or (None, None))))
+                               tok, cost, str(s.get("parentID") or "")))
     return rows
 
 
@@ -94,68 +115,49 @@ def known_session(oc: Any, host: Host, session: str, records: SessionRecords | N
                        + (f"; its sessions: {', '.join(have)}" if have else "")) from None
 
 
-PENDING_GRACE = 3.0  # seconds a task sent a moment ago is given to start, so that it can be stopped
-
-
-def _stop(oc: Any, sid: str, settle: float) -> bool:
-    """Abort ``sid`` until it is idle with no task left to start; False if still busy after
-    ``settle`` s. A task sent a moment ago (``prompt_async`` returns before the run starts) is
-    not stopped by an abort that comes first: the run starts after it. So the abort is repeated
-    while the session is busy, and an idle session whose last message is a task with no reply
-    yet is watched for PENDING_GRACE s and stopped when it starts."""
-    t0 = time.monotonic()
-    end = t0 + settle
-    oc.abort(sid)
-    aborted_at = time.monotonic()
-    while True:
-        busy = (oc.status().get(sid) or {}).get("type", "idle") != "idle"
-        now = time.monotonic()
-        if not busy:
-            msgs = oc.messages(sid)
-            waiting = bool(msgs) and (msgs[-1].get("info") or {}).get("role") == "user"
-            if not waiting or now - t0 > PENDING_GRACE:
-                return True
-        elif now - aborted_at > 1.0:
-            oc.abort(sid)  # the run started after the last abort, or ignored it: again
-            aborted_at = now
-        if now >= end:
-            return not busy
-        time.sleep(0.1)
-
-
 def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = False,
                    records: SessionRecords | None = None, audit: Any = None, beads: Any = None,
                    reason: str = "aborted by fleet", client_factory: Callable[..., OpenCodeClient] = OpenCodeClient,
-                   settle: float = 5.0) -> list[str]:
+                   settle: float = 5.0, inventory: Any = None, ssh_options: Any = None) -> Stopped:
     """Abort one session, or every busy one on ``host``; returns the ids that are idle afterwards.
 
-    An unknown session is an error (nothing is journaled). After ``POST /abort`` the session
-    must go idle within ``settle`` seconds; one that stays busy is an error naming it (OpenCode
-    #16721: an abort that does not stop), and is journaled as such.
+    Each session's subagents are stopped first. An unknown session is an error (nothing is
+    journaled). After ``POST /abort`` the tree must go idle within ``settle`` seconds; one that
+    stays busy is :class:`StillBusy` naming it (OpenCode #16721), and is journaled as such.
+    With the ``inventory``, a tool process that outlived the abort is stopped over SSH
+    (``notes`` on the result say what, and the journal has it).
     """
     if not session and not all_sessions:
         raise BadInput("say which session: --session ID, or --all-sessions for every busy one")
-    done: list[str] = []
+    done = Stopped()
+    done.notes = []
     stuck: list[str] = []
     marks: dict[str, dict[str, Any]] = {}
     with client_factory(host, None) as oc:
         if session:
-            marks[session] = fleet_marks(known_session(oc, host, session, records, client_factory,
-                                                       "nothing was aborted"))
-            targets = [session]
+            info = known_session(oc, host, session, records, client_factory, "nothing was aborted")
+            marks[session] = fleet_marks(info)
+            targets = [(session, str(info.get("directory") or ""))]
         else:
             rows = [r for r in host_sessions(host, records, client_factory=client_factory)
                     if r.state in ("busy", "retry", "needs-input")]
-            targets = [r.session_id for r in rows]
+            busy = {r.session_id for r in rows}
+            # a subagent goes down with the session that started it
+            targets = [(r.session_id, r.directory) for r in rows if r.parent not in busy]
             marks = {r.session_id: {"dispatch_id": r.dispatch_id} for r in rows}
-        for sid in targets:
-            still = not _stop(oc, sid, settle)
+        for sid, directory in targets:
+            ok, notes = stop_session(oc, host, sid, directory, settle, inventory, ssh_options)
+            still = not ok
             rec = records.find(host.name, sid) if records else None
             did = (rec or {}).get("dispatch_id") or marks.get(sid, {}).get("dispatch_id") or new_dispatch_id()
             if audit is not None:
                 audit.record(operation="aborted" if not still else "abort_failed", host=host.name,
                              outcome="aborted" if not still else "still_busy", dispatch_id=did,
                              session_id=sid, reason=reason)
+                for n in notes:
+                    audit.record(operation="tool_stopped", host=host.name, outcome="stopped" if "stopped its"
+                                 in n else "failed", dispatch_id=did, session_id=sid, note=n)
+            done.notes += notes
             if still:
                 stuck.append(sid)
                 continue
@@ -164,10 +166,11 @@ def abort_sessions(host: Host, session: str | None = None, all_sessions: bool = 
             if issue and beads is not None:
                 beads.block(issue, host.name, f"session {sid} on {host.name} aborted: {reason}")
     if stuck:
-        raise FleetError(f"{host.name}: still busy {settle:g}s after abort: {', '.join(stuck)}"
-                         + (f" (aborted: {', '.join(done)})" if done else "")
-                         + "; the server may be running a shell command that ignores the abort: check it, "
-                           "or restart the server")
+        raise StillBusy(host.name, host.opencode.url if host.opencode else "",
+                        f"still busy {settle:g}s after abort: {', '.join(stuck)}"
+                        + (f" (aborted: {', '.join(done)})" if done else "")
+                        + "; the server may be running a shell command that ignores the abort: check it, "
+                          "or restart the server")
     return done
 
 
@@ -199,7 +202,9 @@ def answer_permission(host: Host, session: str, reply: str, message: str | None 
     if reply not in ("once", "always", "reject"):
         raise BadInput(f"reply {reply!r}: write once, always or reject")
     with client_factory(host, None) as oc:
-        pend = oc.permissions(session)
+        oc.directory = str(known_session(oc, host, session, records, client_factory, "nothing was answered")
+                           .get("directory") or "") or None
+        pend = tree_requests(oc, session)  # its own, or a subagent's
         if not pend:
             raise BadInput(f"session {session} on {host.name} is not waiting for a permission: nothing to answer "
                            f"(see fleet sessions --hosts {host.name})")
@@ -216,26 +221,54 @@ def answer_permission(host: Host, session: str, reply: str, message: str | None 
 
 
 def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
-                  client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> dict[str, Any]:
-    """Abort every running session on ``host`` and delete the sessions fleet created there."""
-    aborted = abort_sessions(host, all_sessions=True, records=records, audit=audit, reason="teardown",
-                             client_factory=client_factory)
-    deleted = []
-    gone = set()
+                  client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, inventory: Any = None,
+                  ssh_options: Any = None) -> dict[str, Any]:
+    """Abort every running session on ``host`` and delete the sessions fleet created there: each
+    one it deletes is stopped first (its subagents too) and must be idle, else it is kept and
+    named in ``error`` (deleting a session at work leaves its tools running with nobody to see)."""
+    deleted: list[str] = []
+    gone: set[str] = set()
+    stuck: list[str] = []
+    aborted = Stopped()
+    aborted.notes = []
     with client_factory(host, None) as oc:
+        sessions = oc.list_sessions(all_dirs=True, directories=repo_dirs(host, records))
         # fleet's sessions: those its marks on the server say (from any orchestrator), and the
         # ones this machine's records know
-        marks = {s["id"]: fleet_marks(s) for s in oc.list_sessions(all_dirs=True) if fleet_marks(s)}
+        marks = {s["id"]: fleet_marks(s) for s in sessions if fleet_marks(s)}
         recs = {r["session_id"]: r for r in records.for_host(host.name)}
+        where_ = {s["id"]: str(s.get("directory") or "") for s in sessions}
         ids = list(marks) + [sid for sid in recs if sid not in marks]
-        for sid in ids:
-            try:
-                oc.delete_session(sid)
-                deleted.append(sid)
-            except OpenCodeError as exc:
-                if exc.kind != "not_found":
-                    raise
-            gone.add(sid)
+        busy = [r.session_id for r in host_sessions(host, records, client_factory=client_factory)
+                if r.state in ("busy", "retry", "needs-input") and not r.parent]
+        for sid in dict.fromkeys(busy + ids):
+            if sid not in where_:
+                try:
+                    where_[sid] = str(oc.get_session(sid).get("directory") or "")
+                except OpenCodeError as exc:
+                    if exc.kind != "not_found":
+                        raise
+                    gone.add(sid)  # not on the server any more
+                    continue
+            ok, notes = stop_session(oc, host, sid, where_[sid], 5.0, inventory, ssh_options)
+            aborted.notes += notes
+            if not ok:
+                stuck.append(sid)
+                continue
+            if sid in busy:
+                aborted.append(sid)
+                if audit is not None:
+                    audit.record(operation="aborted", host=host.name, outcome="aborted",
+                                 dispatch_id=(recs.get(sid) or marks.get(sid) or {}).get("dispatch_id", ""),
+                                 session_id=sid, reason="teardown")
+            if sid in ids:
+                try:
+                    oc.delete_session(sid)
+                    deleted.append(sid)
+                except OpenCodeError as exc:
+                    if exc.kind != "not_found":
+                        raise
+                gone.add(sid)
     records.remove(host.name, gone)
     # the git worktrees of the deleted sessions stay (they may hold work): say which, and how
     # to remove each (a gated operation of its own, which refuses a dirty one)
@@ -248,7 +281,12 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
             repo, name = worktree_parts(path)
             worktrees[path] = {"path": path, "branch": str(m.get("branch") or r.get("branch") or ""),
                                "repo": str(m.get("repo") or repo), "name": name}
-    return {"host": host.name, "aborted": aborted, "deleted": deleted, "worktrees": list(worktrees.values())}
+    out = {"host": host.name, "aborted": aborted, "deleted": deleted, "worktrees": list(worktrees.values()),
+           "notes": aborted.notes}
+    if stuck:
+        out["error"] = (f"still busy 5s after abort, so not deleted: {', '.join(stuck)}; the server may be "
+                        f"running a shell command that ignores the abort: check it, or restart the server")
+    return out
 
 
 def teardown(inv: Inventory, selector: str, *, records: SessionRecords, args: dict[str, Any] | None = None,
@@ -265,7 +303,7 @@ def teardown(inv: Inventory, selector: str, *, records: SessionRecords, args: di
 
         def one(h: Host) -> dict[str, Any]:
             try:
-                r = teardown_host(h, records, tr, client_factory)
+                r = teardown_host(h, records, tr, client_factory, g.plan.inventory)
             except OpenCodeError as exc:
                 r = {"host": h.name, "error": str(exc), "aborted": [], "deleted": [], "worktrees": []}
             if tr is not None:
@@ -290,8 +328,10 @@ def server_status(host: Host, client_factory: Callable[..., OpenCodeClient] | No
     try:
         with factory(host, None) as oc:
             h = oc.health()
-        return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": bool(h.get("healthy")),
-                "version": h.get("version", ""), "ms": int((time.monotonic() - t0) * 1000), "error": ""}
+        version = str(h.get("version", ""))
+        why = version_problem(version) or ("" if h.get("healthy") else "the server says it is not healthy; see its log")
+        return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": not why,
+                "version": version, "ms": int((time.monotonic() - t0) * 1000), "error": why}
     except FleetError as exc:
         return {"host": host.name, "url": host.opencode.url if host.opencode else "", "healthy": False,
                 "version": "", "ms": int((time.monotonic() - t0) * 1000), "error": str(exc)}
@@ -327,7 +367,9 @@ def answer_question(host: Host, session: str, text: str, audit: Any = None, reco
     """Answer the question ``session`` waits on with ``text`` (an option's label, or free text);
     returns what was answered. Nothing pending is an error."""
     with client_factory(host, None) as oc:
-        pend = oc.questions(session)
+        oc.directory = str(known_session(oc, host, session, records, client_factory, "nothing was answered")
+                           .get("directory") or "") or None
+        pend = tree_requests(oc, session, questions=True)
         if not pend:
             raise BadInput(f"session {session} on {host.name} is not waiting for an answer: nothing to answer "
                            f"(see fleet sessions --hosts {host.name})")

@@ -10,6 +10,10 @@ asks), ``idle`` and ``error``, and keep its tokens and cost so far: the session'
 (``session.updated``, after each model call) where the server keeps them, else each assistant
 message's ``message.updated`` (the newest sessions' messages read once at the start). Each
 change is handed to ``on_change`` as a plain dict.
+
+Subagents (the ``task`` tool's child sessions, ``parent`` on their rows) are rows of their own,
+and the session that started one shows what it waits on (``needs-input``, naming the subagent)
+and bills (its tokens and cost are its own plus its subagents').
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Any, Callable
 from fleet.agent.asks import describe_request
 from fleet.agent.client import OpenCodeClient
 from fleet.agent.events import EventStream, session_of, step_of
+from fleet.agent.tree import ancestry, where
 from fleet.agent.usage import Usage, message_bill, message_usage, session_usage
 from fleet.audit.records import SessionRecords
 from fleet.inventory import Host
@@ -44,6 +49,8 @@ class Watcher:
         self.streams: list[EventStream] = []
         self.usage: dict[tuple[str, str], Usage] = {}
         self.server_totals: set[tuple[str, str]] = set()  # sessions whose server keeps their totals
+        self.parent: dict[str, dict[str, str]] = {h.name: {} for h in self.hosts}  # per host: session -> parent
+        self.own: dict[tuple[str, str], tuple[int, float]] = {}  # a session's own tokens and cost (no subagents)
         self._read_once = {h.name: threading.Event() for h in self.hosts}
 
     def _client(self, host: Host, directory: str | None) -> OpenCodeClient:
@@ -53,7 +60,8 @@ class Watcher:
         with self.lock:
             row = self.board.setdefault((host, sid), {"host": host, "session": sid, "state": "idle", "step": "",
                                                       "waiting": "", "title": "", "directory": "", "repo": "",
-                                                      "created": time.time(), "tokens": None, "cost": None})
+                                                      "created": time.time(), "tokens": None, "cost": None,
+                                                      "parent": ""})
             changed = any(row.get(k) != v for k, v in kw.items() if k != "created")
             row.update(kw)
             row["updated"] = time.time()
@@ -90,12 +98,20 @@ class Watcher:
         self._host_state(host.name, "up")
         try:
             now = time.time()
+            self.parent[host.name].update({r.session_id: r.parent for r in rows if r.parent})
+            kids: dict[str, list[Any]] = {}
+            for r in rows:
+                kids.setdefault(r.parent, []).append(r)
             for r in rows:
                 usage = {"tokens": r.tokens, "cost": round(r.cost or 0.0, 6)} if r.tokens is not None else {}
                 if usage:
                     self.server_totals.add((host.name, r.session_id))
+                    # the row's figures include its subagents': keep its own, to add them up live
+                    sub = [k for k in kids.get(r.session_id, []) if k.tokens is not None]
+                    self.own[(host.name, r.session_id)] = (int(r.tokens or 0) - sum(int(k.tokens or 0) for k in sub),
+                                                           (r.cost or 0.0) - sum(k.cost or 0.0 for k in sub))
                 self._set(host.name, r.session_id, state=r.state, waiting=r.waiting, title=r.title,
-                          directory=r.directory, repo=r.repo, created=now - r.age_s, **usage)
+                          directory=r.directory, repo=r.repo, created=now - r.age_s, parent=r.parent, **usage)
             # a server that keeps no totals on its sessions: read the newest sessions' messages,
             # once each, again after a reconnect for the ones at work (a gap may have lost their
             # message.updated); events keep them current after that
@@ -130,7 +146,31 @@ class Watcher:
             if not u.update(*mu):
                 return
             tok, cost = u.totals()
-        self._set(host, sid, tokens=tok, cost=round(cost, 6))
+        self._own(host, sid, tok, cost)
+
+    def _own(self, host: str, sid: str, tok: int, cost: float) -> None:
+        """A session's own figures changed: its row and every ancestor's show the subtree's sum."""
+        with self.lock:
+            self.own[(host, sid)] = (tok, cost)
+            parent = dict(self.parent.get(host, {}))
+            own = dict(self.own)
+        for up in ancestry(parent, sid):
+            sub = [x for x in parent if up in ancestry(parent, x)[1:]] + [up]
+            figures = [own[(host, x)] for x in sub if (host, x) in own]
+            self._set(host, up, tokens=sum(t for t, _ in figures), cost=round(sum(c for _, c in figures), 6))
+
+    def _asks(self, host: str, sid: str, req: dict[str, Any] | None) -> None:
+        """``sid`` waits on ``req`` (None: no longer): its row, and every ancestor's, naming it."""
+        with self.lock:
+            line = ancestry(dict(self.parent.get(host, {})), sid)
+        for up in line:
+            if req is not None:
+                self._set(host, up, state="needs-input", waiting=describe_request(req) + where(req, up))
+            else:
+                with self.lock:
+                    row = self.board.get((host, up)) or {}
+                if up == sid or str(row.get("waiting", "")).endswith(f"(subagent {sid})"):
+                    self._set(host, up, state="busy", waiting="")
 
     def _handler(self, host: Host) -> Callable[[dict[str, Any]], None]:
         def on(ev: dict[str, Any]) -> None:
@@ -139,6 +179,9 @@ class Watcher:
             if t in ("session.created", "session.updated"):
                 info = p.get("info") or {}
                 if isinstance(info, dict) and isinstance(info.get("id"), str):
+                    if isinstance(info.get("parentID"), str) and info["parentID"]:
+                        with self.lock:
+                            self.parent[host.name][info["id"]] = info["parentID"]
                     mark = fleet_marks(info)
                     d = str(info.get("directory", ""))
                     su = session_usage(info)
@@ -146,23 +189,27 @@ class Watcher:
                         self.server_totals.add((host.name, info["id"]))
                     self._set(host.name, info["id"], title=str(info.get("title", "")), directory=d,
                               repo=str(mark.get("repo") or d.rstrip("/").rsplit("/", 1)[-1]),
-                              **({"tokens": su[0], "cost": round(su[1], 6)} if su is not None else {}))
+                              parent=str(info.get("parentID") or ""))
+                    if su is not None:
+                        self._own(host.name, info["id"], su[0], su[1])
                 return
             sid = session_of(ev)
             if not sid:
                 return
             if t == "session.status":
-                st = (p.get("status") or {}).get("type", "idle")
+                status = p.get("status")
+                st = str(status.get("type", "idle")) if isinstance(status, dict) else "idle"
                 self._set(host.name, sid, state=st, **({"step": "", "waiting": ""} if st == "idle" else {}))
             elif t == "session.idle":
                 self._set(host.name, sid, state="idle", step="", waiting="")
             elif t == "session.error":
-                err = (p.get("error") or {}).get("name", "error")
-                self._set(host.name, sid, state="error", step=str(err))
+                err = p.get("error")
+                self._set(host.name, sid, state="error",
+                          step=str(err.get("name", "error")) if isinstance(err, dict) else "error")
             elif t in ("permission.asked", "question.asked"):
-                self._set(host.name, sid, state="needs-input", waiting=describe_request(p))
-            elif t in ("permission.replied", "question.replied"):
-                self._set(host.name, sid, state="busy", waiting="")
+                self._asks(host.name, sid, p)
+            elif t in ("permission.replied", "question.replied", "question.rejected"):
+                self._asks(host.name, sid, None)
             elif t == "message.updated":
                 self._message(host.name, sid, ev)
             else:

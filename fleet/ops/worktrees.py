@@ -3,8 +3,16 @@
 
 Layout on the host: ``<repos root>/.worktrees/<repo>/<name>`` on a new branch ``fleet/<name>``
 (``<name>``: the Beads issue id, else the dispatch id), from ``--base`` (default the repo's
-HEAD). Every path reaches the host as a positional parameter, never as shell text; removal
-happens only strictly inside ``<repos root>/.worktrees`` (resolved on the host).
+HEAD). The repo itself is where the inventory says (``Host.repo_path``: ``repos.paths`` first).
+Every path reaches the host as a positional parameter, never as shell text; removal happens
+only strictly inside ``<repos root>/.worktrees`` (resolved on the host).
+
+Removal is checked on each host before any token is asked for (read only, the same script in
+``probe`` mode): the plan's notes say what will be removed, kept or discarded, and what would be
+refused (uncommitted changes, commits on no branch, with ``--delete-branch`` commits found on no
+other branch; a symlink or a path outside ``.worktrees``) refuses the plan there, so no token is
+issued or spent for it. ``--force`` lifts those refusals, and the plan says what it discards. Only
+``fleet/<name>`` is ever deleted, never the branch someone checked out in the worktree.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from fleet.names import is_plain_name
 from fleet.results import FanoutOutcome
 from fleet.safety import gate
 from fleet.safety.gate import WORKTREES_REMOVE, Plan
+from fleet.safety.redact import Redactor
 from fleet.ssh.runner import FanoutOptions, FanoutRunner
 
 WT_DIR = ".worktrees"
@@ -126,7 +135,8 @@ def worktree_parts(path: str) -> tuple[str, str]:
 def _one(inv: Inventory, host: Host, command: str, label: str, options: FanoutOptions | None) -> Any:
     opts = replace(options or FanoutOptions(), artifacts_dir=None, attempts=1, collect=(),
                    command_timeout=min((options.command_timeout if options else None) or 120.0, 120.0))
-    runner = FanoutRunner(inv, label, opts)
+    # what comes back is parsed (paths, facts) and worded here, never a secret: read it as it came
+    runner = FanoutRunner(inv, label, opts, redactor=Redactor.none())
     try:
         return runner.run_host(host, command)
     finally:
@@ -305,8 +315,9 @@ def remove_worktree(inv: Inventory, selector: str, *, args: dict[str, Any], mode
                     store: Any = None, audit: Any = None, trail: Any = None, audit_trail: Any = None,
                     options: FanoutOptions | None = None) -> list[dict[str, str]]:
     """Remove a fleet-made worktree on the planned hosts (gated like blow-away), one host after
-    another in the plan's order, the canary first. Dirty ones are refused unless ``force``; the
-    branch is kept unless ``delete_branch``."""
+    another in the plan's order, the canary first. Each host is checked before the token (see the
+    module): uncommitted changes, or with ``delete_branch`` commits only on ``fleet/<name>``, are
+    refused unless ``force``; the branch is kept unless ``delete_branch``."""
     trail = trail if trail is not None else audit_trail
     with gate.enter(WORKTREES_REMOVE, inv, selector, args=args, mode=mode, confirm=confirm, canary=canary,
                     settings=settings, store=store, audit=audit, trail=trail,

@@ -51,6 +51,7 @@ class Plan:
     call_options: dict[str, Any] = field(default_factory=dict)  # the operation's own flags (batch, options...)
     settings: Any = None  # the Settings the plan was made under
     op: Any = None  # the Operation: what the plan contains (canary, batches, order)
+    redactor: Any = None  # the trail's: the plan text shows none of the inventory's secrets
 
     @property
     def host_names(self) -> list[str]:
@@ -95,7 +96,8 @@ class Plan:
         for k, v in sorted(self.args.items()):
             lines.append(f"{k + ':':<10} {shown(v)}")
         lines += [f"note:      {shown(n)}" for n in self.notes]
-        return "\n".join(lines)
+        text = "\n".join(lines)
+        return self.redactor.text(text) if self.redactor is not None else text
 
     def order_lines(self) -> list[str]:
         """How the hosts will run, as the operation runs them (see :func:`canary_first`)."""
@@ -317,6 +319,7 @@ def enter(op: Operation, inv: Inventory, selector: str, *, args: dict[str, Any],
         own = trail = audit_trail(inv, settings)
     if audit is None and trail is not None:
         audit = trail.gate_event
+    plan.redactor = getattr(trail, "redactor", None)  # the plan a person reads shows no secret
     try:
         spent = authorize(plan, confirm, settings, store, audit)
     except BaseException:

@@ -1,10 +1,12 @@
-"""The artifacts folder: one directory per run, ``latest`` pointing at the newest, old runs pruned,
-and the last run's failures for ``--retry-failed`` (Ansible's retry list)."""
+"""The artifacts folder: one directory per run, ``latest`` pointing at the newest (from the moment
+it starts), old runs pruned, and the last run's failures for ``--retry-failed`` (Ansible's retry
+list), a run killed before it finished included."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import BadInput
@@ -40,8 +42,38 @@ def prune(base: Path, keep: int) -> list[str]:
     return gone
 
 
-def last_failed(artifacts_dir: str) -> tuple[str, list[str]]:
-    """(command, hosts that did not succeed) of the last run, from ``latest/summary.json``."""
+@dataclass(frozen=True)
+class LastRun:
+    """What ``--retry-failed`` reruns: the last run's command on its hosts that did not succeed."""
+
+    run_id: str
+    command: str
+    hosts: list[str]
+    note: str = ""  # said to the person before the rerun (e.g. the last run did not finish)
+
+
+def _ended(log: Path) -> dict[str, str]:
+    """Each host's end as ``fanout.log`` recorded it (success, failure, timeout...), last one wins."""
+    from fleet.ssh.kvlog import parse_line
+
+    ends = {"success", "failure", "timeout", "aborted", "preflight_failed"}
+    out: dict[str, str] = {}
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for ln in lines:
+        event, fields = parse_line(ln)
+        if event in ends and fields.get("host"):
+            out[fields["host"]] = event
+    return out
+
+
+def last_failed(artifacts_dir: str) -> LastRun:
+    """The last run (``latest``, even one that never finished: killed, or the machine went down)
+    and its hosts that did not succeed; for a run that did not finish, every planned host without
+    a success in its ``fanout.log``. A command recorded redacted (it held a secret) is refused:
+    rerunning it would send ``[redacted]``."""
     p = Path(os.path.expanduser(artifacts_dir)) / LATEST / "summary.json"
     try:
         doc = json.loads(p.read_text())
@@ -51,11 +83,27 @@ def last_failed(artifacts_dir: str) -> tuple[str, list[str]]:
         raise BadInput(f"cannot read the last run's summary {p}: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise BadInput(f"{p} is not a fleet run summary")
-    failed = [r["host"] for r in doc["results"] if isinstance(r, dict) and r.get("outcome") != "SUCCESS"
-              and r.get("host") != "local"]
+    run_id = str(doc.get("run_id") or "")
+    if doc.get("operation", "fanout") != "fanout":
+        raise BadInput(f"the last run ({run_id}) was a {doc.get('operation')}, not a fanout: nothing to retry "
+                       f"with fanout --retry-failed; run that command again")
+    if doc.get("command_redacted"):
+        raise BadInput(f"the last run's command ({run_id}) held a secret, which fleet never writes to disk, so it "
+                       f"cannot be sent again from {p}: run it again as fanout --hosts HOSTS \"COMMAND\"")
+    note = ""
+    if doc.get("finished") is False:
+        ended = _ended(p.parent / "fanout.log")
+        planned = [str(h) for h in doc.get("hosts") or () if h != "local"]
+        failed = [h for h in planned if ended.get(h) != "success"]
+        missing = [h for h in planned if h not in ended]
+        note = (f"the last run ({run_id}) did not finish (killed, or the machine stopped): "
+                f"{len(missing)} host(s) have no result" + (f" ({', '.join(missing)})" if missing else ""))
+    else:
+        failed = [r["host"] for r in doc["results"] if isinstance(r, dict) and r.get("outcome") != "SUCCESS"
+                  and r.get("host") != "local"]
     if not failed:
-        raise BadInput(f"the last run ({doc.get('run_id')}) had no failed hosts: nothing to retry")
-    return str(doc.get("command") or ""), failed
+        raise BadInput(f"the last run ({run_id}) had no failed hosts: nothing to retry")
+    return LastRun(run_id, str(doc.get("command") or ""), failed, note)
 
 
-__all__ = ["last_failed", "link_latest", "prune"]
+__all__ = ["LastRun", "last_failed", "link_latest", "prune"]

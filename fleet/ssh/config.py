@@ -207,11 +207,12 @@ def _canonicalize(o: Options, host: str, canon: str, direct: bool) -> tuple[str,
     return host, False
 
 
-def _settle(cfg: Config, name: str, pre: dict[str, Any], me: Local) -> tuple[Options, str]:
-    """Both passes of ssh's config reading for ``name``: (options, final host name)."""
+def _settle(cfg: Config, name: str, pre: dict[str, Any], me: Local, origin: str) -> tuple[Options, str]:
+    """Both passes of ssh's config reading for ``name``: (options, final host name). ``pre``:
+    the values given as ``ssh -o`` would (``origin`` says where from, for messages)."""
     o = Options()
     for k, v in pre.items():
-        o.first(k, v, "the inventory" if k in ("hostname", "port", "user") else "ProxyJump")
+        o.first(k, v, origin)
     cfg.read(name, name, o, False, me)
     canon = o.get("canonicalizehostname") or "no"
     host = name
@@ -249,7 +250,7 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
     if depth > MAX_HOPS:
         raise BadInput(f"ssh_config {why}: the ProxyJump chain reaching {name} is longer than {MAX_HOPS} hops "
                        f"(a loop?)")
-    o, host = _settle(cfg, name, pre, me)
+    o, host = _settle(cfg, name, pre, me, why or "the inventory")
     port = o.get("port") or _default_port()
     user = o.get("user") or me.user
     alias = lx.lower(o.get("hostkeyalias")) if o.get("hostkeyalias") else None

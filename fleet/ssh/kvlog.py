@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 _BARE = re.compile(r"[A-Za-z0-9_.:/@%+-]+")
 _ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -58,15 +58,31 @@ def parse_line(line: str) -> tuple[str, dict[str, str]]:
 
 
 class KVLog:
-    """Writes lines to any number of text streams (the run's log file, stderr with --log)."""
+    """Writes lines to any number of text streams (the run's log file, stderr with --log).
 
-    def __init__(self, *streams: TextIO | None) -> None:
+    ``redact``: applied to every value first (a run's log never holds a secret). ``on_error``:
+    called with the ``OSError`` and the stream when a stream cannot be written (a full disk mid-run); that stream
+    is then left alone and the others go on. Without it the error is raised.
+    """
+
+    def __init__(self, *streams: TextIO | None, redact: Callable[[str], str] | None = None,
+                 on_error: Callable[[OSError, TextIO], None] | None = None) -> None:
         self.streams = [s for s in streams if s is not None]
         self.lock = threading.Lock()
+        self.redact = redact
+        self.on_error = on_error
 
     def __call__(self, event: str, **fields: Any) -> None:
+        if self.redact is not None:
+            fields = {k: self.redact("" if v is None else str(v)) for k, v in fields.items()}
         line = format_line(event, **fields)
         with self.lock:
-            for s in self.streams:
-                s.write(line + "\n")
-                s.flush()
+            for s in list(self.streams):
+                try:
+                    s.write(line + "\n")
+                    s.flush()
+                except OSError as exc:
+                    if self.on_error is None:
+                        raise
+                    self.streams.remove(s)
+                    self.on_error(exc, s)

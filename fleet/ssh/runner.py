@@ -10,9 +10,20 @@ Each host is reached through a link picked once (:meth:`FanoutRunner.link`): ove
 (:mod:`fleet.ssh.local`); from then on every host goes the same way: preflight, then the
 attempts of :mod:`fleet.ssh.attempts`, then the record (log line, artifacts, canary gate,
 ``on_result``). The options are :mod:`fleet.ssh.options`.
+
+What a run shows is redacted: the inventory's secrets (and fleet and Slack tokens) never appear in
+the :class:`FanoutRun` (its command, each host's command, output and error: the table, ``--json``,
+MCP), the live lines, ``fanout.log`` or ``summary.json``. The command itself reaches the hosts as
+written. ``HOST.stdout`` and ``HOST.stderr`` in the run's folder (0700) are the remote command's
+output byte for byte, not redacted, and ``summary.json`` says so (``streams``).
+
+Nothing is sent before the run can be recorded: the artifacts folder is made, written to and the
+run-started ``summary.json`` (``finished: false``, the planned hosts) is in place before any host
+runs, so a run killed outright is still the last run and ``fleet retry`` knows its hosts.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,10 +35,14 @@ from typing import Any, Callable, Iterable
 
 from fleet.errors import (
     BadInput,
+    FleetError,
     NotRun,  # noqa: F401 - re-exported where they were defined
+    StorageError,
 )
+from fleet.files import ensure_writable, storage_error, writing
 from fleet.inventory import Host, Inventory
 from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
+from fleet.safety.redact import Redactor
 from fleet.ssh.attempts import InFlight, ms, run_attempts
 from fleet.ssh.canary import CanaryGate  # noqa: F401 - the runner holds one
 from fleet.ssh.config import Hop, resolve_host
@@ -42,6 +57,12 @@ from fleet.workers import run_bounded
 OutputHook = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", line)
 ResultHook = Callable[[FanoutResult], None]
 
+STREAMS_NOTE = ("HOST.stdout and HOST.stderr are the remote command's output byte for byte, not redacted "
+                "(this folder is 0700: keep it private); this summary and fanout.log have the inventory's "
+                "secrets redacted")
+ARTIFACTS = "the run's artifacts in"
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+
 
 class FanoutRunner:
     """One run: shared host keys, keys, Fabric config, log and artifacts; batches of hosts.
@@ -52,16 +73,22 @@ class FanoutRunner:
 
     def __init__(self, inventory: Inventory, command: str, options: FanoutOptions | None = None,
                  on_output: OutputHook | None = None, on_result: ResultHook | None = None,
-                 log_stream=None, mode: str = "", run_id: str | None = None, pool: Any = None) -> None:
+                 log_stream=None, mode: str = "", run_id: str | None = None, pool: Any = None,
+                 redactor: Redactor | None = None) -> None:
         # paramiko logs handshake failures with tracebacks; fleet reports each failure itself, once.
         logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self.inventory = inventory
-        self.command = command
+        self.command = command  # what runs (as written); self.label is what is shown
         self.options = (options or FanoutOptions()).validate()
         self.on_output = on_output
         self.on_result = on_result
         self.abort = threading.Event()
-        self.run = FanoutRun(run_id=run_id or new_run_id(), command=command, mode=mode)
+        if redactor is None:
+            from fleet.safety.secrets import inventory_secrets
+            redactor = Redactor(inventory_secrets(inventory))
+        self.redactor = redactor
+        self.label = redactor.text(command)
+        self.run = FanoutRun(run_id=run_id or new_run_id(), command=self.label, mode=mode)
         self._t0 = time.monotonic()
         self.in_flight = InFlight()
         self._lock = threading.Lock()
@@ -77,31 +104,91 @@ class FanoutRunner:
         self.pool = pool  # warm connections kept across runs (a long-lived caller's), or None
         self.dir: Path | None = None
         self._logfile = None
+        self._planned: list[str] | None = None  # the hosts of the run, once started
+        self.operation = ""  # the gated operation this run is (fanout, blow-away), when one is
+        self._lost: list[str] = []  # what could not be written once hosts were running
         if self.options.artifacts_dir:
-            self.dir = Path(self.options.artifacts_dir) / self.run.run_id
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(self.dir, 0o700)
+            base = ensure_writable(self.options.artifacts_dir, ARTIFACTS, "artifacts_dir")
+            self.dir = base / self.run.run_id
+            with writing(ARTIFACTS, self.dir, "artifacts_dir"):
+                self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(self.dir, 0o700)
+                self._logfile = open(self.dir / "fanout.log", "a", encoding="utf-8")
             self.run.artifacts_dir = str(self.dir)
-            self._logfile = open(self.dir / "fanout.log", "a", encoding="utf-8")
-        self.log = KVLog(self._logfile, log_stream)
+        self.log = KVLog(self._logfile, log_stream, redact=redactor.text,
+                         on_error=lambda exc, stream: self._lost_write(exc) if stream is self._logfile else None)
+
+    # ------------------------------------------------------------------ the record
+    def start(self, hosts: Iterable[str]) -> None:
+        """Record that the run starts on ``hosts`` (``summary.json`` with ``finished: false``, and
+        ``latest`` pointing at it), before any host runs; raises :class:`StorageError` if that
+        cannot be written, so nothing is sent that could not be recorded. Once per run."""
+        if self._planned is not None:
+            return
+        self._planned = list(dict.fromkeys(hosts))
+        if self.dir is None:
+            return
+        try:
+            self._write_summary(finished=False)
+        except StorageError:
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)  # a run that never started leaves nothing
+            self.dir = None
+            self.run.artifacts_dir = None
+            raise
+        from fleet.ssh.artifacts import link_latest
+        link_latest(self.dir.parent, self.dir)
+
+    def _write_summary(self, finished: bool) -> None:
+        assert self.dir is not None
+        doc = self.redactor.value(self.run.to_dict())
+        doc.update(finished=finished, hosts=list(self._planned or ()), streams=STREAMS_NOTE,
+                   command_redacted=self.label != self.command, operation=self.operation or "fanout")
+        p = self.dir / "summary.json"
+        tmp = self.dir / "summary.json.tmp"
+        with writing("the run's summary", p, "artifacts_dir"):
+            try:
+                tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+                os.replace(tmp, p)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def _lost_write(self, exc: OSError | StorageError, what: str = "fanout.log") -> None:
+        """A write that failed once hosts were running: the run goes on (its results are whole in
+        memory and shown); a note says what was not recorded, once per kind."""
+        err = exc if isinstance(exc, StorageError) else storage_error(exc, f"{what} in", self.dir, "artifacts_dir")
+        with self._lock:
+            if what not in self._lost:
+                self._lost.append(what)
+                self.run.notes.append(f"{err} (the results shown are complete; {what} is not)")
+
+    def shown(self, r: FanoutResult) -> FanoutResult:
+        """``r`` as it may be shown and kept: command, output and error with the secrets redacted."""
+        red = self.redactor.text
+        return replace(r, command=red(r.command), stdout=red(r.stdout), stderr=red(r.stderr), error=red(r.error))
 
     # ------------------------------------------------------------------ one host
     def _finish(self, r: FanoutResult) -> FanoutResult:
         h = r.host
+        if self.dir is not None:
+            for stream in ("stdout", "stderr"):
+                p = self.dir / f"{h}.{stream}"
+                try:
+                    if not p.exists():  # remote output was streamed there byte-exact already
+                        p.write_text(getattr(r, stream), encoding="utf-8")
+                except OSError as exc:
+                    self._lost_write(exc, "the hosts' output files")
+        r = self.shown(r)
         if r.outcome == FanoutOutcome.SUCCESS:
-            self.log("success", host=h, user=r.user, command=self.command, attempt=r.attempts,
+            self.log("success", host=h, user=r.user, command=self.label, attempt=r.attempts,
                      duration_ms=r.duration_ms)
         elif r.outcome == FanoutOutcome.PREFLIGHT_FAILED:
             pass  # logged as preflight_failed already
         else:
             self.log(r.outcome.value.lower() if r.outcome != FanoutOutcome.FAILURE else "failure",
-                     host=h, user=r.user, command=self.command, final_error=r.error, attempts=r.attempts,
+                     host=h, user=r.user, command=self.label, final_error=r.error, attempts=r.attempts,
                      exit_code=r.exit_code if r.exit_code is not None else "", duration_ms=r.duration_ms)
-        if self.dir is not None:
-            for stream in ("stdout", "stderr"):
-                p = self.dir / f"{h}.{stream}"
-                if not p.exists():  # remote output was streamed there byte-exact already
-                    p.write_text(getattr(r, stream), encoding="utf-8")
         if self.gate is not None:
             self.gate.done(r)
         if self.on_result:
@@ -112,8 +199,8 @@ class FanoutRunner:
         """``on_output`` bound to ``host`` (None without one)."""
         if self.on_output is None:
             return None
-        hook = self.on_output
-        return lambda stream, line: hook(host, stream, line)
+        hook, red = self.on_output, self.redactor.text
+        return lambda stream, line: hook(host, stream, red(line))
 
     def note(self, text: str) -> None:
         """Add a note to the run (from any worker)."""
@@ -154,6 +241,12 @@ class FanoutRunner:
         try:
             return self._finish(work(t0))
         except Exception as exc:  # noqa: BLE001 - one host's bug must not end the run
+            if isinstance(exc, OSError) and exc.filename and exc.errno in DISK_ERRORS:
+                exc = storage_error(exc, f"{host.name}'s output", exc.filename, "artifacts_dir")
+            if isinstance(exc, FleetError):  # e.g. its output could not be written: said as itself
+                kind = "storage" if isinstance(exc, StorageError) else "fleet"
+                return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, host.user, None, "", "", 0,
+                                                 ms(t0), f"{host.name}: {exc} (the command may have run)", kind))
             return self._finish(FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, host.user, None, "", "", 0,
                                              ms(t0), f"unexpected error on {host.name}: {type(exc).__name__}: "
                                              f"{exc}", "unexpected"))
@@ -209,6 +302,7 @@ class FanoutRunner:
         ``command`` may be a function of the host, for per-host commands (blow-away).
         """
         hosts = list(hosts)
+        self.start(h.name for h in hosts)
         results, _ = run_bounded(
             hosts, lambda h: self.run_host(h, command(h) if callable(command) else command),
             concurrency or self.options.concurrency, "fleet-fanout", on_interrupt=self.interrupt,
@@ -219,8 +313,9 @@ class FanoutRunner:
             on_error=lambda h, exc: self._finish(FanoutResult(
                 h.name, FanoutOutcome.FAILURE, self.command, h.user,
                 error=f"unexpected error on {h.name}: {type(exc).__name__}: {exc}", error_kind="unexpected")),
-            on_drain_error=lambda h, exc: FanoutResult(h.name, FanoutOutcome.ABORTED, self.command, h.user,
-                                                       error=f"interrupted: {exc}", error_kind="aborted"))
+            on_drain_error=lambda h, exc: self.shown(FanoutResult(h.name, FanoutOutcome.ABORTED, self.command,
+                                                                  h.user, error=f"interrupted: {exc}",
+                                                                  error_kind="aborted")))
         ordered = [results[h.name] for h in hosts]
         self.run.results.extend(ordered)
         return ordered
@@ -234,6 +329,7 @@ class FanoutRunner:
 
     def add_local(self, name: str = "local") -> FanoutResult:
         """Run the command once here (mode off) and record it."""
+        self.start([name])
         r = self.run_local(name, self.command)
         self.run.results.append(r)
         return r
@@ -247,18 +343,27 @@ class FanoutRunner:
                 s.close()
 
     def finish(self) -> FanoutRun:
-        """Write ``summary.json`` and close the log; return the whole run."""
+        """Write ``summary.json`` (``finished: true``) and close the log; return the whole run, its
+        notes redacted like everything else it shows. Once hosts have run, a summary that cannot be
+        written is a note on the run (the results are whole), not an error that would hide them."""
         self.run.duration_ms = ms(self._t0)
         if self.dir is not None:
-            tmp = self.dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(self.run.to_dict(), indent=2, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.dir / "summary.json")
+            if self._planned is None:
+                self._planned = [r.host for r in self.run.results]
+            try:
+                self._write_summary(finished=True)
+            except StorageError as exc:
+                self._lost_write(exc, "summary.json")
             from fleet.ssh.artifacts import link_latest, prune
             link_latest(self.dir.parent, self.dir)
             prune(self.dir.parent, self.options.artifacts_keep)
         if self._logfile is not None:
-            self._logfile.close()
+            try:
+                self._logfile.close()
+            except OSError as exc:
+                self._lost_write(exc)
             self._logfile = None
+        self.run.notes[:] = [self.redactor.text(n) for n in self.run.notes]
         return self.run
 
 

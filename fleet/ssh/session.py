@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import socket
 import threading
 from pathlib import Path
@@ -123,7 +124,7 @@ class SSHSession:
             return sock
         if hop.proxy_command:
             try:
-                return paramiko.ProxyCommand(hop.proxy_command)
+                return paramiko.ProxyCommand(shlex.join(hop.proxy_argv))
             except Exception as exc:  # noqa: BLE001
                 raise ConnectFailed(h.name, f"ProxyCommand for {where} failed to start: {exc}") from None
         addr = self.address if (self.address and hop.via is None) else hop.hostname

@@ -100,6 +100,10 @@ class _Loader:
             raise BadInput(f"ssh_config {path}: Too many recursive configuration includes (more than "
                            f"{MAX_DEPTH} levels: does a file include itself?)")
         try:
+            pre = os.stat(path)
+            if not (stat.S_ISREG(pre.st_mode) or stat.S_ISDIR(pre.st_mode)) and os.path.realpath(path) != "/dev/null":
+                raise BadInput(f"ssh_config {path}: not a regular file (a pipe, socket or device would be read "
+                               f"for ever)")
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 data = b"" if stat.S_ISDIR(st.st_mode) else f.read(MAX_FILE + 1)
@@ -202,7 +206,6 @@ def load(files: list[tuple[str, int, bool]], text: str | None = None) -> "Config
         more = f" (and {len(ld.errors) - 1} more bad line{'s' if len(ld.errors) > 2 else ''})" \
             if len(ld.errors) > 1 else ""
         raise BadInput(f"{ld.errors[0]}{more}; ssh refuses this config too: fix or remove the line")
-    # (messages of ``bad`` are printable already)
     return Config(roots)
 
 
@@ -322,4 +325,5 @@ class _Pass:
             o.first(kw, v, where)
 
 
-__all__ = ["CHECKPERM", "Config", "ConfFile", "Line", "NEVER", "Options", "USERCONF", "bad", "load", "load_text", "printable"]
+__all__ = ["CHECKPERM", "Config", "ConfFile", "Line", "NEVER", "Options", "USERCONF", "bad", "load", "load_text",
+           "printable"]
