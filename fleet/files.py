@@ -2,6 +2,8 @@
 
 - :func:`locked`: an exclusive lock (``flock`` on ``<path><suffix>``) across threads and processes;
 - :func:`append_line`: append one line to an owner-only file and fsync before returning;
+- :func:`write_atomic`: replace a file whole (a temporary beside it, fsynced, renamed over it):
+  a reader sees the old file or the new one, never half of one;
 - :func:`loose_mode`: the 0600 rule for secrets (passwords, keys, the token secret);
 - :func:`writing` and :func:`ensure_writable`: a file fleet must keep that cannot be written (disk
   full, read-only, a path through a file) is a :class:`~fleet.errors.StorageError` naming the path
@@ -37,6 +39,25 @@ def append_line(path: Path, line: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` atomically, the file created with ``mode`` (0600 by default)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def loose_mode(path: str | os.PathLike[str]) -> int | None:

@@ -109,6 +109,7 @@ def test_every_view_sees_sessions_of_every_repo(world, tmp_path, st):
     # teardown: a busy session of another repo is stopped, then deleted
     again = dx.dispatch(inv, "lab02", args={"task": "please [slow] again", "repo": "site"}, settings=st,
                         wait=False).results[0]
+    assert again.outcome == FanoutOutcome.SUCCESS, again.error
     assert wait_for(lambda: any(x.session_id == again.session_id and x.state == "busy" for x in ses.host_sessions(h)))
     recs = records(tmp_path / "elsewhere")  # another orchestrator: no records of either session
     with pytest.raises(ConfirmationRequired) as ei:
@@ -211,7 +212,7 @@ def test_abort_stops_a_tool_process_that_outlives_it(world, tmp_path, st):
         with Fleet(str(world.inventory), st) as fl:
             host, done = fl.abort(r.session_id, host="lab01", slack=False)
         assert host.name == "lab01" and list(done) == [r.session_id]
-        assert wait_for(lambda t=target: not pgrep(t), 5), f"{target} still runs after the abort"
+        assert wait_for(lambda t=target: not pgrep(t), 5), (f"{target} still runs after the abort", done.notes)
         if survives:
             assert any(f"({survives})" in n and "outlived the abort: stopped its process group" in n
                        for n in done.notes), done.notes
@@ -304,16 +305,19 @@ def test_rules_per_dispatch_become_the_sessions_ruleset(world, tmp_path, st):
 
 
 def test_max_tokens_stops_the_agent_with_its_subagent(world, tmp_path, st):
-    """Each model call bills 15 tokens: the session's task call and its subagent's first call are
-    30, over 20, while the subagent's tool sleeps: fleet stops the tree, journaled."""
+    """OpenCode bills a step when it ends (its tools included), 15 tokens a model call here. The
+    subagent's first step (its tool call) is billed while the session's own step (the task tool,
+    still running) is not: 15 tokens, over 10, and fleet stops the tree while the subagent's
+    next call stalls; journaled."""
     inv = load_inventory(world.inventory)
     h = inv.host("lab01")
     t0 = time.monotonic()
-    r = dx.dispatch(inv, "lab01", args={"task": "please [task: [bash: sleep 25; echo too-late]]", "repo": "demo"},
-                    settings=st, records=records(tmp_path), poll=0.2, timeout=60, max_tokens=20).results[0]
+    r = dx.dispatch(inv, "lab01", args={"task": "please [task: [bash: echo step-one] [slow-reply]]", "repo": "demo"},
+                    settings=st, records=records(tmp_path), poll=0.2, timeout=60, max_tokens=10).results[0]
     assert r.outcome == FanoutOutcome.ABORTED and r.error_kind == "over_budget", (r.outcome, r.error)
-    assert "tokens used, over --max-tokens 20" in r.error and time.monotonic() - t0 < 20
+    assert "15 tokens used, over --max-tokens 10" in r.error and time.monotonic() - t0 < 20, r.error
+    assert r.tokens["total"] == 15  # all of them the subagent's
     rows = [x for x in ses.host_sessions(h) if x.session_id == r.session_id or x.parent == r.session_id]
     assert len(rows) == 2 and all(x.state == "idle" for x in rows), rows
     over = [e for e in journal(tmp_path) if e["operation"] == "over_budget"]
-    assert len(over) == 1 and over[0]["outcome"] == "aborted" and over[0]["detail"]["max_tokens"] == 20
+    assert len(over) == 1 and over[0]["outcome"] == "aborted" and over[0]["detail"]["max_tokens"] == 10

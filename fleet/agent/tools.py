@@ -54,17 +54,17 @@ for p in /proc/[0-9]*; do
   printf 'found %s %s %s\n' "$pid" "$pg" "$args"
   case " $groups " in *" $pg "*) ;; *) groups="$groups $pg" ;; esac
 done
-for pg in $groups; do kill -TERM -- "-$pg" 2>/dev/null; done
+for pg in $groups; do kill -s TERM -- "-$pg" 2>/dev/null; done
 i=0
 while [ $i -lt 20 ]; do
-  left=""; for pg in $groups; do kill -0 -- "-$pg" 2>/dev/null && left="$left $pg"; done
+  left=""; for pg in $groups; do kill -s 0 -- "-$pg" 2>/dev/null && left="$left $pg"; done
   [ -n "$left" ] || break
   sleep 0.1; i=$((i + 1))
 done
 for pg in $groups; do
-  if kill -0 -- "-$pg" 2>/dev/null; then
-    kill -KILL -- "-$pg" 2>/dev/null; sleep 0.2
-    if kill -0 -- "-$pg" 2>/dev/null; then echo "survived $pg"; else echo "stopped $pg KILL"; fi
+  if kill -s 0 -- "-$pg" 2>/dev/null; then
+    kill -s KILL -- "-$pg" 2>/dev/null; sleep 0.2
+    if kill -s 0 -- "-$pg" 2>/dev/null; then echo "survived $pg"; else echo "stopped $pg KILL"; fi
   else echo "stopped $pg TERM"; fi
 done
 '''

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleet.files import append_line, locked, writing
+from fleet.files import append_line, locked, write_atomic, writing
 
 
 def new_dispatch_id() -> str:
@@ -60,10 +60,4 @@ class SessionRecords:
         """Drop records (atomic rewrite under the lock)."""
         with writing("the session records", self.path, "journal"), self._locked():
             keep = [r for r in self.all() if not (r.get("host") == host and r.get("session_id") in sids)]
-            tmp = self.path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))

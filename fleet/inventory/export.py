@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import yaml
 
 from fleet.errors import BadInput
+from fleet.files import write_atomic
 from fleet.inventory.model import Host, Inventory
 from fleet.inventory.select import select
 
@@ -295,10 +296,7 @@ def write_export(ex: Export, output: str | os.PathLike[str]) -> list[str]:
     for path, text in targets.items():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            write_atomic(path, text, 0o644)
         except OSError as exc:
             raise BadInput(f"cannot write {path}: {exc.strerror or exc}; check the path and its permissions") from None
         written.append(str(path))

@@ -11,6 +11,8 @@ Replies ``DONE: <last user text>``. Markers in the prompt make it act like a mod
   child session runs PROMPT's own markers (a child that asks for a permission, for example);
 - ``[ask: Q]``: asks the ``question`` tool (yes/no);
 - ``[slow]``: stalls ``FAKE_SLOW_DELAY`` seconds (default 60), so abort can be shown;
+- ``[slow-reply]``: stalls as long, but only before the reply that follows a tool's result (the
+  step with the tool is billed first: OpenCode bills a step when it ends, tools included);
 - ``[fail]``: answers HTTP 400, so the agent ends with an error.
 
 Loopback only. Run: ``python -m fleet.lab.fakellm --port P``.
@@ -143,7 +145,8 @@ class Handler(BaseHTTPRequestHandler):
         if "[fail]" in last and not is_title:
             return self._json(400, {"error": {"message": "fake model refuses: [fail] in prompt",
                                               "type": "invalid_request_error"}})
-        if "[slow]" in last and not is_title:
+        after_tool = bool(msgs) and msgs[-1].get("role") == "tool"
+        if ("[slow]" in last or ("[slow-reply]" in last and after_tool)) and not is_title:
             delay = float(os.environ.get("FAKE_SLOW_DELAY", "60"))
             end = time.monotonic() + delay
             while time.monotonic() < end:

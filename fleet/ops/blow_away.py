@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shlex
 from typing import Any
 
 from fleet.errors import BadInput, Refused
@@ -15,6 +14,7 @@ from fleet.safety import gate
 from fleet.safety.gate import BLOW_AWAY, Plan
 from fleet.settings import Settings
 from fleet.ssh.runner import FanoutOptions, OutputHook, ResultHook
+from fleet.ssh.shell import EXPAND_HOME, script
 
 # Top-level system directories: never a repos root, and nothing under them is one either.
 SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
@@ -28,9 +28,7 @@ SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/l
 # parameters ($1 root, $2 path) and are printed only through printf '%s': no path is ever
 # shell text. Both are resolved on the host (symlinks, '..', '//' collapsed) and the removal
 # happens only if the root is sane and the target strictly inside it.
-_BLOW_AWAY_SH = (
-    'x() { case "$1" in "~") printf "%s" "$HOME";; "~/"*) printf "%s/%s" "$HOME" "${1#??}";; '
-    '*) printf "%s" "$1";; esac; }; '
+_BLOW_AWAY_SH = EXPAND_HOME + (
     'n() { r=$1; while :; do case "$r" in //*) r=${r#/};; *) break;; esac; done; printf "%s" "$r"; }; '
     'no() { printf "refused: %s\n" "$*" >&2; exit "$code"; }; '
     'code=91; rawroot=$(x "$1"); rawpath=$(x "$2"); '
@@ -56,7 +54,7 @@ def blow_away_command(path: str, root: str) -> str:
     """The command that removes ``path`` on a host only if, resolved there, the repos root is
     sane (not ``/``, ``$HOME``, an ancestor of it or a system directory) and ``path`` lies
     strictly inside it. Paths are passed as positional parameters, never as shell text."""
-    return f"sh -c {shlex.quote(_BLOW_AWAY_SH)} sh {shlex.quote(root)} {shlex.quote(path)}"
+    return script(_BLOW_AWAY_SH, root, path)
 
 
 def _insane_root(root: str) -> str | None:

@@ -16,7 +16,6 @@ issued or spent for it. ``--force`` lifts those refusals, and the plan says what
 """
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,12 +28,12 @@ from fleet.safety import gate
 from fleet.safety.gate import WORKTREES_REMOVE, Plan
 from fleet.safety.redact import Redactor
 from fleet.ssh.runner import FanoutOptions, FanoutRunner
+from fleet.ssh.shell import EXPAND_HOME, script
 
 WT_DIR = ".worktrees"
 
 # Shared helpers for the host-side scripts: ~ expansion of a path given as a parameter.
-_SH_X = ('x() { case "$1" in "~") printf "%s" "$HOME";; "~/"*) printf "%s/%s" "$HOME" "${1#??}";; '
-         '*) printf "%s" "$1";; esac; }; ')
+_SH_X = EXPAND_HOME
 
 # $1 repo, $2 worktree, $3 branch, $4 base ref. Prints the worktree's resolved path and base commit.
 _CREATE = _SH_X + (
@@ -107,10 +106,6 @@ _REMOVE = _SH_X + (
 )
 
 
-def _script(body: str, *params: str) -> str:
-    return "sh -c " + shlex.quote(body) + " sh " + " ".join(shlex.quote(p) for p in params)
-
-
 def worktree_name(issue: str | None, dispatch_id: str) -> str:
     """The worktree's (and branch's) name: the Beads issue id, else the dispatch id."""
     name = issue or dispatch_id
@@ -169,7 +164,7 @@ def create_worktree(inv: Inventory, host: Host, repo: str, repo_dir: str, name: 
     Returns path (resolved on the host), branch and base commit; raises with the host's reason."""
     path = worktree_path(host, repo, name)
     branch = f"fleet/{name}"
-    r = _one(inv, host, _script(_CREATE, repo_dir, path, branch, base or "HEAD"), f"worktree add {name}", options)
+    r = _one(inv, host, script(_CREATE, repo_dir, path, branch, base or "HEAD"), f"worktree add {name}", options)
     if r.outcome != FanoutOutcome.SUCCESS:
         why = (r.stderr.strip().splitlines() or [r.error])[-1]
         raise FleetError(f"{host.name}: could not make the worktree {path}: {why}; nothing was dispatched")
@@ -191,7 +186,7 @@ def list_worktrees(inv: Inventory, hosts: list[Host], options: FanoutOptions | N
     for h in hosts:
         if h.repos_root is None:
             continue
-        r = _one(inv, h, _script(_LIST, h.repos_root, *_repo_dirs(h)), "worktrees", options)
+        r = _one(inv, h, script(_LIST, h.repos_root, *_repo_dirs(h)), "worktrees", options)
         if r.outcome != FanoutOutcome.SUCCESS:
             errors.append(f"{h.name}: {r.error}")
             continue
@@ -216,8 +211,8 @@ def _repo_dirs(h: Host) -> list[str]:
     return out
 
 
-def _remove_script(h: Host, a: dict[str, Any], what: str) -> str:
-    return _script(_REMOVE, h.repos_root or "", h.repo_path(str(a["repo"])) or "", str(a["repo"]), str(a["name"]),
+def _removescript(h: Host, a: dict[str, Any], what: str) -> str:
+    return script(_REMOVE, h.repos_root or "", h.repo_path(str(a["repo"])) or "", str(a["repo"]), str(a["name"]),
                    "1" if a.get("force") else "0", "1" if a.get("delete_branch") else "0", what)
 
 
@@ -292,7 +287,7 @@ def _check_remove(plan: Plan) -> None:
     options = plan.call_options.get("options")
     refusals: list[str] = []
     for h in plan.hosts:
-        r = _one(plan.inventory, h, _remove_script(h, a, "probe"), f"worktree check {a['name']}", options)
+        r = _one(plan.inventory, h, _removescript(h, a, "probe"), f"worktree check {a['name']}", options)
         if r.outcome == FanoutOutcome.SUCCESS:
             facts = dict(ln.split("=", 1) for ln in r.stdout.splitlines() if "=" in ln)
             note, why = _judge(h, a, facts)
@@ -325,7 +320,7 @@ def remove_worktree(inv: Inventory, selector: str, *, args: dict[str, Any], mode
         a, tr = g.plan.args, g.trail
 
         def one(h: Host) -> dict[str, str]:
-            r = _one(g.plan.inventory, h, _remove_script(h, a, "remove"), f"worktree remove {a['name']}", options)
+            r = _one(g.plan.inventory, h, _removescript(h, a, "remove"), f"worktree remove {a['name']}", options)
             ok = r.outcome == FanoutOutcome.SUCCESS
             out = {"host": h.name, "outcome": "removed" if ok else "refused",
                    "detail": (r.stdout.strip() if ok else (r.stderr.strip().splitlines() or [r.error])[-1])}

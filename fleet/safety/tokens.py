@@ -29,7 +29,7 @@ from fleet.errors import (
     Refused,
     TokenRefused,  # noqa: F401 - re-exported where they were defined
 )
-from fleet.files import loose_mode, writing
+from fleet.files import loose_mode, write_atomic, writing
 
 _NONCE = 4
 _EXP = 4
@@ -162,14 +162,9 @@ class TokenStore:
                "args_digest": scope.args_digest, "args": scope.args_summary, "expires": expires,
                "issued": int(self.clock()), "detail": scope.detail}
         d = self.dir / "issued"
-        tmp = d / f".{nonce.hex()}.tmp"
         with writing("a confirmation token's record", d, "token_dir"):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                tmp.write_text(json.dumps(rec))
-                os.replace(tmp, d / f"{nonce.hex()}.json")
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(d / f"{nonce.hex()}.json", json.dumps(rec))
         return token
 
     def _record(self, nid: str) -> dict[str, Any] | None:

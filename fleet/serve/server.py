@@ -87,10 +87,9 @@ class Service:
         s.listen(64)
         self._sock = s
         from fleet import __version__
-        tmp = paths.info_path(self.journal) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"pid": os.getpid(), "version": __version__, "since": self.since, "socket": sock_path}, f)
-        os.replace(tmp, paths.info_path(self.journal))
+        from fleet.files import write_atomic
+        write_atomic(paths.info_path(self.journal), json.dumps({"pid": os.getpid(), "version": __version__,
+                                                                 "since": self.since, "socket": sock_path}))
         self._say(f"fleet serve: pid {os.getpid()}, socket {sock_path} (state {d})")
 
     def serve_forever(self) -> None:

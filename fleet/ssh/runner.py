@@ -39,7 +39,7 @@ from fleet.errors import (
     NotRun,  # noqa: F401 - re-exported where they were defined
     StorageError,
 )
-from fleet.files import ensure_writable, storage_error, writing
+from fleet.files import ensure_writable, storage_error, write_atomic, writing
 from fleet.inventory import Host, Inventory
 from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
 from fleet.safety.redact import Redactor
@@ -146,13 +146,8 @@ class FanoutRunner:
         doc.update(finished=finished, hosts=list(self._planned or ()), streams=STREAMS_NOTE,
                    command_redacted=self.label != self.command, operation=self.operation or "fanout")
         p = self.dir / "summary.json"
-        tmp = self.dir / "summary.json.tmp"
         with writing("the run's summary", p, "artifacts_dir"):
-            try:
-                tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
-                os.replace(tmp, p)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(p, json.dumps(doc, indent=2, sort_keys=True), 0o644)
 
     def _lost_write(self, exc: OSError | StorageError, what: str = "fanout.log") -> None:
         """A write that failed once hosts were running: the run goes on (its results are whole in
