@@ -36,6 +36,8 @@ class Settings:
     worktree: bool = False  # dispatch in a new git worktree by default
     stall_timeout: float = 300.0  # seconds busy with no event before an agent shows as stuck (0 = never)
     warm_idle: float = 600.0  # seconds a long-lived fleet (mcp, the Fleet object) keeps an idle SSH connection
+    lease: str = ""  # a file every orchestrator sees: only its holder's service follows dispatches
+    lease_ttl: float = 30.0  # seconds the orchestrator lease lasts without renewal
     persist: float = 0.0  # > 0: the first CLI call starts `fleet serve` in the background, gone after this idle time
 
     @classmethod
@@ -122,7 +124,7 @@ DEFAULTS = Settings()
 # (minimum, must be > 0) for number settings
 _RANGES = {"concurrency": (1, True), "connect_timeout": (0, True), "command_timeout": (0, False),
            "preflight_timeout": (0, True), "attempts": (1, True), "retry_delay": (0, False),
-           "token_ttl": (1, True), "dispatch_timeout": (0, True), "artifacts_keep": (0, False), "warm_idle": (0, False), "stall_timeout": (0, False), "persist": (0, False)}
+           "token_ttl": (1, True), "dispatch_timeout": (0, True), "artifacts_keep": (0, False), "warm_idle": (0, False), "stall_timeout": (0, False), "persist": (0, False), "lease_ttl": (1, True)}
 
 # Ceilings: beyond them a value overflows what it feeds (a token's 4-byte expiry, the C time a
 # thread waits with) or means nothing a person wants. No number fleet reads exceeds MAX_NUMBER.

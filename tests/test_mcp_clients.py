@@ -109,7 +109,7 @@ def test_cancel_over_raw_json_rpc_stops_the_run_and_answers_once(mlab, tmp_path)
     try:
         raw.send({"id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
-        assert raw.answer(1)["result"]["serverInfo"] == {"name": "fleet", "version": fleet.__version__}
+        init = raw.answer(1)["result"]
         raw.send({"method": "notifications/initialized"})
         raw.send({"id": 2, "method": "tools/call", "params": {
             "name": "fanout", "arguments": {"command": f"sleep {m}; touch {done}", "selector": "lab01"},
@@ -136,6 +136,7 @@ def test_cancel_over_raw_json_rpc_stops_the_run_and_answers_once(mlab, tmp_path)
     assert progress and all(t <= answers[0][0] for t, _ in progress)  # heartbeats while it ran, none after
     assert after["structuredContent"]["hosts"][0]["name"] == "lab02"
     assert rc == 0
+    assert init["serverInfo"] == {"name": "fleet", "version": fleet.__version__}
     log = (tmp_path / "stderr.log").read_text()
     assert "Traceback" not in log and "already responded" not in log, log
     summary = json.loads((Path(os.environ["INVOKE_FLEET_ARTIFACTS_DIR"]) / "latest" / "summary.json").read_text())

@@ -202,3 +202,45 @@ def test_persist_starts_the_service_on_the_first_call_and_it_leaves_when_idle(la
     second = fleet("fanout", "--inventory", str(inv), "--all", "--json", "echo two", env=env)
     assert second.returncode == 0 and logins(lab) == before  # warm: no new login
     assert wait_for(lambda: not sock().exists(), 20)  # idle past 'persist': it went away
+
+
+def test_one_orchestrator_at_a_time_the_other_takes_over_when_the_first_is_gone(tmp_path):
+    lease = tmp_path / "shared" / "orchestrator.lease"
+    homes = [tmp_path / "a", tmp_path / "b"]
+    # both machines' journals hold the same open dispatch (a server nobody can reach)
+    ev = {"type": "event", "id": "ev_1", "time": "t", "epoch": time.time(), "actor": "x", "host": "h1",
+          "operation": "dispatch_requested", "outcome": "requested", "dispatch_id": "dx-shared", "channel": "",
+          "detail": {}}
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("hosts:\n  h1: {address: 127.0.0.1, opencode: {url: 'http://127.0.0.1:9'}}\n")
+    envs = []
+    for i, h in enumerate(homes):
+        (h / "state").mkdir(parents=True)
+        (h / "state" / "journal.jsonl").write_text(json.dumps(ev) + "\n")
+        envs.append({**os.environ, "HOME": str(h), "INVOKE_FLEET_JOURNAL": str(h / "state" / "journal.jsonl"),
+                     "INVOKE_FLEET_LEASE": str(lease), "INVOKE_FLEET_LEASE_TTL": "3",
+                     "FLEET_MACHINE": f"machine-{i}"})
+
+    def status(env):
+        p = subprocess.run([FLEET, "serve", "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+        return json.loads(p.stdout)
+
+    procs = []
+    try:
+        for env in envs:
+            procs.append(subprocess.Popen([FLEET, "serve", "--inventory", str(inv)], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
+            assert wait_for(lambda env=env: status(env).get("running"), 20)
+        assert wait_for(lambda: status(envs[0])["followed_total"] >= 1, 20)
+        a, b = status(envs[0]), status(envs[1])
+        assert a["lease"]["mine"] and not b["lease"]["mine"] and b["lease"]["holder"].startswith("machine-0:")
+        assert b["followed_total"] == 0  # the one standing by acts on nothing
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(timeout=10)
+        assert wait_for(lambda: status(envs[1])["lease"]["mine"], 20)  # after the lease expired
+        assert wait_for(lambda: status(envs[1])["followed_total"] >= 1, 20)
+        assert status(envs[1])["lease"]["holder"].startswith("machine-1:")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()

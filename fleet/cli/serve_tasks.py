@@ -41,6 +41,15 @@ def serve(c, action="", inventory=None, idle_exit=None, json_=False):
               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['since']))}, {s['calls']} call(s), "
               f"{s['warm']} warm connection(s), following {len(s['following'])} dispatch(es)"
               + (f": {', '.join(s['following'])}" if s["following"] else ""))
+        lease = s.get("lease")
+        if lease:
+            exp = lease.get("expires") or 0
+            print(f"  orchestrator lease {lease['path']}: " + ("held by this service" if lease.get("mine") else
+                  f"held by {lease.get('holder')}") + (f" since {time.strftime('%H:%M:%S', time.localtime(lease['since']))}"
+                                                      if lease.get("since") else "")
+                  + f", expires {time.strftime('%H:%M:%S', time.localtime(exp))}")
+        else:
+            print("  no shared lease: another machine's service would not be seen (setting 'lease')")
         for e in s.get("errors") or ():
             print(f"  recent trouble: {e}")
         return

@@ -89,8 +89,10 @@ class Follower:
     """Finds open dispatches in the journal every ``interval`` seconds and follows each one on a
     thread of its own until it ends (or its wait times out: then it is picked up again)."""
 
-    def __init__(self, journal: str, follow: Callable[[str], Any], interval: float = 3.0) -> None:
+    def __init__(self, journal: str, follow: Callable[[str], Any], interval: float = 3.0,
+                 may_act: Callable[[], bool] | None = None) -> None:
         self.journal = journal
+        self.may_act = may_act or (lambda: True)  # only the orchestrator lease's holder follows
         self._follow = follow
         self.interval = interval
         self.following: dict[str, float] = {}
@@ -109,7 +111,7 @@ class Follower:
 
     def scan(self) -> list[str]:
         """Start following every open dispatch not followed yet; returns the ones started."""
-        if not os.path.exists(self.journal):
+        if not os.path.exists(self.journal) or not self.may_act():
             return []
         started = []
         for did in open_dispatches(Journal(self.journal).load().events):

@@ -59,6 +59,12 @@ class Service:
         self._sock: socket.socket | None = None
         self.follower: Any = None
         self._follow = follow
+        self.lease: Any = None
+        self.holding = True  # without a lease this service acts alone
+        if settings.lease:
+            from fleet.serve.lease import Lease
+            self.lease = Lease(settings.path("lease"), ttl=settings.lease_ttl)
+            self.holding = False
 
     # ------------------------------------------------------------------ life
     def acquire(self) -> None:
@@ -97,9 +103,15 @@ class Service:
         if self._sock is None:
             self.acquire()
         assert self._sock is not None
+        if self.lease is not None:
+            self._renew()
+            threading.Thread(target=self._keep_lease, name="fleet-lease", daemon=True).start()
+        else:
+            self._say("fleet serve: no shared lease (setting 'lease'): a service on another machine that "
+                      "sees the same dispatches would not be seen; keep one orchestrator at a time")
         if self._follow:
             from fleet.serve.follow import Follower
-            self.follower = Follower(self.journal, self._follow_dispatch).start()
+            self.follower = Follower(self.journal, self._follow_dispatch, may_act=lambda: self.holding).start()
         self._sock.settimeout(0.5)
         try:
             while not self._stop.is_set():
@@ -116,6 +128,24 @@ class Service:
         finally:
             self.close()
 
+    def _renew(self) -> None:
+        was = self.holding
+        try:
+            self.holding = self.lease.try_hold()
+        except OSError as exc:
+            self.holding = False
+            self._say(f"fleet serve: the lease {self.lease.path} cannot be read or written ({exc}); standing by")
+            return
+        if self.holding != was:
+            cur = self.lease.read() or {}
+            self._say("fleet serve: holding the orchestrator lease" if self.holding else
+                      f"fleet serve: standing by; {cur.get('holder')} holds the orchestrator lease")
+
+    def _keep_lease(self) -> None:
+        every = min(10.0, self.lease.ttl / 3)
+        while not self._stop.wait(every if self.holding else min(2.0, every)):
+            self._renew()
+
     def _busy(self) -> bool:
         return bool(self.follower is not None and self.follower.following)
 
@@ -125,6 +155,11 @@ class Service:
     def close(self) -> None:
         if self.follower is not None:
             self.follower.close()
+        if self.lease is not None and self.holding:
+            try:
+                self.lease.release()
+            except OSError:
+                pass
         if self._sock is not None:
             try:
                 os.unlink(paths.socket_path(self.journal))
@@ -198,7 +233,9 @@ class Service:
                 "socket": paths.socket_path(self.journal), "warm": sum(len(v) for v in self.pool._free.values()),
                 "following": sorted(fol.following) if fol else [],
                 "followed_total": fol.followed_total if fol else 0,
-                "errors": (fol.errors[-5:] if fol else [])}
+                "errors": (fol.errors[-5:] if fol else []),
+                "lease": ({**(self.lease.read() or {}), "path": self.lease.path, "mine": self.holding}
+                          if self.lease is not None else None)}
 
     def _fanout(self, req: dict[str, Any], send: Callable[[dict[str, Any]], None], rfile: Any) -> None:
         from fleet.app import Fleet
