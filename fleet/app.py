@@ -40,12 +40,6 @@ def audit_trail(inv: Inventory, settings: Settings, post: bool = True) -> AuditT
     return AuditTrail(settings.path("journal"), inv.slack, token, secrets_=inventory_secrets(inv), post=post)
 
 
-def default_inventory_path(settings: Settings | None = None) -> str:
-    """The inventory every face loads when given none: ``$FLEET_INVENTORY``, else the
-    ``inventory`` setting (``inventory.yaml`` in the project, else in ``~/.config/fleet``)."""
-    return os.environ.get("FLEET_INVENTORY") or (settings or load_settings()).inventory
-
-
 class Fleet:
     """fleet as one object: settings, inventory, audit trail, records, Beads, warm connections.
 
@@ -99,6 +93,8 @@ class Fleet:
 
         if isinstance(self._inventory_arg, Inventory):
             return self._inventory_arg
+        from fleet.inventory import default_inventory_path
+
         return load_inventory(self._inventory_arg or default_inventory_path(self.settings))
 
     def trail(self, slack: bool = True) -> AuditTrail:
@@ -192,6 +188,7 @@ class Fleet:
         :func:`fleet.ops.fanout.fanout`); over this object's warm connections."""
         if not command or not str(command).strip():
             raise BadInput('give the command to run, e.g. fanout --all "make test"')
+        mode, no_canary = self.mode(mode), self.no_canary(no_canary)  # this face's rules, wherever it runs
         if self._use_service:
             from fleet.serve.use import fanout_via_service
 
@@ -202,8 +199,8 @@ class Fleet:
         from fleet.ops.fanout import fanout
 
         return self._with_trail(trail, lambda tr: fanout(
-            self.inventory, selector, args={"command": command}, mode=self.mode(mode), confirm=confirm,
-            canary=canary, no_canary=self.no_canary(no_canary), settings=self.settings,
+            self.inventory, selector, args={"command": command}, mode=mode, confirm=confirm,
+            canary=canary, no_canary=no_canary, settings=self.settings,
             options=options or self.fanout_options(), trail=tr, pool=self.pool, **kw))
 
     def blow_away(self, selector: str, repo: str, *, mode: str | None = None, confirm: str | None = None,
@@ -378,4 +375,4 @@ class Fleet:
         self.close()
 
 
-__all__ = ["Fleet", "audit_trail", "default_inventory_path"]
+__all__ = ["Fleet", "audit_trail"]

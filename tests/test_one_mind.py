@@ -164,3 +164,26 @@ def test_the_older_user_file_is_still_read_and_said_once(tmp_path):
     p = cli("fleet", ["settings", "--json"], work, env)
     assert p.returncode == 0 and json.loads(p.stdout)["settings"]["concurrency"] == 5
     assert p.stderr.count("config.yaml") == 1 and "invoke.yaml" in p.stderr
+
+
+def test_the_seeds_fanout_ssh_logs_as_the_cli_does(lab, tmp_path, monkeypatch):
+    import logging
+
+    from conftest import write_inventory
+
+    from fleet import fanout_ssh, load_inventory
+    inv = load_inventory(write_inventory(tmp_path / "inv.yaml", lab, names=["lab01"]))
+    monkeypatch.setenv("INVOKE_FLEET_ARTIFACTS_DIR", str(tmp_path / "art"))
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+    log = logging.getLogger("fleet-test-seed")
+    log.addHandler(Keep())
+    log.setLevel(logging.INFO)
+    r = fanout_ssh("lab01", "echo hi", inventory=inv, logger=log)
+    assert r.stdout == "hi\n"
+    assert any(x.startswith("success host=lab01 ") and 'command="echo hi"' in x for x in seen), seen
+    logs = list((tmp_path / "art").glob("*/fanout.log"))
+    assert logs and "success host=lab01" in logs[0].read_text()

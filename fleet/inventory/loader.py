@@ -257,10 +257,15 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     return load_inventory_text(text, str(p), p.resolve().parent)
 
 
-def default_inventory_path() -> str:
-    """``$FLEET_INVENTORY`` if set, else ``./inventory.yaml``: what the Python API loads when it
-    is given no inventory."""
-    return os.environ.get("FLEET_INVENTORY") or "inventory.yaml"
+def default_inventory_path(settings: Any = None) -> str:
+    """The inventory every face loads when given none: ``$FLEET_INVENTORY``, else the
+    ``inventory`` setting (``inventory.yaml`` in the project, else ``~/.config/fleet/``)."""
+    if os.environ.get("FLEET_INVENTORY"):
+        return os.environ["FLEET_INVENTORY"]
+    if settings is None:
+        from fleet.settings import load_settings
+        settings = load_settings()
+    return str(settings.inventory)
 
 
 def default_inventory() -> Inventory:
