@@ -8,6 +8,9 @@ BIN    := $(VENV)/bin
 OPENCODE_VERSION := 1.18.33
 SETUP_STAMP := $(VENV)/.fleet-setup
 OPENCODE_STAMP := .tools/.opencode-$(OPENCODE_VERSION)
+INSPECTOR_VERSION := 2.12.0
+INSPECTOR_NODE := 22.23.3
+INSPECTOR_STAMP := .tools/.mcp-inspector-$(INSPECTOR_VERSION)-node-$(INSPECTOR_NODE)
 LAB ?= lab
 
 .PHONY: setup system-deps demo demo-down test lint bench clean
@@ -31,7 +34,13 @@ $(OPENCODE_STAMP):
 	@mkdir -p .tools && cd .tools && npm install --no-audit --no-fund --silent opencode-ai@$(OPENCODE_VERSION) >/dev/null
 	@touch $@
 
-setup: $(SETUP_STAMP) $(OPENCODE_STAMP)
+$(INSPECTOR_STAMP):
+	@echo "setup: installing the MCP Inspector $(INSPECTOR_VERSION) and Node $(INSPECTOR_NODE) into .tools/mcp-inspector (once)"
+	@mkdir -p .tools/mcp-inspector && npm install --prefix .tools/mcp-inspector --no-audit --no-fund --silent \
+	  node@$(INSPECTOR_NODE) @modelcontextprotocol/inspector@$(INSPECTOR_VERSION) >/dev/null
+	@touch $@
+
+setup: $(SETUP_STAMP) $(OPENCODE_STAMP) $(INSPECTOR_STAMP)
 
 demo: system-deps setup
 	@$(BIN)/python -m fleet.lab.demo --dir $(LAB)

@@ -6,7 +6,9 @@ running, the server's major version checked everywhere, rules and budgets per di
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -74,7 +76,7 @@ def test_the_lab_is_like_the_world(world, tmp_path, st):
     assert r.outcome == FanoutOutcome.SUCCESS, r.error
     assert r.directory.endswith("/repos/site") and "from-the-child" in r.answer
     with OpenCodeClient(inv.host("lab01"), r.directory) as oc:
-        kids = oc.children(r.session_id)
+        kids = oc.request("GET", f"/session/{r.session_id}/children")
         assert len(kids) == 1 and kids[0]["parentID"] == r.session_id
         kid_msgs = oc.messages(kids[0]["id"])
     assert any("from-the-child" in json.dumps(m) for m in kid_msgs)
@@ -203,6 +205,14 @@ def test_abort_stops_a_tool_process_that_outlives_it(world, tmp_path, st):
 
     inv = load_inventory(world.inventory)
     plain, escaped = (f"sleep 300.{secrets.randbelow(10**6):06d}" for _ in range(2))
+    try:
+        _abort_and_check(inv, world, tmp_path, st, Fleet, plain, escaped)
+    finally:  # never leave this test's own sleepers behind, whatever happened (by their pids)
+        for pid in pgrep(plain) + pgrep(escaped):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _abort_and_check(inv, world, tmp_path, st, Fleet, plain, escaped):
     for tool, survives in ((f"setsid -w {escaped}", escaped), (plain, None)):
         r = dx.dispatch(inv, "lab01", args={"task": f"please [bash: {tool}]", "repo": "demo"}, settings=st,
                         records=records(tmp_path), wait=False).results[0]
@@ -212,7 +222,7 @@ def test_abort_stops_a_tool_process_that_outlives_it(world, tmp_path, st):
         with Fleet(str(world.inventory), st) as fl:
             host, done = fl.abort(r.session_id, host="lab01", slack=False)
         assert host.name == "lab01" and list(done) == [r.session_id]
-        assert wait_for(lambda t=target: not pgrep(t), 5), (f"{target} still runs after the abort", done.notes)
+        assert wait_for(lambda t=target: not pgrep(t), 5), (f"{target} still runs after the abort", getattr(done, "notes", None))
         if survives:
             assert any(f"({survives})" in n and "outlived the abort: stopped its process group" in n
                        for n in done.notes), done.notes

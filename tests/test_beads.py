@@ -105,6 +105,27 @@ def test_claim_released_when_the_session_cannot_be_created(beads_dir, oc):
     assert i["status"] == "open" and "assignee" not in i
 
 
+def test_a_claim_another_actor_holds_when_read_again_is_refused(beads_dir, oc, tmp_path):
+    """bd answers the claim with our name, but the issue read back says another actor holds it (a
+    race bd resolved the other way, a sync from another clone): no session, no dispatch."""
+    racing = tmp_path / "bd-racing"
+    racing.write_text(f"""#!/usr/bin/env python3
+import json, os, subprocess, sys
+out = subprocess.run([sys.executable, {BD!r}, *sys.argv[1:]], capture_output=True, text=True)
+sys.stdout.write(out.stdout); sys.stderr.write(out.stderr)
+if "--claim" in sys.argv and out.returncode == 0:  # another machine claims it right after
+    db = os.path.join(os.environ["BEADS_DIR"], "issues.json")
+    issues = json.load(open(db)); issues["bd-a1b2"]["assignee"] = "macmini"
+    json.dump(issues, open(db, "w"))
+sys.exit(out.returncode)
+""")
+    racing.chmod(0o755)
+    r = go(inv_for(oc.url), "epyc6", "bd-a1b2", Beads(str(racing))).results[0]
+    assert r.outcome == FanoutOutcome.FAILURE and "already claimed by macmini" in r.error, r.error
+    assert not any(p == "/session" for m, p, _ in oc.hits)
+    assert issue(beads_dir, "bd-a1b2")["assignee"] == "macmini"  # theirs: not released by us
+
+
 def test_abort_marks_blocked_with_who_and_why(beads_dir, oc, tmp_path):
     recs = dx.SessionRecords(tmp_path / "s.jsonl")
     inv = inv_for(oc.url)

@@ -33,6 +33,23 @@ def test_lab_hosts_accept_plain_openssh_and_down_leaves_no_process(tmp_path):
             assert str(d) not in cmd
 
 
+def test_every_lab_host_has_two_real_repos_in_its_home(tmp_path):
+    """As on a user's machine: ~/repos holds several git repositories (the agents' servers run in
+    that home, which is not a git project)."""
+    d = tmp_path / "lab"
+    lab = lab_up(3, d)
+    try:
+        for h in lab.hosts:
+            root = os.path.realpath(h.repos_root)
+            assert not os.path.exists(os.path.join(os.path.dirname(root), ".git"))
+            for repo in ("demo", "site"):
+                p = subprocess.run(["git", "-C", os.path.join(root, repo), "log", "--oneline"], capture_output=True,
+                                   text=True, timeout=30)
+                assert p.returncode == 0 and "lab: initial commit" in p.stdout, p.stderr
+    finally:
+        lab_down(d)
+
+
 def test_lab_up_refuses_a_second_lab_in_the_same_dir(tmp_path):
     import pytest
 

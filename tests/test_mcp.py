@@ -320,7 +320,7 @@ def test_long_calls_send_a_heartbeat(mlab, tmp_path):
         return t0, time.monotonic(), out
     t0, t1, out = call(mlab.inventory, steps, cwd=tmp_path, env={"FLEET_MCP_HEARTBEAT": "0.5"})
     times = [t0] + [x[0] for x in seen] + [t1]
-    assert max(b - a for a, b in zip(times[:-1], times[1:], strict=True)) < 1.5, seen
+    assert max(b - a for a, b in zip(times[:-1], times[1:], strict=True)) < 2.0, seen
     values = [x[1] for x in seen]
     assert values == sorted(set(values)) and values[-1] == 1 and values[0] < 1  # only grows; the step last
     assert all(x[2] == 1 for x in seen)

@@ -159,7 +159,9 @@ def _node_ok(node: Path) -> bool:
 def inspector() -> Path:
     """The Inspector's bin directory (its node first on PATH), installed once if missing."""
     bin_dir = INSPECTOR_DIR / "node_modules" / ".bin"
-    if not ((bin_dir / "inspector").exists() and _node_ok(bin_dir / "node")):
+    pkg = INSPECTOR_DIR / "node_modules" / "@modelcontextprotocol" / "inspector" / "package.json"
+    pinned = INSPECTOR_PACKAGES[1].rsplit("@", 1)[1]
+    if not (pkg.exists() and json.loads(pkg.read_text()).get("version") == pinned and _node_ok(bin_dir / "node")):
         npm = shutil.which("npm")
         if npm is None:
             pytest.skip("the MCP Inspector is not installed (.tools/mcp-inspector) and there is no npm to install it")

@@ -300,11 +300,12 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
 
 
 @fleet_task(help={"inventory": "Inventory file (its slack: channel and allowed_users).",
-                  "interval": "Seconds between reads of the threads (default 5).",
+                  "interval": "Seconds between reads of the threads when polling (default 5).",
                   "duration": "Stop after this many seconds (default: until Ctrl-C).",
                   "json": "One JSON object per action, one per line."})
 def listen(c, inventory=None, interval=None, duration=None, json_=False):
-    """Act on replies in each open dispatch's Slack thread: stop, approve, deny, status (allowed users only)."""
+    """Act on replies and button clicks in each open dispatch's Slack thread (allowed users only):
+    stop, continue/retry, approve, deny, answer, status. Socket Mode with $SLACK_APP_TOKEN, else polling."""
     import json as _json
     import os
     import time
@@ -319,16 +320,18 @@ def listen(c, inventory=None, interval=None, duration=None, json_=False):
                        f"add one to listen")
     token = os.environ.get(inv.slack.token_env)
     if not token:
-        raise BadInput(f"${inv.slack.token_env} is not set: export the Slack bot token to listen")
-    trail = fl.trail()
+        raise BadInput(f"${inv.slack.token_env} is not set: export the Slack bot token (xoxb-...) to listen")
+    app_env = getattr(inv.slack, "app_token_env", None) or "SLACK_APP_TOKEN"
     limit = num("--duration", duration, 0.0)
-    t0 = time.monotonic()
+    every = num("--interval", interval, 5.0, positive=True)
+    deadline = time.monotonic() + limit if limit else None
+    trail = fl.trail()
     try:
-        lst = Listener(inv, trail, token, fl.records, fl.beads())
+        lst = Listener(inv, trail, token, fl.records, fl.beads(), app_token=os.environ.get(app_env) or None,
+                       app_token_env=app_env)
         if not inv.slack.allowed_users:
-            print("listen: slack.allowed_users is empty: every reply will be refused", file=sys.stderr)
-        lst.run(num("--interval", interval, 5.0, positive=True),
-                until=(lambda: time.monotonic() - t0 >= limit) if limit else None,
+            print("listen: slack.allowed_users is empty: every reply and click will be refused", file=sys.stderr)
+        lst.run(every, deadline=deadline,
                 on_action=lambda a: print(_json.dumps(a, sort_keys=True) if json_ else
                                           f"{a['dispatch_id']}: {a['command'] or '-'} by {a['by']}: {a['outcome']}",
                                           flush=True))

@@ -13,7 +13,8 @@ happen below, as for the CLI.
   ``FLEET_MCP_HEARTBEAT`` seconds (2) while quiet, so clients that reset their timeout on
   progress never time out.
 - Cancellation (``notifications/cancelled``) interrupts the call as Ctrl-C interrupts the CLI:
-  remote commands are killed, agents stopped; one response goes out and the server serves on.
+  a fanout's remote commands are killed, a dispatch or wait stops waiting (the agent goes on, as
+  after Ctrl-C: abort stops it); one response goes out and the server serves on.
 - Artifacts never go to the client's working directory (OpenCode starts servers in its
   project): a relative ``artifacts_dir`` is under fleet's state directory.
 - stderr is quiet unless ``FLEET_MCP_LOG=info`` (or debug) asks.
@@ -30,18 +31,44 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, replace
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import anyio
 import anyio.to_thread
 from mcp.server.fastmcp import Context
 from mcp.server.fastmcp.exceptions import ToolError
 from pydantic import BaseModel, Field
-from typing_extensions import Annotated
 
 from fleet import __version__
 from fleet import schemas as S
 from fleet.app import Fleet
+from fleet.cli.mcp_args import (  # noqa: F401 - the tools' annotations name them
+    AgentTimeout,
+    Always,
+    AnswerText,
+    Canary,
+    Command,
+    CommandTimeout,
+    Deep,
+    DenyMessage,
+    DispatchId,
+    DispatchSelector,
+    Host,
+    Issue,
+    Lines,
+    Mode,
+    NoCanary,
+    NoWait,
+    OnPermission,
+    ReadSelector,
+    Reason,
+    Repo,
+    Selector,
+    Session,
+    Task,
+    WaitSession,
+    Worktree,
+)
 from fleet.cli.mcp_runtime import FleetMCP, Live, Worker, can_elicit, client_name, one_line
 from fleet.errors import BadInput, ConfirmationRequired, FleetError
 from fleet.safety.gate import shown
@@ -52,58 +79,6 @@ class Confirm(BaseModel):
     """What the person answers to a gated plan."""
 
     confirm: bool = Field(description="Run exactly this plan")
-
-
-# ------------------------------------------------------------------------ arguments
-# (module level: FastMCP reads the annotations of the tools in build_server from here)
-
-_SEL = ('Which hosts: a host name or alias ("lab01"), "@group", "tag:NAME", "all", a comma list of these, '
-        'and "!x" to leave one out (e.g. "@gpu,!gpu3")')
-Selector = Annotated[str, Field(description=_SEL + ". Required: fleet never picks the hosts for you.",
-                                min_length=1)]
-ReadSelector = Annotated[str, Field(description=_SEL + '. Default "all" (this tool only reads).', min_length=1)]
-DispatchSelector = Annotated[str | None, Field(description=_SEL + ". Default: the inventory's default_host "
-                                                                  "(an error when it has none).", min_length=1)]
-Command = Annotated[str, Field(description='The shell command to run on each host, taken whole (e.g. "uptime", '
-                                           '"make test")', min_length=1)]
-Mode = Annotated[Literal["off", "canary", "enforced"] | None, Field(
-    description="Only the person's configured mode (see the settings tool) is accepted: another one is refused, "
-                "nothing is run. Leave it out.")]
-Canary = Annotated[str | None, Field(description="The host to run first in canary mode (default: the inventory's "
-                                                 "canary, else the first host)", min_length=1)]
-NoCanary = Annotated[bool, Field(description="Skip the canary: refused over MCP (the person's canary always runs "
-                                             "first). Leave it out.")]
-CommandTimeout = Annotated[float | None, Field(description="Seconds the command may run on each host before it is "
-                                                           "killed (default: the command_timeout setting; 0: no "
-                                                           "limit)", ge=0)]
-Deep = Annotated[bool, Field(description="Also log in for real and check each host's OpenCode server (slower)")]
-Repo = Annotated[str, Field(description="The repo to work in, as the inventory names it (its path on each host "
-                                        "comes from repos: in the inventory)", min_length=1)]
-Task = Annotated[str, Field(description="What the agent is asked to do, as a prompt", min_length=1)]
-NoWait = Annotated[bool, Field(description="Hand the task over and return at once (waited: false); follow it "
-                                           "later with the wait tool and the dispatch_id")]
-Worktree = Annotated[bool, Field(description="Work in a new git worktree of the repo (a branch of its own) "
-                                             "instead of the checkout itself")]
-Issue = Annotated[str | None, Field(description="A Beads issue id to claim for this task (refused if someone "
-                                                "else holds it)", min_length=1)]
-OnPermission = Annotated[Literal["ask", "allow", "deny"], Field(
-    description="When the agent asks for a permission: ask (report needs-input and keep waiting for approve or "
-                "deny), allow (approve once) or deny (reject it)")]
-AgentTimeout = Annotated[float | None, Field(description="Seconds to wait for the agent to end its turn (default: "
-                                                         "the dispatch_timeout setting)", gt=0)]
-Session = Annotated[str, Field(description='An agent session id ("ses_...", from dispatch or sessions)',
-                               min_length=1)]
-WaitSession = Annotated[str | None, Field(description='One agent session to follow ("ses_..."); give this or '
-                                                      'dispatch_id', min_length=1)]
-DispatchId = Annotated[str | None, Field(description="Follow every session of this dispatch (its dispatch_id); "
-                                                     "give this or session", min_length=1)]
-Host = Annotated[str | None, Field(description="The session's host (default: the one fleet's records or the "
-                                               "servers know)", min_length=1)]
-Reason = Annotated[str, Field(description="Why, for the journal")]
-Always = Annotated[bool, Field(description="Approve this kind of request for the rest of the session, not once")]
-DenyMessage = Annotated[str | None, Field(description="What to tell the agent with the rejection")]
-AnswerText = Annotated[str, Field(description="An option's label, or free text", min_length=1)]
-Lines = Annotated[int, Field(description="How many of the last events", ge=1, le=1000)]
 
 
 # ------------------------------------------------------------------------ paths
@@ -171,13 +146,14 @@ async def _confirmed(ctx: Context, tool: str, exc: ConfirmationRequired, trail: 
     return str(exc.token)
 
 
-async def _work(ctx: Context, tool: str, fn: Callable[..., Any], trail: Any, client: str) -> Any:
+async def _work(ctx: Context, tool: str, fn: Callable[..., Any], trail: Any, client: str,
+                on_cancel: Callable[[], None]) -> Any:
     try:
         try:
-            return await Worker(fn, tool).run()
+            return await Worker(fn, tool).run(on_cancel)
         except ConfirmationRequired as exc:
             token = await _confirmed(ctx, tool, exc, trail, client)  # spent here, never returned
-            return await Worker(lambda: fn(token), tool).run()
+            return await Worker(lambda: fn(token), tool).run(on_cancel)
     except ConfirmationRequired as exc:
         raise ToolError(f"'{exc.plan.operation}' needs confirmation") from None
     except FleetError as exc:
@@ -199,18 +175,27 @@ async def call(ctx: Context, fl: Fleet, tool: str, fn: Callable[..., Any], live:
     live = live or Live(ctx, tool)
     failure: Exception | None = None
     result: Any = None
+    cancelled: list[bool] = []
+
+    def on_cancel() -> None:  # journaled when the cancel comes, not when the work has stopped
+        if not cancelled:
+            cancelled.append(True)
+            try:
+                trail.record("mcp_cancelled", "", "cancelled", tool=tool, client=client)
+            except Exception as exc:  # noqa: BLE001 - the cancel goes on; the server says why on stderr
+                logging.getLogger("fleet.mcp").warning("%s: the cancel could not be journaled: %s", tool, exc)
     try:
         async with anyio.create_task_group() as tg:
             if live.enabled:
                 tg.start_soon(live.pump)
             try:
-                result = await _work(ctx, tool, fn, trail, client)
+                result = await _work(ctx, tool, fn, trail, client, on_cancel)
             except Exception as exc:  # noqa: BLE001 - raised after the progress ends
                 failure = exc
             finally:
                 live.close()
     except anyio.get_cancelled_exc_class():
-        trail.record("mcp_cancelled", "", "cancelled", tool=tool, client=client)
+        on_cancel()  # cancelled while no work ran (asking the person, say)
         raise
     finally:
         with anyio.CancelScope(shield=True):
@@ -254,7 +239,7 @@ def build_server(inventory: str | None = None) -> FleetMCP:
         return await call(ctx, fl, "hosts", lambda: {"hosts": [host_dict(h) for h in fl.select(selector)]})
     reads(hosts, S.HostsResult, "Inventory hosts", open_world=False)
 
-    async def preflight(ctx: Context, selector: ReadSelector = "all", deep: Deep = False) -> dict[str, Any]:
+    async def preflight(ctx: Context, selector: ReadSelector = "all", deep: Deep = None) -> dict[str, Any]:
         """Is each host usable? DNS, TCP, SSH handshake and login checks per host, and what to do when one
         fails (deep: a real login and the OpenCode server's health)."""
         def go() -> dict[str, Any]:
@@ -284,7 +269,7 @@ def build_server(inventory: str | None = None) -> FleetMCP:
                        on_permission: OnPermission = "ask", timeout: AgentTimeout = None) -> dict[str, Any]:
         """Hand a task to the OpenCode agent on a host (or a selector of hosts) and follow it to the end of
         its turn: the answer, the files it changed, tokens and cost. Progress: the session, its states and
-        usage. Cancelling the call stops it as Ctrl-C does."""
+        usage. Cancelling the call stops waiting, as Ctrl-C does: the agent goes on (abort stops it)."""
         live = Live(ctx, "dispatch")
 
         def on_event(host: str, kind: str, text: str) -> None:

@@ -1,7 +1,8 @@
 """The machinery under ``fleet mcp``'s tools, apart from the tools themselves.
 
 - :class:`FleetMCP`: FastMCP with fleet's rules: unknown arguments are errors, every argument
-  error is one line naming the argument and what to write, a tool's failure is one line (never
+  error is one line naming the argument and what to write (:mod:`fleet.cli.mcp_args`), a
+  tool's failure is one line (never
   "Error executing tool ..." and a pydantic dump), ``serverInfo`` names fleet and its version,
   stderr stays quiet unless ``FLEET_MCP_LOG`` asks, and one request gets one response even when
   the client cancels it (python-sdk #2416: a cancel racing the result answered twice and the
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import os
@@ -35,22 +35,17 @@ from mcp.shared.session import RequestResponder
 from mcp.types import ToolAnnotations
 from pydantic import ValidationError
 
+from fleet.cli.mcp_args import argument_error, check_arguments
 from fleet.errors import FleetError
 from fleet.names import did_you_mean
 from fleet.safety.gate import shown
 
 LOG_ENV = "FLEET_MCP_LOG"  # debug, info, warning (default: quiet), error
 HEARTBEAT_ENV = "FLEET_MCP_HEARTBEAT"  # seconds of quiet before a progress heartbeat
-HEARTBEAT = 2.0  # under every client's shortest timeout seen (OpenCode's 5 s), well under 10 s
+HEARTBEAT = 2.0  # well under 10 s, and under a 5 s client timeout (OpenCode documents 5000 ms as its default)
 DRAIN = 30.0  # seconds a cancelled call may take to stop (Ctrl-C's drain: connect timeout + 5 s)
 
 log = logging.getLogger("fleet.mcp")
-
-# the names a model reaches for, and the argument fleet calls it
-SYNONYMS = {"hosts": "selector", "host": "selector", "targets": "selector", "target": "selector",
-            "select": "selector", "machines": "selector", "cmd": "command", "script": "command",
-            "session_id": "session", "sid": "session", "prompt": "task", "message": "text",
-            "repository": "repo", "wait": "no_wait", "count": "lines", "n": "lines"}
 
 
 def one_line(exc: BaseException) -> str:
@@ -193,8 +188,10 @@ def interrupt_thread(ident: int) -> None:
 
 class Worker:
     """``fn()`` on a thread of its own. Cancelled, the call interrupts it once (a
-    KeyboardInterrupt, exactly what Ctrl-C gives the CLI: remote commands killed, agents
-    stopped, every host still gets a result) and waits, bounded, for it to stop."""
+    KeyboardInterrupt, what Ctrl-C gives the CLI: a fanout's remote commands killed, a
+    dispatch's wait ended, every host still gets a result) and waits, bounded, for it to stop.
+    The interrupt lands when the thread next runs Python: at once for a fanout (it waits in
+    0.2 s slices), within the agent plane's wake-up (up to 15 s) for a dispatch or wait."""
 
     def __init__(self, fn: Callable[[], Any], name: str) -> None:
         self.fn = fn
@@ -235,13 +232,17 @@ class Worker:
             with anyio.move_on_after(0.5):
                 await self._wake.wait()
 
-    async def run(self) -> Any:
-        """The work's result (or its exception); cancelled: interrupted, stopped, cancelled."""
+    async def run(self, on_cancel: Callable[[], None] | None = None) -> Any:
+        """The work's result (or its exception); cancelled: interrupted, ``on_cancel()``, waited
+        for until it stops, and the cancellation raised on."""
         self.thread.start()
         try:
             await self._until_finished()
         except anyio.get_cancelled_exc_class():
             self.interrupt()
+            log.info("%s: cancelled by the client; interrupted", self.thread.name)
+            if on_cancel is not None:
+                on_cancel()
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(DRAIN):
                     await self._until_finished()
@@ -253,78 +254,6 @@ class Worker:
                 raise ToolError("interrupted: nothing more was done") from None
             raise self.error
         return self.result
-
-
-# ------------------------------------------------------------------------ arguments
-
-def _what_to_write(schema: dict[str, Any]) -> str:
-    """What a parameter's schema asks for, in words."""
-    alts = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
-    s = alts[0] if len(alts) == 1 else schema
-    nullable = len(alts) < len(schema.get("anyOf", []))
-    if "enum" in s:
-        what = "write one of " + ", ".join(str(v) for v in s["enum"])
-    else:
-        t = s.get("type")
-        what = {"string": "write text", "integer": "write a whole number", "number": "write a number",
-                "boolean": "write true or false", "array": "write a list", "object": "write an object"}.get(
-            str(t), "write a value")
-        if "exclusiveMinimum" in s:
-            what += f" greater than {s['exclusiveMinimum']:g}"
-        elif "minimum" in s:
-            what += f" of at least {s['minimum']:g}"
-        if "maximum" in s:
-            what += f" and at most {s['maximum']:g}"
-    if nullable:
-        what += " (or leave it out)"
-    return what
-
-
-def _about(schema: dict[str, Any]) -> str:
-    d = str(schema.get("description") or "").split(". ")[0].rstrip(".")
-    return f" ({d})" if d else ""
-
-
-def _got(value: Any) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return shown(text if len(text) <= 60 else text[:57] + "...")
-
-
-def check_arguments(tool: Tool, arguments: dict[str, Any]) -> None:
-    """Unknown and missing arguments, as one line naming the argument and what to write."""
-    props: dict[str, Any] = tool.parameters.get("properties", {})
-    takes = ", ".join(props) or "no arguments"
-    for key in arguments:
-        if key in props:
-            continue
-        syn = SYNONYMS.get(key)
-        hint = f"; write {syn} instead" if syn in props else (
-            "; " + did_you_mean(key, props) if did_you_mean(key, props) else "")
-        raise ToolError(f"{tool.name}: unknown argument '{shown(key)}'{hint}; {tool.name} takes: {takes}. "
-                        f"Nothing was done")
-    for key in tool.parameters.get("required", []):
-        if key not in arguments:
-            schema = props.get(key, {})
-            raise ToolError(f"{tool.name}: argument '{key}' is required: {_what_to_write(schema)}"
-                            f"{_about(schema)}. Nothing was done")
-
-
-def argument_error(tool: Tool, exc: ValidationError) -> str:
-    """pydantic's errors as one line per fleet's rule: the argument, what it got, what to write."""
-    props: dict[str, Any] = tool.parameters.get("properties", {})
-    parts = []
-    for err in exc.errors():
-        loc = err.get("loc") or ("?",)
-        name = str(loc[0])
-        schema = props.get(name, {})
-        if err.get("type") == "missing":
-            parts.append(f"argument '{name}' is required: {_what_to_write(schema)}{_about(schema)}")
-        else:
-            parts.append(f"argument {name}={_got(err.get('input'))}: {_what_to_write(schema)}{_about(schema)}")
-    return f"{tool.name}: " + "; ".join(dict.fromkeys(parts)) + ". Nothing was done"
 
 
 # ------------------------------------------------------------------------ the server
@@ -407,5 +336,4 @@ class FleetMCP(FastMCP):
             raise ToolError(one_line(exc)) from None
 
 
-__all__ = ["FleetMCP", "Live", "Worker", "argument_error", "can_elicit", "check_arguments", "client_name",
-           "heartbeat_interval", "log_level", "one_line"]
+__all__ = ["FleetMCP", "Live", "Worker", "can_elicit", "client_name", "heartbeat_interval", "log_level", "one_line"]

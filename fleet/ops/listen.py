@@ -1,48 +1,39 @@
-"""The seed's human interrupt flow: act on replies in each open dispatch's Slack thread.
+"""The seed's human interrupt flow: act on replies and button clicks in each open dispatch's
+Slack thread, each at most once, ever.
 
-``fleet listen`` follows the thread of every open dispatch (one the journal knows, whose root
-reached Slack, that has not completed), with ``conversations.replies`` polled (Retry-After
-honoured). A reply from a user in the inventory's ``slack.allowed_users`` is a command:
+``fleet listen`` follows the thread of every open (or stopped) dispatch: the ones this machine's
+journal knows, and those of other orchestrators found in the channel (fleet's message metadata
+names the dispatch; their sessions are found on the servers by fleet's marks), for a day at
+most. With an app-level token (``xapp-...``) it is told at once through Socket Mode (message
+events in the threads, ``block_actions`` clicks on the needs-input buttons: see
+:mod:`fleet.ops.listen_socket`) and reads the threads again only to catch up (at the start,
+after each reconnect, and while disconnected); with the bot token alone it polls them
+(``conversations.history`` once a pass, ``conversations.replies`` for a thread with a new reply).
 
-- ``stop``: abort the dispatch's session(s), mark its Beads issue blocked, answer "Stopped. What next?";
-- ``approve`` / ``deny [reason]``: answer the permission the agent waits on (the reason goes to the agent);
-- ``answer TEXT``: answer the question the agent asks (an option's label, or free text);
-- ``status``: answer with each session's state and what it waits on.
-
-fleet's own posts (they carry its message metadata) are ignored; anyone else's reply is ignored
-and journaled as refused. Every action is journaled with who asked, and answered in the thread.
-
-Dispatches started by another orchestrator are followed too: their threads are found in the
-channel (fleet's message metadata names the dispatch) and their sessions on the servers
-(fleet's marks). A dispatch is followed until every host it was sent to has ended (a timeout
-is not an end: the agent goes on), and for a day at most.
+What it does for each reply and click is :mod:`fleet.ops.listen_act`; what it knows, the
+ledger of what it did and how a reply is bound to a request is :mod:`fleet.ops.listen_state`.
+Slack's faults are bounded and said once (:mod:`fleet.ops.listen_slack`). fleet's own posts
+(its message metadata) are never commands. Its thread replies are journal events posted by
+the audit trail (exactly once, like every event).
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fleet.audit.journal import Journal
+from fleet.audit.journal import Journal, JournalState
 from fleet.audit.records import SessionRecords
-from fleet.audit.slack import EVENT_TYPE
+from fleet.audit.slack import SlackPoster, deliver
 from fleet.audit.trail import AuditTrail
-from fleet.errors import BadInput, FleetError
+from fleet.errors import BadInput
 from fleet.inventory import Inventory
+from fleet.ops.listen_act import Acts
+from fleet.ops.listen_slack import ListenStopped, Once, SlackRefused, SlackWeb, quiet_logger
+from fleet.ops.listen_state import Known, Ledger, payload
 
-COMMANDS = ("stop", "approve", "deny", "answer", "status")
-ENDED = {"completed", "failed", "aborted"}
-
-
-def host_ended(operation: str, outcome: str) -> bool:
-    """Whether an event ends a host's part of a dispatch (a timeout does not: the agent goes on,
-    and a person may still want to stop it)."""
-    return operation in ENDED and outcome != "timeout"
-
-
-def all_ended(started: set[str], ended: set[str]) -> bool:
-    """A dispatch is over when every host it was sent to has ended (not when the first one has)."""
-    return bool(started) and started <= ended
+MAX_AGE = 86400.0
 
 
 @dataclass
@@ -52,50 +43,40 @@ class OpenDispatch:
     dispatch_id: str
     thread_ts: str
     sessions: list[tuple[str, str]] = field(default_factory=list)  # (host, session id)
-    seen: set[str] = field(default_factory=set)  # message ts already handled
+    seen: set[str] = field(default_factory=set)  # message ts already handled by this process
     read_upto: str = ""  # the thread's latest reply when it was last read ("" = never read)
 
 
-def open_dispatches(journal: Journal, channel: str, max_age_s: float = 86400.0) -> list[OpenDispatch]:
-    """Dispatches with a Slack thread in ``channel`` that have not ended, newest last."""
-    st = journal.load()
+def open_dispatches(journal: Journal | JournalState, channel: str, max_age_s: float = MAX_AGE) -> list[OpenDispatch]:
+    """Dispatches of the journal with a Slack thread in ``channel`` that are open or stopped
+    (each host's last start or end says: a ``continue`` reopens one), started within ``max_age_s``."""
+    st = journal.load() if isinstance(journal, Journal) else journal
+    known = Known(st, {})
     now = time.time()
-    by: dict[str, OpenDispatch] = {}
-    started: dict[str, set[str]] = {}
-    finished: dict[str, set[str]] = {}
-    for e in st.events:
-        did = e.get("dispatch_id")
-        if not did or e.get("channel", "") != channel:
-            continue
-        if e["operation"] == "dispatch_requested":
-            started.setdefault(did, set()).add(e.get("host", ""))
-        if host_ended(e["operation"], e.get("outcome", "")):
-            finished.setdefault(did, set()).add(e.get("host", ""))
-        if now - float(e.get("epoch", now) or now) > max_age_s:
-            continue
-        ts = st.thread_ts(did)
-        if ts and did not in by:
-            by[did] = OpenDispatch(did, ts)
-        sid = (e.get("detail") or {}).get("session_id")
-        if did in by and sid and e["operation"] in ("session_created", "session_resumed"):
-            if (e.get("host", ""), sid) not in by[did].sessions:
-                by[did].sessions.append((e.get("host", ""), sid))
-    return [d for did, d in by.items() if not all_ended(started.get(did, set()), finished.get(did, set()))]
+    out = []
+    for did in dict.fromkeys(e.get("dispatch_id") for e in st.events if e.get("channel", "") == channel
+                             and e.get("dispatch_id") and now - float(e.get("epoch") or now) <= max_age_s):
+        ts = st.thread_ts(str(did))
+        if ts and known.view(str(did), ts).phase != "ended":
+            v = known.view(str(did), ts)
+            out.append(OpenDispatch(str(did), ts, list(v.sessions)))
+    return out
 
 
-class Listener:
-    """One pass (:meth:`poll_once`) or a loop (:meth:`run`) over the open dispatches' threads."""
+class Listener(Acts):
+    """Passes (:meth:`poll_once`) over the open dispatches' threads, Socket Mode events
+    (:meth:`on_message`, :meth:`on_click`), or both in a loop (:meth:`run`)."""
 
     def __init__(self, inv: Inventory, trail: AuditTrail, token: str, records: SessionRecords | None = None,
-                 beads: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 beads: Any = None, sleep: Callable[[float], None] = time.sleep, app_token: str | None = None,
+                 out: Callable[[str], None] | None = None, app_token_env: str = "SLACK_APP_TOKEN") -> None:
         if inv.slack is None:
             raise BadInput("the inventory has no 'slack:' section: add slack: {channel: C..., allowed_users: [U...]}")
-        from slack_sdk import WebClient
-
-        kw: dict[str, Any] = {"token": token, "timeout": 10, "retry_handlers": []}
-        if inv.slack.base_url:
-            kw["base_url"] = inv.slack.base_url if inv.slack.base_url.endswith("/") else inv.slack.base_url + "/"
-        self.client = WebClient(**kw)
+        quiet_logger("slack_sdk")  # its failures are said here, once, not logged to stderr
+        self.note = Once(out)
+        self.web = SlackWeb(inv.slack, token, self.note, sleep)
+        self.client = self.web.client
+        self.poster = SlackPoster(inv.slack, token)  # this listener's replies, posted within its deadline
         self.inv = inv
         self.channel = inv.slack.channel
         self.allowed = set(inv.slack.allowed_users)
@@ -103,164 +84,260 @@ class Listener:
         self.records = records
         self.beads = beads
         self.sleep = sleep
+        self.app_token = app_token
+        self.app_token_env = app_token_env
+        self.ledger = Ledger(trail.journal, trail.actor)
         self.followed: dict[str, OpenDispatch] = {}
-        self.over: set[str] = set()  # dispatches seen to end in their thread: no longer followed
-        self.skipped_reads = 0  # threads not read again: no new reply
-        self.started = time.time()
-        self.max_age_s = 86400.0
+        self.over: set[str] = set()  # dispatches seen to have ended: their threads are not read again
+        self.msgs: dict[str, list[dict[str, Any]]] = {}  # thread ts -> its messages when last read
+        self.followers: list[threading.Thread] = []  # the turns a `continue` started, followed
+        self.mine: set[str] = set()  # this listener's replies not yet delivered
+        self.skipped_reads = 0
+        self.lock = threading.RLock()
+        self.on_action: Callable[[dict[str, Any]], None] | None = None
+        self.max_age_s = MAX_AGE
+
+    # ------------------------------------------------------------------ Slack, bounded
+    def say(self, did: str, operation: str, outcome: str, text: str, **detail: Any) -> None:
+        """Reply in the dispatch's thread: a journal event the trail posts (exactly once)."""
+        e = self.trail.record(operation, str(detail.pop("host", "") or ""), outcome, dispatch_id=did, say=text,
+                              **detail)
+        self.mine.add(e["id"])
+
+    def ephemeral(self, user: str, thread_ts: str, text: str) -> None:
+        try:
+            self.web.call("chat.postEphemeral", channel=self.channel, user=user, text=text,
+                          **({"thread_ts": thread_ts} if thread_ts else {}))
+        except SlackRefused as exc:
+            self.note(f"ephemeral {exc.error}", f"listen: Slack would not show {user} a message only they see "
+                                                f"({exc.error})")
+
+    def flush(self) -> None:
+        """Post this listener's replies now (bounded by the deadline; what is left stays pending
+        in the journal for the trail or audit.replay)."""
+        if not self.mine or self.trail.poster is None:
+            return
+        left = self.web.left()
+        budget = 10.0 if left is None else max(0.0, min(10.0, left))
+        if budget <= 0:
+            return
+        self.poster.client.timeout = int(max(1, min(10, budget)))
+        end = time.monotonic() + budget
+
+        def wait(ra: float) -> bool:
+            w = min(max(0.5, ra), end - time.monotonic())
+            if w <= 0:
+                return False
+            self.sleep(w)
+            return True
+        try:
+            _, why = deliver(self.trail.journal, self.poster, set(self.mine), wait, deadline=end)
+        except Exception as exc:  # noqa: BLE001 - the journal keeps them pending
+            why = f"{type(exc).__name__}: {exc}"
+        st = self.trail.journal.load()
+        self.mine = {i for i in self.mine if i not in st.delivered and i not in st.failed}
+        if why and self.mine:
+            self.note(f"post {why.split(':')[0]}", f"listen: a reply is not in Slack yet ({why}): it stays pending "
+                                                   f"in the journal and is posted later")
+
+    def replies(self, thread_ts: str) -> list[dict[str, Any]] | None:
+        """Every message of a thread (paged), or None when Slack could not say now."""
+        got: list[dict[str, Any]] = []
+        cursor = ""
+        for _ in range(20):
+            kw: dict[str, Any] = {"channel": self.channel, "ts": thread_ts, "include_all_metadata": True, "limit": 200}
+            if cursor:
+                kw["cursor"] = cursor
+            resp = self.web.call("conversations.replies", **kw)
+            if resp is None:
+                return None
+            got += list(resp.get("messages") or [])
+            cursor = str((resp.get("response_metadata") or {}).get("next_cursor") or "") if resp.get("has_more") else ""
+            if not cursor:
+                break
+        self.msgs[thread_ts] = got
+        return got
 
     def _channel_dispatches(self) -> dict[str, tuple[str, str]] | None:
         """Dispatch id -> (thread root, its latest reply) of every fleet thread in the channel of
-        the last day, from any orchestrator (fleet's message metadata names the dispatch); None
-        when Slack would not say (rate limited): then every followed thread is read."""
-        from slack_sdk.errors import SlackApiError
+        the last day, from any orchestrator; None when Slack would not say now."""
         try:
-            resp = self.client.conversations_history(channel=self.channel, include_all_metadata=True, limit=200,
-                                                     oldest=str(time.time() - self.max_age_s))
-        except SlackApiError as exc:
-            if getattr(exc.response, "status_code", 0) == 429:
-                return None  # the threads already followed go on; discovery waits for the next pass
-            raise
+            resp = self.web.call("conversations.history", channel=self.channel, include_all_metadata=True, limit=200,
+                                 oldest=str(time.time() - self.max_age_s))
+        except SlackRefused as exc:
+            self.note(f"history {exc.error}", f"listen: Slack would not list the channel ({exc.error}): following "
+                                              f"this machine's dispatches only")
+            return None
+        if resp is None:
+            return None
         roots: dict[str, tuple[str, str]] = {}
         for m in resp.get("messages") or []:
-            md = m.get("metadata") or {}
-            did = (md.get("event_payload") or {}).get("dispatch_id") if md.get("event_type") == EVENT_TYPE else None
+            did = (payload(m) or {}).get("dispatch_id")
             if did and (not m.get("thread_ts") or m.get("thread_ts") == m.get("ts")):
                 if did not in roots or float(m["ts"]) < float(roots[did][0]):
                     roots[did] = (str(m["ts"]), str(m.get("latest_reply") or m["ts"]))
         return roots
 
-    def _replies(self, d: OpenDispatch) -> list[dict[str, Any]]:
-        from slack_sdk.errors import SlackApiError
+    def marks(self, did: str) -> list[tuple[str, str]]:
+        """A dispatch's sessions from fleet's marks on the servers (another orchestrator's)."""
+        from fleet.ops.wait import dispatch_sessions
+        try:
+            return [(h.name, sid) for h, sid in dispatch_sessions(self.inv, did, self.records)]
+        except BadInput:
+            return []
 
-        while True:
-            try:
-                resp = self.client.conversations_replies(channel=self.channel, ts=d.thread_ts,
-                                                         include_all_metadata=True, limit=200)
-                return list(resp.get("messages") or [])
-            except SlackApiError as exc:
-                r = exc.response
-                if getattr(r, "status_code", 0) == 429:
-                    self.sleep(float((r.headers or {}).get("Retry-After", 1) or 1))
-                    continue
-                raise
-
-    def _say(self, d: OpenDispatch, text: str) -> None:
-        self.client.chat_postMessage(channel=self.channel, thread_ts=d.thread_ts, text=text,
-                                     metadata={"event_type": EVENT_TYPE, "event_payload": {
-                                         "event_id": f"reply-{d.dispatch_id}-{time.time():.6f}",
-                                         "dispatch_id": d.dispatch_id}})
-
+    # ------------------------------------------------------------------ a pass
     def poll_once(self) -> list[dict[str, Any]]:
-        """Read every open thread once; act on new commands. Returns what was done."""
-        for d in open_dispatches(self.trail.journal, self.channel, self.max_age_s):
-            known = self.followed.setdefault(d.dispatch_id, d)
-            known.sessions = d.sessions
-        # another orchestrator's dispatches: their threads are in the channel, their sessions on
-        # the servers (fleet's marks); their ends are read from fleet's posts in the thread
-        roots = self._channel_dispatches()
-        for did, (ts, _) in (roots or {}).items():
-            if did not in self.followed and did not in self.over:
-                self.followed[did] = OpenDispatch(did, ts)
-        done = []
-        for d in list(self.followed.values()):
-            if float(d.thread_ts or 0) < time.time() - self.max_age_s:
-                self.followed.pop(d.dispatch_id)  # older than a day: no longer followed
-                continue
-            # Slack's history says each thread's latest reply: a thread with nothing new since it
-            # was last read is not read again (one call a pass, not one a thread)
-            latest = roots[d.dispatch_id][1] if roots and d.dispatch_id in roots else None
-            if latest is not None and latest == d.read_upto:
-                self.skipped_reads += 1
-                continue
-            d.read_upto = latest or ""
-            started: set[str] = set()
-            finished: set[str] = set()
-            for m in self._replies(d):
-                md = m.get("metadata") or {}
-                if md.get("event_type") == EVENT_TYPE:
-                    pl = md.get("event_payload") or {}
-                    if pl.get("operation") == "dispatch_requested":
-                        started.add(str(pl.get("host", "")))
-                    if host_ended(str(pl.get("operation", "")), str(pl.get("outcome", ""))):
-                        finished.add(str(pl.get("host", "")))
-                ts = str(m.get("ts", ""))
-                if ts in d.seen or ts == d.thread_ts:
+        """Read every followed thread with something new once; act on each new reply once."""
+        with self.lock:
+            st = self.trail.journal.load()
+            self.ledger.read(st)
+            for d in open_dispatches(st, self.channel, self.max_age_s):
+                known = self.followed.setdefault(d.dispatch_id, d)
+                known.sessions = d.sessions
+                self.over.discard(d.dispatch_id)  # a `continue` from elsewhere reopened it
+            roots = self._channel_dispatches()
+            for did, (ts, _) in (roots or {}).items():
+                if did not in self.followed and did not in self.over:
+                    self.followed[did] = OpenDispatch(did, ts)
+            done: list[dict[str, Any]] = []
+            for d in list(self.followed.values()):
+                left = self.web.left()
+                if left is not None and left <= 0:
+                    break
+                if float(d.thread_ts or 0) < time.time() - self.max_age_s:
+                    self.followed.pop(d.dispatch_id)
                     continue
-                d.seen.add(ts)
-                if md.get("event_type") == EVENT_TYPE or m.get("bot_id"):
-                    continue  # fleet's own posts
-                done.append(self._act(d, m))
-            if all_ended(started, finished) and d.dispatch_id in self.followed:
-                self.followed.pop(d.dispatch_id)
-                self.over.add(d.dispatch_id)
+                latest = roots[d.dispatch_id][1] if roots and d.dispatch_id in roots else None
+                if latest is not None and latest == d.read_upto:
+                    self.skipped_reads += 1  # nothing new since it was last read
+                    continue
+                msgs = self.replies(d.thread_ts)
+                if msgs is None:
+                    continue  # Slack could not say now: read again next pass
+                d.read_upto = latest or ""
+                done += self._handle(d, msgs, st)
+            self.flush()
+        for a in done:
+            if self.on_action:
+                self.on_action(a)
         return done
 
-    def _act(self, d: OpenDispatch, m: dict[str, Any]) -> dict[str, Any]:
-        user = str(m.get("user", ""))
-        said = str(m.get("text", "")).strip()
-        cmd, _, rest = said.partition(" ")
-        cmd, rest = cmd.lower(), rest.strip()
-        host = d.sessions[0][0] if d.sessions else ""
-        if user not in self.allowed:
-            self.trail.record("listen_refused", host, "refused", dispatch_id=d.dispatch_id, by=user, command=cmd)
-            return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": "refused"}
-        if cmd not in COMMANDS:
-            self._say(d, f"I know: {', '.join(COMMANDS)}.")
-            return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": "unknown"}
-        if cmd == "answer" and not rest:
-            self._say(d, "Answer what? Write: answer yes (an option's label, or your own words).")
-            return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": "unknown"}
-        from fleet.ops.sessions import abort_sessions, answer_permission, answer_question, host_sessions
-
-        outcome, notes = "ok", []
-        if not d.sessions:
-            # not in this machine's journal: the sessions are found by fleet's marks on the servers
-            from fleet.ops.wait import dispatch_sessions
-            try:
-                d.sessions = [(h.name, sid) for h, sid in dispatch_sessions(self.inv, d.dispatch_id, self.records)]
-            except BadInput:
-                pass
-        host = host or (d.sessions[0][0] if d.sessions else "")
-        for hname, sid in d.sessions:
-            h = self.inv.host(hname)
-            try:
-                if cmd == "stop":
-                    abort_sessions(h, sid, records=self.records, audit=self.trail, beads=self.beads,
-                                   reason=f"stopped from Slack by {user}")
-                    notes.append(f"{hname} {sid}: stopped")
-                elif cmd in ("approve", "deny"):
-                    got = answer_permission(h, sid, "once" if cmd == "approve" else "reject",
-                                            (rest or None) if cmd == "deny" else None, audit=self.trail,
-                                            records=self.records)
-                    notes.append(f"{hname} {sid}: {cmd}d {'; '.join(got)}")
-                elif cmd == "answer":
-                    got = answer_question(h, sid, rest, audit=self.trail, records=self.records)
-                    notes.append(f"{hname} {sid}: answered {'; '.join(got)}")
-                else:
-                    row = next((r for r in host_sessions(h, self.records) if r.session_id == sid), None)
-                    notes.append(f"{hname} {sid}: {row.state if row else 'gone'}"
-                                 + (f" ({row.waiting})" if row and row.waiting else ""))
-            except FleetError as exc:
-                outcome = "failed"
-                notes.append(f"{hname} {sid}: {exc}")
-        self.trail.record(f"slack_{cmd}", host, outcome, dispatch_id=d.dispatch_id, by=user,
-                          result="; ".join(notes))
-        head = {"stop": "Stopped. What next?", "approve": "Approved.", "deny": "Denied.", "answer": "Answered.",
-                "status": "Status:"}[cmd]
-        self._say(d, head + ("\n" + "\n".join(notes) if notes else " (no session yet)"))
-        if cmd == "stop":
+    def _handle(self, d: OpenDispatch, msgs: list[dict[str, Any]], st: JournalState,
+                only: str | None = None) -> list[dict[str, Any]]:
+        """Act on the people's messages of one thread (``only``: that ts); then forget a thread
+        whose dispatch has ended."""
+        done = []
+        known = Known(st, self.msgs)
+        for m in msgs:
+            ts = str(m.get("ts", ""))
+            if ts == d.thread_ts or ts in d.seen or (only is not None and ts != only):
+                continue
+            if payload(m) is not None or m.get("bot_id") or m.get("subtype") not in (None, "thread_broadcast"):
+                continue  # fleet's own posts, other bots, edits and joins
+            d.seen.add(ts)
+            a = self.reply(d.dispatch_id, d.thread_ts, known, m)
+            if a is not None:
+                done.append(a)
+                known = Known(self.trail.journal.load(), self.msgs)  # what it did counts for the next reply
+        if known.view(d.dispatch_id, d.thread_ts).phase == "ended" and not self._following(d.dispatch_id):
             self.followed.pop(d.dispatch_id, None)
-        return {"dispatch_id": d.dispatch_id, "by": user, "command": cmd, "outcome": outcome, "notes": notes}
+            self.over.add(d.dispatch_id)
+        return done
 
+    def _following(self, did: str) -> bool:
+        self.followers = [t for t in self.followers if t.is_alive()]
+        return any(did in t.name for t in self.followers)
+
+    # ------------------------------------------------------------------ Socket Mode
+    def thread_of(self, thread_ts: str) -> OpenDispatch | None:
+        """The followed dispatch of a thread, or (read once) a fleet thread not followed yet."""
+        for d in self.followed.values():
+            if d.thread_ts == thread_ts:
+                return d
+        msgs = self.replies(thread_ts)
+        root = next((m for m in msgs or [] if str(m.get("ts")) == thread_ts), None)
+        did = str((payload(root) or {}).get("dispatch_id") or "") if root else ""
+        if not did or float(thread_ts) < time.time() - self.max_age_s:
+            return None
+        d = self.followed.setdefault(did, OpenDispatch(did, thread_ts))
+        return d
+
+    def on_message(self, ev: dict[str, Any]) -> dict[str, Any] | None:
+        """A message event (Socket Mode): a reply in a dispatch thread is acted on, once."""
+        ts, thread_ts = str(ev.get("ts") or ""), str(ev.get("thread_ts") or "")
+        if ev.get("type") != "message" or ev.get("channel") != self.channel or not thread_ts or ts == thread_ts:
+            return None
+        if ev.get("bot_id") or ev.get("subtype") not in (None, "thread_broadcast"):
+            return None
+        with self.lock:
+            st = self.trail.journal.load()
+            self.ledger.read(st)
+            d = self.thread_of(thread_ts)
+            if d is None:
+                return None
+            msgs = self.replies(thread_ts) or self.msgs.get(thread_ts, [])
+            if not any(str(m.get("ts")) == ts for m in msgs):
+                msgs = msgs + [{"ts": ts, "user": ev.get("user"), "text": ev.get("text"), "thread_ts": thread_ts}]
+                self.msgs[thread_ts] = msgs
+            done = self._handle(d, msgs, st, only=ts)
+            self.flush()
+        for a in done:
+            if self.on_action:
+                self.on_action(a)
+        return done[0] if done else None
+
+    def on_click(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A ``block_actions`` click on a needs-input post (Socket Mode)."""
+        from fleet.ops.listen_socket import click
+        with self.lock:
+            self.ledger.read(self.trail.journal.load())
+            a = click(self, body)
+            self.flush()
+        if a is not None and self.on_action:
+            self.on_action(a)
+        return a
+
+    # ------------------------------------------------------------------ the loop
     def run(self, interval: float = 5.0, until: Callable[[], bool] | None = None,
-            on_action: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Poll every ``interval`` seconds until ``until()`` (or Ctrl-C)."""
-        while until is None or not until():
-            for a in self.poll_once():
-                if on_action:
-                    on_action(a)
-            self.sleep(interval)
+            on_action: Callable[[dict[str, Any]], None] | None = None, deadline: float | None = None) -> None:
+        """Listen until ``deadline`` (monotonic) or ``until()`` (or Ctrl-C): Socket Mode with an
+        app token, else a pass every ``interval`` seconds. Raises :class:`ListenStopped` when
+        Slack will not take a token."""
+        self.on_action = on_action
+        self.web.deadline = deadline
+
+        def over() -> bool:
+            return (until is not None and until()) or (deadline is not None and time.monotonic() >= deadline)
+        if not self.app_token:
+            self.note("polling", f"listen: no app-level token (${self.app_token_env}): polling the threads every "
+                                 f"{interval:g}s; set it (Socket Mode) for replies at once and the needs-input buttons")
+            while not over():
+                self.poll_once()
+                left = None if deadline is None else deadline - time.monotonic()
+                self.sleep(interval if left is None else max(0.0, min(interval, left)))
+            return
+        from fleet.ops.listen_socket import SocketLink
+        link = SocketLink(self, self.app_token, self.app_token_env)
+        try:
+            link.start()
+            last = 0.0
+            while not over():
+                if link.fatal:
+                    raise ListenStopped(link.fatal)
+                down = not link.connected()
+                if link.hello.is_set() or (down and time.monotonic() - last >= interval) or \
+                        time.monotonic() - last >= max(60.0, interval):
+                    link.hello.clear()
+                    if down and last:
+                        self.note("socket down", "listen: the Socket Mode connection is down: reconnecting, and "
+                                                 f"reading the threads every {interval:g}s meanwhile")
+                    self.poll_once()  # catch up: what was written while nobody was told
+                    last = time.monotonic()
+                left = None if deadline is None else deadline - time.monotonic()
+                self.sleep(0.2 if left is None else max(0.0, min(0.2, left)))
+        finally:
+            link.close()
 
 
-__all__ = ["Listener", "OpenDispatch", "open_dispatches"]
+__all__ = ["ListenStopped", "Listener", "OpenDispatch", "open_dispatches"]

@@ -86,3 +86,18 @@ class KVLog:
                         raise
                     self.streams.remove(s)
                     self.on_error(exc, s)
+
+
+class LogLines:
+    """A stream that hands each key=value line to a :mod:`logging` logger (INFO)."""
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            if line.strip():
+                self.logger.info(line)
+
+    def flush(self) -> None:
+        pass

@@ -374,21 +374,6 @@ def fanout_hosts(inventory: Inventory, hosts: list[Host], command: str, options:
     return run
 
 
-class _LogLines:
-    """A stream that hands each key=value line to a :mod:`logging` logger (INFO)."""
-
-    def __init__(self, logger: Any) -> None:
-        self.logger = logger
-
-    def write(self, text: str) -> None:
-        for line in text.splitlines():
-            if line.strip():
-                self.logger.info(line)
-
-    def flush(self) -> None:
-        pass
-
-
 def fanout_ssh(host: str | Host, command: str, timeout_sec: float | None = 3600.0, max_retries: int = 1,
                preflight: bool = True, inventory: Inventory | None = None,
                options: FanoutOptions | None = None, logger: Any = None) -> FanoutResult:
@@ -397,12 +382,13 @@ def fanout_ssh(host: str | Host, command: str, timeout_sec: float | None = 3600.
     the ``artifacts_dir`` setting; ``logger`` (a :mod:`logging` logger) also gets each log line."""
     from fleet.inventory import default_inventory
     from fleet.settings import load_settings
+    from fleet.ssh.kvlog import LogLines
 
     inv = inventory or default_inventory()
     h = inv.host(host) if isinstance(host, str) else host
     opts = replace(options or FanoutOptions.from_settings(load_settings()), command_timeout=timeout_sec,
                    attempts=max_retries + 1, preflight=preflight)
-    runner = FanoutRunner(inv, command, opts, log_stream=_LogLines(logger) if logger is not None else None)
+    runner = FanoutRunner(inv, command, opts, log_stream=LogLines(logger) if logger is not None else None)
     try:
         return runner.run_host(h)
     finally:
