@@ -159,3 +159,51 @@ def inv_cmd(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args],
                           cwd=str(cwd or ROOT), env=e, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- shared helpers (one copy each)
+
+def opts(tmp_path: Path, **kw):
+    """SSH engine options for a test: artifacts in its temp dir, no ~/.ssh/known_hosts, quick retries."""
+    from fleet.ssh.options import FanoutOptions
+    base = dict(artifacts_dir=str(tmp_path / "art"), retry_delay=0.1, user_known_hosts=None)
+    base.update(kw)
+    return FanoutOptions(**base)
+
+
+def test_settings(tmp_path: Path, **kw):
+    """Settings for a test: tokens, artifacts and journal in its temp dir."""
+    from fleet.settings import Settings
+    return Settings(token_dir=str(tmp_path / "tok"), artifacts_dir=str(tmp_path / "art"),
+                    journal=str(tmp_path / "journal.jsonl"), **kw)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def logins(lab) -> int:
+    """SSH logins the lab's sshd accepted so far (a new connection shows as one more)."""
+    return sum(p.read_text().count("Accepted publickey") for p in Path(lab.dir).glob("sshd/*/sshd.log"))
+
+
+def wait_for(cond, timeout: float = 30.0, every: float = 0.2) -> bool:
+    """True as soon as ``cond()`` is; False after ``timeout`` seconds."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return bool(cond())
+
+
+def journal(path: str | Path | None = None) -> list[dict]:
+    """The journal's events (this test's $INVOKE_FLEET_JOURNAL unless given)."""
+    import json
+    p = Path(path or os.environ["INVOKE_FLEET_JOURNAL"])
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+
+def running(pattern: str) -> bool:
+    """Whether a process matching ``pattern`` (pgrep -f) runs now."""
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0

@@ -299,3 +299,24 @@ def test_bounded_lines_drop_only_the_long_line():
     from fleet.agent.events import bounded_lines
     chunks = [b"a\nbb", b"b\n" + b"x" * 50, b"y" * 50 + b"\nok\n", b"tail"]
     assert list(bounded_lines(iter(chunks), limit=40)) == ["a", "bbb", "ok", "tail"]
+
+
+def test_a_server_without_the_cross_project_listing_is_asked_per_repo_directory(tmp_path):
+    """Older servers have no GET /experimental/session: fleet lists the server's own project and
+    each repo directory the inventory names."""
+    from fleet.ops.sessions import host_sessions
+
+    s = FakeOpenCode(cross_project=False)
+    try:
+        inv = load_inventory_text(f"hosts:\n  box: {{opencode: '{s.url}', repos: {{root: /srv/repos, paths: "
+                                  f"{{demo: demo, site: /elsewhere/site}}}}}}\n", "t.yaml")
+        from fleet.agent.client import OpenCodeClient
+        for d in ("/srv/repos/demo", "/elsewhere/site"):
+            with OpenCodeClient(inv.host("box"), d) as c:
+                c.create_session("t")
+        rows = host_sessions(inv.host("box"))
+        assert sorted(r.directory for r in rows) == ["/elsewhere/site", "/srv/repos/demo"]
+        asked = {q.get("directory") for m, p, q in s.hits if (m, p) == ("GET", "/session")}
+        assert asked == {None, "/srv/repos/demo", "/elsewhere/site"}, asked
+    finally:
+        s.close()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT, inv_cmd, write_inventory
+from conftest import opts as shared_opts
 
 from fleet import (
     FanoutOptions,
@@ -27,10 +28,7 @@ from fleet.ssh.warm import ConnectionPool
 
 
 def opts(tmp_path, **kw):
-    base = dict(artifacts_dir=str(tmp_path / "art"), retry_delay=0.2, connect_timeout=3,
-                user_known_hosts=None)
-    base.update(kw)
-    return FanoutOptions(**base)
+    return shared_opts(tmp_path, **{"retry_delay": 0.2, "connect_timeout": 3, **kw})
 
 
 def test_success_on_20_hosts_with_artifacts(lab_inv, tmp_path):

@@ -7,7 +7,7 @@ import re
 import threading
 
 import pytest
-from conftest import write_inventory
+from conftest import opts, test_settings, write_inventory
 from stand_ins import FakeOpenCode
 
 from fleet.audit.records import SessionRecords
@@ -17,13 +17,8 @@ from fleet.ops.fanout import fanout
 from fleet.ops.sessions import teardown
 from fleet.ops.worktrees import remove_worktree
 from fleet.safety.gate import ConfirmationRequired
-from fleet.settings import Settings
-from fleet.ssh.runner import FanoutOptions
 
-
-def settings(tmp_path, **kw) -> Settings:
-    return Settings(token_dir=str(tmp_path / "tok"), artifacts_dir=str(tmp_path / "art"),
-                    journal=str(tmp_path / "journal.jsonl"), **kw)
+settings = test_settings
 
 
 def shown_order(text: str) -> tuple[str | None, list[str], str]:
@@ -132,13 +127,13 @@ def test_worktree_removal_runs_as_shown_the_rest_only_after_the_canary(lab, tmp_
 def test_a_gated_fanout_runs_the_canary_first_as_its_plan_shows(lab, tmp_path):
     inv = load_inventory(write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02", "lab03"]))
     st = settings(tmp_path, gated=("fanout",))
-    opts = FanoutOptions(artifacts_dir=str(tmp_path / "art"), retry_delay=0.1, user_known_hosts=None)
+    o = opts(tmp_path)
     cmd = "date +%s.%N; sleep 0.6"
     with pytest.raises(ConfirmationRequired) as ei:
-        fanout(inv, "all", args={"command": cmd}, settings=st, options=opts, canary="lab02")
+        fanout(inv, "all", args={"command": cmd}, settings=st, options=o, canary="lab02")
     canary, rest, how = shown_order(ei.value.plan.describe())
     assert (canary, how) == ("lab02", "parallel")
-    run = fanout(inv, "all", args={"command": cmd}, settings=st, options=opts, canary="lab02",
+    run = fanout(inv, "all", args={"command": cmd}, settings=st, options=o, canary="lab02",
                  confirm=ei.value.token)
     started = {r.host: float(r.stdout.split()[0]) for r in run.results}
     assert all(started[h] >= started[canary] + 0.5 for h in rest), started  # after the canary's end
@@ -147,12 +142,12 @@ def test_a_gated_fanout_runs_the_canary_first_as_its_plan_shows(lab, tmp_path):
 def test_blow_away_shows_no_canary_and_runs_every_host(lab, tmp_path):
     inv = load_inventory(write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02"]))
     st = settings(tmp_path, mode="canary")
-    opts = FanoutOptions(artifacts_dir=str(tmp_path / "art"), retry_delay=0.1, user_known_hosts=None)
+    o = opts(tmp_path)
     with pytest.raises(ConfirmationRequired) as ei:
-        blow_away(inv, "all", args={"repo": "gone-already"}, settings=st, options=opts)
+        blow_away(inv, "all", args={"repo": "gone-already"}, settings=st, options=o)
     text = ei.value.plan.describe()
     assert "canary:" not in text and re.search(r"^order:\s+every host at once$", text, re.M)
-    run = blow_away(inv, "all", args={"repo": "gone-already"}, settings=st, options=opts, confirm=ei.value.token)
+    run = blow_away(inv, "all", args={"repo": "gone-already"}, settings=st, options=o, confirm=ei.value.token)
     assert sorted(r.host for r in run.results) == ["lab01", "lab02"]
     assert all("nothing to remove" in r.stdout for r in run.results)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import jsonschema
 import pytest
-from conftest import running_lab
+from conftest import journal, logins, running_lab
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import McpError
@@ -89,9 +89,6 @@ def error(result: types.CallToolResult) -> str:
     return text
 
 
-def journal() -> list[dict]:
-    p = Path(os.environ["INVOKE_FLEET_JOURNAL"])
-    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
 
 
 def remote(pattern: str, wait: float = 20) -> bool:
@@ -380,8 +377,6 @@ def test_dispatch_follows_progress_to_the_end(mlab, tmp_path):
     assert "lab01: 15 tok $0.0000" in seen and seen[-1] == "lab01: SUCCESS"  # usage so far, then the end
 
 
-def accepted(lab) -> int:
-    return sum(p.read_text().count("Accepted publickey") for p in Path(lab.dir).glob("sshd/*/sshd.log"))
 
 
 def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly(mlab, tmp_path):
@@ -392,13 +387,13 @@ def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly
     counts = []
 
     async def steps(s):
-        counts.append(accepted(mlab))
+        counts.append(logins(mlab))
         first = data(await s.call_tool("fanout", {"command": "echo one", "selector": "all"}))
         _t.sleep(0.5)
-        counts.append(accepted(mlab))
+        counts.append(logins(mlab))
         second = data(await s.call_tool("fanout", {"command": "echo two", "selector": "all"}))
         _t.sleep(0.5)
-        counts.append(accepted(mlab))
+        counts.append(logins(mlab))
         # kill the hosts' sshd and its per-connection children: the kept connections die
         pid = mlab.sshd_pids[0]
         subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import inv_cmd, write_inventory
+from conftest import inv_cmd, logins, opts, write_inventory
 
 from fleet.errors import BadInput, Refused
 from fleet.inventory import load_inventory
@@ -14,19 +14,10 @@ from fleet.results import FanoutOutcome
 from fleet.safety.gate import ConfirmationRequired, resolve_mode
 from fleet.safety.tokens import TokenRefused
 from fleet.settings import Settings
-from fleet.ssh.runner import FanoutOptions
 
 
 def settings(tmp_path, **kw):
     return Settings(token_dir=str(tmp_path / "tok"), artifacts_dir=str(tmp_path / "art"), **kw)
-
-
-def opts(tmp_path, **kw):
-    return FanoutOptions(artifacts_dir=str(tmp_path / "art"), retry_delay=0.1, user_known_hosts=None, **kw)
-
-
-def accepted(lab) -> int:
-    return sum(p.read_text().count("Accepted publickey") for p in Path(lab.dir).glob("sshd/*/sshd.log"))
 
 
 def test_unknown_mode_lists_valid_ones():
@@ -35,13 +26,13 @@ def test_unknown_mode_lists_valid_ones():
 
 
 def test_off_runs_once_locally_and_nothing_reaches_sshd(lab, lab_inv, tmp_path):
-    before = accepted(lab)
+    before = logins(lab)
     run = ops.fanout(lab_inv, "all", args={"command": "echo here-$((2+3))"}, mode="off",
                      settings=settings(tmp_path), options=opts(tmp_path))
     assert [r.host for r in run.results] == ["local"]
     assert run.results[0].stdout == "here-5\n" and run.exit_code == 0
     assert any("kept 20 remote host(s) local" in n for n in run.notes)
-    assert accepted(lab) == before
+    assert logins(lab) == before
 
 
 def test_canary_failure_aborts_the_rest_untouched(lab, lab_inv, tmp_path):

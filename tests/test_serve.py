@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import running_lab, write_inventory
+from conftest import journal, logins, running, running_lab, wait_for, write_inventory
 from test_ssh_world import _marker, no_process
 
 FLEET = str(Path(sys.executable).parent / "fleet")
@@ -52,12 +52,6 @@ def service(*args: str):
                 proc.kill()
 
 
-def running(pattern: str) -> bool:
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
-
-
-def logins(lab) -> int:
-    return sum(p.read_text().count("Accepted publickey") for p in Path(lab.dir).glob("sshd/*/sshd.log"))
 
 
 def test_one_service_per_state_directory_owner_only_status_and_stop(tmp_path):
@@ -140,18 +134,6 @@ def alab(tmp_path_factory):
         yield lab
 
 
-def journal() -> list[dict]:
-    p = Path(os.environ["INVOKE_FLEET_JOURNAL"])
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
-
-
-def wait_for(pred, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def ops_of(did: str, op: str) -> list[dict]:

@@ -51,7 +51,8 @@ def permission_rules(allow: Any = (), deny: Any = (), ask: Any = ()) -> list[dic
     is the bash commands matching ``git *``, a bare ``edit`` every edit. OpenCode applies the
     last rule that matches, after the configured ones: so these win over the server's config,
     and among them a deny wins over an allow or ask of the same request (asks first, denies last).
-    Each flag takes one pattern or a comma list; a malformed one is :class:`BadInput`."""
+    Each flag takes one rule, or a comma list of bare permissions (``edit,webfetch``); a
+    malformed one is :class:`BadInput`."""
     rules: list[dict[str, str]] = []
     for action, given in (("ask", ask), ("allow", allow), ("deny", deny)):
         items = [given] if isinstance(given, str) else list(given or ())

@@ -119,13 +119,16 @@ def abort(c, host=None, session=None, all_sessions=False, reason="aborted by ope
           no_slack=False):
     """Stop a running agent session and check it stopped (marks its Beads issue blocked)."""
     from fleet.cli.agent_render import abort_line
+    from fleet.cli.render import cell
 
     h, done = app(c, inventory).abort(session, host=host, all_sessions=all_sessions, reason=reason,
                                       slack=not no_slack)
     if json_:
-        emit({"host": h.name, "aborted": done})
+        emit({"host": h.name, "aborted": list(done), "notes": list(getattr(done, "notes", []))})
     else:
         print(abort_line(h.name, done))
+        for n in getattr(done, "notes", []):
+            print(f"note: {cell(n)}", file=sys.stderr)
 
 
 @fleet_task(help={"session": "The session to follow (one host).", "dispatch": "Every session of this dispatch id.",

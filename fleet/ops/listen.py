@@ -162,7 +162,8 @@ class Listener(Acts):
         """Dispatch id -> (thread root, its latest reply) of every fleet thread in the channel of
         the last day, from any orchestrator; None when Slack would not say now."""
         try:
-            resp = self.web.call("conversations.history", channel=self.channel, include_all_metadata=True, limit=200,
+            resp = self.web.call("conversations.history", wait=False, channel=self.channel, include_all_metadata=True,
+                                 limit=200,
                                  oldest=str(time.time() - self.max_age_s))
         except SlackRefused as exc:
             self.note(f"history {exc.error}", f"listen: Slack would not list the channel ({exc.error}): following "

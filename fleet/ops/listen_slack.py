@@ -107,18 +107,22 @@ class SlackWeb:
         self.sleep = sleep
         self.token_env = token_env or settings.token_env
         self.deadline: float | None = None
+        self.limited: dict[str, float] = {}  # method -> not before (monotonic), after a 429 not waited out
 
     def left(self) -> float | None:
         """Seconds to the deadline (None: no deadline)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def call(self, method: str, token_env: str | None = None, **kw: Any) -> dict[str, Any] | None:
+    def call(self, method: str, token_env: str | None = None, wait: bool = True, **kw: Any) -> dict[str, Any] | None:
         """One Web API call (``conversations.replies``, ``chat.update``...); its answer, or None
-        when Slack could not answer now (said once). Raises :class:`ListenStopped` or
-        :class:`SlackRefused`."""
+        when Slack could not answer now (said once). ``wait``: a 429 is waited out and tried
+        again; else the method is not called again before its Retry-After. Raises
+        :class:`ListenStopped` or :class:`SlackRefused`."""
         from slack_sdk.errors import SlackApiError
 
         fn = getattr(self.client, method.replace(".", "_"))
+        if time.monotonic() < self.limited.get(method, 0.0):
+            return None
         for _ in range(TRIES):
             left = self.left()
             if left is not None and left <= 0:
@@ -132,16 +136,19 @@ class SlackWeb:
                 status, err, headers = _error(exc)
                 if status == 429 or err == "ratelimited":
                     raw = _headers_value(headers, "Retry-After")
-                    wait = min(MAX_WAIT, max(0.5, retry_after(headers, 1.0)))
+                    pause = min(MAX_WAIT, max(0.5, retry_after(headers, 1.0)))
                     left = self.left()
                     self.note(f"429 {method}", f"listen: Slack rate limited {method} (Retry-After: "
-                                               f"{'none' if raw is None else repr(raw)}): waiting {wait:g}s at most "
-                                               f"before each try, within --duration; the listener goes on")
-                    if left is not None and left <= wait:
+                                               f"{'none' if raw is None else repr(raw)}): waiting {pause:g}s at most "
+                                               f"before trying again, within --duration; the listener goes on")
+                    if not wait:
+                        self.limited[method] = time.monotonic() + pause
+                        return None
+                    if left is not None and left <= pause:
                         if left > 0:
                             self.sleep(left)
                         return None
-                    self.sleep(wait)
+                    self.sleep(pause)
                     continue
                 if err in FATAL:
                     env = token_env or self.token_env

@@ -150,6 +150,13 @@ def click(lst: Any, body: dict[str, Any]) -> dict[str, Any] | None:
         return dict(out, outcome="refused")
     if not lst.ledger.claim(key, did, by=user, command=aid, request_id=rid):
         return None
+    first = lst.ledger.claims.get(f"answer:{rid}")
+    if first is not None:
+        by = (first.get("detail") or {}).get("by", "")
+        at = time.strftime("%H:%M", time.localtime(float(first.get("epoch") or 0)))
+        lst.ephemeral(user, thread_ts, f"That request was already answered from Slack (by <@{by}> at {at}). "
+                                       f"Nothing done.")
+        return dict(out, outcome="stale")
     lst.thread_of(thread_ts)
     lst.replies(thread_ts)
     known = Known(lst.trail.journal.load(), lst.msgs)

@@ -5,15 +5,18 @@ The remote half of the SSH transport (Fabric's ``runners.Remote``; the local hal
 connection, closes stdin at once (``cat`` returns, as with ``ssh host cat </dev/null``),
 streams both outputs to :class:`~fleet.ssh.streams.StreamSink` (artifact files byte-exact, a
 bounded tail in memory, lines to the live hook) and reports ``exit-signal``, which paramiko
-ignores (see :func:`_handle_request`). On timeout or Ctrl-C it sends ``signal TERM``, kills
-the command's process groups over a second channel (:data:`KILL_SCRIPT`, for root and
-non-root logins alike), drains what stderr is left and raises with what arrived.
+ignores (see :func:`_handle_request`). On timeout or Ctrl-C it ends everything the command
+started over a second channel (:data:`KILL_SCRIPT`, for root and non-root logins alike:
+children that outlived their shell or left its process group included, a ``setsid`` one left
+alone but named), drains what stderr is left and raises with what arrived, saying "killed"
+only when nothing of the command is left.
 """
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -23,6 +26,7 @@ from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
 from fleet.errors import Aborted, CommandTimeout, ConnectFailed, ConnectionLost, SSHFailure
+from fleet.ssh.sshread import printable
 from fleet.ssh.streams import StreamSink
 from fleet.ssh.transport import ExecResult
 
@@ -50,22 +54,161 @@ _HANDLERS[MSG_CHANNEL_REQUEST] = _handle_request
 CHANNEL_HANDLERS = _HANDLERS  # installed on every fleet transport (see fleet.ssh.session)
 
 
-# Kills the timed-out command and everything in its process group, over a second channel of
-# the same connection. sshd makes each session's shell a session (and group) leader, and every
-# channel of one connection is a child of the same sshd process: so the script finds its own
-# sshd parent and kills the process groups of that parent's other children. No user data is
-# in it; it works for root (whose "signal" requests OpenSSH refuses) and for any other user.
-KILL_SCRIPT = (
-    "sh -c 'me=$$; p=$PPID; "
-    "case \"$(ps -o comm= -p \"$p\" 2>/dev/null)\" in *sshd*) s=$p;; "
-    "*) s=$(ps -o ppid= -p \"$p\" | tr -d \" \");; esac; "
-    "kids=$(ps -A -o pid= -o ppid= | while read -r pid ppid; do "
-    "[ \"$ppid\" = \"$s\" ] && [ \"$pid\" != \"$me\" ] && [ \"$pid\" != \"$p\" ] && echo \"$pid\"; done); "
-    "for k in $kids; do kill -TERM -\"$k\" 2>/dev/null || kill -TERM \"$k\" 2>/dev/null; done; "
-    "[ -n \"$kids\" ] && sleep 0.3; "
-    "for k in $kids; do kill -KILL -\"$k\" 2>/dev/null || kill -KILL \"$k\" 2>/dev/null; done; "
-    "echo $kids'"
-)
+# What ends a timed-out or interrupted command, run over a second channel of the command's own
+# connection as the same user (``sh -s ELAPSED REUSED``, the script on stdin: no login shell
+# quotes it, whatever that shell is). On Linux it finds everything the command started: every
+# process of this connection carries its SSH_CONNECTION (read from /proc/PID/environ, started
+# after the connection's sshd, and after the command when the connection ran commands before);
+# the command's session is its shell's (sshd's other child) or, once that shell has exited, the
+# earliest of this connection's sessions whose leader is gone (the shell was the first of them).
+# Every process of that session, whatever its process group, gets TERM (each pid and each
+# group), then KILL, until none is left; one in a session of its own (setsid) is left alone, as
+# ssh leaves it, and named. It prints "left PID ARGS" for what could not be ended, "setsid PID
+# ARGS" for what was left alone and "done N" (N signalled). Without /proc it falls back to the
+# process groups of sshd's children and prints "unverified N". No user data is in it.
+KILL_SCRIPT = r"""main() {
+exec </dev/null
+e=${1:-0} w=${2:-0} me=$$
+[ -r /proc/$$/stat ] || { legacy; return; }
+st "$me" || { echo "fail no /proc/$$/stat"; return; }
+mysid=$sid mystart=$start
+s= p=$PPID n=0
+while [ "$n" -lt 6 ] && [ "${p:-0}" -gt 1 ]; do
+  c=; read -r c 2>/dev/null <"/proc/$p/comm"
+  case $c in *sshd*) s=$p; break;; esac
+  st "$p" || break; p=$ppid n=$((n + 1))
+done
+tck=$(getconf CLK_TCK 2>/dev/null); case $tck in ''|*[!0-9]*) tck=100;; esac
+cut=0
+if [ -n "$s" ] && st "$s"; then cut=$start; fi
+if [ "$w" = 1 ] || [ -z "$s" ]; then
+  c=$((mystart - (e + 100) * tck / 100)); [ "$c" -gt "$cut" ] && cut=$c
+fi
+tagged=
+if [ -n "$SSH_CONNECTION" ]; then
+  tag="SSH_CONNECTION=$SSH_CONNECTION"
+  if printf 'a\0' | grep -qzx a 2>/dev/null; then
+    tagged=$(grep -lzxF -e "$tag" /proc/[0-9]*/environ 2>/dev/null)
+  else
+    tagged=$(for f in /proc/[0-9]*/environ; do
+      tr '\0' '\n' 2>/dev/null <"$f" | grep -qxF -e "$tag" && echo "$f"; done)
+  fi
+fi
+tp=" $(for f in $tagged; do f=${f#/proc/}; printf '%s ' "${f%/environ}"; done)"
+scan
+ours=$(echo "$tab" | while read -r p pp g si t z; do
+  case $tp in *" $p "*) [ "$si" != "$mysid" ] && [ "$t" -ge "$cut" ] && [ "$z" != Z ] && echo "$p $si";; esac
+done)
+C=
+[ -n "$s" ] && C=$(echo "$tab" | while read -r p pp g si t z; do
+  [ "$pp" = "$s" ] && [ "$si" != "$mysid" ] && [ "$z" != Z ] && printf '%s ' "$si"; done)
+[ -n "$C" ] || C=$(echo "$ours" | while read -r p si; do
+  [ -n "$si" ] && ! lead "$si" && echo "$si"; done | sort -n | head -n 1)
+C=" $C "
+hit=0 round=0
+while [ "$C" != "  " ] && [ "$round" -lt 3 ]; do
+  m=$(members)
+  [ -n "$m" ] || break
+  sig=KILL; [ "$round" = 0 ] && sig=TERM
+  sent=0
+  for p in $(echo "$m" | cut -d' ' -f1); do kill -$sig "$p" 2>/dev/null && sent=$((sent + 1)); done
+  for g in $(echo "$m" | cut -d' ' -f2 | sort -u); do kill -$sig -"$g" 2>/dev/null; done
+  [ "$round" = 0 ] && hit=$sent
+  [ "$sent" = 0 ] && break
+  i=0
+  while [ "$i" -lt 5 ]; do
+    sleep 0.1 2>/dev/null || sleep 1
+    alive=0; for p in $(echo "$m" | cut -d' ' -f1); do gone "$p" || alive=1; done
+    [ "$alive" = 0 ] && break
+    i=$((i + 1))
+  done
+  scan; round=$((round + 1))
+done
+for p in $(members | cut -d' ' -f1); do echo "left $p $(args "$p")"; done
+echo "$ours" | while read -r p si; do
+  case $C in *" $si "*) continue;; esac
+  [ -n "$p" ] && ! gone "$p" && echo "setsid $p $(args "$p")"
+done
+echo "done $hit"
+}
+st() {
+  s1=; read -r s1 2>/dev/null <"/proc/$1/stat" || return 1
+  s1=${s1##*) }; set -- $s1; state=$1 ppid=$2 pg=$3 sid=$4 start=${20}
+}
+gone() { ! st "$1" || [ "$state" = Z ]; }
+lead() { st "$1" && [ "$state" != Z ] && [ "$sid" = "$1" ]; }
+scan() {
+  tab=$(cat /proc/[0-9]*/stat 2>/dev/null | awk '{ if ($0 !~ /^[0-9]+ \(.*\) [A-Za-z] /) { bad = 1; next }
+    match($0, /.*\) /); split(substr($0, RLENGTH + 1), f, " "); print $1, f[2], f[3], f[4], f[20], f[1] }
+    END { if (bad) print "bad" }')
+  case $tab in *bad|'') tab=$(for f in /proc/[0-9]*/stat; do p=${f#/proc/}; p=${p%/stat}
+    st "$p" && echo "$p $ppid $pg $sid $start $state"; done);; esac
+}
+members() { echo "$tab" | while read -r p pp g si t z; do
+  case $C in *" $si "*) [ "$z" != Z ] && [ "$p" != "$me" ] && echo "$p $g";; esac; done; }
+args() { tr '\0\n' '  ' 2>/dev/null <"/proc/$1/cmdline" | cut -c1-160; }
+legacy() {
+  p=$PPID
+  case "$(ps -o comm= -p "$p" 2>/dev/null)" in *sshd*) s=$p;; *) s=$(ps -o ppid= -p "$p" | tr -d ' ');; esac
+  kids=$(ps -A -o pid= -o ppid= | while read -r k pp; do
+    [ "$pp" = "$s" ] && [ "$k" != "$me" ] && [ "$k" != "$p" ] && echo "$k"; done)
+  for k in $kids; do kill -TERM -"$k" 2>/dev/null || kill -TERM "$k" 2>/dev/null; done
+  [ -n "$kids" ] && sleep 1
+  for k in $kids; do kill -KILL -"$k" 2>/dev/null || kill -KILL "$k" 2>/dev/null; done
+  echo "unverified $(echo $kids | wc -w)"
+}
+main "$@"
+"""
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What the kill over a second channel did (:func:`kill_remote`)."""
+
+    ran: bool = False       # the script ran to its end
+    signalled: int = 0      # processes of the command sent TERM
+    left: tuple[tuple[int, str], ...] = ()      # the command's processes still running (pid, command line)
+    detached: tuple[tuple[int, str], ...] = ()  # in a session of their own (setsid): left alone, as ssh would
+    unverified: bool = False  # no /proc there: process groups signalled, what left them not checked
+
+    @property
+    def clean(self) -> bool:
+        """Nothing of the command is left on the host."""
+        return self.ran and not (self.left or self.detached or self.unverified)
+
+    def __bool__(self) -> bool:
+        return self.ran
+
+    def says(self, host: str) -> str:
+        """The tail of the timeout's or interrupt's message: killed, or what is still there."""
+        if self.clean:
+            return "; its processes were killed"
+        if not self.ran:
+            return (f"; whether anything of it still runs on {host} is unknown (the kill over a second "
+                    f"channel did not finish)")
+        if self.unverified:
+            return (f"; its process groups on {host} were sent TERM, then KILL (the host has no /proc: what "
+                    f"left them cannot be checked)")
+        items = [(pid, cmd, "could not be stopped (another user's?)") for pid, cmd in self.left]
+        items += [(pid, cmd, "setsid: a session of its own, left alone as ssh would") for pid, cmd in self.detached]
+        shown = "; ".join(f"pid {pid} `{printable(cmd)[:80] or '?'}` ({why})" for pid, cmd, why in items[:5])
+        more = f"; and {len(items) - 5} more" if len(items) > 5 else ""
+        return f"; still running on {host}: {shown}{more}"
+
+
+def _reaped(text: str) -> Reaped:
+    left: list[tuple[int, str]] = []
+    detached: list[tuple[int, str]] = []
+    ran, unverified, signalled = False, False, 0
+    for line in text.splitlines():
+        word, _, rest = line.partition(" ")
+        pid, _, cmd = rest.partition(" ")
+        if word in ("left", "setsid") and pid.isdigit():
+            (left if word == "left" else detached).append((int(pid), cmd.strip()))
+        elif word in ("done", "unverified"):
+            ran, unverified = True, word == "unverified"
+            signalled = int(pid) if pid.isdigit() else 0
+    return Reaped(ran, signalled, tuple(left), tuple(detached), unverified)
 
 
 def _send_signal(chan: paramiko.Channel, sig: str) -> None:
@@ -80,24 +223,43 @@ def _send_signal(chan: paramiko.Channel, sig: str) -> None:
         transport = chan.transport
         if transport is not None:  # paramiko has no public API for it
             transport._send_user_message(m)  # type: ignore[attr-defined]  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - best effort; the kill channel does the real work
+    except Exception:  # noqa: BLE001 - best effort, when the kill channel could not run
         pass
 
 
-def kill_remote(sess: SSHSession, budget: float = 3.0) -> bool:
-    """Kill the command running on ``sess``: its process groups, over a second channel. True if it ran."""
+def kill_remote(sess: SSHSession, budget: float = 3.0, elapsed: float = 0.0) -> Reaped:
+    """End the command running on ``sess`` (:data:`KILL_SCRIPT`, over a second channel) and say
+    what is left. ``elapsed``: seconds since the command started."""
     transport = sess.conn.client.get_transport() if sess.conn else None
     if transport is None or not transport.is_active():
-        return False
+        return Reaped()
+    deadline = time.monotonic() + budget
     try:
         ch = transport.open_session(timeout=budget)
-        ch.exec_command(KILL_SCRIPT)
-        ch.shutdown_write()
-        ok = ch.status_event.wait(budget)
-        ch.close()
-        return bool(ok)
     except Exception:  # noqa: BLE001 - best effort; the caller reports the timeout either way
-        return False
+        return Reaped()
+    out = b""
+    try:
+        ch.exec_command(f"sh -s {max(0, int(elapsed * 100))} {1 if sess.commands > 1 else 0}")
+        ch.sendall(KILL_SCRIPT.encode())
+        ch.shutdown_write()
+        while len(out) < 65536 and time.monotonic() < deadline:
+            ch.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = ch.recv(4096)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            out += data
+    except Exception:  # noqa: BLE001
+        pass
+    finally:
+        try:
+            ch.close()
+        except Exception:  # noqa: BLE001
+            pass
+    return _reaped(out.decode("utf-8", "replace"))
 
 
 def run_command(sess: SSHSession, command: str, timeout: float | None, abort: threading.Event,
@@ -113,6 +275,8 @@ def run_command(sess: SSHSession, command: str, timeout: float | None, abort: th
         raise ConnectFailed(h.name, f"connection to {h.name} closed before the command started")
     try:
         chan = transport.open_session(timeout=sess.connect_timeout)
+        started = time.monotonic()
+        sess.commands += 1
         chan.exec_command(command)
     except (paramiko.SSHException, EOFError, OSError) as exc:
         if abort.is_set():
@@ -130,17 +294,16 @@ def run_command(sess: SSHSession, command: str, timeout: float | None, abort: th
             err.write(chan.recv_stderr(65536))
 
     def stop(exc_type: type[SSHFailure], why: str) -> SSHFailure:
-        _send_signal(chan, "TERM")
-        killed = kill_remote(sess, 2.0 if exc_type is Aborted else 3.0)
+        reaped = kill_remote(sess, 3.0, time.monotonic() - started)
+        if not reaped:  # no second channel: at least the shell's process group (non-root logins)
+            _send_signal(chan, "TERM")
         try:
             drain_stderr()
         except Exception:  # noqa: BLE001
             pass
         out.close()
         err.close()
-        tail = ("; its processes were killed" if killed else
-                "; the remote processes could not be confirmed killed")
-        return exc_type(h.name, why + tail, out.text(), err.text())
+        return exc_type(h.name, why + reaped.says(h.name), out.text(), err.text())
 
     deadline = time.monotonic() + timeout if timeout else None
     try:
@@ -202,4 +365,4 @@ def run_command(sess: SSHSession, command: str, timeout: float | None, abort: th
             pass
 
 
-__all__ = ["CHANNEL_HANDLERS", "KILL_SCRIPT", "kill_remote", "run_command"]
+__all__ = ["CHANNEL_HANDLERS", "KILL_SCRIPT", "Reaped", "kill_remote", "run_command"]

@@ -7,8 +7,9 @@
 - Host keys are checked under the name OpenSSH uses (HostKeyAlias, ``host`` or ``[host]:port``)
   by :mod:`fleet.ssh.hostkeys`, never under a resolved IP; known_hosts files are parsed once per run.
 - Commands run as :mod:`fleet.ssh.remote` says: stdin closed at once, ``exit-signal`` reported,
-  the command's process groups killed over a second channel on timeout or Ctrl-C, output
-  streamed byte-exact to the artifact files with a bounded tail in memory.
+  everything the command started killed over a second channel on timeout or Ctrl-C (a
+  ``setsid`` child left alone and named), output streamed byte-exact to the artifact files
+  with a bounded tail in memory.
 
 :class:`SSHSession` is one attempt's connection (a :class:`~fleet.ssh.transport.Transport`);
 :class:`SSHLink` is how the runner reaches one host over SSH for a whole run.
@@ -43,7 +44,7 @@ from fleet.inventory import Host
 from fleet.results import PreflightResult
 from fleet.ssh.config import Hop
 from fleet.ssh.hostkeys import HostKeyStore, _NoKeys, _Policy, fingerprint, fingerprint_blob  # noqa: F401
-from fleet.ssh.remote import CHANNEL_HANDLERS, KILL_SCRIPT, kill_remote, run_command  # noqa: F401
+from fleet.ssh.remote import CHANNEL_HANDLERS, KILL_SCRIPT, Reaped, kill_remote, run_command  # noqa: F401
 from fleet.ssh.streams import KEEP_BYTES, StreamSink  # noqa: F401
 from fleet.ssh.transport import ExecResult, LineHook
 
@@ -104,6 +105,7 @@ class SSHSession:
         self.conns: list[Connection] = []  # every hop's, the target's last
         self.conn: Connection | None = None  # the target's, once connected
         self.running = False
+        self.commands = 0  # commands started on this connection (a warm one runs several)
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------ connect
@@ -242,9 +244,9 @@ class SSHSession:
                 self.close()
 
     # ------------------------------------------------------------------ run
-    def kill_remote(self, budget: float = 3.0) -> bool:
-        """Kill the running command's process groups over a second channel. True if it ran."""
-        return kill_remote(self, budget)
+    def kill_remote(self, budget: float = 3.0, elapsed: float = 0.0) -> Reaped:
+        """End the running command over a second channel; what it did (true if it ran)."""
+        return kill_remote(self, budget, elapsed)
 
     def run(self, command: str, timeout: float | None, abort: threading.Event,
             on_output: LineHook | None = None, artifacts: Path | None = None) -> ExecResult:
