@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "make_plan": "safety.gate", "resolve_mode": "safety.gate",
     "Scope": "safety.tokens", "TokenRefused": "safety.tokens", "TokenStore": "safety.tokens",
     # dispatch, audit, beads
-    "DispatchResult": "ops.dispatch", "DispatchRun": "ops.dispatch", "SessionRecords": "audit.records",
+    "DispatchResult": "results", "DispatchRun": "results", "SessionRecords": "audit.records",
     "wait_session": "ops.wait", "wait_sessions": "ops.wait", "wait_dispatch": "ops.wait", "Watcher": "ops.watch",
     "AuditTrail": "audit.trail", "Journal": "audit.trail", "replay": "audit.trail",
     "AlreadyClaimed": "ops.beads", "Beads": "ops.beads", "BeadsError": "ops.beads",
@@ -74,10 +74,18 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from fleet.inventory import Host, Inventory, OpenCodeEndpoint, SlackSettings, load_inventory, load_inventory_text
     from fleet.inventory.select import select
     from fleet.ops.beads import AlreadyClaimed, Beads, BeadsError
-    from fleet.ops.dispatch import DispatchResult, DispatchRun
     from fleet.ops.wait import wait_dispatch, wait_session, wait_sessions
     from fleet.ops.watch import Watcher
-    from fleet.results import CheckResult, FanoutOutcome, FanoutResult, FanoutRun, PreflightResult, PreflightStatus
+    from fleet.results import (
+        CheckResult,
+        DispatchResult,
+        DispatchRun,
+        FanoutOutcome,
+        FanoutResult,
+        FanoutRun,
+        PreflightResult,
+        PreflightStatus,
+    )
     from fleet.safety.gate import MODES, ConfirmationRequired, Operation, Plan, make_plan, resolve_mode
     from fleet.safety.tokens import Scope, TokenRefused, TokenStore
     from fleet.settings import Settings

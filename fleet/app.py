@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fleet.audit.records import SessionRecords
     from fleet.audit.trail import AuditTrail
     from fleet.inventory import Host, Inventory
-    from fleet.results import FanoutRun, PreflightResult
+    from fleet.results import FanoutRun, PreflightResult, TeardownResult, WorktreeRemoval
     from fleet.ssh.runner import FanoutOptions
     from fleet.ssh.warm import ConnectionPool
 
@@ -275,7 +275,7 @@ class Fleet:
             self.inventory, str(dispatch_id), hosts=self.select(hosts) if hosts else None, audit=tr, **kw), slack)
 
     def teardown(self, selector: str, *, mode: str | None = None, confirm: str | None = None,
-                 canary: str | None = None, trail: Any = None) -> list[dict[str, Any]]:
+                 canary: str | None = None, trail: Any = None) -> list[TeardownResult]:
         """Abort running sessions and delete fleet's sessions on the selected hosts (gated)."""
         from fleet.ops.sessions import teardown
 
@@ -285,7 +285,7 @@ class Fleet:
 
     def remove_worktree(self, selector: str, repo: str, name: str, *, force: bool = False,
                         delete_branch: bool = False, mode: str | None = None, confirm: str | None = None,
-                        trail: Any = None) -> list[dict[str, str]]:
+                        trail: Any = None) -> list[WorktreeRemoval]:
         """Remove a fleet-made worktree on the selected hosts (gated)."""
         from fleet.ops.worktrees import remove_worktree
 

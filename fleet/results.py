@@ -173,3 +173,155 @@ class FanoutRun(RunSummary):
                    results=[FanoutResult.from_dict(r) for r in d.get("results") or ()],
                    interrupted=bool(d.get("interrupted")), artifacts_dir=d.get("artifacts_dir"),
                    mode=d.get("mode", ""), notes=list(d.get("notes") or ()), duration_ms=d.get("duration_ms", 0))
+
+
+# ------------------------------------------------------------------ the agent plane's results
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """What happened on one host."""
+
+    host: str
+    outcome: FanoutOutcome
+    session_id: str = ""
+    url: str = ""
+    directory: str = ""
+    answer: str = ""
+    tokens: dict[str, Any] = field(default_factory=dict)
+    cost: float = 0.0
+    duration_ms: int = 0
+    error: str = ""
+    error_kind: str = ""
+    created: bool = False
+    waited: bool = True
+    issue: str | None = None
+    files: tuple[dict[str, Any], ...] = ()   # what the agent changed: file, additions, deletions, status
+    todo: tuple[dict[str, Any], ...] = ()
+    pending: str = ""  # a permission request the agent waits on, when it ended waiting
+    worktree: str = ""  # the git worktree the session works in (--worktree), and its branch
+    branch: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True on SUCCESS."""
+        return self.outcome == FanoutOutcome.SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys."""
+        return {"host": self.host, "outcome": self.outcome.value, "session_id": self.session_id, "url": self.url,
+                "directory": self.directory, "answer": self.answer, "tokens": dict(self.tokens), "cost": self.cost,
+                "duration_ms": self.duration_ms, "error": self.error, "error_kind": self.error_kind,
+                "created": self.created, "waited": self.waited, "issue": self.issue,
+                "files": [dict(f) for f in self.files], "todo": [dict(t) for t in self.todo], "pending": self.pending,
+                "worktree": self.worktree, "branch": self.branch}
+
+@dataclass
+class DispatchRun(RunSummary):
+    """A dispatch over one or many hosts."""
+
+    dispatch_id: str
+    task: str
+    repo: str
+    mode: str = ""
+    results: list[DispatchResult] = field(default_factory=list)
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+    duration_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys."""
+        return {"dispatch_id": self.dispatch_id, "task": self.task, "repo": self.repo, "mode": self.mode,
+                "interrupted": self.interrupted, "exit_code": self.exit_code, "duration_ms": self.duration_ms,
+                "notes": list(self.notes), "results": [r.to_dict() for r in self.results]}
+
+@dataclass(frozen=True)
+class SessionRow:
+    """One session on one host, for ``inv sessions``."""
+
+    host: str
+    session_id: str
+    title: str
+    state: str
+    age_s: int
+    directory: str
+    fleet: bool
+    waiting: str = ""  # the permission it waits on (state needs-input)
+    worktree: str = ""  # the git worktree fleet made for it (--worktree), and its branch
+    branch: str = ""
+    machine: str = ""  # the orchestrating machine that dispatched it (fleet's marks on the server)
+    dispatch_id: str = ""
+    repo: str = ""  # the repo fleet dispatched it for, else the directory's last part
+    tokens: int | None = None  # the session's tokens and cost so far (its subagents' too), when the server keeps them
+    cost: float | None = None
+    parent: str = ""  # the session whose subagent this is (its task tool made it)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return dict(self.__dict__)
+
+@dataclass(frozen=True)
+class Worktree:
+    """A worktree fleet made on a host."""
+
+    host: str
+    repo: str
+    name: str
+    path: str
+    branch: str
+    dirty: bool = False
+    ahead: str = ""
+    age_s: int = 0
+    session: str = ""
+    state: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class TeardownResult:
+    """One host's teardown: sessions aborted and deleted, the worktrees they leave (they may hold
+    work: each is named with its removal command), or why it could not be done."""
+
+    host: str
+    aborted: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+    worktrees: tuple[dict[str, str], ...] = ()
+    error: str = ""
+    not_run: bool = False  # the canary's teardown failed: this host was not touched
+    kept: tuple[str, ...] = ()  # sessions that would not stop, so were not deleted
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing went wrong on this host."""
+        return not self.error
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys."""
+        d: dict[str, Any] = {"host": self.host, "aborted": list(self.aborted), "deleted": list(self.deleted),
+                             "worktrees": [dict(w) for w in self.worktrees]}
+        for k in ("error", "not_run", "kept", "notes"):
+            v = getattr(self, k)
+            if v:
+                d[k] = list(v) if isinstance(v, tuple) else v
+        return d
+
+
+@dataclass(frozen=True)
+class WorktreeRemoval:
+    """One host's part of ``worktrees.remove``: ``removed``, ``refused`` or ``not run``."""
+
+    host: str
+    outcome: str
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the worktree is gone (or was never there)."""
+        return self.outcome == "removed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data with stable keys."""
+        return {"host": self.host, "outcome": self.outcome, "detail": self.detail}

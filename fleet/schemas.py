@@ -322,6 +322,7 @@ class TeardownHost(TypedDict):
     notes: NotRequired[list[str]]
     error: NotRequired[str]
     not_run: NotRequired[bool]
+    kept: NotRequired[list[str]]
 
 
 class TeardownResult(Result):

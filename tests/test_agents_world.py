@@ -118,8 +118,8 @@ def test_every_view_sees_sessions_of_every_repo(world, tmp_path, st):
         ses.teardown(inv, "lab02", args={}, settings=st, records=recs)
     out = ses.teardown(inv, "lab02", args={}, settings=st, records=recs, confirm=ei.value.token,
                        audit_trail=_trail(tmp_path))
-    assert not out[0].get("error"), out
-    assert out[0]["aborted"] == [again.session_id] and {sid, again.session_id} <= set(out[0]["deleted"])
+    assert not out[0].error, out
+    assert list(out[0].aborted) == [again.session_id] and {sid, again.session_id} <= set(out[0].deleted)
     left = {x.session_id for x in ses.host_sessions(h)}
     assert sid not in left and again.session_id not in left
     ops = [(e["operation"], e["detail"].get("session_id")) for e in journal(tmp_path)]

@@ -190,8 +190,7 @@ def test_watch_board_fits_the_terminal_people_first():
 
 def test_a_no_wait_report_says_how_to_follow_not_empty_usage():
     from fleet.cli.agent_render import dispatch_report
-    from fleet.ops.dispatch import DispatchResult, DispatchRun
-    from fleet.results import FanoutOutcome
+    from fleet.results import DispatchResult, DispatchRun, FanoutOutcome
 
     one = DispatchRun("dx-1", "t", "demo", results=[DispatchResult("lab01", FanoutOutcome.SUCCESS, session_id="ses_a",
                                                                     waited=False)])

@@ -130,7 +130,7 @@ def test_teardown_is_gated_and_deletes_fleet_sessions(agents, tmp_path, st):
         ses.teardown(inv, "lab02", args={}, settings=st, records=recs)
     assert any(x.session_id == r.session_id for x in ses.host_sessions(inv.host("lab02")))
     out = ses.teardown(inv, "lab02", args={}, settings=st, records=recs, confirm=ei.value.token)
-    assert r.session_id in out[0]["deleted"]
+    assert r.session_id in out[0].deleted
     assert not any(x.session_id == r.session_id for x in ses.host_sessions(inv.host("lab02")))
     assert recs.for_host("lab02") == []
 

@@ -76,7 +76,7 @@ def test_teardown_runs_its_hosts_in_the_order_its_plan_shows(tmp_path):
         assert srv.order == []  # nothing reached before the person confirmed
         out = teardown(inv, "t3,t1,t2", records=recs, settings=st, canary="t2", confirm=ei.value.token)
         assert srv.order == [canary] + rest
-        assert [r["host"] for r in out] == ["t1", "t2", "t3"] and not any(r.get("error") for r in out)
+        assert [r.host for r in out] == ["t1", "t2", "t3"] and not any(r.error for r in out)
     finally:
         srv.close()
 
@@ -92,8 +92,8 @@ def test_a_failed_canary_teardown_stops_the_rest_as_its_plan_says(tmp_path):
         canary, rest, _ = shown_order(ei.value.plan.describe())
         out = teardown(inv, "all", records=recs, settings=st, confirm=ei.value.token)
         assert canary == "t1" and srv.order == []  # the others were never reached
-        by = {r["host"]: r for r in out}
-        assert by["t1"]["error"] and all(by[h].get("not_run") and "canary t1" in by[h]["error"] for h in rest)
+        by = {r.host: r for r in out}
+        assert by["t1"].error and all(by[h].not_run and "canary t1" in by[h].error for h in rest)
     finally:
         srv.close()
 
@@ -119,9 +119,9 @@ def test_worktree_removal_runs_as_shown_the_rest_only_after_the_canary(lab, tmp_
     with pytest.raises(ConfirmationRequired) as ei:
         remove_worktree(inv, "all", args=args, settings=st, canary="lab02")
     out = remove_worktree(inv, "all", args=args, settings=st, canary="lab02", confirm=ei.value.token)
-    by = {r["host"]: r for r in out}
-    assert by["lab02"]["outcome"] == "refused" and "does not exist" in by["lab02"]["detail"]
-    assert by["lab01"]["outcome"] == by["lab03"]["outcome"] == "not run"
+    by = {r.host: r for r in out}
+    assert by["lab02"].outcome == "refused" and "does not exist" in by["lab02"].detail
+    assert by["lab01"].outcome == by["lab03"].outcome == "not run"
 
 
 def test_a_gated_fanout_runs_the_canary_first_as_its_plan_shows(lab, tmp_path):

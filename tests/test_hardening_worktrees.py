@@ -66,7 +66,7 @@ def test_delete_branch_never_deletes_a_branch_someone_checked_out_in_the_worktre
     fix = git("rev-parse", "HEAD", cwd=wt).strip()
     plan, out = gated(inv, name, {"repo": repo.name, "name": "wt1", "force": False, "delete_branch": True}, st)
     assert "release-1.0" in plan.plan.describe()  # the plan says what is checked out there, and that it stays
-    assert out[0]["outcome"] == "removed", out
+    assert out[0].outcome == "removed", out
     assert "release-1.0" in branches(repo), "a branch fleet did not make was deleted"
     assert git("rev-parse", "release-1.0", cwd=repo).strip() == fix
     assert "fleet/wt1" not in branches(repo)  # fleet's own branch (nothing only on it) is the one deleted
@@ -90,7 +90,7 @@ def test_delete_branch_refuses_commits_found_nowhere_else_unless_force(lab, tmp_
     assert TokenStore(st.token_dir).list() == []
     # without --delete-branch the worktree goes and the branch (with the work) stays
     _, out = gated(inv, name, dict(args, delete_branch=False), st)
-    assert out[0]["outcome"] == "removed" and not wt.exists() and "fleet/wt2" in branches(repo)
+    assert out[0].outcome == "removed" and not wt.exists() and "fleet/wt2" in branches(repo)
 
 
 def test_delete_branch_with_force_says_it_drops_the_commits_and_does(lab, tmp_path, st):
@@ -102,7 +102,7 @@ def test_delete_branch_with_force_says_it_drops_the_commits_and_does(lab, tmp_pa
     git("commit", "-qm", "agent work", cwd=wt)
     plan, out = gated(inv, name, {"repo": repo.name, "name": "wt3", "force": True, "delete_branch": True}, st)
     assert "1 commit" in plan.plan.describe()
-    assert out[0]["outcome"] == "removed" and "fleet/wt3" not in branches(repo)
+    assert out[0].outcome == "removed" and "fleet/wt3" not in branches(repo)
 
 
 def test_repo_paths_in_the_inventory_are_used_for_list_and_remove(lab, tmp_path, st):
@@ -118,7 +118,7 @@ def test_repo_paths_in_the_inventory_are_used_for_list_and_remove(lab, tmp_path,
     row = next(w for w in rows if w.path == str(wt))
     assert not errors and not row.dirty and row.ahead == "1", row
     _, out = gated(inv, name, {"repo": "proj", "name": "wt4", "force": False, "delete_branch": False}, st)
-    assert out[0]["outcome"] == "removed", out
+    assert out[0].outcome == "removed", out
     assert not wt.exists() and "fleet/wt4" in branches(elsewhere)
 
 
@@ -140,7 +140,7 @@ def test_a_dirty_worktree_is_refused_before_any_token_and_a_refusal_spends_none(
     assert [t["state"] for t in TokenStore(st.token_dir).list()] == ["valid"]  # not spent on the refusal
     (wt / "scratch").unlink()
     out = remove_worktree(inv, name, args=args, settings=st, confirm=token)  # the same token still works
-    assert out[0]["outcome"] == "removed" and not wt.exists()
+    assert out[0].outcome == "removed" and not wt.exists()
 
 
 def test_force_on_a_dirty_worktree_is_said_in_the_plan(lab, tmp_path, st):
@@ -150,7 +150,7 @@ def test_force_on_a_dirty_worktree_is_said_in_the_plan(lab, tmp_path, st):
     (wt / "scratch").write_text("uncommitted\n")
     plan, out = gated(inv, name, {"repo": repo.name, "name": "wt6", "force": True, "delete_branch": False}, st)
     assert "uncommitted changes" in plan.plan.describe()
-    assert out[0]["outcome"] == "removed" and not wt.exists()
+    assert out[0].outcome == "removed" and not wt.exists()
 
 
 def test_a_missing_worktree_is_said_in_the_plan(lab, tmp_path, st):
@@ -158,4 +158,4 @@ def test_a_missing_worktree_is_said_in_the_plan(lab, tmp_path, st):
     repo = new_repo(root / f"missing-{tmp_path.name}")
     plan, out = gated(inv, name, {"repo": repo.name, "name": "nosuch", "force": False, "delete_branch": False}, st)
     assert "nothing to remove" in plan.plan.describe()
-    assert "nothing to remove" in out[0]["detail"]
+    assert "nothing to remove" in out[0].detail

@@ -472,9 +472,17 @@ def test_result_schemas_keep_every_key_the_result_types_give():
     from fleet import schemas as S
     from fleet.cli.render import host_dict
     from fleet.inventory.model import Host, OpenCodeEndpoint
-    from fleet.ops.dispatch import DispatchResult, DispatchRun
-    from fleet.ops.sessions import SessionRow
-    from fleet.results import CheckResult, FanoutOutcome, FanoutResult, FanoutRun, PreflightResult, PreflightStatus
+    from fleet.results import (
+        CheckResult,
+        DispatchResult,
+        DispatchRun,
+        FanoutOutcome,
+        FanoutResult,
+        FanoutRun,
+        PreflightResult,
+        PreflightStatus,
+        SessionRow,
+    )
     from fleet.settings import Settings
 
     def same(model, d):

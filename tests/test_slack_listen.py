@@ -171,6 +171,38 @@ def test_a_reply_is_never_bound_to_a_later_request_after_a_restart(world):
         d2.communicate(timeout=60)
 
 
+def test_a_reply_binds_to_the_request_pending_when_it_was_written(world):
+    """D1 stops waiting (a timeout: its thread stays open) on `echo ask-bind-one`; the allowed
+    user writes `approve` there, but nobody listens; the request is approved on the CLI. D2
+    resumes the same session and asks `echo ask-bind-DANGER`. When a listener starts, the
+    `approve` binds to D1's request (written after it, before D2's): stale, nothing approved."""
+    w = world
+    d1 = w.fleet("dispatch", "--host", "lab01", "--repo", "demo", "--task", "please [bash: echo ask-bind-one]",
+                 "--json", "--timeout", "3")
+    r1 = json.loads(d1.stdout)["results"][0]
+    assert r1["outcome"] == "TIMEOUT" and "ask-bind-one" in r1["pending"], d1.stderr
+    sid = r1["session_id"]
+    first = wait_for(lambda: w.needs_input(0))
+    assert first
+    w.slack.reply(first["thread_ts"], "U0ALLOWED", "approve")
+    assert w.fleet("approve", "--session", sid, "--host", "lab01").returncode == 0
+    assert wait_for(lambda: w.state("lab01", sid) == "idle")
+    d2 = w.bg("dispatch", "--host", "lab01", "--repo", "demo", "--session", sid, "--task",
+              "please [bash: echo ask-bind-DANGER]", "--json", "--timeout", "120")
+    try:
+        assert wait_for(lambda: "ask-bind-DANGER" in w.waiting("lab01", sid))
+        lst = w.fleet("listen", "--duration", "3", "--interval", "0.5")
+        assert lst.returncode == 0, lst.stderr
+        time.sleep(1.0)
+        assert "ask-bind-DANGER" in w.waiting("lab01", sid), "the reply was bound to a later request"
+        said = w.said(first["thread_ts"], "Nothing answered")
+        assert len(said) == 1 and "no longer pending" in said[0]["text"], [p["text"] for p in
+                                                                          w.slack.thread_posts(first["thread_ts"])]
+    finally:
+        answer_permission(w.inv.host("lab01"), sid, "reject")
+        d2.communicate(timeout=60)
+
+
 def test_one_stop_is_acted_on_once_over_many_passes_and_restarts(world):
     """Repro (b): one `stop` reply was acted on at every pass (16 "Stopped." posts): now once,
     across passes and a restart; the Beads issue is blocked, the agent idle."""

@@ -57,10 +57,10 @@ def _inventory_as(lab, tmp_path: Path, host: str, who: str):
     return load_inventory(p), user
 
 
-def _started(marker: str, wait: float = 10.0) -> bool:
+def _started(marker: str, wait: float = 10.0, count: int = 1) -> bool:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if pids_of(marker):
+        if len(pids_of(marker)) >= count:
             return True
         time.sleep(0.05)
     return False
@@ -105,6 +105,41 @@ def test_setsid_child_is_left_alone_and_named(lab, tmp_path, markers, shell_aliv
     assert str(left[0]) in r.error and f"sleep {m}" in r.error and "setsid" in r.error, r.error
 
 
+def test_on_a_warm_connection_only_this_commands_processes_are_killed(lab_inv, tmp_path, markers):
+    """An earlier command on the same (kept) connection left a daemon and a loop that keeps
+    starting children: the next command's timeout ends that command's processes only."""
+    from fleet.ssh.runner import FanoutRunner
+    from fleet.ssh.warm import ConnectionPool
+
+    a, loop, b = markers(), markers(), markers()
+    host = lab_inv.host("lab14")
+    pool = ConnectionPool(idle=60)
+
+    def run(cmd: str, **kw):
+        runner = FanoutRunner(lab_inv, cmd, opts(tmp_path, **kw), pool=pool)
+        try:
+            return runner.run_hosts([host])[0]
+        finally:
+            runner.finish()
+    try:
+        first = run(f"nohup sleep {a} >/dev/null 2>&1 & "
+                    f"nohup sh -c 'while :; do sleep 0.2; done; : {loop}' >/dev/null 2>&1 & echo ok")
+        assert first.outcome == FanoutOutcome.SUCCESS, first.error
+        time.sleep(1.0)
+        r = run(f"sleep {b} & echo started", command_timeout=2)
+        assert (r.outcome, pool.reused) == (FanoutOutcome.TIMEOUT, 1), r.error
+        assert no_process(f"^sleep {b}( |$)", wait=3), r.error
+        assert "its processes were killed" in r.error, r.error
+        assert pids_of(a), "the earlier command's daemon was killed"
+        assert subprocess.run(["pgrep", "-f", f": {loop}$"], capture_output=True).returncode == 0, \
+            "the earlier command's loop was killed"
+    finally:
+        pool.close()
+        p = subprocess.run(["pgrep", "-f", f": {loop}$"], capture_output=True, text=True)
+        for pid in p.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+
+
 def test_ctrl_c_through_the_cli_leaves_no_child(lab, tmp_path, markers):
     m1, m2, m3, m4 = markers(), markers(), markers(), markers()
     p = write_inventory(tmp_path / "inv.yaml", lab, names=["lab11", "lab12"])
@@ -115,8 +150,7 @@ def test_ctrl_c_through_the_cli_leaves_no_child(lab, tmp_path, markers):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         for m in (m1, m2, m3, m4):
-            assert _started(m, 20), f"sleep {m} never started"
-        assert all(len(pids_of(m)) == 2 for m in (m1, m2, m3, m4)), "both hosts"
+            assert _started(m, 20, count=2), f"sleep {m} never started on both hosts: {pids_of(m)}"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -195,12 +229,37 @@ def test_preflight_unknown_key_advice_is_a_command_that_works(lab, tmp_path):
     assert m, f"no command to run in: {advice}"
     words = shlex.split(m.group(1))
     assert words[0] == "fleet" and "lab13" in words
-    ran = inv_cmd(words[1], "--inventory", str(p), *words[2:], env=env)
+    if "--inventory" not in words:  # named when the runner tells the key store (see the reply's diff)
+        words[2:2] = ["--inventory", str(p)]
+    ran = inv_cmd(*words[1:], env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert subprocess.run(["ssh-keygen", "-F", f"[{lab.hosts[12].address}]:{lab.hosts[12].port}", "-f", str(kh)],
                           capture_output=True).returncode == 0
     again = inv_cmd("preflight", "--inventory", str(p), "--all", "--deep", "--json", env=env)
     assert again.returncode == 0, again.stdout
+
+
+def _render_shows_whole_advice() -> bool:
+    from fleet.cli.render import preflight_table
+    from fleet.results import PreflightResult, PreflightStatus
+
+    advice = "x" * 300 + " 'fleet fanout --hosts h true'"
+    r = PreflightResult(host="h", user="u", auth_mode="ssh-key", status=PreflightStatus.FAILED,
+                        error_detail=advice, failed_check="login")
+    return advice in preflight_table([r])
+
+
+@pytest.mark.xfail(not _render_shows_whole_advice(), strict=False,
+                   reason="fleet/cli/render.py's preflight_table must show long advice whole (see the reply's diff)")
+def test_preflight_table_shows_the_whole_advice(lab, tmp_path):
+    kh = tmp_path / "kh"
+    kh.write_text("")
+    p = write_inventory(tmp_path / "inv.yaml", lab, names=["lab15"])
+    p.write_text(p.read_text().replace(f"known_hosts: {lab.known_hosts}", f"known_hosts: {kh}"))
+    out = inv_cmd("preflight", "--inventory", str(p), "--all", "--deep",
+                  env={"COLUMNS": "250", "INVOKE_FLEET_ARTIFACTS_DIR": str(tmp_path / "art")})
+    assert out.returncode == 1, out.stderr
+    assert "--accept-new-host-key lab15 true'" in out.stdout, out.stdout
 
 
 # ----------------------------------------------- inventory.show --resolved is what ssh -G says
@@ -213,7 +272,7 @@ def jump_world(tmp_path_factory):
     # a jump host with its own alias and timeout, and a ProxyCommand host
     text = text.replace("Host jump\n", "Host jump\n  HostKeyAlias jumpbox\n  ConnectTimeout 7\n")
     text += ("\nHost viaproxy\n  HostName 127.0.0.1\n  Port 2222\n  User nobody\n"
-             "  ProxyCommand nc %h %p\n  StrictHostKeyChecking accept-new\n  UserKnownHostsFile ~/kh1 ~/kh2\n")
+             f"  ProxyCommand nc %h %p\n  StrictHostKeyChecking accept-new\n  UserKnownHostsFile {d}/kh1 {d}/kh2\n")
     lb.ssh_config.write_text(text)
     inv = lb.inventory.read_text().replace("hosts:\n", "hosts:\n  viaproxy: {}\n", 1)
     lb.inventory.write_text(inv)
@@ -263,7 +322,8 @@ def test_inventory_show_resolved_is_what_ssh_G_says(jump_world, tmp_path):
     assert chain[0]["port"] == int(_ssh_G(lb.ssh_config, "jump")["port"][0])
     # fleet reads its inventory's known_hosts too: named after ssh's own files
     consulted = doc["lab01"]["known_hosts_consulted"]
-    assert consulted[:2] == [str(lb.known_hosts), "/dev/null"] and consulted[-1] == str(lb.known_hosts)
+    assert consulted == [str(lb.known_hosts), "/dev/null", os.path.expanduser("~/.ssh/known_hosts")], consulted
+    assert doc["viaproxy"]["known_hosts_consulted"][:2] == [str(lb.dir.parent / "kh1"), str(lb.dir.parent / "kh2")]
     table = inv_cmd("inventory.show", "--inventory", str(lb.inventory), "--resolved")
     assert table.returncode == 0, table.stderr
     row = next(ln for ln in table.stdout.splitlines() if ln.startswith("lab02 "))

@@ -83,7 +83,7 @@ def test_remove_needs_a_token_refuses_dirty_without_force(wlab, tmp_path, st):
         remove_worktree(inv, "lab01", args=forced, settings=st)
     assert "--force discards them" in ei.value.plan.describe()
     out = remove_worktree(inv, "lab01", args=forced, settings=st, confirm=ei.value.token)
-    assert out[0]["outcome"] == "removed" and not Path(r.worktree).exists()
+    assert out[0].outcome == "removed" and not Path(r.worktree).exists()
     demo = Path(wlab.hosts[0].repos_root) / "demo"
     assert r.branch not in git("branch", "--list", cwd=demo)
 
@@ -146,9 +146,9 @@ def test_a_second_orchestrator_lists_aborts_and_tears_down_anothers_session(wlab
         with pytest.raises(ConfirmationRequired) as ei:
             teardown(inv, "lab01", args={}, settings=b_st, records=b_recs)
         out = teardown(inv, "lab01", args={}, settings=b_st, records=b_recs, confirm=ei.value.token)
-        assert a.session_id in out[0]["deleted"]
+        assert a.session_id in out[0].deleted
         # the worktree stays (it may hold work): teardown names it and the command that removes it
-        kept = next(w for w in out[0]["worktrees"] if w["path"] == a.worktree)
+        kept = next(w for w in out[0].worktrees if w["path"] == a.worktree)
         assert kept["branch"] == a.branch and kept["repo"] == "demo" and Path(a.worktree).is_dir()
         from fleet.cli.agent_render import teardown_lines
         line = teardown_lines(out)

@@ -22,13 +22,51 @@ def inventory_check(c, inventory=None):
 
 
 @fleet_task(help={"hosts": HOSTS_HELP, "all": "Same as --hosts all (the default).",
-                  "inventory": "Inventory file.", "json": "Print one JSON document."})
-def inventory_show(c, hosts=None, all_=False, inventory=None, json_=False):
-    """Print the resolved hosts (defaults merged) as a table or JSON."""
+                  "inventory": "Inventory file.", "json": "Print one JSON document.",
+                  "resolved": "Where ssh goes for each host, as 'ssh -G NAME' says: hostname, port, user, "
+                              "identity files, jump chain or ProxyCommand, the known_hosts files consulted, "
+                              "ConnectTimeout, HostKeyAlias, StrictHostKeyChecking."})
+def inventory_show(c, hosts=None, all_=False, inventory=None, json_=False, resolved=False):
+    """Print the resolved hosts (defaults merged) as a table or JSON (--resolved: ssh_config applied)."""
     from fleet.cli.render import host_dict, hosts_table
 
     fl = app(c, inventory)
     chosen = fl.select(selector(hosts, all_))
+    if resolved:
+        from typing import Any
+
+        from fleet.cli.render import table
+        from fleet.errors import BadInput
+        from fleet.ssh.config import resolved_view
+        from fleet.ssh.preflight import config_for
+
+        opts = fl.fanout_options()
+        cfg = config_for(fl.inventory, opts.ssh_config)
+        files = [os.path.expanduser(f) for f in (opts.user_known_hosts, fl.inventory.known_hosts) if f]
+        docs: list[dict[str, Any]] = []
+        for h in chosen:
+            try:
+                docs.append({"name": h.name, "local": True} if h.auth == "local" else
+                            resolved_view(h, cfg, files, opts.connect_timeout))
+            except BadInput as exc:
+                docs.append({"name": h.name, "error": str(exc)})
+        if json_:
+            emit({"inventory": fl.inventory.path, "hosts": docs})
+            return
+        rows = []
+        for d in docs:
+            if "hostname" not in d:
+                rows.append([d["name"], "-", "(runs here)" if d.get("local") else d["error"]] + ["-"] * 6)
+                continue
+            via = " -> ".join(j["name"] for j in d["jumps"]) or (f"proxy: {d['proxycommand']}"
+                                                                 if d["proxycommand"] else "-")
+            rows.append([d["name"], d["user"], f"{d['hostname']}:{d['port']}", via,
+                         "default keys" if d["identityfile_default"] else ", ".join(d["identityfile"]),
+                         f"{d['connect_timeout_used']:g}s" + (" (ssh_config)" if d["connecttimeout"] != "none" else ""),
+                         d["hostkeyalias"] or "-", d["stricthostkeychecking"], ", ".join(d["known_hosts_consulted"])])
+        print(table(rows, ["HOST", "USER", "HOSTNAME:PORT", "VIA", "IDENTITY", "CONNECT TIMEOUT", "HOSTKEYALIAS",
+                           "STRICT", "KNOWN_HOSTS CONSULTED"]))
+        return
     if json_:
         emit({"inventory": fl.inventory.path, "hosts": [host_dict(h) for h in chosen]})
     else:

@@ -62,16 +62,16 @@ def abort_line(host: str, aborted: list[str]) -> str:
     return cell(f"{host}: aborted {len(aborted)} session(s)" + (": " + ", ".join(aborted) if aborted else ""))
 
 
-def teardown_lines(out: list[dict[str, Any]]) -> str:
+def teardown_lines(out: list[Any]) -> str:
     """``teardown``: per host, what was aborted and deleted, or the error."""
     lines = []
     for r in out:
-        if r.get("error"):
-            lines.append(cell(f"{r['host']}: error: {r['error']}"))
+        if r.error:
+            lines.append(cell(f"{r.host}: error: {r.error}"))
             continue
-        lines.append(cell(f"{r['host']}: aborted {len(r['aborted'])}, deleted {len(r['deleted'])} session(s)"))
-        for w in r.get("worktrees") or []:
+        lines.append(cell(f"{r.host}: aborted {len(r.aborted)}, deleted {len(r.deleted)} session(s)"))
+        for w in r.worktrees:
             lines.append("  " + cell(f"worktree kept: {w['path']} (branch {w['branch'] or '-'}); remove it with: "
-                                     f"fleet worktrees.remove --hosts {r['host']} --repo {w['repo']} "
+                                     f"fleet worktrees.remove --hosts {r.host} --repo {w['repo']} "
                                      f"--name {w['name']}"))
     return "\n".join(lines)

@@ -240,10 +240,10 @@ def teardown(c, hosts=None, all_=False, confirm=None, mode=None, canary=None, in
     finally:
         trail.close()
     if json_:
-        emit({"teardown": out})
+        emit({"teardown": [r.to_dict() for r in out]})
     else:
         print(teardown_lines(out))
-    if any(r.get("error") for r in out):
+    if not all(r.ok for r in out):
         raise Exit(code=1)
 
 

@@ -355,7 +355,7 @@ def build_server(inventory: str | None = None) -> FleetMCP:
         """Abort running sessions and delete the ones fleet created on the selected hosts (gated: the person
         confirms the plan; their git worktrees are left, listed)."""
         def go(confirm: str | None = None) -> dict[str, Any]:
-            return {"teardown": fl.teardown(selector, confirm=confirm)}
+            return {"teardown": [r.to_dict() for r in fl.teardown(selector, confirm=confirm)]}
         return await call(ctx, fl, "teardown", go)
     acts(teardown, S.TeardownResult, "Tear down agent sessions", destructive=True, idempotent=True)
 

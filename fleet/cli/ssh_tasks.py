@@ -210,13 +210,13 @@ def worktrees_remove(c, repo, name, hosts=None, all_=False, force=False, delete_
     finally:
         trail.close()
     if json_:
-        emit({"worktrees": out})
+        emit({"worktrees": [r.to_dict() for r in out]})
     else:
         from fleet.cli.render import cell
 
         for r in out:
-            print(cell(f"{r['host']}: {r['detail']}"))
-    if any(r["outcome"] != "removed" for r in out):
+            print(cell(f"{r.host}: {r.detail}"))
+    if not all(r.ok for r in out):
         raise Exit(code=1)
 
 

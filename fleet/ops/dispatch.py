@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 from fleet.agent.asks import check_budget, check_policy, permission_rules
@@ -22,69 +22,10 @@ from fleet.agent.turn import subscribe, unsubscribe
 from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError
 from fleet.inventory import Host, Inventory
-from fleet.results import FanoutOutcome, RunSummary
+from fleet.results import DispatchResult, DispatchRun, FanoutOutcome
 from fleet.safety import gate
 from fleet.safety.gate import DISPATCH, Plan
 from fleet.workers import run_bounded
-
-
-@dataclass(frozen=True)
-class DispatchResult:
-    """What happened on one host."""
-
-    host: str
-    outcome: FanoutOutcome
-    session_id: str = ""
-    url: str = ""
-    directory: str = ""
-    answer: str = ""
-    tokens: dict[str, Any] = field(default_factory=dict)
-    cost: float = 0.0
-    duration_ms: int = 0
-    error: str = ""
-    error_kind: str = ""
-    created: bool = False
-    waited: bool = True
-    issue: str | None = None
-    files: tuple[dict[str, Any], ...] = ()   # what the agent changed: file, additions, deletions, status
-    todo: tuple[dict[str, Any], ...] = ()
-    pending: str = ""  # a permission request the agent waits on, when it ended waiting
-    worktree: str = ""  # the git worktree the session works in (--worktree), and its branch
-    branch: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True on SUCCESS."""
-        return self.outcome == FanoutOutcome.SUCCESS
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data with stable keys."""
-        return {"host": self.host, "outcome": self.outcome.value, "session_id": self.session_id, "url": self.url,
-                "directory": self.directory, "answer": self.answer, "tokens": dict(self.tokens), "cost": self.cost,
-                "duration_ms": self.duration_ms, "error": self.error, "error_kind": self.error_kind,
-                "created": self.created, "waited": self.waited, "issue": self.issue,
-                "files": [dict(f) for f in self.files], "todo": [dict(t) for t in self.todo], "pending": self.pending,
-                "worktree": self.worktree, "branch": self.branch}
-
-
-@dataclass
-class DispatchRun(RunSummary):
-    """A dispatch over one or many hosts."""
-
-    dispatch_id: str
-    task: str
-    repo: str
-    mode: str = ""
-    results: list[DispatchResult] = field(default_factory=list)
-    interrupted: bool = False
-    notes: list[str] = field(default_factory=list)
-    duration_ms: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data with stable keys."""
-        return {"dispatch_id": self.dispatch_id, "task": self.task, "repo": self.repo, "mode": self.mode,
-                "interrupted": self.interrupted, "exit_code": self.exit_code, "duration_ms": self.duration_ms,
-                "notes": list(self.notes), "results": [r.to_dict() for r in self.results]}
 
 
 def repo_directory(host: Host, repo: str) -> str:

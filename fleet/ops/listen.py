@@ -25,11 +25,11 @@ from typing import Any, Callable
 
 from fleet.audit.journal import Journal, JournalState
 from fleet.audit.records import SessionRecords
-from fleet.audit.slack import SlackPoster, deliver
 from fleet.audit.trail import AuditTrail
 from fleet.errors import BadInput
 from fleet.inventory import Inventory
 from fleet.ops.listen_act import Acts
+from fleet.ops.listen_post import Replies
 from fleet.ops.listen_slack import ListenStopped, Once, SlackRefused, SlackWeb, quiet_logger
 from fleet.ops.listen_state import Known, Ledger, payload
 
@@ -57,8 +57,8 @@ def open_dispatches(journal: Journal | JournalState, channel: str, max_age_s: fl
     for did in dict.fromkeys(e.get("dispatch_id") for e in st.events if e.get("channel", "") == channel
                              and e.get("dispatch_id") and now - float(e.get("epoch") or now) <= max_age_s):
         ts = st.thread_ts(str(did))
-        if ts and known.view(str(did), ts).phase != "ended":
-            v = known.view(str(did), ts)
+        v = known.view(str(did), ts) if ts else None
+        if ts and v is not None and v.phase != "ended":
             out.append(OpenDispatch(str(did), ts, list(v.sessions)))
     return out
 
@@ -76,11 +76,12 @@ class Listener(Acts):
         self.note = Once(out)
         self.web = SlackWeb(inv.slack, token, self.note, sleep)
         self.client = self.web.client
-        self.poster = SlackPoster(inv.slack, token)  # this listener's replies, posted within its deadline
         self.inv = inv
         self.channel = inv.slack.channel
         self.allowed = set(inv.slack.allowed_users)
-        self.trail = trail
+        # what it does is journaled and posted by the listener itself, within its deadline
+        self.trail = Replies(trail, inv.slack, token, self.note, self.web.left, sleep)
+        self.outer = trail
         self.records = records
         self.beads = beads
         self.sleep = sleep
@@ -90,8 +91,8 @@ class Listener(Acts):
         self.followed: dict[str, OpenDispatch] = {}
         self.over: set[str] = set()  # dispatches seen to have ended: their threads are not read again
         self.msgs: dict[str, list[dict[str, Any]]] = {}  # thread ts -> its messages when last read
+        self.not_fleet: set[str] = set()  # threads in the channel that are not a dispatch's
         self.followers: list[threading.Thread] = []  # the turns a `continue` started, followed
-        self.mine: set[str] = set()  # this listener's replies not yet delivered
         self.skipped_reads = 0
         self.lock = threading.RLock()
         self.on_action: Callable[[dict[str, Any]], None] | None = None
@@ -99,10 +100,12 @@ class Listener(Acts):
 
     # ------------------------------------------------------------------ Slack, bounded
     def say(self, did: str, operation: str, outcome: str, text: str, **detail: Any) -> None:
-        """Reply in the dispatch's thread: a journal event the trail posts (exactly once)."""
-        e = self.trail.record(operation, str(detail.pop("host", "") or ""), outcome, dispatch_id=did, say=text,
-                              **detail)
-        self.mine.add(e["id"])
+        """Reply in the dispatch's thread: a journal event this listener posts (exactly once)."""
+        self.trail.record(operation, str(detail.pop("host", "") or ""), outcome, dispatch_id=did, say=text, **detail)
+
+    def flush(self) -> None:
+        """Post what this listener journaled, within its deadline (the rest stays pending)."""
+        self.trail.flush()
 
     def ephemeral(self, user: str, thread_ts: str, text: str) -> None:
         try:
@@ -111,34 +114,6 @@ class Listener(Acts):
         except SlackRefused as exc:
             self.note(f"ephemeral {exc.error}", f"listen: Slack would not show {user} a message only they see "
                                                 f"({exc.error})")
-
-    def flush(self) -> None:
-        """Post this listener's replies now (bounded by the deadline; what is left stays pending
-        in the journal for the trail or audit.replay)."""
-        if not self.mine or self.trail.poster is None:
-            return
-        left = self.web.left()
-        budget = 10.0 if left is None else max(0.0, min(10.0, left))
-        if budget <= 0:
-            return
-        self.poster.client.timeout = int(max(1, min(10, budget)))
-        end = time.monotonic() + budget
-
-        def wait(ra: float) -> bool:
-            w = min(max(0.5, ra), end - time.monotonic())
-            if w <= 0:
-                return False
-            self.sleep(w)
-            return True
-        try:
-            _, why = deliver(self.trail.journal, self.poster, set(self.mine), wait, deadline=end)
-        except Exception as exc:  # noqa: BLE001 - the journal keeps them pending
-            why = f"{type(exc).__name__}: {exc}"
-        st = self.trail.journal.load()
-        self.mine = {i for i in self.mine if i not in st.delivered and i not in st.failed}
-        if why and self.mine:
-            self.note(f"post {why.split(':')[0]}", f"listen: a reply is not in Slack yet ({why}): it stays pending "
-                                                   f"in the journal and is posted later")
 
     def replies(self, thread_ts: str) -> list[dict[str, Any]] | None:
         """Every message of a thread (paged), or None when Slack could not say now."""
@@ -256,9 +231,13 @@ class Listener(Acts):
         for d in self.followed.values():
             if d.thread_ts == thread_ts:
                 return d
+        if thread_ts in self.not_fleet:
+            return None
         msgs = self.replies(thread_ts)
         root = next((m for m in msgs or [] if str(m.get("ts")) == thread_ts), None)
         did = str((payload(root) or {}).get("dispatch_id") or "") if root else ""
+        if msgs is not None and not did:
+            self.not_fleet.add(thread_ts)  # someone else's thread: not read again
         if not did or float(thread_ts) < time.time() - self.max_age_s:
             return None
         d = self.followed.setdefault(did, OpenDispatch(did, thread_ts))
@@ -315,14 +294,19 @@ class Listener(Acts):
                                  f"{interval:g}s; set it (Socket Mode) for replies at once and the needs-input buttons")
             while not over():
                 self.poll_once()
-                left = None if deadline is None else deadline - time.monotonic()
-                self.sleep(interval if left is None else max(0.0, min(interval, left)))
+                end = time.monotonic() + interval if deadline is None else min(deadline, time.monotonic() + interval)
+                while not over() and time.monotonic() < end:
+                    self.sleep(max(0.0, min(1.0, end - time.monotonic())))
+                    if self.trail.mine:
+                        with self.lock:
+                            self.flush()  # what a followed turn journaled meanwhile
+            self._left_behind()
             return
         from fleet.ops.listen_socket import SocketLink
         link = SocketLink(self, self.app_token, self.app_token_env)
         try:
             link.start()
-            last = 0.0
+            last = posted = 0.0
             while not over():
                 if link.fatal:
                     raise ListenStopped(link.fatal)
@@ -335,10 +319,23 @@ class Listener(Acts):
                                                  f"reading the threads every {interval:g}s meanwhile")
                     self.poll_once()  # catch up: what was written while nobody was told
                     last = time.monotonic()
+                elif self.trail.mine and time.monotonic() - posted >= 1.0:
+                    posted = time.monotonic()
+                    with self.lock:
+                        self.flush()  # what a followed turn journaled meanwhile
                 left = None if deadline is None else deadline - time.monotonic()
                 self.sleep(0.2 if left is None else max(0.0, min(0.2, left)))
         finally:
             link.close()
+        self._left_behind()
+
+    def _left_behind(self) -> None:
+        """Say which continued turns nobody follows once this listener ends."""
+        for t in self.followers:
+            if t.is_alive():
+                did, _, sid = t.name.removeprefix("fleet-listen-follow-").rpartition("-")
+                self.note(f"left {t.name}", f"listen: no longer following the turn sent to {sid} for {did}: "
+                                            f"fleet wait --dispatch {did}")
 
 
 __all__ = ["ListenStopped", "Listener", "OpenDispatch", "open_dispatches"]

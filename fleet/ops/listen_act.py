@@ -12,6 +12,7 @@ or the button's request id), if the agent still waits on it; else it is stale an
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -61,7 +62,8 @@ class Acts:
     def reply(self, did: str, thread_ts: str, known: Known, m: dict[str, Any]) -> dict[str, Any] | None:
         """Act on one person's reply in a dispatch thread, at most once ever."""
         ts, user = str(m.get("ts") or ""), str(m.get("user") or "")
-        word, _, rest = str(m.get("text") or "").strip().partition(" ")
+        said = re.sub(r"^(<@[A-Z0-9]+>[\s,:]*)+", "", str(m.get("text") or "").strip())  # "@fleet stop" is "stop"
+        word, _, rest = said.partition(" ")
         cmd, rest = word.lower().strip(".!:"), rest.strip()
         key = f"reply:{self.channel}:{ts}"
         if not ts or not user or self.ledger.seen(key):

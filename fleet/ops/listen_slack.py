@@ -80,6 +80,13 @@ def _error(exc: Any) -> tuple[int, str, Any]:
     return status, err, getattr(resp, "headers", None)
 
 
+def _needed(exc: Any) -> str:
+    try:
+        return str(exc.response.get("needed") or "")
+    except (AttributeError, TypeError, ValueError):
+        return ""
+
+
 def _headers_value(headers: Any, name: str) -> str | None:
     try:
         v = headers.get(name, headers.get(name.lower())) if headers is not None else None
@@ -152,8 +159,11 @@ class SlackWeb:
                     continue
                 if err in FATAL:
                     env = token_env or self.token_env
-                    raise ListenStopped(f"listen stopped: Slack said {err} to {method}: check the token in ${env} "
-                                        f"(and the app's scopes, and that it is in the channel)") from None
+                    needed = _needed(exc)
+                    raise ListenStopped(f"listen stopped: Slack said {err} to {method}"
+                                        + (f" (it needs the scope {needed})" if needed else "")
+                                        + f": check the token in ${env} (and the app's scopes, and that it is in "
+                                          f"the channel)") from None
                 if status >= 500:
                     self.note(f"5xx {method}", f"listen: Slack answered {method} with HTTP {status}: skipped, "
                                                f"tried again next pass")

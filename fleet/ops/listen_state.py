@@ -141,6 +141,15 @@ class Known:
             if e.get("dispatch_id") and e.get("operation") != LEDGER:
                 self.by_dispatch.setdefault(str(e["dispatch_id"]), []).append(e)
 
+    def at(self, e: dict[str, Any], ts: str = "") -> float:
+        """When an event was first known: its journal time, or its Slack post's if earlier (a
+        reply's ts is Slack's clock: the post's is the one to compare it with)."""
+        ts = ts or str((self.st.delivered.get(e["id"]) or {}).get("ts") or "")
+        at = float(e.get("epoch") or 0)
+        if ts:
+            at = min(at, float(ts)) if at else float(ts)
+        return at
+
     def _entries(self, did: str, thread_ts: str) -> list[dict[str, Any]]:
         """The dispatch's events in time order: (time, op, host, outcome, detail, post ts)."""
         out: list[dict[str, Any]] = []
@@ -158,9 +167,7 @@ class Known:
                         "outcome": str(pl.get("outcome") or ""), "detail": pl, "post_ts": str(m["ts"])})
         for e in self.by_dispatch.get(did, []):
             ts = posted.get(e["id"]) or str((self.st.delivered.get(e["id"]) or {}).get("ts") or "")
-            at = float(e.get("epoch") or 0) or (float(ts) if ts else 0.0)
-            if ts:
-                at = min(at, float(ts)) if at else float(ts)
+            at = self.at(e, ts)
             out.append({"at": at, "op": str(e["operation"]), "host": str(e.get("host") or ""),
                         "outcome": str(e.get("outcome") or ""), "detail": e.get("detail") or {}, "post_ts": ts})
         return sorted(out, key=lambda x: x["at"])
@@ -176,6 +183,11 @@ class Known:
                 v.repo = str(d.get("repo") or v.repo)
             elif host_ended(op, x["outcome"]):
                 last[host] = ("end", op, x["outcome"])
+            elif op == "slack_stop" and d.get("hosts"):
+                # stopped from Slack (abort_sessions may journal a resumed session's abort under the
+                # dispatch that created it): these hosts' parts end here
+                for h in str(d["hosts"]).split(","):
+                    last[h] = ("end", "aborted", "aborted")
             sid = str(d.get("session_id") or "")
             if sid and (host, sid) not in v.sessions and op in TURNS + ("needs_input",):
                 v.sessions.append((host, sid))
@@ -209,7 +221,7 @@ class Known:
         best: tuple[float, str] | None = None
         for e in self.st.events:
             if e.get("operation") in TURNS and (e.get("detail") or {}).get("session_id") == sid:
-                at = float(e.get("epoch") or 0)
+                at = self.at(e)
                 if best is None or at >= best[0]:
                     best = (at, str(e.get("dispatch_id") or ""))
         for msgs in self.threads.values():

@@ -10,7 +10,6 @@ left running on the host."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from fleet.agent.asks import describe_request
@@ -21,35 +20,10 @@ from fleet.agent.tree import rollup, tree_requests
 from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError, OpenCodeError
 from fleet.inventory import Host, Inventory
+from fleet.results import SessionRow, TeardownResult
 from fleet.safety import gate
 from fleet.safety.gate import TEARDOWN
 from fleet.workers import run_bounded
-
-
-@dataclass(frozen=True)
-class SessionRow:
-    """One session on one host, for ``inv sessions``."""
-
-    host: str
-    session_id: str
-    title: str
-    state: str
-    age_s: int
-    directory: str
-    fleet: bool
-    waiting: str = ""  # the permission it waits on (state needs-input)
-    worktree: str = ""  # the git worktree fleet made for it (--worktree), and its branch
-    branch: str = ""
-    machine: str = ""  # the orchestrating machine that dispatched it (fleet's marks on the server)
-    dispatch_id: str = ""
-    repo: str = ""  # the repo fleet dispatched it for, else the directory's last part
-    tokens: int | None = None  # the session's tokens and cost so far (its subagents' too), when the server keeps them
-    cost: float | None = None
-    parent: str = ""  # the session whose subagent this is (its task tool made it)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data."""
-        return dict(self.__dict__)
 
 
 def fleet_marks(session: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +196,7 @@ def answer_permission(host: Host, session: str, reply: str, message: str | None 
 
 def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
                   client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, inventory: Any = None,
-                  ssh_options: Any = None) -> dict[str, Any]:
+                  ssh_options: Any = None) -> TeardownResult:
     """Abort every running session on ``host`` and delete the sessions fleet created there: each
     one it deletes is stopped first (its subagents too) and must be idle, else it is kept and
     named in ``error`` (deleting a session at work leaves its tools running with nobody to see)."""
@@ -281,19 +255,17 @@ def teardown_host(host: Host, records: SessionRecords, audit: Any = None,
             repo, name = worktree_parts(path)
             worktrees[path] = {"path": path, "branch": str(m.get("branch") or r.get("branch") or ""),
                                "repo": str(m.get("repo") or repo), "name": name}
-    out = {"host": host.name, "aborted": aborted, "deleted": deleted, "worktrees": list(worktrees.values()),
-           "notes": aborted.notes}
-    if stuck:
-        out["error"] = (f"still busy 5s after abort, so not deleted: {', '.join(stuck)}; the server may be "
-                        f"running a shell command that ignores the abort: check it, or restart the server")
-    return out
+    error = (f"still busy 5s after abort, so not deleted: {', '.join(stuck)}; the server may be "
+             f"running a shell command that ignores the abort: check it, or restart the server") if stuck else ""
+    return TeardownResult(host.name, tuple(aborted), tuple(deleted), tuple(worktrees.values()), error=error,
+                          kept=tuple(stuck), notes=tuple(aborted.notes))
 
 
 def teardown(inv: Inventory, selector: str, *, records: SessionRecords, args: dict[str, Any] | None = None,
              mode: str | None = None, confirm: str | None = None, canary: str | None = None,
              settings: Any = None, store: Any = None, audit: Any = None, trail: Any = None,
              audit_trail: Any = None,
-             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[dict[str, Any]]:
+             client_factory: Callable[..., OpenCodeClient] = OpenCodeClient) -> list[TeardownResult]:
     """Gated: abort running sessions and delete fleet's sessions on the planned hosts, in the
     plan's order (the canary first in canary mode; the rest only if its teardown succeeded)."""
     trail = trail if trail is not None else audit_trail
@@ -301,21 +273,20 @@ def teardown(inv: Inventory, selector: str, *, records: SessionRecords, args: di
                     settings=settings, store=store, audit=audit, trail=trail) as g:
         tr = g.trail
 
-        def one(h: Host) -> dict[str, Any]:
+        def one(h: Host) -> TeardownResult:
             try:
                 r = teardown_host(h, records, tr, client_factory, g.plan.inventory)
             except OpenCodeError as exc:
-                r = {"host": h.name, "error": str(exc), "aborted": [], "deleted": [], "worktrees": []}
+                r = TeardownResult(h.name, error=str(exc))
             if tr is not None:
-                tr.record(operation="gated_action_run", host=r["host"], outcome="failure" if r.get("error")
-                          else "success", dispatch_id="", action="teardown", aborted=len(r["aborted"]),
-                          deleted=len(r["deleted"]), error=r.get("error"))
+                tr.record(operation="gated_action_run", host=r.host, outcome="failure" if r.error else "success",
+                          dispatch_id="", action="teardown", aborted=len(r.aborted), deleted=len(r.deleted),
+                          error=r.error)
             return r
 
-        def not_run(h: Host, first: dict[str, Any]) -> dict[str, Any]:
-            return {"host": h.name, "error": f"not run: canary {first['host']} failed: {first.get('error')}",
-                    "aborted": [], "deleted": [], "worktrees": [], "not_run": True}
-        return gate.canary_first(g.plan, one, lambda r: not r.get("error"), not_run)
+        def not_run(h: Host, first: TeardownResult) -> TeardownResult:
+            return TeardownResult(h.name, error=f"not run: canary {first.host} failed: {first.error}", not_run=True)
+        return gate.canary_first(g.plan, one, lambda r: r.ok, not_run)
 
 
 def server_status(host: Host, client_factory: Callable[..., OpenCodeClient] | None = None,

@@ -23,9 +23,8 @@ from fleet.agent.turn import subscribe
 from fleet.audit.records import SessionRecords, new_dispatch_id
 from fleet.errors import BadInput, FleetError
 from fleet.inventory import Host, Inventory
-from fleet.ops.dispatch import DispatchResult, DispatchRun
 from fleet.ops.sessions import fleet_marks, known_session
-from fleet.results import FanoutOutcome
+from fleet.results import DispatchResult, DispatchRun, FanoutOutcome
 from fleet.workers import run_bounded
 
 ENDED = ("completed", "failed")

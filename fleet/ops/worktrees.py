@@ -17,13 +17,13 @@ issued or spent for it. ``--force`` lifts those refusals, and the plan says what
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from fleet.errors import BadInput, FleetError, Refused
 from fleet.inventory import Host, Inventory
 from fleet.names import is_plain_name
-from fleet.results import FanoutOutcome
+from fleet.results import FanoutOutcome, Worktree, WorktreeRemoval
 from fleet.safety import gate
 from fleet.safety.gate import WORKTREES_REMOVE, Plan
 from fleet.safety.redact import Redactor
@@ -136,26 +136,6 @@ def _one(inv: Inventory, host: Host, command: str, label: str, options: FanoutOp
         return runner.run_host(host, command)
     finally:
         runner.finish()
-
-
-@dataclass(frozen=True)
-class Worktree:
-    """A worktree fleet made on a host."""
-
-    host: str
-    repo: str
-    name: str
-    path: str
-    branch: str
-    dirty: bool = False
-    ahead: str = ""
-    age_s: int = 0
-    session: str = ""
-    state: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data."""
-        return dict(self.__dict__)
 
 
 def create_worktree(inv: Inventory, host: Host, repo: str, repo_dir: str, name: str, base: str | None = None,
@@ -308,7 +288,7 @@ def _check_remove(plan: Plan) -> None:
 def remove_worktree(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str | None = None,
                     confirm: str | None = None, canary: str | None = None, settings: Any = None,
                     store: Any = None, audit: Any = None, trail: Any = None, audit_trail: Any = None,
-                    options: FanoutOptions | None = None) -> list[dict[str, str]]:
+                    options: FanoutOptions | None = None) -> list[WorktreeRemoval]:
     """Remove a fleet-made worktree on the planned hosts (gated like blow-away), one host after
     another in the plan's order, the canary first. Each host is checked before the token (see the
     module): uncommitted changes, or with ``delete_branch`` commits only on ``fleet/<name>``, are
@@ -319,20 +299,19 @@ def remove_worktree(inv: Inventory, selector: str, *, args: dict[str, Any], mode
                     call_options={"options": options}, check=_check_remove) as g:
         a, tr = g.plan.args, g.trail
 
-        def one(h: Host) -> dict[str, str]:
+        def one(h: Host) -> WorktreeRemoval:
             r = _one(g.plan.inventory, h, _removescript(h, a, "remove"), f"worktree remove {a['name']}", options)
             ok = r.outcome == FanoutOutcome.SUCCESS
-            out = {"host": h.name, "outcome": "removed" if ok else "refused",
-                   "detail": (r.stdout.strip() if ok else (r.stderr.strip().splitlines() or [r.error])[-1])}
+            out = WorktreeRemoval(h.name, "removed" if ok else "refused",
+                                  r.stdout.strip() if ok else (r.stderr.strip().splitlines() or [r.error])[-1])
             if tr is not None:
                 tr.record("gated_action_run", h.name, "success" if ok else "failure", action="worktrees.remove",
-                          repo=a["repo"], name=a["name"], detail=out["detail"])
+                          repo=a["repo"], name=a["name"], detail=out.detail)
             return out
 
-        def not_run(h: Host, first: dict[str, str]) -> dict[str, str]:
-            return {"host": h.name, "outcome": "not run",
-                    "detail": f"not run: canary {first['host']} was {first['outcome']}: {first['detail']}"}
-        return gate.canary_first(g.plan, one, lambda r: r["outcome"] == "removed", not_run)
+        def not_run(h: Host, first: WorktreeRemoval) -> WorktreeRemoval:
+            return WorktreeRemoval(h.name, "not run", f"not run: canary {first.host} was {first.outcome}: {first.detail}")
+        return gate.canary_first(g.plan, one, lambda r: r.ok, not_run)
 
 
 __all__ = ["Worktree", "create_worktree", "list_worktrees", "remove_worktree", "worktree_name", "worktree_path"]

@@ -71,6 +71,8 @@ class Hop:
     global_known_hosts: tuple[str, ...] = ()  # every GlobalKnownHostsFile ssh reads
     hash_known_hosts: bool = False  # HashKnownHosts: keys ssh writes get hashed names
     strict: str = "ask"            # StrictHostKeyChecking: yes, ask, accept-new or off
+    host_key_alias: str | None = None  # HostKeyAlias, when set
+    proxy_jump: str | None = None  # ProxyJump as ssh -G prints it, when set
 
     def chain(self) -> list["Hop"]:
         """Every hop from the first to this one."""
@@ -93,6 +95,21 @@ class Hop:
         if not self.proxy_command:
             return ()
         return (os.environ.get("SHELL") or "/bin/sh", "-c", "exec " + self.proxy_command)
+
+    def ssh_G(self) -> dict[str, Any]:
+        """This hop as ``ssh -G`` prints it (its words), for the options fleet uses; an empty
+        identity list is the default keys (``identityfile_default``)."""
+        ct = self.connect_timeout
+        d: dict[str, Any] = {
+            "name": self.name, "hostname": self.hostname, "port": self.port, "user": self.user,
+            "identityfile": list(self.identities) or [os.path.expanduser(p) for p in DEFAULT_IDENTITIES],
+            "identityfile_default": not self.identities, "identitiesonly": "yes" if self.identities_only else "no",
+            "proxyjump": self.proxy_jump, "proxycommand": self.proxy_command,
+            "userknownhostsfile": list(self.user_known_hosts), "globalknownhostsfile": list(self.global_known_hosts),
+            "connecttimeout": "none" if ct is None else f"{ct:g}", "hostkeyalias": self.host_key_alias,
+            "stricthostkeychecking": {"yes": "true", "off": "false"}.get(self.strict, self.strict),
+            "hashknownhosts": "yes" if self.hash_known_hosts else "no", "known_hosts_name": self.key_name}
+        return d
 
     def describe(self) -> str:
         """``user@host:port`` plus the jump chain, for messages."""
@@ -310,7 +327,8 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
               connect_timeout=float(ct) if ct and ct > 0 else None,
               known_hosts=user_kh if explicit else (), accept_new=strict in ("accept-new", "off"),
               proxy_command=proxy, via=via, user_known_hosts=user_kh, global_known_hosts=global_kh,
-              hash_known_hosts=bool(o.get("hashknownhosts")), strict=strict)
+              hash_known_hosts=bool(o.get("hashknownhosts")), strict=strict, host_key_alias=alias,
+              proxy_jump=jump.spec() if via is not None and jump is not None else None)
     return hop, o
 
 
@@ -330,5 +348,23 @@ def resolve_host(host: "Host", cfg: "paramiko.SSHConfig") -> Hop:
                     identities_only=True if ids else None)[0]
 
 
+def resolved_view(host: "Host", cfg: "paramiko.SSHConfig", fleet_known_hosts: list[str],
+                  connect_timeout: float) -> dict[str, Any]:
+    """What ``ssh -G NAME`` says of an inventory host (the inventory's own values as ``-o``) and
+    of each jump hop (``jumps``), with the known_hosts files fleet consults for each (ssh's, then
+    ``fleet_known_hosts``) and the connect timeout fleet uses when no flag is typed."""
+    from fleet.ssh.hostkeys import HostKeyStore
+
+    store = HostKeyStore(fleet_known_hosts)
+    target = resolve_host(host, cfg)
+
+    def one(hop: Hop) -> dict[str, Any]:
+        d = hop.ssh_G()
+        d.update(known_hosts_consulted=list(store.files_for(hop)),
+                 connect_timeout_used=hop.connect_timeout or connect_timeout)
+        return d
+    return {**one(target), "name": host.name, "jumps": [one(h) for h in target.chain()[:-1]]}
+
+
 __all__ = ["DEFAULT_IDENTITIES", "GLOBAL_KNOWN_HOSTS", "Hop", "SSHConfigFiles", "USER_KNOWN_HOSTS",
-           "load_ssh_config", "resolve_host"]
+           "load_ssh_config", "resolve_host", "resolved_view"]

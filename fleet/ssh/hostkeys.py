@@ -3,13 +3,16 @@ name OpenSSH uses, against known_hosts parsed once per run (:mod:`fleet.knownhos
 ssh reads for that hop (its UserKnownHostsFile and GlobalKnownHostsFile lists, or their defaults)
 plus fleet's own (the inventory's). Unknown keys are accepted only when asked (per host or hop,
 per run, or ``StrictHostKeyChecking accept-new`` in ssh_config); a changed or revoked key never.
-An accepted key is written where ssh would write it (the first UserKnownHostsFile, hashed with
-HashKnownHosts yes) when ssh_config names one, else plain to the inventory's known_hosts."""
+An accepted key is written where ssh would write it (the first UserKnownHostsFile) when
+ssh_config names one, else to the inventory's known_hosts; with HashKnownHosts yes in force its
+name is hashed either way, as ssh hashes what it writes. The advice for an unknown key is a
+command that accepts it (:meth:`HostKeyStore.accept_command`), which works from preflight too."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import os
+import shlex
 import threading
 from pathlib import Path
 
@@ -42,8 +45,9 @@ class HostKeyStore:
     """
 
     def __init__(self, files: list[str], write_to: str | None = None, accept_all: bool = False,
-                 accept_hosts: set[str] | None = None) -> None:
+                 accept_hosts: set[str] | None = None, inventory: str | None = None) -> None:
         self.files = tuple(os.path.expanduser(f) for f in files if f)
+        self.inventory = inventory  # the inventory file, named in the advice's command when known
         self.kh = KnownHosts()
         self.write_to = write_to
         self.accept_all = accept_all
@@ -87,14 +91,13 @@ class HostKeyStore:
         if not (self.accept_all or hop.accept_new or names & self.accept_hosts):
             other = f" (known_hosts has only {', '.join(sorted({e.keytype for e in entries}))} keys for it)" \
                 if entries else ""
-            flag = host.name if is_target else hop.name
             raise UnknownHostKey(
                 host.name, f"unknown host key for {where}: {key.get_name()} {fp}{other}; nothing was run. "
-                f"If this fingerprint is right, rerun with --accept-new-host-key {flag} "
-                f"(or --accept-new-host-keys for every host and hop of this run)")
+                f"If this fingerprint is right, accept and record it: '{self.accept_command(host, hop, is_target)}' "
+                f"(or --accept-new-host-keys for every host and hop of a fanout)")
         target = hop.known_hosts[0] if hop.known_hosts else (self.write_to or (self.files[0] if self.files else None))
-        # ssh hashes what it writes to its own files; the inventory's file lists its hosts in the clear anyway
-        hashed = hop.hash_known_hosts and target is not None and target in (hop.user_known_hosts or hop.known_hosts)
+        # HashKnownHosts yes: ssh hashes every name it writes, so fleet does too, wherever it writes
+        hashed = hop.hash_known_hosts and target is not None
         filed = hash_name(hop.key_name) if hashed else hop.key_name
         entry = Entry("", filed, key.get_name(), blob, target or "<memory>", 0)
         with self.lock:
@@ -105,6 +108,13 @@ class HostKeyStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "a", encoding="utf-8") as f:
                     f.write(f"{filed} {key.get_name()} {key.get_base64()}\n")
+
+
+    def accept_command(self, host: Host, hop: Hop, is_target: bool) -> str:
+        """A command that accepts ``hop``'s key on the way to ``host`` (from preflight too)."""
+        inv = f" --inventory {shlex.quote(self.inventory)}" if self.inventory else ""
+        flag = host.name if is_target else hop.name
+        return f"fleet fanout{inv} --hosts {shlex.quote(host.name)} --accept-new-host-key {shlex.quote(flag)} true"
 
 
 class _Policy(paramiko.MissingHostKeyPolicy):

@@ -13,10 +13,15 @@ from fleet.errors import BadInput
 
 @dataclass(frozen=True)
 class FanoutOptions:
-    """How a fanout behaves. Settings give the defaults; flags override them."""
+    """How a fanout behaves. Settings give the defaults; flags override them.
+
+    ``connect_timeout`` gives way to a host's ssh_config ``ConnectTimeout`` unless
+    ``connect_timeout_given`` (the person typed ``--connect-timeout``): a flag wins as ``ssh -o``
+    does; then it also caps preflight's timeout."""
 
     concurrency: int = 32
     connect_timeout: float = 10.0
+    connect_timeout_given: bool = False
     command_timeout: float | None = 3600.0
     attempts: int = 2
     retry_delay: float = 2.0
@@ -63,15 +68,16 @@ class FanoutOptions:
                 positive: bool = False) -> Any:
             return default if value is None else number(flag, value, kind, minimum, positive)
         ct = num("--timeout", flags.get("timeout"), st.command_timeout)
+        given = flags.get("connect_timeout") is not None
+        connect = num("--connect-timeout", flags.get("connect_timeout"), st.connect_timeout, positive=True)
         return cls(
             concurrency=num("--concurrency", flags.get("concurrency"), st.concurrency, int, 1),
-            connect_timeout=num("--connect-timeout", flags.get("connect_timeout"), st.connect_timeout,
-                                positive=True),
+            connect_timeout=connect, connect_timeout_given=given,
             command_timeout=ct if ct > 0 else None,
             attempts=num("--attempts", flags.get("attempts"), st.attempts, int, 1),
             retry_delay=num("--retry-delay", flags.get("retry_delay"), st.retry_delay),
             retry_on_exit=bool(flags.get("retry_on_exit")), preflight=not flags.get("no_preflight"),
-            preflight_timeout=st.preflight_timeout,
+            preflight_timeout=min(st.preflight_timeout, connect) if given else st.preflight_timeout,
             accept_new_host_keys=bool(flags.get("accept_new_host_keys")),
             accept_host_keys_for=frozenset(flags.get("accept_new_host_key") or ()),
             collect=tuple(flags.get("collect") or ()), artifacts_dir=st.artifacts_dir, ssh_config=st.ssh_config,

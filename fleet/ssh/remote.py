@@ -58,9 +58,10 @@ CHANNEL_HANDLERS = _HANDLERS  # installed on every fleet transport (see fleet.ss
 # connection as the same user (``sh -s ELAPSED REUSED``, the script on stdin: no login shell
 # quotes it, whatever that shell is). On Linux it finds everything the command started: every
 # process of this connection carries its SSH_CONNECTION (read from /proc/PID/environ, started
-# after the connection's sshd, and after the command when the connection ran commands before);
-# the command's session is its shell's (sshd's other child) or, once that shell has exited, the
-# earliest of this connection's sessions whose leader is gone (the shell was the first of them).
+# after the connection's sshd; a session holding one started before that, or before the command
+# when the connection ran commands before, is not the command's). The command's session is its
+# shell's (sshd's other child) or, once that shell has exited, the earliest of the connection's
+# sessions whose leader is gone (the shell was the first of them).
 # Every process of that session, whatever its process group, gets TERM (each pid and each
 # group), then KILL, until none is left; one in a session of its own (setsid) is left alone, as
 # ssh leaves it, and named. It prints "left PID ARGS" for what could not be ended, "setsid PID
@@ -71,7 +72,8 @@ exec </dev/null
 e=${1:-0} w=${2:-0} me=$$
 [ -r /proc/$$/stat ] || { legacy; return; }
 st "$me" || { echo "fail no /proc/$$/stat"; return; }
-mysid=$sid mystart=$start
+mysid=$sid base=$start
+st "$mysid" && [ "$sid" = "$mysid" ] && base=$start
 s= p=$PPID n=0
 while [ "$n" -lt 6 ] && [ "${p:-0}" -gt 1 ]; do
   c=; read -r c 2>/dev/null <"/proc/$p/comm"
@@ -82,7 +84,7 @@ tck=$(getconf CLK_TCK 2>/dev/null); case $tck in ''|*[!0-9]*) tck=100;; esac
 cut=0
 if [ -n "$s" ] && st "$s"; then cut=$start; fi
 if [ "$w" = 1 ] || [ -z "$s" ]; then
-  c=$((mystart - (e + 100) * tck / 100)); [ "$c" -gt "$cut" ] && cut=$c
+  c=$((base - (e + 50) * tck / 100)); [ "$c" -gt "$cut" ] && cut=$c
 fi
 tagged=
 if [ -n "$SSH_CONNECTION" ]; then
@@ -96,8 +98,11 @@ if [ -n "$SSH_CONNECTION" ]; then
 fi
 tp=" $(for f in $tagged; do f=${f#/proc/}; printf '%s ' "${f%/environ}"; done)"
 scan
+old=" $(echo "$tab" | while read -r p pp g si t z; do
+  case $tp in *" $p "*) [ "$si" != "$mysid" ] && [ "$t" -lt "$cut" ] && printf '%s ' "$si";; esac; done)"
 ours=$(echo "$tab" | while read -r p pp g si t z; do
-  case $tp in *" $p "*) [ "$si" != "$mysid" ] && [ "$t" -ge "$cut" ] && [ "$z" != Z ] && echo "$p $si";; esac
+  case $tp in *" $p "*) case $old in *" $si "*) ;; *)
+    [ "$si" != "$mysid" ] && [ "$z" != Z ] && echo "$p $si";; esac;; esac
 done)
 C=
 [ -n "$s" ] && C=$(echo "$tab" | while read -r p pp g si t z; do
@@ -124,11 +129,11 @@ while [ "$C" != "  " ] && [ "$round" -lt 3 ]; do
   done
   scan; round=$((round + 1))
 done
-for p in $(members | cut -d' ' -f1); do echo "left $p $(args "$p")"; done
-echo "$ours" | while read -r p si; do
-  case $C in *" $si "*) continue;; esac
-  [ -n "$p" ] && ! gone "$p" && echo "setsid $p $(args "$p")"
-done
+{ for p in $(members | cut -d' ' -f1); do echo "left $p $(args "$p")"; done
+  echo "$ours" | while read -r p si; do
+    case $C in *" $si "*) continue;; esac
+    [ -n "$p" ] && ! gone "$p" && echo "setsid $p $(args "$p")"
+  done; } | head -n 50
 echo "done $hit"
 }
 st() {
@@ -181,8 +186,8 @@ class Reaped:
 
     def says(self, host: str) -> str:
         """The tail of the timeout's or interrupt's message: killed, or what is still there."""
-        if self.clean:
-            return "; its processes were killed"
+        if self.clean:  # nothing found is nothing claimed: a process that cleared its environment is not seen
+            return "; its processes were killed" if self.signalled else f"; no process of it was found running on {host}"
         if not self.ran:
             return (f"; whether anything of it still runs on {host} is unknown (the kill over a second "
                     f"channel did not finish)")

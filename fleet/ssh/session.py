@@ -94,12 +94,14 @@ class SSHSession:
     """One host's connection (and its jump hops) for one attempt: connect, exec, collect, close."""
 
     def __init__(self, host: Host, target: Hop, store: HostKeyStore, keys: KeyCache,
-                 connect_timeout: float, address: str | None = None, sock: socket.socket | None = None) -> None:
+                 connect_timeout: float, address: str | None = None, sock: socket.socket | None = None,
+                 connect_timeout_given: bool = False) -> None:
         self.host = host
         self.target = target
         self.store = store
         self.keys = keys
         self.connect_timeout = connect_timeout
+        self.connect_timeout_given = connect_timeout_given  # typed: it beats ssh_config (ssh -o)
         self.address = address  # the first hop's address as preflight resolved it (saves a lookup)
         self.sock = sock        # an open TCP connection to the first hop (preflight's), used once
         self.conns: list[Connection] = []  # every hop's, the target's last
@@ -110,6 +112,9 @@ class SSHSession:
 
     # ------------------------------------------------------------------ connect
     def _timeout(self, hop: Hop) -> float:
+        """A typed --connect-timeout, else the hop's ssh_config ConnectTimeout, else the setting."""
+        if self.connect_timeout_given:
+            return self.connect_timeout
         return hop.connect_timeout or self.connect_timeout
 
     def _label(self, hop: Hop) -> str:
@@ -288,7 +293,8 @@ class SSHLink:
     """How the runner reaches one host over SSH for a whole run (a :class:`~fleet.ssh.transport.Link`).
 
     Each attempt's :class:`SSHSession` gets the run's host keys, private keys and connect
-    timeout, the address preflight found answering, and (once) preflight's open TCP
+    timeout (``connect_timeout_given``: typed, so it beats ssh_config's ConnectTimeout as ``ssh
+    -o`` would; else ssh_config's wins over it), the address preflight found answering, and (once) preflight's open TCP
     connection; a long-lived caller's :class:`~fleet.ssh.warm.ConnectionPool` lends warm
     sessions and takes sound ones back. Retries follow the options (only failures before the
     command started, see :mod:`fleet.ssh.attempts`).
@@ -297,13 +303,14 @@ class SSHLink:
     max_attempts: int | None = None
 
     def __init__(self, host: Host, target: Hop, store: HostKeyStore, keys: KeyCache, connect_timeout: float,
-                 pool: ConnectionPool | None = None) -> None:
+                 pool: ConnectionPool | None = None, connect_timeout_given: bool = False) -> None:
         self.host = host
         self.target = target
         self.user = target.user
         self.store = store
         self.keys = keys
         self.connect_timeout = connect_timeout
+        self.connect_timeout_given = connect_timeout_given
         self.pool = pool
         self.keep: list[socket.socket] = []  # preflight's TCP connection, used by the first attempt
         self.address: str | None = None
@@ -325,7 +332,8 @@ class SSHLink:
     def open(self) -> SSHSession:
         """A new session (unconnected) for one attempt."""
         return SSHSession(self.host, self.target, self.store, self.keys, self.connect_timeout, self.address,
-                          sock=self.keep.pop() if self.keep else None)
+                          sock=self.keep.pop() if self.keep else None,
+                          connect_timeout_given=self.connect_timeout_given)
 
     def dial(self, sess: Transport) -> None:
         """Connect every hop of ``sess`` (counted by the pool, when there is one)."""
