@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.cli import agent_render, live, render
-from fleet.results import FanoutOutcome, FanoutResult, FanoutRun
+from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, TeardownResult
 
 EVIL = "ok\n\x1b[2J\x1b[31mlab99  FAILURE  forged\r\x07\x9b1m\u202eevil"
 
@@ -71,7 +71,7 @@ def test_every_table_and_line_escapes_what_servers_and_hosts_say():
         live.watch_line({"host": "h", "repo": "demo", "session": "s", "state": "busy", "step": EVIL,
                            "title": EVIL}),
         agent_render.abort_line("h", [EVIL]),
-        agent_render.teardown_lines([{"host": "h", "error": EVIL}]),
+        agent_render.teardown_lines([TeardownResult("h", error=EVIL)]),
         render.format_events([{"id": "e1", "time": "t", "dispatch_id": "", "host": "h", "operation": "op",
                                "outcome": "ok", "channel": "C1", "detail": {"answer": EVIL}}], {}),
     ]

@@ -289,8 +289,20 @@ def preflight_table(results: list[PreflightResult]) -> str:
         body = table([[r.host, r.status.value, r.auth_mode, r.failed_check or "-", _dur(r.duration_ms),
                        first_line(r.error_detail, 140)] for r in rows],
                      ["HOST", "STATUS", "AUTH", "FAILED CHECK", "DURATION", "ADVICE"])
+    # Long advice (a fingerprint, the command that fixes it) is cut in the table, whatever the
+    # terminal's width: give each distinct one whole, once, under it (as fanout_table does).
+    width = 120 if any(r.opencode for r in results) else 140
+    long: list[str] = []
+    seen: set[str] = set()
+    for r in rows:
+        advice = first_line(r.error_detail, 10_000)
+        if len(advice) > width and advice not in seen:
+            seen.add(advice)
+            long.append(cell(f"{r.host}: {advice}"))
+    extra = ("\n" + "\n".join(long)) if long else ""
     ok = sum(1 for r in results if r.ok)
-    return body + f"\n{len(results)} hosts: {ok} OK, {len(results) - ok} FAILED"
+    n = len(results)
+    return body + extra + f"\n{n} host{'' if n == 1 else 's'}: {ok} OK, {n - ok} FAILED"
 
 
 def hosts_table(hosts: list[Host]) -> str:

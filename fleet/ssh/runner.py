@@ -96,7 +96,7 @@ class FanoutRunner:
         files = [f for f in (user_kh, inventory.known_hosts) if f]
         self.store = HostKeyStore(files, write_to=inventory.known_hosts or user_kh,
                                   accept_all=self.options.accept_new_host_keys,
-                                  accept_hosts=set(self.options.accept_host_keys_for))
+                                  accept_hosts=set(self.options.accept_host_keys_for), inventory=inventory.path)
         self.keys = KeyCache()
         self.ssh_config = config_for(inventory, self.options.ssh_config)
         self._targets: dict[str, Hop] = {}
@@ -216,7 +216,8 @@ class FanoutRunner:
         """
         if host.auth == "local":
             return LocalLink(host)
-        return SSHLink(host, self.target(host), self.store, self.keys, self.options.connect_timeout, self.pool)
+        return SSHLink(host, self.target(host), self.store, self.keys, self.options.connect_timeout, self.pool,
+                       connect_timeout_given=self.options.connect_timeout_given)
 
     def _preflight(self, host: Host, link: Link) -> PreflightResult:
         pf = run_preflight_checks(host, timeout=self.options.preflight_timeout, inventory=self.inventory,
