@@ -217,6 +217,8 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
                             raise ld.fail(unode, f"slack allowed_users entry '{u}' is not a Slack user id",
                                           "write the member id from the user's Slack profile, e.g. U04ABCDEF")
                     sd["allowed_users"] = tuple(u for u, _ in users)
+                elif key == "app_token_env":
+                    sd["app_token_env"] = ld.env_name(v, "slack app_token_env", "SLACK_APP_TOKEN")
                 else:
                     sd["token_env"] = ld.env_name(v, "slack token_env", "SLACK_BOT_TOKEN")
             if "channel" not in sd:

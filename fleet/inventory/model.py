@@ -37,7 +37,7 @@ OPENCODE_KEYS = ("url", "username", "password_env", "password_file")
 REPOS_KEYS = ("root", "paths")
 
 
-SLACK_KEYS = ("channel", "base_url", "token_env", "allowed_users")
+SLACK_KEYS = ("channel", "base_url", "token_env", "allowed_users", "app_token_env")
 
 
 _RESERVED = {"all"}
@@ -97,6 +97,7 @@ class SlackSettings:
     base_url: str | None = None
     token_env: str = "SLACK_BOT_TOKEN"
     allowed_users: tuple[str, ...] = ()  # Slack user ids whose replies in a dispatch thread act (fleet listen)
+    app_token_env: str = "SLACK_APP_TOKEN"  # the app-level token (xapp-...) for Socket Mode
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,8 @@ class Acts:
         for host, sid in self._sessions(did, v):
             try:
                 abort_sessions(self.inv.host(host), sid, records=self.records, audit=self.trail, beads=self.beads,
-                               reason=f"stopped from Slack by {user}" + (f": {why}" if why else ""))
+                               reason=f"stopped from Slack by {user}" + (f": {why}" if why else ""),
+                               inventory=self.inv)  # a tool process that outlives the abort is stopped too
                 notes.append(f"{host} {sid}: stopped")
                 hosts.append(host)
             except FleetError as exc:

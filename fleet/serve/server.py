@@ -58,6 +58,7 @@ class Service:
         self._lock_fd: int | None = None
         self._sock: socket.socket | None = None
         self.follower: Any = None
+        self.listener: Any = None
         self._follow = follow
         self.lease: Any = None
         self.holding = True  # without a lease this service acts alone
@@ -112,6 +113,12 @@ class Service:
         if self._follow:
             from fleet.serve.follow import Follower
             self.follower = Follower(self.journal, self._follow_dispatch, may_act=lambda: self.holding).start()
+            if self.holding:  # Slack replies are acted on by one orchestrator only
+                from fleet.app import Fleet
+                from fleet.ops.listen_serve import start_background
+                self.listener = start_background(
+                    Fleet(self.inventory, settings=self.settings, face="service", pool=self.pool, use_service=False),
+                    self._say)
         self._sock.settimeout(0.5)
         try:
             while not self._stop.is_set():
@@ -153,6 +160,8 @@ class Service:
         self._stop.set()
 
     def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
         if self.follower is not None:
             self.follower.close()
         if self.lease is not None and self.holding:
