@@ -33,12 +33,15 @@ def relayed(lab, d: Path, rtt: float) -> tuple[Path, subprocess.Popen | None]:
     routes, out, base = [], [], 47000
     for block in re.split(r"(?m)^(?=Host )", text):
         m = re.search(r"(?m)^\s*Port (\d+)$", block)
-        if m and block.startswith("Host "):
-            port = int(m.group(1))
+        hn = re.search(r"(?m)^\s*HostName (\S+)$", block)
+        if m and hn and block.startswith("Host "):
+            port, name = int(m.group(1)), hn.group(1)
             new = base + len(routes)
-            routes.append(f"127.0.0.1:{new}=127.0.0.1:{port}")
-            block = block.replace(f"Port {port}", f"Port {new}\n  HostKeyAlias [localhost]:{port}")
-            block = re.sub(r"(?m)^(\s*)HostName localhost$", r"\1HostName 127.0.0.1", block)
+            target = "127.0.0.1" if name == "localhost" else name
+            routes.append(f"127.0.0.1:{new}={target}:{port}")
+            # the relay listens on 127.0.0.1; the host key stays filed under the host's own name
+            block = block.replace(f"Port {port}", f"Port {new}\n  HostKeyAlias [{name}]:{port}")
+            block = re.sub(r"(?m)^(\s*)HostName \S+$", r"\1HostName 127.0.0.1", block)
         out.append(block)
     cfg = d / "ssh_config.rtt"
     cfg.write_text("".join(out))
@@ -52,7 +55,7 @@ def timed(cmd: list[str], **kw) -> float:
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, stdin=kw.pop("stdin", subprocess.DEVNULL), **kw)
     if p.returncode != 0:
-        raise SystemExit(f"{cmd[:4]} failed: {p.stderr[-400:]}")
+        raise SystemExit(f"{cmd[:4]} failed: {p.stderr[-400:]} {p.stdout[-600:]}")
     return time.perf_counter() - t
 
 
