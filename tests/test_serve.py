@@ -130,8 +130,16 @@ def test_an_older_or_newer_service_is_not_used_and_the_run_happens_here(lab, tmp
 
 @pytest.fixture(scope="module")
 def alab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("svlab"), 1, agents=1) as lab:
-        yield lab
+    old = os.environ.get("FAKE_SLOW_DELAY")
+    os.environ["FAKE_SLOW_DELAY"] = "10"  # a [slow] turn long enough to kill the service under it
+    try:
+        with running_lab(tmp_path_factory.mktemp("svlab"), 1, agents=1) as lab:
+            yield lab
+    finally:
+        if old is None:
+            os.environ.pop("FAKE_SLOW_DELAY", None)
+        else:
+            os.environ["FAKE_SLOW_DELAY"] = old
 
 
 
@@ -153,7 +161,7 @@ def test_a_no_wait_dispatch_is_followed_to_its_end_with_nobody_at_a_terminal(ala
         assert a.returncode == 0, a.stderr
         # ...and the end, once
         assert wait_for(lambda: ops_of(did, "completed"))
-        time.sleep(4)  # a second report would come within the service's grace
+        time.sleep(2.5)  # a second report would come within the service's grace (2 s)
     assert len(ops_of(did, "needs_input")) == 1 and len(ops_of(did, "completed")) == 1
 
 
@@ -169,7 +177,7 @@ def test_after_kill_9_a_new_service_posts_the_end_once(alab, tmp_path):
     assert not ops_of(did, "completed")
     with service("--inventory", str(alab.inventory)):  # the stale socket and lock are taken over
         assert wait_for(lambda: ops_of(did, "completed"), 90)
-        time.sleep(4)
+        time.sleep(2.5)
     assert len(ops_of(did, "completed")) == 1
 
 

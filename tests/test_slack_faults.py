@@ -78,10 +78,10 @@ def clean(err: str) -> None:
 def test_replies_always_rate_limited_duration_is_honoured(world, retry_after):
     world.open_dispatch()
     world.slack.faults["conversations.replies"] = Fault("429", retry_after)
-    p, took = world.run("listen", "--duration", "4", "--interval", "1")
+    p, took = world.run("listen", "--duration", "2", "--interval", "0.5")
     assert p.returncode == 0, p.stderr
     clean(p.stderr)
-    assert took < 12, f"--duration 4 took {took:.1f}s"
+    assert took < 10, f"--duration 2 took {took:.1f}s"
     lines = [ln for ln in p.stderr.splitlines() if "rate limited" in ln]
     assert len(lines) == 1 and "conversations.replies" in lines[0], p.stderr
 
