@@ -27,10 +27,10 @@ os.environ.setdefault("FAKE_SLOW_DELAY", "60")  # read by the lab's stand-in mod
 
 from stand_ins import FakeSlack  # noqa: E402
 
-from fleet.ops import dispatch as dx  # noqa: E402
 from fleet.audit.trail import AuditTrail  # noqa: E402
 from fleet.inventory import SlackSettings, load_inventory  # noqa: E402
 from fleet.lab import lab_down, lab_up  # noqa: E402
+from fleet.ops import dispatch as dx  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
 
 

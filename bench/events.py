@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("FAKE_SLOW_DELAY", "20")
 
-from fleet.ops import dispatch as dx  # noqa: E402
 from fleet.agent.events import EventStream  # noqa: E402
 from fleet.inventory import load_inventory  # noqa: E402
 from fleet.lab import lab_down, lab_up  # noqa: E402
+from fleet.ops import dispatch as dx  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
 
 
