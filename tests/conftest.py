@@ -207,3 +207,16 @@ def journal(path: str | Path | None = None) -> list[dict]:
 def running(pattern: str) -> bool:
     """Whether a process matching ``pattern`` (pgrep -f) runs now."""
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+
+def ctrl_c_once_running(proc: subprocess.Popen, pattern: str, timeout: float = 20.0) -> tuple[bytes, bytes]:
+    """Wait until a process matching ``pattern`` runs (the remote command started), send ``proc``
+    one SIGINT (Ctrl-C), and return its (stdout, stderr); it is killed if it does not end."""
+    import signal
+    try:
+        assert wait_for(lambda: running(pattern), timeout, 0.1), f"never started: {pattern}"
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

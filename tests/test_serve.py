@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import journal, logins, running, running_lab, wait_for, write_inventory
+from conftest import ctrl_c_once_running, journal, logins, running_lab, wait_for, write_inventory
 from test_ssh_world import _marker, no_process
 
 FLEET = str(Path(sys.executable).parent / "fleet")
@@ -100,16 +100,7 @@ def test_ctrl_c_through_the_service_stops_the_remote_command_and_prints_the_summ
         proc = subprocess.Popen([FLEET, "fanout", "--inventory", str(inv), "--all", "--canary=lab05",
                                  f"sleep {m}; true"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not running(f"^sleep {m}"):
-                time.sleep(0.1)
-            assert running(f"^sleep {m}"), "never started"
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        out, err = ctrl_c_once_running(proc, f"^sleep {m}")
         assert proc.returncode == 130, err
         assert b"ABORTED" in out + err
         assert no_process(f"^sleep {m}")

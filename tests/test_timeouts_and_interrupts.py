@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, write_inventory
+from conftest import ROOT, ctrl_c_once_running, write_inventory
 from test_ssh_world import _marker, no_process, opts
 
 from fleet.inventory import load_inventory
@@ -43,17 +43,7 @@ def test_ctrl_c_leaves_no_remote_process(lab, tmp_path):
                              str(p), "--all", "--canary=lab05",
                              f"sleep {m}; true"], cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", f"^sleep {m}"],
-                                                             capture_output=True).returncode:
-            time.sleep(0.1)
-        assert subprocess.run(["pgrep", "-f", f"^sleep {m}"], capture_output=True).returncode == 0, "never started"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = ctrl_c_once_running(proc, f"^sleep {m}")
     assert proc.returncode == 130, err
     assert b"ABORTED" in out + err
     assert no_process(f"^sleep {m}")
