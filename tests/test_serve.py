@@ -225,3 +225,17 @@ def test_one_orchestrator_at_a_time_the_other_takes_over_when_the_first_is_gone(
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_a_dispatch_whose_wait_timed_out_stays_open_for_the_service():
+    from fleet.serve.follow import open_dispatches
+    now = time.time()
+
+    def ev(op, outcome, host="h1", did="dx-1"):
+        return {"dispatch_id": did, "operation": op, "outcome": outcome, "host": host, "epoch": now}
+    started = [ev("dispatch_requested", "requested"), ev("dispatch_requested", "requested", "h2")]
+    # a gated dispatch journals each host's end again as gated_action_run: a timeout is no end
+    timed_out = started + [ev("timeout", "timeout"), ev("gated_action_run", "timeout"),
+                           ev("completed", "success", "h2"), ev("gated_action_run", "success", "h2")]
+    assert open_dispatches(timed_out, now) == ["dx-1"]
+    assert open_dispatches(timed_out + [ev("completed", "success")], now) == []

@@ -19,6 +19,14 @@ from typing import Any
 
 from fleet.files import append_line, locked, writing
 
+ENDS = frozenset({"completed", "failed", "aborted"})
+
+
+def host_ended(operation: str, outcome: str) -> bool:
+    """Whether an event ends a host's part of a dispatch (a timeout does not: the agent goes on,
+    and a person may still want to stop it). One definition for the listener and the service."""
+    return operation in ENDS and outcome != "timeout"
+
 
 @dataclass
 class JournalState:

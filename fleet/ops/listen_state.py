@@ -26,18 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.audit.journal import Journal, JournalState, _now
+from fleet.audit.journal import Journal, JournalState, _now, host_ended
 from fleet.audit.slack import EVENT_TYPE, is_question
 from fleet.files import locked
 
 LEDGER = "slack_action"
-ENDS = {"completed", "failed", "aborted"}
 TURNS = ("session_created", "session_resumed", "task_sent")
-
-
-def host_ended(operation: str, outcome: str) -> bool:
-    """Whether an event ends a host's part of a dispatch (a timeout does not: the agent goes on)."""
-    return operation in ENDS and outcome != "timeout"
 
 
 class Ledger:
@@ -252,4 +246,4 @@ def bind(v: View, known: Known, at: float, question: bool) -> list[Bound]:
     return out
 
 
-__all__ = ["Bound", "Known", "LEDGER", "Ledger", "Request", "View", "bind", "host_ended", "payload"]
+__all__ = ["Bound", "Known", "LEDGER", "Ledger", "Request", "View", "bind", "payload"]

@@ -15,15 +15,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from fleet.audit.journal import Journal
+from fleet.audit.journal import ENDS, Journal, host_ended
 
-ENDS = {"completed", "failed", "aborted"}
 WINDOW = 24 * 3600.0  # dispatches older than a day are not picked up again
-
-
-def host_ended(operation: str, outcome: str) -> bool:
-    """Whether an event ends a host's part of a dispatch (a timeout does not: the agent goes on)."""
-    return operation in ENDS and outcome != "timeout"
 
 
 def open_dispatches(events: list[dict[str, Any]], now: float | None = None) -> list[str]:
@@ -38,7 +32,7 @@ def open_dispatches(events: list[dict[str, Any]], now: float | None = None) -> l
         op, host = e.get("operation", ""), e.get("host", "")
         if op == "dispatch_requested" and now - float(e.get("epoch") or 0) <= WINDOW:
             started.setdefault(did, set()).add(host)
-        elif host_ended(op, e.get("outcome", "")) or (op == "gated_action_run" and e.get("outcome") != "success"):
+        elif host_ended(op, e.get("outcome", "")):
             ended.setdefault(did, set()).add(host)
     return [d for d, hosts in started.items() if not hosts <= ended.get(d, set())]
 
