@@ -215,12 +215,12 @@ class Fleet:
     def preflight(self, selector: str = "all", *, deep: bool | None = None, timeout: float | None = None,
                   concurrency: int | None = None, options: FanoutOptions | None = None) -> list[PreflightResult]:
         """Is each selected host usable? (``deep``: a real login and the OpenCode server's health)."""
-        from fleet.settings import number
+        from fleet.settings import flag_or
 
         st = self.settings
         hosts = self.select(selector)
-        t = st.preflight_timeout if timeout is None else number("--timeout", timeout, float, 0, True)
-        n = st.concurrency if concurrency is None else number("--concurrency", concurrency, int, 1, True)
+        t = flag_or("--timeout", timeout, st.preflight_timeout, positive=True)
+        n = flag_or("--concurrency", concurrency, st.concurrency, int, 1, True)
         if deep or (deep is None and st.preflight_deep):
             from fleet.ops.preflight import deep_preflight
 
@@ -237,12 +237,12 @@ class Fleet:
                  on_event: Callable[[str, str, str], None] | None = None, trail: Any = None, **kw: Any) -> Any:
         """Hand ``task`` to the agent on the selected hosts, in ``repo`` (see :func:`fleet.ops.dispatch.dispatch`)."""
         from fleet.ops.dispatch import dispatch
-        from fleet.settings import number
+        from fleet.settings import flag_or
 
         st = self.settings
         if model and "/" not in model:
             raise BadInput(f"--model {model}: write provider/model, e.g. --model anthropic/claude-sonnet-4-5")
-        t = st.dispatch_timeout if timeout is None else number("--timeout", timeout, float, 0, True)
+        t = flag_or("--timeout", timeout, st.dispatch_timeout, positive=True)
         return self._with_trail(trail, lambda tr: dispatch(
             self.inventory, selector, args={"task": task, "repo": repo, "session": session, "model": model,
                                             "issue": issue},
@@ -258,14 +258,14 @@ class Fleet:
              trail: Any = None) -> Any:
         """Follow agents already at work (one session, or every session of a dispatch) to the end."""
         from fleet.ops.wait import wait_dispatch, wait_sessions
-        from fleet.settings import number
+        from fleet.settings import flag_or
 
         if bool(session) == bool(dispatch_id):
             raise BadInput("say what to wait for: --session ID (one agent) or --dispatch ID (every agent of "
                            "a dispatch)")
         st = self.settings
         kw: dict[str, Any] = {
-            "timeout": st.dispatch_timeout if timeout is None else number("--timeout", timeout, float, 0, True),
+            "timeout": flag_or("--timeout", timeout, st.dispatch_timeout, positive=True),
             "on_permission": on_permission, "stall_timeout": st.stall_timeout, "concurrency": st.concurrency,
             "records": self.records, "on_event": on_event}
         if session:

@@ -135,6 +135,13 @@ _MAXIMA = {"token_ttl": 86400, "attempts": 10, "connect_timeout": YEAR, "command
            "warm_idle": YEAR, "persist": YEAR, "concurrency": 100_000, "artifacts_keep": 1_000_000}
 
 
+def flag_or(flag: str, value: Any, default: Any, kind: type = float, minimum: float = 0,
+            positive: bool = False) -> Any:
+    """A number flag, checked as :func:`number` does, or ``default`` (the setting) when the flag
+    was not given: the one rule every face uses for "--flag, else the setting"."""
+    return default if value is None else number(flag, value, kind, minimum, positive)
+
+
 def number(flag: str, value: Any, kind: type = float, minimum: float | None = 0, positive: bool = False,
            maximum: float | None = MAX_NUMBER) -> Any:
     """A number flag or setting, checked: non-numeric, NaN, infinite, negative (below ``minimum``),

@@ -7,7 +7,8 @@ import sys
 
 from invoke import Exit
 
-from fleet.cli.common import HOSTS_HELP, app, emit, fleet_task, num, prog, selector
+from fleet.cli.common import HOSTS_HELP, app, emit, fleet_task, prog, selector
+from fleet.settings import flag_or as num
 
 # ------------------------------------------------------------------------ inventory
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from invoke import Exit
 
-from fleet.cli.common import HOSTS_HELP, app, emit, fleet_task, num, rows_out, say_audit, selector
+from fleet.cli.common import HOSTS_HELP, app, emit, fleet_task, rows_out, say_audit, selector
+from fleet.settings import flag_or as num
 
 DISPATCH_HELP = {
     "host": "The host whose agent gets the task (default: the inventory's default_host).",

@@ -83,10 +83,6 @@ def disk_error(exc: OSError) -> str | None:
     return None
 
 
-def num(flag: str, value: Any, default: Any, kind: type = float, minimum: float = 0, positive: bool = False) -> Any:
-    """A number flag, or the setting's value when the flag is not given; bad values exit 2."""
-    from fleet.settings import number
-    return default if value is None else number(flag, value, kind, minimum, positive)
 
 
 def app(c: Any, inventory: str | None = None) -> Fleet:

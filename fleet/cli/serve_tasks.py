@@ -6,7 +6,8 @@ import time
 
 from invoke import Exit
 
-from fleet.cli.common import app, emit, fleet_task, num, prog
+from fleet.cli.common import app, emit, fleet_task, prog
+from fleet.settings import flag_or as num
 
 
 @fleet_task(positional=["action"], help={

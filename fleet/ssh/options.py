@@ -62,11 +62,8 @@ class FanoutOptions:
     @classmethod
     def from_settings(cls, st: Any, **flags: Any) -> FanoutOptions:
         """The options from fleet's settings, then the flags given (None = the setting), checked."""
-        from fleet.settings import number
+        from fleet.settings import flag_or as num
 
-        def num(flag: str, value: Any, default: Any, kind: type = float, minimum: float = 0,
-                positive: bool = False) -> Any:
-            return default if value is None else number(flag, value, kind, minimum, positive)
         ct = num("--timeout", flags.get("timeout"), st.command_timeout)
         given = flags.get("connect_timeout") is not None
         connect = num("--connect-timeout", flags.get("connect_timeout"), st.connect_timeout, positive=True)
