@@ -61,14 +61,20 @@ def _optional_word(argv: list[str], task: str, arg: str) -> list[str]:
     never another task of the same name (``status``), so it goes in as ``--action status``."""
     if task not in argv:
         return argv
-    i = argv.index(task)
-    takes_value = _value_flags(task)
-    j = i + 1
-    while j < len(argv) and argv[j].startswith("-"):
-        j += 2 if argv[j] in takes_value and "=" not in argv[j] else 1
-    if j < len(argv) and argv[j] not in ns.task_names or (j < len(argv) and argv[j] in ("status", "stop")):
+    j = _after_flags(argv, task)
+    if j < len(argv) and (argv[j] not in ns.task_names or argv[j] in ("status", "stop")):
         return argv[:j] + [f"--{arg}", argv[j]] + argv[j + 1:]
     return argv
+
+
+def _after_flags(argv: list[str], task: str) -> int:
+    """The index of the first word after ``task``'s own flags and their values (a ``--`` or a
+    lone ``-`` is a word), or ``len(argv)``."""
+    takes_value = _value_flags(task)
+    j = argv.index(task) + 1
+    while j < len(argv) and argv[j].startswith("-") and argv[j] not in ("-", "--"):
+        j += 2 if argv[j] in takes_value and "=" not in argv[j] else 1
+    return j
 
 
 def _value_flags(name: str) -> set[str]:
@@ -82,17 +88,10 @@ def _value_flags(name: str) -> set[str]:
 def _whole_command(argv: list[str]) -> list[str]:
     if "fanout" not in argv:
         return argv
-    i = argv.index("fanout")
-    takes_value = _value_flags("fanout")
-    j = i + 1
-    while j < len(argv):
-        tok = argv[j]
-        if tok == "--":
-            rest = argv[j + 1:]
-            return argv[:j] + (["--command", " ".join(rest)] if rest else [])
-        if not tok.startswith("-") or tok == "-":
-            break
-        j += 2 if tok in takes_value and "=" not in tok else 1
+    j = _after_flags(argv, "fanout")
+    if j < len(argv) and argv[j] == "--":
+        rest = argv[j + 1:]
+        return argv[:j] + (["--command", " ".join(rest)] if rest else [])
     rest = argv[j:]
     # as a flag value: a command that happens to be a task's name ('status') stays the command
     return argv[:j] + (["--command", " ".join(rest)] if rest else [])
