@@ -186,15 +186,25 @@ def logins(lab) -> int:
     return sum(p.read_text().count("Accepted publickey") for p in Path(lab.dir).glob("sshd/*/sshd.log"))
 
 
-def wait_for(cond, timeout: float = 30.0, every: float = 0.2) -> bool:
-    """True as soon as ``cond()`` is; False after ``timeout`` seconds."""
+def wait_for(cond, timeout: float = 30.0, every: float = 0.2):
+    """``cond()``'s first truthy value, asked every ``every`` seconds; None after ``timeout``."""
     import time
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(every)
-    return bool(cond())
+
+
+def run_async(fn):
+    """Run ``fn()`` on a daemon thread: (the thread, a dict whose ``out`` is its result once done)."""
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(out=fn()), daemon=True)
+    t.start()
+    return t, box
 
 
 def journal(path: str | Path | None = None) -> list[dict]:

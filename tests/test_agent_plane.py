@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import records, running_lab
+from conftest import records, run_async, running_lab, wait_for
 
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
@@ -27,21 +27,6 @@ def agents(tmp_path_factory):
 
 
 
-def run_async(fn):
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.update(out=fn()), daemon=True)
-    t.start()
-    return t, box
-
-
-def wait_for(cond, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    return None
 
 
 def test_real_tool_runs_and_its_change_is_reported(agents, tmp_path, st):

@@ -10,12 +10,11 @@ import os
 import secrets
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import records, running_lab
+from conftest import records, run_async, running_lab, wait_for
 from stand_ins import FakeOpenCode
 
 from fleet.agent.client import OpenCodeClient
@@ -34,21 +33,6 @@ def world(tmp_path_factory):
         yield lab
 
 
-def run_async(fn):
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.update(out=fn()), daemon=True)
-    t.start()
-    return t, box
-
-
-def wait_for(cond, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    return None
 
 
 def journal(tmp_path: Path) -> list[dict]:

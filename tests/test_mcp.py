@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import jsonschema
 import pytest
-from conftest import journal, logins, running_lab
+from conftest import journal, logins, running, running_lab, wait_for
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import McpError
@@ -91,15 +91,6 @@ def error(result: types.CallToolResult) -> str:
 
 
 
-def remote(pattern: str, wait: float = 20) -> bool:
-    """True once a process matching ``^pattern`` runs (the lab's hosts are on this machine)."""
-    import subprocess
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if subprocess.run(["pgrep", "-f", f"^{pattern}"], capture_output=True).returncode == 0:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_tools_preflight_fanout_and_the_journal_names_the_client(mlab, tmp_path):
@@ -343,7 +334,7 @@ def test_cancel_stops_the_run_as_ctrl_c_and_the_server_serves_on(mlab, tmp_path)
         async with anyio.create_task_group() as tg:
             rid = s._request_id
             tg.start_soon(fan)
-            assert await anyio.to_thread.run_sync(remote, f"sleep {m}")
+            assert await anyio.to_thread.run_sync(lambda: wait_for(lambda: running(f"^sleep {m}"), 20, 0.1))
             t0 = time.monotonic()
             await s.send_notification(types.ClientNotification(types.CancelledNotification(
                 params=types.CancelledNotificationParams(requestId=rid, reason="the person pressed stop"))))

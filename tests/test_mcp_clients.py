@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import ROOT, running_lab
+from conftest import ROOT, running, running_lab, wait_for
 from test_ssh_world import no_process
 
 import fleet
@@ -36,14 +36,6 @@ def mlab(tmp_path_factory):
         yield lab
 
 
-def remote(pattern: str, wait: float = 20) -> bool:
-    """True once a process matching ``^pattern`` runs (the lab's hosts are on this machine)."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if subprocess.run(["pgrep", "-f", f"^{pattern}"], capture_output=True).returncode == 0:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # ------------------------------------------------------------------------ raw JSON-RPC
@@ -114,7 +106,7 @@ def test_cancel_over_raw_json_rpc_stops_the_run_and_answers_once(mlab, tmp_path)
         raw.send({"id": 2, "method": "tools/call", "params": {
             "name": "fanout", "arguments": {"command": f"sleep {m}; touch {done}", "selector": "lab01"},
             "_meta": {"progressToken": "fan"}}})
-        assert remote(f"sleep {m}")
+        assert wait_for(lambda: running(f"^sleep {m}"), 20, 0.1)
         time.sleep(1.0)
         t_cancel = time.monotonic()
         raw.send({"method": "notifications/cancelled", "params": {"requestId": 2, "reason": "stop"}})

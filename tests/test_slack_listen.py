@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import running_lab
+from conftest import wait_for as shared_wait_for
 from slack_stand_in import SocketSlack
 
 from fleet.audit.journal import Journal
@@ -33,13 +34,7 @@ def agents(tmp_path_factory):
 
 
 def wait_for(cond, timeout=40.0, every=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    return None
+    return shared_wait_for(cond, timeout, every)  # this module's agents get longer by default
 
 
 class World:
