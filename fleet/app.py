@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
 from fleet.errors import BadInput, Refused
-from fleet.settings import Settings, load_settings
+from fleet.settings import Settings, flag_or, load_settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from fleet.audit.records import SessionRecords
@@ -215,8 +215,6 @@ class Fleet:
     def preflight(self, selector: str = "all", *, deep: bool | None = None, timeout: float | None = None,
                   concurrency: int | None = None, options: FanoutOptions | None = None) -> list[PreflightResult]:
         """Is each selected host usable? (``deep``: a real login and the OpenCode server's health)."""
-        from fleet.settings import flag_or
-
         st = self.settings
         hosts = self.select(selector)
         t = flag_or("--timeout", timeout, st.preflight_timeout, positive=True)
@@ -237,8 +235,6 @@ class Fleet:
                  on_event: Callable[[str, str, str], None] | None = None, trail: Any = None, **kw: Any) -> Any:
         """Hand ``task`` to the agent on the selected hosts, in ``repo`` (see :func:`fleet.ops.dispatch.dispatch`)."""
         from fleet.ops.dispatch import dispatch
-        from fleet.settings import flag_or
-
         st = self.settings
         if model and "/" not in model:
             raise BadInput(f"--model {model}: write provider/model, e.g. --model anthropic/claude-sonnet-4-5")
@@ -258,8 +254,6 @@ class Fleet:
              trail: Any = None) -> Any:
         """Follow agents already at work (one session, or every session of a dispatch) to the end."""
         from fleet.ops.wait import wait_dispatch, wait_sessions
-        from fleet.settings import flag_or
-
         if bool(session) == bool(dispatch_id):
             raise BadInput("say what to wait for: --session ID (one agent) or --dispatch ID (every agent of "
                            "a dispatch)")
