@@ -1,14 +1,13 @@
 """Repeat runs, end to end as a user runs them: `fleet fanout --all --json true` with `fleet serve`
 running (warm connections) against OpenSSH with ControlMaster/ControlPersist (`xargs -P 50 ssh
 -o ControlMaster=auto -o ControlPersist=60 NAME true`), and both cold, on the same lab hosts,
-through the same network: loopback, or a relay that adds --rtt milliseconds of round trip in
-front of every sshd (fleet.lab.relay; both clients go through it). Runs alternate; medians of
---repeat. Usage: python bench/serve.py [--sizes 10,50] [--rtt 40] [--repeat 7]"""
+through the same network: loopback, or the lab's relay that adds --rtt milliseconds of round trip
+in front of every sshd (lab_up(rtt=...), fleet.lab.relay; both clients go through it). Runs
+alternate; medians of --repeat. Usage: python bench/serve.py [--sizes 10,50] [--rtt 40] [--repeat 7]"""
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -23,32 +22,6 @@ sys.path.insert(0, str(ROOT))
 from fleet.lab import lab_down, lab_up  # noqa: E402
 
 FLEET = str(Path(sys.executable).parent / "fleet")
-
-
-def relayed(lab, d: Path, rtt: float) -> tuple[Path, subprocess.Popen | None]:
-    """An ssh_config like the lab's whose hosts go through a delay relay (and the relay)."""
-    if not rtt:
-        return Path(lab.ssh_config), None
-    text = Path(lab.ssh_config).read_text()
-    routes, out, base = [], [], 47000
-    for block in re.split(r"(?m)^(?=Host )", text):
-        m = re.search(r"(?m)^\s*Port (\d+)$", block)
-        hn = re.search(r"(?m)^\s*HostName (\S+)$", block)
-        if m and hn and block.startswith("Host "):
-            port, name = int(m.group(1)), hn.group(1)
-            new = base + len(routes)
-            target = "127.0.0.1" if name == "localhost" else name
-            routes.append(f"127.0.0.1:{new}={target}:{port}")
-            # the relay listens on 127.0.0.1; the host key stays filed under the host's own name
-            block = block.replace(f"Port {port}", f"Port {new}\n  HostKeyAlias [{name}]:{port}")
-            block = re.sub(r"(?m)^(\s*)HostName \S+$", r"\1HostName 127.0.0.1", block)
-        out.append(block)
-    cfg = d / "ssh_config.rtt"
-    cfg.write_text("".join(out))
-    relay = subprocess.Popen([sys.executable, "-m", "fleet.lab.relay", "--delay-ms", str(rtt / 2), *routes],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return cfg, relay
 
 
 def timed(cmd: list[str], **kw) -> float:
@@ -67,11 +40,8 @@ def main() -> None:
     a = ap.parse_args()
     for n in [int(x) for x in a.sizes.split(",")]:
         d = Path(tempfile.mkdtemp(prefix=f"fleet-serve-{n}-"))
-        lab = lab_up(n, d / "lab")
-        cfg, relay = relayed(lab, d, a.rtt)
-        inv = d / "inventory.yaml"
-        inv.write_text(Path(lab.inventory).read_text().replace("ssh_config: ssh_config", f"ssh_config: {cfg}")
-                       .replace("known_hosts: known_hosts", f"known_hosts: {Path(lab.dir) / 'known_hosts'}"))
+        lab = lab_up(n, d / "lab", rtt=a.rtt)  # its ssh_config and inventory go through the relay
+        cfg, inv = Path(str(lab.ssh_config)), lab.inventory
         env = {**os.environ, "HOME": str(d), "INVOKE_FLEET_JOURNAL": str(d / "state" / "journal.jsonl"),
                "INVOKE_FLEET_ARTIFACTS_DIR": str(d / "artifacts"), "INVOKE_FLEET_TOKEN_DIR": str(d / "tok")}
         names = "\n".join(h.name for h in lab.hosts) + "\n"
@@ -113,9 +83,7 @@ def main() -> None:
             subprocess.run(["ssh", "-F", str(cfg), "-O", "exit", "-o", f"ControlPath={d}/cm-%C", lab.hosts[0].name],
                            capture_output=True)
             subprocess.run(["pkill", "-f", f"ControlPath={d}/cm-"], capture_output=True)
-            if relay is not None:
-                relay.terminate()
-            lab_down(d / "lab")
+            lab_down(d / "lab")  # the relay too
 
 
 if __name__ == "__main__":

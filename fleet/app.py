@@ -27,6 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from fleet.ssh.warm import ConnectionPool
 
 FACES = ("cli", "mcp", "api", "service")
+
+# Set by `fleet serve` in its own process: every context made there shares its warm connections
+# (and never calls the service it runs in).
+SERVICE_POOL: ConnectionPool | None = None
 PERSON_FACES = ("cli",)  # a person typed the flags: they may choose the mode for this run
 CANARY_SKIP_FACES = ("cli", "api")  # who may skip the canary (a client over MCP may not)
 
@@ -71,6 +75,8 @@ class Fleet:
         self._inventory_arg = inventory
         self._warm = face != "cli" if warm is None else warm
         self._idle = idle
+        if pool is None and SERVICE_POOL is not None:
+            pool, use_service = SERVICE_POOL, False  # inside `fleet serve`: its warm connections
         self._pool: ConnectionPool | None = pool
         self._shared_pool = pool is not None  # the service's: not ours to close
         # a one-shot face runs its SSH work through a running `fleet serve` (warm connections)

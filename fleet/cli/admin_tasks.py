@@ -180,17 +180,22 @@ def token_revoke(c, token):
 
 @fleet_task(help={"count": "Number of SSH hosts (default 3).", "dir": "Lab directory (default ./lab).",
                   "agents": "Also start a real 'opencode serve' for the first M hosts (default 0).",
-                  "jump": "Add a jump host and reach every even host through it (ProxyJump)."})
-def lab_up(c, count=None, dir="lab", agents=None, jump=False):
+                  "jump": "Add a jump host and reach every even host through it (ProxyJump).",
+                  "rtt": "Milliseconds of round trip to add: a relay (MS/2 each way) in front of every host and "
+                         "agent (default 0: none). On a running lab of the same shape, changes only that."})
+def lab_up(c, count=None, dir="lab", agents=None, jump=False, rtt=None):
     """Start a local lab of real sshd hosts (and OpenCode agents) on loopback."""
     import time
 
     from fleet.lab import lab_up as up
+    from fleet.settings import number
 
     t0 = time.monotonic()
-    lab = up(num("--count", count, 3, int, 1), dir, num("--agents", agents, 0, int, 0), jump=bool(jump))
+    lab = up(num("--count", count, 3, int, 1), dir, num("--agents", agents, 0, int, 0), jump=bool(jump),
+             rtt=0.0 if rtt is None else number("--rtt", rtt, float, 0, maximum=20000))
     n_agents = sum(1 for a in lab.agents if a.get("role") == "agent")
-    print(f"lab up: {len(lab.hosts)} hosts, {n_agents} agents in {time.monotonic() - t0:.2f}s")
+    via = f", through a {lab.rtt:g} ms RTT relay (pid {lab.relay_pid})" if lab.rtt else ""
+    print(f"lab up: {len(lab.hosts)} hosts, {n_agents} agents{via} in {time.monotonic() - t0:.2f}s")
     rel = os.path.relpath(lab.inventory)
     shown = rel if not rel.startswith("..") else str(lab.inventory)
     print(f"inventory: {shown}")

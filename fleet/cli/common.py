@@ -21,12 +21,13 @@ if TYPE_CHECKING:  # pragma: no cover
 HOSTS_HELP = "Hosts: name, alias, @group, tag:NAME, all, comma list, !x to exclude."
 
 # The name the person typed to run fleet ('fleet' or 'inv'): hints name the same command.
-PROG = {"name": "fleet"}
+# "served": the call runs inside `fleet serve` for a thin client (fleet.serve.served).
+PROG: dict[str, Any] = {"name": "fleet", "served": False}
 
 
 def prog() -> str:
     """The command that runs these tasks here: ``fleet`` or ``inv``."""
-    return PROG["name"]
+    return str(PROG["name"])
 
 
 def fleet_task(*args: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -45,6 +46,8 @@ def fleet_task(*args: Any, **kwargs: Any) -> Callable[..., Any]:
                 # A Ctrl-C that gets here is a second one (the first ends the run with its
                 # summary): stop now, without waiting for worker threads.
                 print(f"{prog()}: interrupted", file=sys.stderr)
+                if PROG["served"]:
+                    raise Exit(code=EXIT_INTERRUPTED) from None  # the service goes on; its client ends
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(EXIT_INTERRUPTED)

@@ -23,8 +23,10 @@ def serve(c, action="", inventory=None, idle_exit=None, json_=False):
     fl = app(c, inventory)
     journal = fl.settings.path("journal")
     if action in ("", "run"):
+        from fleet.cli.served import run_call
+
         server.run(fl.settings, fl._inventory_arg if isinstance(fl._inventory_arg, str) else None,
-                   idle_exit=num("--idle-exit", idle_exit, 0.0))
+                   idle_exit=num("--idle-exit", idle_exit, 0.0), served=run_call)
         return
     if action == "status":
         st = client.status(journal)

@@ -66,6 +66,18 @@ def max_nesting(text: str) -> int:
     return best
 
 
+def _compose(text: str) -> Any:
+    """The YAML node tree, by libyaml when present (about 10x faster); a text it refuses is read
+    again by the pure-Python parser, whose messages are the ones fleet words its errors from."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.compose(text, Loader=fast)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | None = None) -> Inventory:
     """Validate inventory YAML ``text``; ``path`` is used in messages and for relative paths."""
     base = base_dir if base_dir is not None else (Path(path).resolve().parent if path != "<inventory>" else Path.cwd())
@@ -78,7 +90,7 @@ def load_inventory_text(text: str, path: str = "<inventory>", base_dir: Path | N
         raise InventoryError(f"the inventory nests {depth} levels deep (at most {MAX_NESTING})", path,
                              hint="an inventory needs only a few levels: hosts -> name -> key: value")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "YAML syntax error"

@@ -76,7 +76,7 @@ class _Loader:
     def value(self, node: yaml.Node, what: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, f"{what} must be a single value, not a list or mapping")
-        loader = yaml.SafeLoader("")
+        loader = yaml.constructor.SafeConstructor()  # a constructor alone: no reader or parser to set up
         try:
             return loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
@@ -85,8 +85,6 @@ class _Loader:
             # PyYAML's constructors raise these for a tag that does not fit its text (!!int http)
             raise self.fail(node, f"{what}: '{node.value}' does not fit its tag {node.tag}",
                             "drop the !!tag, or write a value of that type") from None
-        finally:
-            loader.dispose()
 
     def string(self, node: yaml.Node, what: str, example: str) -> str:
         v = self.value(node, what)

@@ -38,8 +38,11 @@ from fleet.lab.base import (  # noqa: F401
     _pid_alive,
     free_ports,
     host_address,
+    load_lab,
     seed_repos,
     state_file,
+    write_inventory,
+    write_state,
 )
 
 PORTS_PER_SSHD = 16  # OpenSSH refuses more than 16 ListenAddress lines
@@ -148,15 +151,19 @@ def _check_lab_dir(lab_dir: Path, directory: str | os.PathLike[str]) -> None:
 
 
 def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: int = 0,
-           timeout: float = 20.0, jump: bool = False) -> Lab:
+           timeout: float = 20.0, jump: bool = False, rtt: float = 0.0) -> Lab:
     """Start ``count`` SSH hosts (and ``agents`` OpenCode servers) on loopback under ``directory``.
 
     ``jump``: add a jump host ``jump`` and reach every even host through it (ProxyJump).
+    ``rtt``: milliseconds of round trip a relay (:mod:`fleet.lab.relay`) adds in front of every
+    host and agent (0: none). On a running lab of the same shape, only the relay is replaced.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1 or count > 1000:
         raise BadInput(f"--count {count} is out of range: write a number from 1 to 1000")
     if isinstance(agents, bool) or not isinstance(agents, int) or agents < 0 or agents > count:
         raise BadInput(f"--agents {agents} is out of range: write a number from 0 to --count ({count})")
+    if isinstance(rtt, bool) or not isinstance(rtt, (int, float)) or not 0 <= rtt <= 20000:
+        raise BadInput(f"--rtt {rtt} is out of range: write milliseconds from 0 to 20000")
     lab_dir = Path(directory).resolve()
     _check_lab_dir(lab_dir, directory)
     if state_file(lab_dir).exists():
@@ -164,8 +171,14 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
             st = json.loads(state_file(lab_dir).read_text())
         except ValueError:
             st = {}
-        if any(_pid_alive(p) for p in st.get("pids", [])):
-            raise LabError(f"a lab is already running in {lab_dir}: run 'inv lab.down --dir {directory}' first")
+        if any(_pid_alive(p) for p in st.get("pids", []) if p != st.get("relay_pid")):
+            old = load_lab(lab_dir)
+            if old and old.rtt != rtt and (len(old.hosts), bool(old.jump)) == (count, jump) and agents == sum(
+                    1 for a in old.agents if a.get("role") == "agent"):
+                return _retune(old, rtt, timeout)
+            raise LabError(f"a lab is already running in {lab_dir}: run 'inv lab.down --dir {directory}' first "
+                           f"(or lab.up with its --count, --agents, --jump and another --rtt to change its latency)")
+        lab_down(lab_dir)  # what is left of a lab that is down (its relay, say)
     sshd = find_sshd()
     user = getpass.getuser()
     other = ensure_other_user()
@@ -234,7 +247,7 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
                     time.sleep(0.01)
             if pid is not None:
                 pids.append(pid)
-        _write_state(lab)
+        write_state(lab)
         missing = _wait_listening([(h.listen, h.port) for _, g, _ in groups for h in g], deadline)
         if missing:
             logs = " ".join(str(d / "sshd.log") for d in started)
@@ -250,88 +263,53 @@ def lab_up(count: int = 3, directory: str | os.PathLike[str] = "lab", agents: in
     (lab_dir / "known_hosts").write_text("\n".join(known_lines) + "\n")
     seed_repos(lab_dir, [h.repos_root for h in hosts])
     lab.hosts.extend(hosts)
-    write_ssh_config(lab)
-    if agents:
-        from fleet.lab.agents import start_agents
-        try:
+    try:
+        if agents:
+            from fleet.lab.agents import start_agents
             lab.agents = start_agents(lab, agents)
-        except BaseException:
-            _write_state(lab)
-            lab_down(lab_dir)
-            raise
+        if rtt:
+            from fleet.lab.relay import start_relay
+            start_relay(lab, rtt, timeout)
+    except BaseException:
+        write_state(lab)
+        lab_down(lab_dir)
+        raise
+    write_ssh_config(lab)
     write_inventory(lab)
-    _write_state(lab)
+    write_state(lab)
     return lab
 
 
-def _write_state(lab: Lab) -> None:
-    pids = list(lab.sshd_pids) + [a["pid"] for a in lab.agents if a.get("pid")]
-    state = {"pids": pids, "sshd_pids": lab.sshd_pids, "agents": lab.agents,
-             "hosts": [{"name": h.name, "port": h.port, "address": h.address} for h in lab.hosts],
-             "user": lab.user}
-    tmp = state_file(lab.dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_file(lab.dir))
+def _retune(lab: Lab, rtt: float, timeout: float) -> Lab:
+    """A running lab with another relay (or none): its hosts and agents keep running."""
+    from fleet.lab.relay import start_relay
+    try:
+        start_relay(lab, rtt, timeout)
+    finally:
+        write_ssh_config(lab)
+        write_inventory(lab)
+        write_state(lab)
+    return lab
 
 
 def write_ssh_config(lab: Lab) -> Path:
     """``<dir>/ssh_config``: one OpenSSH ``Host`` entry per inventory name (``ssh -F`` it)."""
     assert lab.ssh_config is not None
     out = ["# Generated by 'inv lab.up'. Plain OpenSSH reads it too: ssh -F lab/ssh_config lab01 true", ""]
+    if lab.rtt:
+        out[1:1] = [f"# lab.up --rtt {lab.rtt:g}: Port is a relay adding that round trip; HostKeyAlias keeps",
+                    "# each host key filed under the host's own [address]:port."]
     for h in lab.hosts + ([lab.jump] if lab.jump else []):
-        out += [f"Host {h.name}", f"  HostName {h.address}", f"  Port {h.port}", f"  User {lab.user}",
+        out += [f"Host {h.name}", f"  HostName {h.address}", f"  Port {h.relay_port or h.port}", f"  User {lab.user}",
                 f"  IdentityFile {lab.key}", "  IdentitiesOnly yes", f"  UserKnownHostsFile {lab.known_hosts}",
                 "  GlobalKnownHostsFile /dev/null", "  StrictHostKeyChecking yes", "  BatchMode yes"]
+        if h.relay_port:
+            out.append(f"  HostKeyAlias [{h.address}]:{h.port}")
         if h.jump:
             out.append(f"  ProxyJump {h.jump}")
         out.append("")
     lab.ssh_config.write_text("\n".join(out))
     return lab.ssh_config
-
-
-def write_inventory(lab: Lab) -> Path:
-    """Write ``<dir>/inventory.yaml``: names, tags, groups and repos; the rest comes from ssh_config."""
-    n = len(lab.hosts)
-    lines = [
-        "# Generated by 'inv lab.up': real sshd processes on loopback. Where each host is and who",
-        "# logs in comes from ssh_config (as for 'ssh lab01'); known_hosts is the lab's own.",
-        "# Try: inv fanout --inventory lab/inventory.yaml --all true",
-        "#      inv fanout --inventory lab/inventory.yaml --hosts '@odd,!lab01' hostname",
-        "known_hosts: known_hosts",
-        "ssh_config: ssh_config",
-        "default_host: lab01",
-        "canary: lab01",
-        "defaults:",
-        "  auth: ssh-key",
-        "  tags: [lab]",
-        "groups:",
-        "  odd: [" + ", ".join(h.name for i, h in enumerate(lab.hosts) if i % 2 == 0) + "]",
-    ]
-    evens = [h.name for i, h in enumerate(lab.hosts) if i % 2 == 1]
-    if evens:
-        lines.append("  even: [" + ", ".join(evens) + "]")
-    agent_hosts = [a for a in lab.agents if a.get("role") == "agent"]
-    if agent_hosts:
-        lines.append("  agents: [" + ", ".join(a["host"] for a in agent_hosts) + "]")
-    lines.append("hosts:")
-    agents = {a["host"]: a for a in agent_hosts}
-    for i, h in enumerate(lab.hosts):
-        rack = "rack-a" if i < (n + 1) // 2 else "rack-b"
-        lines.append(f"  {h.name}:")
-        lines.append(f"    aliases: [l{i + 1}]")
-        lines.append(f"    tags: [{rack}" + (", behind-jump" if h.jump else "") + "]")
-        lines.append(f"    repos: {{root: {h.repos_root}}}")
-        if h.name in agents:
-            a = agents[h.name]
-            lines.append(f"    opencode: {{url: '{a['url']}', password_file: {a['password_file']}}}")
-    if lab.jump:
-        lines.append("  jump:")
-        lines.append("    tags: [jump]")
-    if agent_hosts:
-        lines.append("routes:")
-        lines.append("  dispatch: '@agents'")
-    lab.inventory.write_text("\n".join(lines) + "\n")
-    return lab.inventory
 
 
 def lab_down(directory: str | os.PathLike[str] = "lab", timeout: float = 5.0) -> list[int]:
@@ -344,7 +322,7 @@ def lab_down(directory: str | os.PathLike[str] = "lab", timeout: float = 5.0) ->
             pids = [int(p) for p in json.loads(sf.read_text()).get("pids", [])]
         except (ValueError, json.JSONDecodeError):
             pids = []
-    for pidf in (sorted(lab_dir.glob("sshd/*/sshd.pid")) + sorted(lab_dir.glob("agents/*.pid"))
+    for pidf in ([lab_dir / "relay.pid"] + sorted(lab_dir.glob("sshd/*/sshd.pid")) + sorted(lab_dir.glob("agents/*.pid"))
                  + sorted(lab_dir.glob("agents/*/*.pid"))):
         try:
             pid = int(pidf.read_text().strip())
@@ -382,4 +360,5 @@ def lab_down(directory: str | os.PathLike[str] = "lab", timeout: float = 5.0) ->
             pass
     if sf.exists():
         sf.unlink()
+    (lab_dir / "relay.pid").unlink(missing_ok=True)  # the relay is killed, not asked: it leaves its pid file
     return victims

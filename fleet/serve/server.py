@@ -42,18 +42,23 @@ class Service:
     inventory ``inventory`` (for the dispatches it follows)."""
 
     def __init__(self, settings: Settings, inventory: str | None = None, idle_exit: float = 0.0,
-                 follow: bool = True, out: Callable[[str], None] | None = None) -> None:
+                 follow: bool = True, out: Callable[[str], None] | None = None,
+                 served: Callable[..., None] | None = None) -> None:
         from fleet.ssh.warm import ConnectionPool
 
         self.settings = settings
         self.inventory = inventory
+        self._served = served
         self.journal = settings.path("journal")
         self.idle_exit = idle_exit
         self.pool = ConnectionPool(idle=settings.warm_idle)
         self.since = time.time()
         self.last_call = time.monotonic()
         self.calls = 0
-        self._say = out or (lambda line: print(line, file=sys.stderr, flush=True))
+        err = sys.stderr  # its own stream: a served call swaps sys.stderr for its client's
+        self._say = out or (lambda line: print(line, file=err, flush=True))
+        from fleet import app
+        app.SERVICE_POOL = self.pool  # every context made in this process (served calls too) uses it
         self._stop = threading.Event()
         self._lock_fd: int | None = None
         self._sock: socket.socket | None = None
@@ -217,6 +222,8 @@ class Service:
                 self.stop()
             elif op == "fanout":
                 self._fanout(req, send, f)
+            elif op == "cli":
+                self._cli(req, send, f)
             else:
                 send({"event": "error", "exit_code": 2, "message": f"unknown call '{op}'"})
         except (BrokenPipeError, ConnectionResetError):
@@ -246,6 +253,39 @@ class Service:
                 "lease": ({**(self.lease.read() or {}), "path": self.lease.path, "mine": self.holding}
                           if self.lease is not None else None)}
 
+    def _watch_client(self, rfile: Any, done: threading.Event, started: threading.Event | None = None) -> None:
+        """The client sends 'interrupt' on Ctrl-C, or goes away: the call's thread gets one
+        KeyboardInterrupt, as a terminal's Ctrl-C would give it (once: a second would end a
+        served task's wrapper instead of its run)."""
+        me = threading.get_ident()
+
+        def watch() -> None:
+            try:
+                while not done.is_set():
+                    line = rfile.readline()
+                    if not line or b"interrupt" in line:
+                        break
+            except (OSError, ValueError):
+                pass
+            if started is not None:
+                started.wait()
+            if not done.is_set():
+                _interrupt(me)
+        threading.Thread(target=watch, daemon=True).start()
+
+    def _cli(self, req: dict[str, Any], send: Callable[[dict[str, Any]], None], rfile: Any) -> None:
+        run_call = self._served
+        if run_call is None:
+            send({"event": "fallback"})  # a service started without the CLI: the client runs it
+            return
+        done, started = threading.Event(), threading.Event()
+        self._watch_client(rfile, done, started)
+        try:
+            run_call(req, send, started.set, self.journal)
+        finally:
+            done.set()
+            started.set()
+
     def _fanout(self, req: dict[str, Any], send: Callable[[dict[str, Any]], None], rfile: Any) -> None:
         from fleet.app import Fleet
         from fleet.ssh.options import FanoutOptions
@@ -256,22 +296,8 @@ class Service:
         o["accept_host_keys_for"] = frozenset(o.get("accept_host_keys_for") or ())
         o["collect"] = tuple(o.get("collect") or ())
         opts = FanoutOptions(**o)
-        me = threading.get_ident()
         done = threading.Event()
-
-        def watch_client() -> None:
-            # the face sends 'interrupt' on Ctrl-C, or goes away: this run is interrupted as Ctrl-C would
-            try:
-                while not done.is_set():
-                    line = rfile.readline()
-                    if not line or b"interrupt" in line:
-                        if not done.is_set():
-                            _interrupt(me)
-                        return
-            except (OSError, ValueError):
-                if not done.is_set():
-                    _interrupt(me)
-        threading.Thread(target=watch_client, daemon=True).start()
+        self._watch_client(rfile, done)
 
         class Log:
             def write(self, text: str) -> None:
@@ -308,9 +334,11 @@ class Service:
             trail.close()
 
 
-def run(settings: Settings, inventory: str | None = None, idle_exit: float = 0.0) -> None:
-    """Run the service in the foreground until stopped."""
-    svc = Service(settings, inventory, idle_exit=idle_exit)
+def run(settings: Settings, inventory: str | None = None, idle_exit: float = 0.0,
+        served: Callable[..., None] | None = None) -> None:
+    """Run the service in the foreground until stopped (``served``: how it runs a thin
+    client's whole command line, :func:`fleet.cli.served.run_call`)."""
+    svc = Service(settings, inventory, idle_exit=idle_exit, served=served)
     svc.acquire()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -1,0 +1,274 @@
+"""The ``fleet`` console script's first step, before Invoke and the rest of fleet load:
+
+- ``fleet --version`` answers at once;
+- an SSH-plane command (fanout, retry, preflight, ...) goes whole to a running ``fleet serve``
+  for this state directory (argv, working directory, environment, terminal), which runs it
+  over its warm connections; its output and exit status come back here
+  (:mod:`fleet.serve.served`). Ctrl-C is passed on as the run's Ctrl-C;
+- everything else (no service, a busy or other-version one, any other command) goes on to the
+  full program (:mod:`fleet.cli.program`), which behaves the same and is the reference.
+
+Imports here are the standard library's and :mod:`fleet.settings` (to find the state directory).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SERVABLE = ("fanout", "retry", "preflight", "blow-away", "worktrees", "worktrees.remove")  # = cli.served.SERVABLE
+
+
+def main() -> None:
+    """Entry point of the ``fleet`` console script."""
+    argv = sys.argv[1:]
+    if argv in (["--version"], ["-V"]):
+        from fleet import __version__
+
+        print(f"fleet {__version__}")
+        return
+    if argv in (["--list"], ["-l"]):
+        _listed()
+        return
+    if argv and argv[0] in SERVABLE and not os.environ.get("FLEET_NO_SERVICE"):
+        code = _served(argv)
+        if code is not None:
+            sys.stdout.flush()
+            raise SystemExit(code)
+    light_invoke()
+    from fleet.cli.program import main as full
+
+    full()
+
+
+def _listed() -> None:
+    """``fleet --list``: Invoke's listing of the tasks, kept in the user's cache keyed by this
+    fleet's version, the task modules' sizes and times, and the width it was drawn for (the
+    listing depends on nothing else), so a repeat costs no Invoke start."""
+    import hashlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        width = os.get_terminal_size(1).columns if os.isatty(1) else 80  # what Invoke's pty_size says
+    except OSError:
+        width = 80
+    from fleet import __version__
+
+    key = [__version__, str(width)]
+    for d in (here, os.path.dirname(here)):
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(d, name))
+                key.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fleet")
+    path = os.path.join(cache, "list-" + hashlib.sha1("|".join(key).encode()).hexdigest()[:20] + ".txt")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        text = None
+    if text is not None:
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `fleet --list | head`: the reader has gone; end quietly
+            _quiet_stdout()
+        return
+    import io
+
+    class Tee(io.StringIO):
+        broken = False
+
+        def write(self, s: str) -> int:
+            if not self.broken:
+                try:
+                    real.write(s)
+                except BrokenPipeError:
+                    self.broken = True
+            return super().write(s)
+    real, tee = sys.stdout, Tee()
+    sys.stdout = tee
+    try:
+        light_invoke()
+        from fleet.cli.program import main as full
+
+        full()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    finally:
+        sys.stdout = real
+        if tee.broken:
+            _quiet_stdout()
+    try:  # the listing printed in full and nothing else went wrong: keep it
+        from fleet.files import write_atomic
+
+        os.makedirs(cache, exist_ok=True)
+        write_atomic(path, tee.getvalue())
+    except OSError:
+        pass
+
+
+def _quiet_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def light_invoke() -> None:
+    """Import Invoke without what fleet never uses from it: ``invoke.context`` imports
+    ``unittest.mock`` (and so ``asyncio``, about 45 ms) only for its ``MockContext`` testing
+    aid, and Invoke's vendored copy of PyYAML is the library fleet already loads (Invoke
+    itself falls back to it when the vendored copy is absent). ``Mock`` still works: it loads
+    the real one on first use. Nothing is left in ``sys.modules`` for anyone else."""
+    if "invoke" in sys.modules or "unittest.mock" in sys.modules:
+        return
+    import types
+
+    import yaml
+
+    stub = types.ModuleType("unittest.mock")
+
+    class Mock:  # noqa: D401 - invoke.context's name for unittest.mock.Mock, loaded when used
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            from unittest import mock
+
+            return mock.Mock(*args, **kwargs)
+
+    stub.Mock = Mock  # type: ignore[attr-defined]
+    sys.modules["unittest.mock"] = stub
+    sys.modules.setdefault("invoke.vendor.yaml", yaml)
+    try:
+        import invoke  # noqa: F401
+    finally:
+        if sys.modules.get("unittest.mock") is stub:
+            del sys.modules["unittest.mock"]
+
+
+def _journal() -> str | None:
+    """Where this command's journal is (it names the state directory, so the service), as the
+    settings say for this directory and environment; remembered in the user's cache under
+    everything the answer depends on (the working directory, HOME and the XDG dirs, the
+    INVOKE_FLEET_* variables, the size and time of every settings file that could be read), so a
+    repeat does not load the settings code. The service checks the answer again (served.py)."""
+    import hashlib
+
+    env = os.environ
+    cwd = os.getcwd()
+    conf = os.path.join(env.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "fleet")
+    key = [cwd, env.get("HOME", ""), env.get("XDG_CONFIG_HOME", ""), env.get("XDG_STATE_HOME", "")]
+    key += sorted(f"{k}={v}" for k, v in env.items() if k.startswith("INVOKE_FLEET_"))
+    files = [os.path.join(conf, "config.yaml"), os.path.join(conf, "invoke.yaml")]
+    d = cwd
+    while True:
+        files.append(os.path.join(d, "invoke.yaml"))
+        up = os.path.dirname(d)
+        if up == d:
+            break
+        d = up
+    for f in files:
+        try:
+            st = os.stat(f)
+            key.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            key.append(f"{f}:-")
+    cache = os.path.join(env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fleet", "where")
+    path = os.path.join(cache, hashlib.sha1("\0".join(key).encode()).hexdigest()[:24])
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read() or None
+    except OSError:
+        pass
+    try:
+        from fleet.settings import load_settings
+
+        journal = os.path.abspath(load_settings().path("journal"))
+    except Exception:  # noqa: BLE001 - a settings error is said by the full program, the reference
+        return None
+    try:
+        from fleet.files import write_atomic
+
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        write_atomic(path, journal)
+    except OSError:
+        pass
+    return journal
+
+
+def _served(argv: list[str]) -> int | None:
+    """The exit status of the call a running service ran for us, or None: run it here."""
+    import json
+    import socket
+
+    journal = _journal()
+    if journal is None:
+        return None
+    path = os.path.join(os.path.dirname(journal), "run", "fleet.sock")  # = fleet.serve.paths.socket_path
+    if not os.path.exists(path):
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(2.0)
+        s.connect(path)
+        s.settimeout(None)
+    except OSError:
+        s.close()
+        return None
+    from fleet import __version__
+
+    def size(fd: int) -> tuple[int, int] | None:
+        try:
+            return os.get_terminal_size(fd) if os.isatty(fd) else None
+        except OSError:
+            return None
+    term = size(1) or size(2)
+    req = {"op": "cli", "version": __version__, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+           "prog": "fleet", "tty": {"stdout": os.isatty(1), "stderr": os.isatty(2),
+                                    "columns": term[0] if term else None, "lines": term[1] if term else None}}
+    buf = b""
+    interrupted = False
+    outs = {1: sys.stdout, 2: sys.stderr}
+    try:
+        s.sendall((json.dumps(req) + "\n").encode())
+        while True:
+            try:
+                while b"\n" not in buf:
+                    chunk = s.recv(262144)
+                    if not chunk:
+                        print("fleet: fleet serve went away during the run: see 'fleet serve status'; the run's "
+                              "artifacts say how far it got", file=sys.stderr)
+                        return 1
+                    buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    ev = json.loads(line)
+                    kind = ev.get("event")
+                    if kind == "out":
+                        out = outs[2 if ev.get("fd") == 2 else 1]
+                        out.write(ev.get("data", ""))
+                        out.flush()
+                    elif kind == "exit":
+                        return int(ev.get("code") or 0)
+                    elif kind == "fallback" or (kind == "error" and ev.get("kind") == "version"):
+                        return None  # busy, or another version: the full program runs it (and says so)
+                    elif kind == "error":
+                        print(f"fleet: {ev.get('message')}", file=sys.stderr)
+                        return int(ev.get("exit_code") or 1)
+            except KeyboardInterrupt:
+                if interrupted:
+                    print("fleet: interrupted", file=sys.stderr)
+                    return 130  # a second Ctrl-C: stop now (the service ends the run)
+                interrupted = True  # the first: the service interrupts the run and sends its summary
+                try:
+                    s.sendall(b'{"op": "interrupt"}\n')
+                except OSError:
+                    return 130
+    except BrokenPipeError:
+        return 0  # `fleet fanout ... | head`: the reader has gone
+    except OSError:
+        print("fleet: fleet serve went away during the run: see 'fleet serve status'", file=sys.stderr)
+        return 1
+    finally:
+        s.close()
