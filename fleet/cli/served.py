@@ -68,16 +68,16 @@ def _ours(journal: str) -> bool:
     return os.path.abspath(theirs) == os.path.abspath(journal)
 
 
-def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], on_start: Callable[[], None],
-             journal: str) -> None:
+def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], ctrl_c: Any,
+             journal: str) -> int | None:
     """Run one client's command line here; its output events, then ``exit`` with its status
     (``fallback`` when another call runs, or the client's settings name another state
-    directory: the client then runs it itself)."""
+    directory: the client then runs it itself). Returns its exit status, or None: not run here.
+    ``ctrl_c`` is armed while the program runs (:class:`fleet.serve.server.CtrlC`)."""
     argv = [str(a) for a in req.get("argv") or []]
     env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
     if not servable(argv) or not _ONE.acquire(blocking=False):
-        send({"event": "fallback"})
-        return
+        return None
     tty = req.get("tty") or {}
     for key in ("COLUMNS", "LINES"):  # the client's terminal size, as its own process would see it
         if tty.get(key.lower()) and key not in env:
@@ -96,7 +96,7 @@ def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], on_sta
         if code is None and not _ours(journal):
             code = "fallback"
         if code == "fallback":
-            return
+            return None
         code = 0
         sys.stdout, sys.stderr, sys.stdin = out, err, devnull
         sys.argv = [str(req.get("prog") or "fleet"), *argv]
@@ -104,12 +104,16 @@ def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], on_sta
         from fleet.cli.program import run_program
 
         common.PROG["served"] = True
-        on_start()
         try:
-            run_program(argv)
+            try:
+                ctrl_c.arm()
+                run_program(argv)
+            finally:
+                ctrl_c.disarm()
         except SystemExit as exc:
             code = exc.code
         except KeyboardInterrupt:
+            ctrl_c.disarm()
             print(f"{common.prog()}: interrupted", file=sys.stderr)
             code = 130
     finally:
@@ -125,11 +129,9 @@ def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], on_sta
         except OSError:
             os.chdir("/")
         _ONE.release()
-        if code == "fallback":
-            send({"event": "fallback"})
     if code is None:
-        code = 0
-    elif not isinstance(code, int):
+        return 0
+    if not isinstance(code, int):
         send({"event": "out", "fd": 2, "data": f"{code}\n"})
-        code = 1
-    send({"event": "exit", "code": code})
+        return 1
+    return code

@@ -30,6 +30,38 @@ def _interrupt(thread_id: int) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(KeyboardInterrupt))
 
 
+class CtrlC:
+    """One Ctrl-C for the thread that runs a served call, delivered only while its program runs
+    (armed), and never left pending after (disarm clears it): the call's own clean-up never
+    sees it. A Ctrl-C that comes before the program starts is delivered when it starts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tid = threading.get_ident()
+        self._armed = self._wanted = False
+
+    def arm(self) -> None:
+        with self._lock:
+            self._armed = True
+            if self._wanted:
+                self._fire()
+
+    def fire(self) -> None:
+        with self._lock:
+            self._wanted = True
+            if self._armed:
+                self._fire()
+
+    def _fire(self) -> None:
+        self._armed = False  # once
+        _interrupt(self._tid)
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._tid), None)
+
+
 def _peer_uid(conn: socket.socket) -> int | None:
     if not hasattr(socket, "SO_PEERCRED"):
         return None  # not Linux: the 0700 directory and the 0600 socket keep others out
@@ -43,7 +75,7 @@ class Service:
 
     def __init__(self, settings: Settings, inventory: str | None = None, idle_exit: float = 0.0,
                  follow: bool = True, out: Callable[[str], None] | None = None,
-                 served: Callable[..., None] | None = None) -> None:
+                 served: Callable[..., int | None] | None = None) -> None:
         from fleet.ssh.warm import ConnectionPool
 
         self.settings = settings
@@ -55,6 +87,7 @@ class Service:
         self.since = time.time()
         self.last_call = time.monotonic()
         self.calls = 0
+        self.served_calls = 0  # whole command lines run here for a thin client
         err = sys.stderr  # its own stream: a served call swaps sys.stderr for its client's
         self._say = out or (lambda line: print(line, file=err, flush=True))
         from fleet import app
@@ -246,6 +279,7 @@ class Service:
         from fleet import __version__
         fol = self.follower
         return {"pid": os.getpid(), "version": __version__, "since": self.since, "calls": self.calls,
+                "served_calls": self.served_calls,
                 "socket": paths.socket_path(self.journal), "warm": sum(len(v) for v in self.pool._free.values()),
                 "following": sorted(fol.following) if fol else [],
                 "followed_total": fol.followed_total if fol else 0,
@@ -253,10 +287,9 @@ class Service:
                 "lease": ({**(self.lease.read() or {}), "path": self.lease.path, "mine": self.holding}
                           if self.lease is not None else None)}
 
-    def _watch_client(self, rfile: Any, done: threading.Event, started: threading.Event | None = None) -> None:
+    def _watch_client(self, rfile: Any, done: threading.Event, on_interrupt: Callable[[], None] | None = None) -> None:
         """The client sends 'interrupt' on Ctrl-C, or goes away: the call's thread gets one
-        KeyboardInterrupt, as a terminal's Ctrl-C would give it (once: a second would end a
-        served task's wrapper instead of its run)."""
+        KeyboardInterrupt, as a terminal's Ctrl-C would give it."""
         me = threading.get_ident()
 
         def watch() -> None:
@@ -267,9 +300,9 @@ class Service:
                         break
             except (OSError, ValueError):
                 pass
-            if started is not None:
-                started.wait()
-            if not done.is_set():
+            if on_interrupt is not None:
+                on_interrupt()
+            elif not done.is_set():
                 _interrupt(me)
         threading.Thread(target=watch, daemon=True).start()
 
@@ -278,13 +311,18 @@ class Service:
         if run_call is None:
             send({"event": "fallback"})  # a service started without the CLI: the client runs it
             return
-        done, started = threading.Event(), threading.Event()
-        self._watch_client(rfile, done, started)
+        done = threading.Event()
+        ctrl_c = CtrlC()
+        self._watch_client(rfile, done, ctrl_c.fire)
         try:
-            run_call(req, send, started.set, self.journal)
+            code = run_call(req, send, ctrl_c, self.journal)
         finally:
             done.set()
-            started.set()
+        if code is None:
+            send({"event": "fallback"})  # busy, or another state directory's call: the client runs it
+            return
+        self.served_calls += 1
+        send({"event": "exit", "code": code})
 
     def _fanout(self, req: dict[str, Any], send: Callable[[dict[str, Any]], None], rfile: Any) -> None:
         from fleet.app import Fleet
@@ -335,7 +373,7 @@ class Service:
 
 
 def run(settings: Settings, inventory: str | None = None, idle_exit: float = 0.0,
-        served: Callable[..., None] | None = None) -> None:
+        served: Callable[..., int | None] | None = None) -> None:
     """Run the service in the foreground until stopped (``served``: how it runs a thin
     client's whole command line, :func:`fleet.cli.served.run_call`)."""
     svc = Service(settings, inventory, idle_exit=idle_exit, served=served)
