@@ -39,7 +39,7 @@ def plain(text: str) -> str:
 
 
 def test_a_served_fanout_shows_and_exits_as_the_full_program(lab, tmp_path):
-    inv = write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02", "lab03"])
+    write_inventory(tmp_path / "inv.yaml", lab, names=["lab01", "lab02", "lab03"])
     cmd = "echo out-$((6*7)); echo err >&2; [ $(hostname) ] && exit 3"
     cases = [("fanout", "--inventory", "inv.yaml", "--all", cmd),  # relative to the client's directory
              ("fanout", "--inventory", "inv.yaml", "--all", "--json", "--no-canary", cmd),

@@ -6,7 +6,13 @@ per run, or ``StrictHostKeyChecking accept-new`` in ssh_config); a changed or re
 An accepted key is written where ssh would write it (the first UserKnownHostsFile) when
 ssh_config names one, else to the inventory's known_hosts; with HashKnownHosts yes in force its
 name is hashed either way, as ssh hashes what it writes. The advice for an unknown key is a
-command that accepts it (:meth:`HostKeyStore.accept_command`), which works from preflight too."""
+command that accepts it (:meth:`HostKeyStore.accept_command`), which works from preflight too.
+
+A host certificate is accepted as ssh accepts it (:mod:`fleet.ssh.hostcert`): signed by a CA of
+an ``@cert-authority`` line for the hop's name, valid now, for the name connected to; neither
+it nor its CA ``@revoked``. An unusable one falls back, as in ssh, to its plain key (known, or
+refused naming why the certificate was not enough). Certificate algorithms are asked for first
+only when a ``@cert-authority`` line could match the hop (:meth:`HostKeyStore.host_key_algorithms`)."""
 from __future__ import annotations
 
 import base64
@@ -21,6 +27,7 @@ import paramiko
 from fleet.errors import HostKeyChanged, HostKeyRevoked, UnknownHostKey
 from fleet.inventory import Host
 from fleet.ssh.config import Hop
+from fleet.ssh.hostcert import CERT_ALGORITHMS, CERT_SUFFIX, CertError, cert_problem, parse_cert
 from fleet.ssh.knownhosts import Entry, KnownHosts, Verdict, hash_name
 
 
@@ -32,6 +39,35 @@ def fingerprint_blob(blob: bytes) -> str:
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style SHA256 fingerprint."""
     return fingerprint_blob(key.asbytes())
+
+
+def _bare(hop: Hop) -> str | None:
+    """For a ``[host]:port`` name, the host alone (ssh retries a key under it); else None."""
+    return hop.hostname if hop.key_name == f"[{hop.hostname}]:{hop.port}" else None
+
+
+def _cert_blob(key: paramiko.PKey) -> bytes | None:
+    """The certificate the host showed, if it showed one (paramiko keeps it as ``public_blob``)."""
+    pb = getattr(key, "public_blob", None)
+    return pb.key_blob if pb is not None and str(pb.key_type).endswith(CERT_SUFFIX) else None
+
+
+def _patterns(e: Entry) -> str:
+    """A known_hosts line's host patterns, for a message (a hashed name is not worth printing)."""
+    return "a hashed name" if e.patterns.startswith("|1|") else e.patterns
+
+
+class HostKeyTransport(paramiko.Transport):
+    """paramiko's Transport, asking for the host-key algorithms in ``key_types`` (certificate
+    ones too) and then the certificate variant of each plain one not named yet: paramiko's own
+    list appends a variant to every name, a certificate algorithm too."""
+
+    @property
+    def preferred_keys(self) -> tuple[str, ...]:
+        keys = tuple(self._filter_algorithm("keys"))  # type: ignore[attr-defined]
+        known = self._key_info  # type: ignore[attr-defined]
+        return keys + tuple(c for c in (k + CERT_SUFFIX for k in keys if not k.endswith(CERT_SUFFIX))
+                            if c not in keys and c in known)
 
 
 class HostKeyStore:
@@ -64,35 +100,88 @@ class HostKeyStore:
         return tuple(out)
 
     def known_types(self, hop: Hop) -> list[str]:
-        """Key types known for ``hop`` (asked for first in the handshake, as OpenSSH does)."""
+        """Plain key types known for ``hop``, in OpenSSH's order (see :meth:`host_key_algorithms`)."""
         return self.kh.known_types(self.files_for(hop), hop.key_name)
+
+    def host_key_algorithms(self, hop: Hop) -> list[str]:
+        """The host-key algorithms to ask for first, as OpenSSH's order_hostkeyalgs: every
+        certificate algorithm when a ``@cert-authority`` line could match ``hop``, then the plain
+        types known for it (an RSA key as its SHA-2 signature algorithms)."""
+        files = self.files_for(hop)
+        out = list(CERT_ALGORITHMS) if self.kh.authorities(files, hop.key_name, _bare(hop)) else []
+        for kt in self.kh.known_types(files, hop.key_name):
+            out += ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if kt == "ssh-rsa" else [kt]
+        return out
+
+    def _cert_problem(self, hop: Hop, host: Host, blob: bytes, files: tuple[str, ...], where: str) -> str | None:
+        """None if the host certificate ``blob`` is accepted as ssh accepts it, else why not
+        (raises :class:`HostKeyRevoked` for a revoked CA, which nothing overrides)."""
+        try:
+            cert = parse_cert(blob)
+        except CertError as exc:
+            return f"host certificate for {where} cannot be read ({exc})"
+        cafp = f"{cert.ca_type} {fingerprint_blob(cert.ca_blob)}"
+        rev = self.kh.revoked(files, cert.ca_blob)
+        if rev is not None:
+            raise HostKeyRevoked(host.name, f"REVOKED CA for {where}: its host certificate is signed by CA {cafp}, "
+                                 f"which is marked @revoked in {rev.path}:{rev.line}; nothing was run")
+        if not any(e.blob == cert.ca_blob for e in self.kh.authorities(files, hop.key_name, _bare(hop))):
+            other = next((e for e in self.kh.entries(files) if e.marker == "@cert-authority"
+                          and e.blob == cert.ca_blob), None)
+            why = (f"the @cert-authority line for it, {other.path}:{other.line}, is for {_patterns(other)}, not "
+                   f"{hop.key_name}" if other is not None else f"no @cert-authority line for {hop.key_name} lists it")
+            return f"host certificate for {where} is not signed by a trusted CA (its CA is {cafp}; {why})"
+        bad = cert_problem(cert, hop.host_key_alias or hop.hostname)
+        return None if bad is None else f"host certificate for {where} {bad}"
+
+    def _ca_hint(self, hop: Hop, files: tuple[str, ...]) -> str:
+        """For a plain key refused as unknown: what the ``@cert-authority`` lines there say ("" if none)."""
+        cas = [e for e in self.kh.entries(files) if e.marker == "@cert-authority"]
+        if not cas:
+            return ""
+        mine = self.kh.authorities(files, hop.key_name, _bare(hop))
+        if mine:
+            return (f" (it showed no host certificate, though {mine[0].path}:{mine[0].line} trusts a CA for it: "
+                    f"is HostCertificate set in its sshd_config?)")
+        e = cas[0]
+        return f" (no @cert-authority line is for {hop.key_name}: {e.path}:{e.line} is for {_patterns(e)})"
 
     def check(self, hop: Hop, host: Host, key: paramiko.PKey, is_target: bool) -> None:
         """Accept ``key`` for ``hop`` or raise the typed failure, naming the hop."""
-        blob = key.asbytes()
-        bare = hop.hostname if hop.key_name == f"[{hop.hostname}]:{hop.port}" else None
-        verdict, entries = self.kh.verdict(self.files_for(hop), hop.key_name, key.get_name(), blob, bare)
+        blob = key.asbytes()  # a certificate's plain key
+        files = self.files_for(hop)
+        verdict, entries = self.kh.verdict(files, hop.key_name, key.get_name(), blob, _bare(hop))
         fp = fingerprint_blob(blob)
         who = host.name if is_target else f"jump host {hop.name} (on the way to {host.name})"
         where = f"{who} [{hop.key_name}]"
-        if verdict == Verdict.KNOWN:
-            return
         if verdict == Verdict.REVOKED:
             e = entries[0]
             raise HostKeyRevoked(host.name, f"REVOKED host key for {where}: {key.get_name()} {fp} is marked "
                                  f"@revoked in {e.path}:{e.line}; nothing was run")
+        cert = _cert_blob(key)
+        problem = self._cert_problem(hop, host, cert, files, where) if cert is not None else None
+        if (cert is not None and problem is None) or verdict == Verdict.KNOWN:
+            return  # a usable certificate, or (ssh falls back to it) the plain key is known
         if verdict == Verdict.CHANGED:
             e = entries[0]
             raise HostKeyChanged(
                 host.name, f"HOST KEY CHANGED for {where}: it now offers {key.get_name()} {fp}, "
                 f"{e.path}:{e.line} has {fingerprint_blob(e.blob)}. This may be an attack; nothing was "
-                f"run. If the host was really reinstalled, remove that line")
+                f"run. If the host was really reinstalled, remove that line"
+                + (f" (the {problem})" if problem else ""))
         names = {host.name, hop.name, *host.aliases} if is_target else {hop.name}
         if not (self.accept_all or hop.accept_new or names & self.accept_hosts):
+            if problem:
+                raise UnknownHostKey(
+                    host.name, f"{problem}; nothing was run. Re-sign the host key (ssh-keygen -s CA -h -n "
+                    f"{hop.host_key_alias or hop.hostname}) or fix the @cert-authority line; or, if its plain key "
+                    f"{key.get_name()} {fp} is right, accept and record that: "
+                    f"'{self.accept_command(host, hop, is_target)}'")
             other = f" (known_hosts has only {', '.join(sorted({e.keytype for e in entries}))} keys for it)" \
                 if entries else ""
             raise UnknownHostKey(
-                host.name, f"unknown host key for {where}: {key.get_name()} {fp}{other}; nothing was run. "
+                host.name, f"unknown host key for {where}: {key.get_name()} {fp}{other}{self._ca_hint(hop, files)}; "
+                f"nothing was run. "
                 f"If this fingerprint is right, accept and record it: '{self.accept_command(host, hop, is_target)}' "
                 f"(or --accept-new-host-keys for every host and hop of a fanout)")
         target = hop.known_hosts[0] if hop.known_hosts else (self.write_to or (self.files[0] if self.files else None))

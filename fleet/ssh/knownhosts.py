@@ -5,7 +5,8 @@ stop every run), knows no wildcards or negation, and cannot tell a revoked key. 
 reads each file once per run, skips (and remembers) what it cannot use, and gives the same
 verdict ``ssh -o StrictHostKeyChecking=yes`` would over all the files it is given: known (the
 offered key is listed, whatever other types are), changed, revoked (a ``@revoked`` line in any
-file, under any name) or unknown.
+file, under any name) or unknown. ``@cert-authority`` lines (:meth:`KnownHosts.authorities`)
+decide host certificates (:mod:`fleet.ssh.hostcert`), never a plain key.
 """
 from __future__ import annotations
 
@@ -194,6 +195,16 @@ class KnownHosts:
         if same_type:
             return Verdict.CHANGED, same_type
         return Verdict.UNKNOWN, mine  # ``mine`` then holds keys of other types, if any
+
+    def authorities(self, paths: tuple[str, ...] | list[str], name: str, bare: str | None = None) -> list[Entry]:
+        """The ``@cert-authority`` lines for ``name`` (or, like ssh's retry without the port,
+        for ``bare``), in file order."""
+        return [e for e in self.entries(paths)
+                if e.marker == "@cert-authority" and (e.matches(name) or (bare is not None and e.matches(bare)))]
+
+    def revoked(self, paths: tuple[str, ...] | list[str], blob: bytes) -> Entry | None:
+        """The ``@revoked`` line listing ``blob`` (a host or CA key), under any name, or None."""
+        return next((e for e in self.entries(paths) if e.marker == "@revoked" and e.blob == blob), None)
 
     def known_types(self, paths: tuple[str, ...] | list[str], name: str) -> list[str]:
         """Key types known for ``name``, in OpenSSH's preference order (not the files' order), so

@@ -43,7 +43,14 @@ from fleet.errors import (  # noqa: F401
 from fleet.inventory import Host
 from fleet.results import PreflightResult
 from fleet.ssh.config import Hop
-from fleet.ssh.hostkeys import HostKeyStore, _NoKeys, _Policy, fingerprint, fingerprint_blob  # noqa: F401
+from fleet.ssh.hostkeys import (  # noqa: F401
+    HostKeyStore,
+    HostKeyTransport,
+    _NoKeys,
+    _Policy,
+    fingerprint,
+    fingerprint_blob,
+)
 from fleet.ssh.remote import CHANNEL_HANDLERS, KILL_SCRIPT, Reaped, kill_remote, run_command  # noqa: F401
 from fleet.ssh.streams import KEEP_BYTES, StreamSink  # noqa: F401
 from fleet.ssh.transport import ExecResult, LineHook
@@ -56,16 +63,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _transport_factory(preferred: list[str]) -> Callable[..., paramiko.Transport]:
+    """Transports asking for the ``preferred`` host-key algorithms first (certificate ones
+    included, see :meth:`HostKeyStore.host_key_algorithms`), then paramiko's others."""
     def make(sock, disabled_algorithms=None):
-        t = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+        t = HostKeyTransport(sock, disabled_algorithms=disabled_algorithms)
         t._channel_handler_table = CHANNEL_HANDLERS  # type: ignore[attr-defined]  # noqa: SLF001
         if preferred:
             opts = t.get_security_options()
-            want: list[str] = []
-            for kt in preferred:
-                want += ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if kt == "ssh-rsa" else [kt]
             have = list(opts.key_types)
-            first = [k for k in want if k in have]
+            known = t._key_info  # type: ignore[attr-defined]  # noqa: SLF001 - what paramiko can verify
+            first = [k for k in preferred if k in known]
             opts.key_types = first + [k for k in have if k not in first]
         return t
     return make
@@ -192,7 +199,7 @@ class SSHSession:
 
         h, ct, where = self.host, self._timeout(hop), self._label(hop)
         kwargs = dict(sock=sock, timeout=ct, banner_timeout=ct, auth_timeout=ct,
-                      transport_factory=_transport_factory(self.store.known_types(hop)))
+                      transport_factory=_transport_factory(self.store.host_key_algorithms(hop)))
         kwargs.update(self._auth_kwargs(hop))
         # ssh_config was applied by fleet already: give Fabric an empty one (no second lookup,
         # no "Refusing to be ambiguous" over ConnectTimeout). Config is per connection: a
