@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 HOSTS_HELP = "Hosts: name, alias, @group, tag:NAME, all, comma list, !x to exclude."
 
 # The name the person typed to run fleet ('fleet' or 'inv'): hints name the same command.
-# "served": the call runs inside `fleet serve` for a thin client (fleet.serve.served).
+# "served": the call runs inside `fleet serve` for a thin client (fleet.cli.served).
 PROG: dict[str, Any] = {"name": "fleet", "served": False}
 
 

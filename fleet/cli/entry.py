@@ -4,11 +4,12 @@
 - an SSH-plane command (fanout, retry, preflight, ...) goes whole to a running ``fleet serve``
   for this state directory (argv, working directory, environment, terminal), which runs it
   over its warm connections; its output and exit status come back here
-  (:mod:`fleet.serve.served`). Ctrl-C is passed on as the run's Ctrl-C;
+  (:mod:`fleet.cli.served`). Ctrl-C is passed on as the run's Ctrl-C;
 - everything else (no service, a busy or other-version one, any other command) goes on to the
   full program (:mod:`fleet.cli.program`), which behaves the same and is the reference.
 
-Imports here are the standard library's and :mod:`fleet.settings` (to find the state directory).
+Imports here are the standard library's, :mod:`fleet.serve.client` and, once per settings
+change, :mod:`fleet.settings` (to find the state directory).
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SERVABLE = ("fanout", "retry", "preflight", "blow-away", "worktrees", "worktrees.remove")  # = cli.served.SERVABLE
+# Tasks a running service may run for this client: the SSH plane's, where warm connections are
+# the point. The rest (dispatch follows agents for minutes, mcp, serve, lab) runs here.
+SERVABLE = frozenset({"fanout", "retry", "preflight", "blow-away", "worktrees", "worktrees.remove"})
 
 
 def main() -> None:
@@ -48,8 +51,6 @@ def _listed() -> None:
     """``fleet --list``: Invoke's listing of the tasks, kept in the user's cache keyed by this
     fleet's version, the task modules' sizes and times, and the width it was drawn for (the
     listing depends on nothing else), so a repeat costs no Invoke start."""
-    import hashlib
-
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         width = os.get_terminal_size(1).columns if os.isatty(1) else 80  # what Invoke's pty_size says
@@ -63,8 +64,8 @@ def _listed() -> None:
             if name.endswith(".py"):
                 st = os.stat(os.path.join(d, name))
                 key.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fleet")
-    path = os.path.join(cache, "list-" + hashlib.sha1("|".join(key).encode()).hexdigest()[:20] + ".txt")
+    cache = _cache_dir()
+    path = os.path.join(cache, "list-" + _digest(key) + ".txt")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -75,7 +76,7 @@ def _listed() -> None:
             sys.stdout.write(text)
             sys.stdout.flush()
         except BrokenPipeError:  # `fleet --list | head`: the reader has gone; end quietly
-            _quiet_stdout()
+            quiet_stdout()
         return
     import io
 
@@ -102,7 +103,7 @@ def _listed() -> None:
     finally:
         sys.stdout = real
         if tee.broken:
-            _quiet_stdout()
+            quiet_stdout()
     try:  # the listing printed in full and nothing else went wrong: keep it
         from fleet.files import write_atomic
 
@@ -112,7 +113,18 @@ def _listed() -> None:
         pass
 
 
-def _quiet_stdout() -> None:
+def _cache_dir(*parts: str) -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fleet", *parts)
+
+
+def _digest(key: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha1("\0".join(key).encode()).hexdigest()[:24]
+
+
+def quiet_stdout() -> None:
+    """`fleet ... | head`: the reader has gone; what is left goes nowhere, quietly."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 
@@ -153,8 +165,6 @@ def _journal() -> str | None:
     everything the answer depends on (the working directory, HOME and the XDG dirs, the
     INVOKE_FLEET_* variables, the size and time of every settings file that could be read), so a
     repeat does not load the settings code. The service checks the answer again (served.py)."""
-    import hashlib
-
     env = os.environ
     cwd = os.getcwd()
     conf = os.path.join(env.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "fleet")
@@ -174,8 +184,8 @@ def _journal() -> str | None:
             key.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
         except OSError:
             key.append(f"{f}:-")
-    cache = os.path.join(env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fleet", "where")
-    path = os.path.join(cache, hashlib.sha1("\0".join(key).encode()).hexdigest()[:24])
+    cache = _cache_dir("where")
+    path = os.path.join(cache, _digest(key))
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read() or None
@@ -199,24 +209,14 @@ def _journal() -> str | None:
 
 def _served(argv: list[str]) -> int | None:
     """The exit status of the call a running service ran for us, or None: run it here."""
-    import json
-    import socket
-
     journal = _journal()
     if journal is None:
         return None
-    path = os.path.join(os.path.dirname(journal), "run", "fleet.sock")  # = fleet.serve.paths.socket_path
-    if not os.path.exists(path):
+    from fleet.serve import client
+
+    s = client.connect(journal)
+    if s is None:
         return None
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.settimeout(2.0)
-        s.connect(path)
-        s.settimeout(None)
-    except OSError:
-        s.close()
-        return None
-    from fleet import __version__
 
     def size(fd: int) -> tuple[int, int] | None:
         try:
@@ -224,38 +224,17 @@ def _served(argv: list[str]) -> int | None:
         except OSError:
             return None
     term = size(1) or size(2)
-    req = {"op": "cli", "version": __version__, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-           "prog": "fleet", "tty": {"stdout": os.isatty(1), "stderr": os.isatty(2),
-                                    "columns": term[0] if term else None, "lines": term[1] if term else None}}
-    buf = b""
+    req = {"op": "cli", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "prog": "fleet",
+           "tty": {"stdout": os.isatty(1), "stderr": os.isatty(2),
+                   "columns": term[0] if term else None, "lines": term[1] if term else None}}
     interrupted = False
     outs = {1: sys.stdout, 2: sys.stderr}
+    reader = client.Reader(s)
     try:
-        s.sendall((json.dumps(req) + "\n").encode())
+        reader.send(req)
         while True:
             try:
-                while b"\n" not in buf:
-                    chunk = s.recv(262144)
-                    if not chunk:
-                        print("fleet: fleet serve went away during the run: see 'fleet serve status'; the run's "
-                              "artifacts say how far it got", file=sys.stderr)
-                        return 1
-                    buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    ev = json.loads(line)
-                    kind = ev.get("event")
-                    if kind == "out":
-                        out = outs[2 if ev.get("fd") == 2 else 1]
-                        out.write(ev.get("data", ""))
-                        out.flush()
-                    elif kind == "exit":
-                        return int(ev.get("code") or 0)
-                    elif kind == "fallback" or (kind == "error" and ev.get("kind") == "version"):
-                        return None  # busy, or another version: the full program runs it (and says so)
-                    elif kind == "error":
-                        print(f"fleet: {ev.get('message')}", file=sys.stderr)
-                        return int(ev.get("exit_code") or 1)
+                ev = reader.next()
             except KeyboardInterrupt:
                 if interrupted:
                     print("fleet: interrupted", file=sys.stderr)
@@ -265,10 +244,24 @@ def _served(argv: list[str]) -> int | None:
                     s.sendall(b'{"op": "interrupt"}\n')
                 except OSError:
                     return 130
+                continue
+            kind = ev.get("event")
+            if kind == "out":
+                out = outs[2 if ev.get("fd") == 2 else 1]
+                out.write(ev.get("data", ""))
+                out.flush()
+            elif kind == "exit":
+                return int(ev.get("code") or 0)
+            elif kind == "fallback" or (kind == "error" and ev.get("kind") == "version"):
+                return None  # busy, or another version: the full program runs it (and says so)
+            elif kind == "error":
+                print(f"fleet: {ev.get('message')}", file=sys.stderr)
+                return int(ev.get("exit_code") or 1)
     except BrokenPipeError:
         return 0  # `fleet fanout ... | head`: the reader has gone
-    except OSError:
-        print("fleet: fleet serve went away during the run: see 'fleet serve status'", file=sys.stderr)
+    except (OSError, client.ServiceGone):
+        print("fleet: fleet serve went away during the run: see 'fleet serve status'; the run's "
+              "artifacts say how far it got", file=sys.stderr)
         return 1
     finally:
         s.close()

@@ -5,8 +5,6 @@ Invoke's own ``inv`` in a checkout (:func:`adopt_invoke`). Settings come from
 the fleet way (one line, exit 2, with "did you mean")."""
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 from invoke import Exit
@@ -222,8 +220,9 @@ def main() -> None:
     try:
         _program().run()
     except BrokenPipeError:  # e.g. `fleet --list | head`: the reader has gone; end quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        from fleet.cli.entry import quiet_stdout
+
+        quiet_stdout()
 
 
 if __name__ == "__main__":

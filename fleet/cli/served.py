@@ -17,9 +17,9 @@ import sys
 import threading
 from typing import Any, Callable
 
-# Tasks a served call may run: the SSH plane's, where warm connections are the point. The rest
-# (dispatch follows agents for minutes, mcp, serve, lab) runs in the client's own process.
-SERVABLE = frozenset({"fanout", "retry", "preflight", "blow-away", "worktrees", "worktrees.remove"})
+from fleet.cli import common
+from fleet.cli.entry import SERVABLE
+from fleet.cli.program import run_program
 
 _ONE = threading.Lock()
 
@@ -84,7 +84,7 @@ def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], ctrl_c
             env[key] = str(tty[key.lower()])
     saved = (sys.stdout, sys.stderr, sys.stdin, sys.argv, os.getcwd(), dict(os.environ))
     out, err = _ClientStream(send, 1, bool(tty.get("stdout"))), _ClientStream(send, 2, bool(tty.get("stderr")))
-    code: Any = None
+    code: Any = 0
     devnull = open(os.devnull)  # noqa: SIM115 - closed below
     try:
         os.environ.clear()
@@ -92,17 +92,11 @@ def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], ctrl_c
         try:
             os.chdir(str(req.get("cwd") or "/"))
         except OSError:
-            code = "fallback"  # the client's directory is gone or not ours to enter: it says so itself
-        if code is None and not _ours(journal):
-            code = "fallback"
-        if code == "fallback":
+            return None  # the client's directory is gone or not ours to enter: it says so itself
+        if not _ours(journal):
             return None
-        code = 0
         sys.stdout, sys.stderr, sys.stdin = out, err, devnull
         sys.argv = [str(req.get("prog") or "fleet"), *argv]
-        from fleet.cli import common
-        from fleet.cli.program import run_program
-
         common.PROG["served"] = True
         try:
             try:
@@ -117,8 +111,6 @@ def run_call(req: dict[str, Any], send: Callable[[dict[str, Any]], None], ctrl_c
             print(f"{common.prog()}: interrupted", file=sys.stderr)
             code = 130
     finally:
-        from fleet.cli import common
-
         common.PROG["served"] = False
         sys.stdout, sys.stderr, sys.stdin, sys.argv = saved[0], saved[1], saved[2], saved[3]
         devnull.close()

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any, Callable, Iterator
+
+TYPE_CHECKING = False  # the thin client (fleet.cli.entry) imports this module: no typing at start
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
 
 from fleet.serve.paths import socket_path
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # imported by the thin client (fleet.cli.entry): no typing at start
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def run_dir(journal: str) -> str:

@@ -287,11 +287,9 @@ class Service:
                 "lease": ({**(self.lease.read() or {}), "path": self.lease.path, "mine": self.holding}
                           if self.lease is not None else None)}
 
-    def _watch_client(self, rfile: Any, done: threading.Event, on_interrupt: Callable[[], None] | None = None) -> None:
+    def _watch_client(self, rfile: Any, done: threading.Event, ctrl_c: CtrlC) -> None:
         """The client sends 'interrupt' on Ctrl-C, or goes away: the call's thread gets one
-        KeyboardInterrupt, as a terminal's Ctrl-C would give it."""
-        me = threading.get_ident()
-
+        KeyboardInterrupt while its run is armed, as a terminal's Ctrl-C would give it."""
         def watch() -> None:
             try:
                 while not done.is_set():
@@ -300,10 +298,7 @@ class Service:
                         break
             except (OSError, ValueError):
                 pass
-            if on_interrupt is not None:
-                on_interrupt()
-            elif not done.is_set():
-                _interrupt(me)
+            ctrl_c.fire()
         threading.Thread(target=watch, daemon=True).start()
 
     def _cli(self, req: dict[str, Any], send: Callable[[dict[str, Any]], None], rfile: Any) -> None:
@@ -313,7 +308,7 @@ class Service:
             return
         done = threading.Event()
         ctrl_c = CtrlC()
-        self._watch_client(rfile, done, ctrl_c.fire)
+        self._watch_client(rfile, done, ctrl_c)
         try:
             code = run_call(req, send, ctrl_c, self.journal)
         finally:
@@ -335,7 +330,8 @@ class Service:
         o["collect"] = tuple(o.get("collect") or ())
         opts = FanoutOptions(**o)
         done = threading.Event()
-        self._watch_client(rfile, done)
+        ctrl_c = CtrlC()
+        self._watch_client(rfile, done, ctrl_c)
 
         class Log:
             def write(self, text: str) -> None:
@@ -345,6 +341,7 @@ class Service:
                 pass
 
         try:
+            ctrl_c.arm()
             run = fl.fanout(req["selector"], req["command"], mode=req.get("mode"), confirm=req.get("confirm"),
                             canary=req.get("canary"), no_canary=bool(req.get("no_canary")), options=opts,
                             on_output=(lambda h, s, line: send({"event": "output", "host": h, "stream": s,
@@ -352,11 +349,13 @@ class Service:
                             on_result=lambda r: send({"event": "result", "result": r.to_dict()}),
                             log_stream=Log() if req.get("log") else None, batch=req.get("batch"),
                             max_fail=req.get("max_fail"))
+            ctrl_c.disarm()
         except KeyboardInterrupt:
-            done.set()
+            ctrl_c.disarm()
             send({"event": "error", "exit_code": 130, "message": "interrupted"})
             return
-        done.set()
+        finally:
+            done.set()
         send({"event": "done", "run": run.to_dict()})
 
     def _follow_dispatch(self, did: str) -> Any:

@@ -99,6 +99,14 @@ def ssh_string(b: bytes) -> bytes:
     return struct.pack(">I", len(b)) + b
 
 
+def _leading_name(blob: bytes) -> str:
+    """The algorithm name an SSH key or signature blob starts with ('?' if unreadable)."""
+    try:
+        return _Reader(blob).text()
+    except CertError:
+        return "?"
+
+
 @dataclass(frozen=True)
 class HostCert:
     """One OpenSSH certificate, as PROTOCOL.certkeys lays it out."""
@@ -120,17 +128,11 @@ class HostCert:
 
     @property
     def ca_type(self) -> str:
-        try:
-            return _Reader(self.ca_blob).text()
-        except CertError:
-            return "?"
+        return _leading_name(self.ca_blob)
 
     @property
     def signature_algorithm(self) -> str:
-        try:
-            return _Reader(self.signature).text()
-        except CertError:
-            return "?"
+        return _leading_name(self.signature)
 
     def validity(self) -> str:
         """``from X to Y`` (UTC), ``forever``, as ``ssh-keygen -L`` words it."""
