@@ -239,3 +239,24 @@ def test_a_dispatch_whose_wait_timed_out_stays_open_for_the_service():
                            ev("completed", "success", "h2"), ev("gated_action_run", "success", "h2")]
     assert open_dispatches(timed_out, now) == ["dx-1"]
     assert open_dispatches(timed_out + [ev("completed", "success")], now) == []
+
+
+def test_a_follow_that_failed_is_retried_soon_not_after_the_rest(tmp_path):
+    """A dispatch picked up before it wrote its session records fails its first follow: the next
+    try comes after the scan interval (then 2x, 4x ...), not after the 30 s rest."""
+    from fleet.serve.follow import Follower
+
+    j = tmp_path / "journal.jsonl"
+    j.write_text(json.dumps({"type": "event", "id": "e1", "operation": "dispatch_requested", "dispatch_id": "dx-1",
+                             "host": "h", "outcome": "", "epoch": time.time()}) + "\n")
+    tries: list[float] = []
+
+    def follow(did: str) -> None:
+        tries.append(time.monotonic())
+        if len(tries) == 1:
+            raise ValueError("no session of dispatch dx-1 is known here yet")
+    f = Follower(str(j), follow, interval=0.2)
+    f.scan()
+    assert wait_for(lambda: len(tries) == 1 and not f.following)
+    assert wait_for(lambda: f.scan() or len(tries) == 2, timeout=5)
+    assert f.errors and f.errors[0].startswith("dx-1: ValueError")

@@ -92,6 +92,9 @@ class Follower:
         self.following: dict[str, float] = {}
         self.rested: dict[str, float] = {}  # when each dispatch's last follow ended
         self.rest = 30.0  # a follow that ended with the dispatch still open is retried after this
+        # a follow that failed (e.g. picked up before the dispatch wrote its session records) is
+        # retried sooner: after interval, 2x, 4x ... up to rest
+        self.failures: dict[str, int] = {}
         self.followed_total = 0
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -119,14 +122,20 @@ class Follower:
         return started
 
     def _one(self, did: str) -> None:
+        failed = False
         try:
             self._follow(did)
         except Exception as exc:  # noqa: BLE001 - one dispatch's trouble never stops the others
             self.errors.append(f"{did}: {type(exc).__name__}: {exc}")
+            failed = True
         finally:
             with self._lock:
                 self.following.pop(did, None)
-                self.rested[did] = time.time()
+                n = self.failures.get(did, 0) + 1 if failed else 0
+                self.failures[did] = n
+                # rested such that it is picked up again after min(rest, interval * 2**(n-1))
+                wait = min(self.rest, self.interval * 2 ** (n - 1)) if n else self.rest
+                self.rested[did] = time.time() - self.rest + wait
 
     def _run(self) -> None:
         while not self._stop.is_set():
