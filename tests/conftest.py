@@ -78,6 +78,170 @@ def lab_inv(lab):
     return load_inventory(lab.inventory)
 
 
+# ---------------------------------------------------------------- the shared agent lab
+#
+# Starting `opencode serve` costs ~6 s of CPU per server, and a server's first call in a repo
+# ~3 s more: the modules that need real agents share one lab of 2 hosts with 2 agents instead
+# of starting one each. Each module still gets it as a new one looks: fresh_agent_lab() ends
+# whatever a module before left at work or waiting, deletes every session, and puts the repos
+# back as seeded. Those modules run one after another (pytest_collection_modifyitems) and the
+# lab is taken down after the last test that uses it, so idle servers cost the rest nothing.
+
+AGENT_LAB_FIXTURE = "agent_lab"
+
+
+class SharedAgentLab:
+    """One lab (``lab_up(2, agents=2)``), started at first use and taken down by :meth:`close`
+    (after the last test that asks for it, or at the end of the session)."""
+
+    def __init__(self) -> None:
+        self.factory = None
+        self.dir: Path | None = None
+        self.lab = None
+        self.heads: dict[Path, str] = {}
+        self.last_user: str | None = None  # node id of the last collected test using it
+
+    def get(self):
+        if self.lab is None:
+            from fleet.lab.base import LAB_REPOS
+            d = self.factory.mktemp("agentlab")
+            try:
+                lb = lab_up(2, d, agents=2)
+            except BaseException:
+                lab_down(d)
+                raise
+            self.dir, self.lab = d, lb
+            self.heads = {Path(h.repos_root) / r: _git(Path(h.repos_root) / r, "rev-parse", "HEAD").strip()
+                          for h in lb.hosts for r in LAB_REPOS}
+        return self.lab
+
+    def close(self) -> None:
+        if self.lab is not None:
+            self.lab = None
+            lab_down(self.dir)
+
+
+SHARED_AGENTS = SharedAgentLab()
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          stdin=subprocess.DEVNULL).stdout
+
+
+@pytest.fixture(scope="session")
+def agent_lab(tmp_path_factory):
+    """The shared agent lab (see above); a module takes it through :func:`fresh_agent_lab`."""
+    SHARED_AGENTS.factory = tmp_path_factory
+    yield SHARED_AGENTS
+    SHARED_AGENTS.close()
+
+
+def fresh_agent_lab(shared: SharedAgentLab, hosts: int = 2, agents: int = 2):
+    """The shared lab as ``lab_up(hosts, agents=agents)`` would give it to a module: nothing at
+    work or waiting on its servers, no session, the repos as seeded (no worktree, fleet branch
+    or stray file), and an inventory of ``hosts`` hosts whose first ``agents`` have an agent."""
+    from dataclasses import replace
+
+    from fleet.lab.base import write_inventory as write_lab_inventory
+
+    lb = shared.get()
+    _idle_agents(lb)
+    _reseed_repos(lb, shared.heads)
+    if (hosts, agents) == (len(lb.hosts), len([a for a in lb.agents if a.get("role") == "agent"])):
+        return lb
+    names = {h.name for h in lb.hosts[:agents]}
+    view = replace(lb, hosts=lb.hosts[:hosts], inventory=lb.dir / f"inventory-{hosts}-hosts-{agents}-agents.yaml",
+                   agents=[a for a in lb.agents if a.get("role") != "agent" or a.get("host") in names])
+    write_lab_inventory(view)
+    return view
+
+
+def _idle_agents(lb) -> None:
+    """Stop every session at work (its subagents first), turn down what waits, delete every session."""
+    from fleet.agent.client import OpenCodeClient
+    from fleet.agent.tools import stop_session
+    from fleet.errors import OpenCodeError
+    from fleet.ops.sessions import host_sessions
+
+    inv = load_inventory(lb.inventory)
+    for h in inv.hosts:
+        if h.opencode is None:
+            continue
+        rows = host_sessions(h, limit=10_000)
+        with OpenCodeClient(h, None) as oc:
+            busy = {r.session_id for r in rows if r.state in ("busy", "retry", "needs-input")}
+            for r in rows:
+                if r.session_id in busy and r.parent not in busy:
+                    assert stop_session(oc, h, r.session_id, r.directory, 10.0)[0], f"{h.name}: {r.session_id} stays busy"
+            for d in sorted({r.directory for r in rows if r.directory}):
+                oc.directory = d
+                for q in oc.questions():
+                    oc.reject_question(str(q["id"]))
+                for p in oc.permissions():
+                    oc.reply_permission(str(p["id"]), "reject")
+            for r in rows:
+                if not r.parent:
+                    oc.directory = r.directory or None
+                    try:
+                        oc.delete_session(r.session_id)  # its subagents' sessions go with it
+                    except OpenCodeError as exc:
+                        if exc.kind != "not_found":
+                            raise
+
+
+def _reseed_repos(lb, heads: dict[Path, str]) -> None:
+    """Each host's repos root as lab_up seeded it: its repos at their first commit, clean, with
+    no other worktree or branch, and nothing else beside them."""
+    import shutil
+
+    from fleet.lab.base import LAB_REPOS
+
+    for h in lb.hosts:
+        root = Path(h.repos_root)
+        for name in LAB_REPOS:
+            repo = root / name
+            _git(repo, "worktree", "prune")
+            for line in _git(repo, "worktree", "list", "--porcelain").splitlines():
+                path = line.removeprefix("worktree ")
+                if line.startswith("worktree ") and Path(path) != repo:
+                    _git(repo, "worktree", "remove", "--force", "--force", path)
+            _git(repo, "worktree", "prune")
+            _git(repo, "checkout", "-q", "-f", "main")
+            _git(repo, "reset", "-q", "--hard", heads[repo])
+            _git(repo, "clean", "-q", "-f", "-f", "-d", "-x")
+            for branch in _git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split():
+                if branch != "main":
+                    _git(repo, "branch", "-q", "-D", branch)
+        for p in root.iterdir():
+            if p.name in LAB_REPOS:
+                continue
+            if p.is_symlink() or not p.is_dir():
+                p.unlink()
+            else:
+                shutil.rmtree(p)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the modules that use the shared agent lab one after another, where the first of them
+    was; note the last test that uses it (the lab goes down after it)."""
+    users = {it.nodeid.split("::")[0] for it in items if AGENT_LAB_FIXTURE in getattr(it, "fixturenames", ())}
+    if not users:
+        return
+    first = next(i for i, it in enumerate(items) if it.nodeid.split("::")[0] in users)
+    group = [it for it in items if it.nodeid.split("::")[0] in users]
+    rest = [it for it in items if it.nodeid.split("::")[0] not in users]
+    items[:] = rest[:first] + group + rest[first:]
+    SHARED_AGENTS.last_user = [it for it in group if AGENT_LAB_FIXTURE in it.fixturenames][-1].nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if item.nodeid == SHARED_AGENTS.last_user:
+        SHARED_AGENTS.close()
+
+
 @pytest.fixture
 def fresh_lab(tmp_path):
     """A small lab of its own, for tests that break hosts."""

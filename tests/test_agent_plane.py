@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import records, run_async, running_lab, wait_for
+from conftest import fresh_agent_lab, records, run_async, wait_for
 
 from fleet.errors import BadInput
 from fleet.inventory import load_inventory
@@ -20,9 +20,8 @@ from fleet.results import FanoutOutcome
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("planelab"), 2, agents=2) as lab:
-        yield lab
+def agents(agent_lab):
+    return fresh_agent_lab(agent_lab, 2, agents=2)
 
 
 

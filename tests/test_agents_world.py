@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import records, run_async, running_lab, wait_for
+from conftest import fresh_agent_lab, records, run_async, wait_for
 from stand_ins import FakeOpenCode
 
 from fleet.agent.client import OpenCodeClient
@@ -28,9 +28,8 @@ BD = str(Path(__file__).parent / "fakebd" / "bd")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("worldlab"), 2, agents=2) as lab:
-        yield lab
+def world(agent_lab):
+    return fresh_agent_lab(agent_lab, 2, agents=2)
 
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import jsonschema
 import pytest
-from conftest import journal, logins, running, running_lab, wait_for
+from conftest import fresh_agent_lab, journal, logins, running, running_lab, wait_for
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import McpError
@@ -27,9 +27,8 @@ TOKEN_RE = re.compile(r"\b[a-z2-7]{4}(?:-[a-z2-7]{4}){5}\b")
 
 
 @pytest.fixture(scope="module")
-def mlab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("mcplab"), 2, agents=1) as lab:
-        yield lab
+def mlab(agent_lab):
+    return fresh_agent_lab(agent_lab, 2, agents=1)
 
 
 class Checked:
@@ -370,7 +369,12 @@ def test_dispatch_follows_progress_to_the_end(mlab, tmp_path):
 
 
 
-def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly(mlab, tmp_path):
+def test_second_fanout_makes_no_new_ssh_connection_and_a_dead_host_fails_cleanly(tmp_path):
+    with running_lab(tmp_path / "lab", 2) as own:  # its sshd is killed: a lab of its own
+        _second_fanout_and_a_dead_host(own, tmp_path)
+
+
+def _second_fanout_and_a_dead_host(mlab, tmp_path):
     import signal
     import subprocess
     import time as _t

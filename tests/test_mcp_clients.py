@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import ROOT, running, running_lab, wait_for
+from conftest import ROOT, fresh_agent_lab, running, wait_for
 from test_ssh_world import no_process
 
 import fleet
@@ -31,9 +31,8 @@ INSPECTOR_PACKAGES = ("node@22.23.3", "@modelcontextprotocol/inspector@2.12.0")
 
 
 @pytest.fixture(scope="module")
-def mlab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("mcpclients"), 2, agents=1) as lab:
-        yield lab
+def mlab(agent_lab):
+    return fresh_agent_lab(agent_lab, 2, agents=1)
 
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import running_lab
+from conftest import fresh_agent_lab
 from conftest import wait_for as shared_wait_for
 from slack_stand_in import SocketSlack
 
@@ -28,9 +28,8 @@ CHANNEL = "C0AUDIT"
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("slacklab"), 2, agents=2) as lab:
-        yield lab
+def agents(agent_lab):
+    return fresh_agent_lab(agent_lab, 2, agents=2)
 
 
 def wait_for(cond, timeout=40.0, every=0.2):

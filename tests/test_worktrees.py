@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import agent_settings, running_lab
+from conftest import agent_settings, fresh_agent_lab
 
 from fleet.inventory import load_inventory
 from fleet.ops import dispatch as dx
@@ -16,9 +16,8 @@ from fleet.safety.gate import ConfirmationRequired, Refused
 
 
 @pytest.fixture(scope="module")
-def wlab(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("wtlab"), 1, agents=1) as lab:
-        yield lab
+def wlab(agent_lab):
+    return fresh_agent_lab(agent_lab, 1, agents=1)
 
 
 

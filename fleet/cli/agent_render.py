@@ -6,6 +6,9 @@ from typing import Any
 
 from fleet.agent.review import files_summary
 from fleet.cli.render import age_text, cell, first_line, lines_of, table, usage_cells
+from fleet.ops.canary_rest import state_of
+
+STATE_TEXT = {"sent": "SENT", "waiting_for_canary": "waiting for the canary"}
 
 
 def dispatch_report(run: Any) -> str:
@@ -28,13 +31,20 @@ def dispatch_report(run: Any) -> str:
                 + ("\n" + cell(f"worktree: {r.worktree} (branch {r.branch})") if r.worktree else "")
                 + (f"\nchanged:{changed}" if changed else "")
                 + (f"\ntodo:{todo}" if todo else "") + ("\n" + cell(f"error: {r.error}") if r.error else ""))
-    body = table([[r.host, "SENT" if r.ok and not r.waited else r.outcome.value, r.session_id or "-",
+    body = table([[r.host, STATE_TEXT.get(state_of(r), r.outcome.value), r.session_id or "-",
                    f"{r.duration_ms / 1000:.1f}s",
                    files_summary(r.files) or "-", first_line(r.answer, 50) or "-", first_line(r.error, 80)]
                   for r in run.results], ["HOST", "STATE", "SESSION", "DURATION", "CHANGED", "ANSWER", "ERROR"])
     files = [f for r in run.results for f in r.files]
     cost = sum(r.cost for r in run.results)
     toks = sum(int((r.tokens or {}).get("total") or 0) for r in run.results)
+    held = [r.host for r in run.results if state_of(r) == "waiting_for_canary"]
+    if held and all(not r.waited for r in run.results):
+        sent = [r.host for r in run.results if state_of(r) == "sent"]
+        why = next((n for n in run.notes if "waiting for the canary" in n), "")
+        return body + "\n" + cell(f"{', '.join(sent) or 'no host'}: sent; {', '.join(held)}: waiting for the canary"
+                                   + (f": {why.split('; ', 1)[-1]}" if why else "")
+                                   + f"; follow them with 'fleet wait --dispatch {run.dispatch_id}' (or fleet watch)")
     if all(not r.waited for r in run.results):
         return body + (f"\n{len(run.results)} hosts; the agents work on: follow them with 'fleet wait --dispatch "
                        f"{run.dispatch_id}' (or fleet watch)")
@@ -42,9 +52,18 @@ def dispatch_report(run: Any) -> str:
                    f"{toks} tokens, ${cost:.4f}")
 
 
+def dispatch_json(run: Any) -> dict[str, Any]:
+    """A dispatch run as JSON: its fields, and each host's ``state`` (sent, waiting_for_canary,
+    not_sent, ended): a handed-over host is never reported as done."""
+    d: dict[str, Any] = run.to_dict()
+    for row, r in zip(d["results"], run.results, strict=True):
+        row["state"] = state_of(r)
+    return d
+
+
 def sessions_table(rows: list[Any]) -> str:
     """``sessions``: one line per session."""
-    return table([[r.host, r.repo or "-", r.session_id, r.state + (f" ({r.waiting})" if r.waiting else ""),
+    return table([[r.host, r.repo or "-", r.session_id or "-", r.state + (f" ({r.waiting})" if r.waiting else ""),
                    age_text(r.age_s), *usage_cells({"tokens": r.tokens, "cost": r.cost}),
                    (r.machine or "yes") if r.fleet else "", r.branch or "-", r.title[:50]] for r in rows],
                  ["HOST", "REPO", "SESSION", "STATE", "AGE", "TOKENS", "COST", "FLEET (BY)", "WORKTREE BRANCH",

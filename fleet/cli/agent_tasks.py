@@ -87,12 +87,17 @@ def dispatch(c, repo=None, task=None, host=None, hosts=None, all_=False, session
         raise BadInput("choose the host with --host NAME (the inventory has no default_host)")
     trail = fl.trail(slack=not no_slack)
     live = DispatchLive(json_, sel != host)
+    journal = fl.settings.path("journal")
+
+    def follower(did: str) -> str | None:
+        from fleet.serve.follow import service_follows
+        return service_follows(journal)  # else dispatch starts a follower of its own
     try:
         run = fl.dispatch(sel, repo, task, mode=mode, confirm=confirm, canary=canary, no_canary=no_canary,
                           session=session, model=model, issue=issue, wait=not no_wait, timeout=timeout,
                           worktree=bool(worktree) or None, base=base, on_permission=on_permission or "ask",
                           on_event=live, trail=trail, allow=allow or (), deny=deny or (), ask=ask or (),
-                          max_cost=max_cost, max_tokens=max_tokens)
+                          max_cost=max_cost, max_tokens=max_tokens, follower=follower)
     finally:
         live.close()
         trail.close()
@@ -101,10 +106,10 @@ def dispatch(c, repo=None, task=None, host=None, hosts=None, all_=False, session
 
 def _dispatch_out(run: Any, json_: bool, trail: Any) -> None:
     """A dispatch run (dispatch, wait): JSON or the report and the audit line; its exit status."""
-    from fleet.cli.agent_render import dispatch_report
+    from fleet.cli.agent_render import dispatch_json, dispatch_report
 
     if json_:
-        emit(run.to_dict())
+        emit(dispatch_json(run))
     else:
         print(dispatch_report(run))
         say_audit(trail)
@@ -199,10 +204,13 @@ def answer(c, session, text, host=None, inventory=None, json_=False):
 def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
     """What each host's agent is doing: sessions, busy/idle/retry, titles, age."""
     from fleet.cli.agent_render import sessions_table
+    from fleet.ops.canary_rest import held_rows
 
     fl = app(c, inventory)
     sel = selector(hosts, all_)
     rows, errors = fl.sessions(sel)
+    # hosts of a --no-wait canary dispatch that wait for the canary, or were not sent: no session yet
+    rows = list(rows) + held_rows(fl.settings.path("journal"), [h.name for h in fl.select(sel)])
     none = not any(h.opencode for h in fl.select(sel))
     rows_out(json_, "sessions", rows, sessions_table(rows), errors,
              "no selected host has an OpenCode server (opencode: in the inventory)" if none else

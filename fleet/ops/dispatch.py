@@ -9,6 +9,7 @@ stop it past its token or cost budget).
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import replace
@@ -70,7 +71,9 @@ def dispatch_host(host: Host, repo: str, task: str, *, session: str | None = Non
     wt: dict[str, str] = {}
 
     def result(outcome: FanoutOutcome, **kw: Any) -> DispatchResult:
-        ev("end", outcome.value + (f": {kw['error']}" if kw.get("error") else ""))
+        # handed over, not followed: the live line says sent, never SUCCESS before the work is done
+        ev("end", "sent" if outcome == FanoutOutcome.SUCCESS and not wait else
+           outcome.value + (f": {kw['error']}" if kw.get("error") else ""))
         return DispatchResult(host=host.name, outcome=outcome, session_id=sid, url=url, directory=directory,
                               duration_ms=int((time.monotonic() - t0) * 1000), created=created, issue=issue,
                               waited=wait, worktree=wt.get("path", ""), branch=wt.get("branch", ""), **kw)
@@ -168,11 +171,17 @@ def dispatch(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str |
              client_factory: Callable[..., OpenCodeClient] = OpenCodeClient, on_permission: str = "ask",
              events: bool = True, worktree: bool = False, base: str | None = None,
              ssh_options: Any = None, stall_timeout: float | None = None, allow: Any = (), deny: Any = (),
-             ask: Any = (), max_tokens: int | None = None, max_cost: float | None = None) -> DispatchRun:
+             ask: Any = (), max_tokens: int | None = None, max_cost: float | None = None,
+             follower: Callable[[str], str | None] | None = None) -> DispatchRun:
     """Dispatch ``args['task']`` for ``args['repo']`` to the selected hosts through the gate
     (the canary's agent first; the rest only if it succeeded). ``allow`` / ``deny`` / ``ask``:
     permission patterns that become each new session's ruleset (:func:`permission_rules`);
-    ``max_tokens`` / ``max_cost``: each agent is stopped past them (its subagents count)."""
+    ``max_tokens`` / ``max_cost``: each agent is stopped past them (its subagents count).
+
+    Not waiting (``wait=False``) in canary mode: the canary gets the task, the plan the rest wait
+    for is journaled, and this returns at once (:mod:`fleet.ops.canary_rest`); ``follower(id)``
+    says who follows the dispatch and sends the rest (e.g. the running service), or None: then a
+    detached follower process is started for it."""
     check_policy(on_permission)  # bad flags fail before any plan, token or host
     rules = permission_rules(allow, deny, ask)
     max_tokens, max_cost = check_budget(max_tokens, max_cost, wait)
@@ -181,16 +190,31 @@ def dispatch(inv: Inventory, selector: str, *, args: dict[str, Any], mode: str |
                        "keeps its own)")
     trail = trail if trail is not None else audit_trail
     limits = {"permission": rules or None, "max_tokens": max_tokens, "max_cost": max_cost}
+
+    def check(plan: Plan) -> None:
+        _check_dispatch(plan)
+        if not wait and plan.canary is not None:
+            from fleet.ops.canary_rest import unchanged_by_redaction
+            if trail is None and audit is not None:
+                raise BadInput("a --no-wait canary dispatch keeps the plan the rest wait for in the journal: "
+                               "give it a trail (or neither a trail nor an audit callback)")
+            from fleet.safety.redact import Redactor
+            from fleet.safety.secrets import inventory_secrets
+            red = getattr(trail, "redactor", None) if trail is not None else None
+            unchanged_by_redaction(red or Redactor(inventory_secrets(inv)), plan.args, plan.call_options)
+            plan.notes.append(f"--no-wait: {plan.canary.name} gets the task now; the rest when its agent "
+                              f"succeeds (sent by whoever follows the dispatch)")
     with gate.enter(DISPATCH, inv, selector, args=args, mode=mode, confirm=confirm, canary=canary,
                     no_canary=no_canary, settings=settings, store=store, audit=audit, trail=trail,
                     call_options={"worktree": worktree, "base": base, "on_permission": on_permission,
-                                  "wait": wait, **limits}, check=_check_dispatch) as g:
+                                  "wait": wait, **limits}, check=check) as g:
         run = _dispatch_plan(g.plan, wait=wait, timeout=timeout, concurrency=concurrency, records=records,
                              on_event=on_event, audit_trail=g.trail, beads=beads, dispatch_id=dispatch_id,
                              poll=poll, client_factory=client_factory, on_permission=on_permission,
                              events=events, worktree=worktree, base=base, ssh_options=ssh_options,
-                             stall_timeout=stall_timeout, limits=limits)
-        g.ran(run.results, run.dispatch_id)
+                             stall_timeout=stall_timeout, limits=limits, gated=g.gated, follower=follower)
+        # a host that waits for the canary has not run yet: its gated run is journaled when it is sent
+        g.ran([r for r in run.results if r.error_kind != "canary_waiting"], run.dispatch_id)
         return run
 
 
@@ -198,7 +222,8 @@ def _dispatch_plan(plan: Plan, *, wait: bool, timeout: float, concurrency: int, 
                    on_event: EventHook | None, audit_trail: Any, beads: Any, dispatch_id: str | None,
                    poll: float, client_factory: Callable[..., OpenCodeClient], on_permission: str,
                    events: bool, worktree: bool, base: str | None, ssh_options: Any,
-                   stall_timeout: float | None, limits: dict[str, Any]) -> DispatchRun:
+                   stall_timeout: float | None, limits: dict[str, Any], gated: bool = False,
+                   follower: Callable[[str], str | None] | None = None) -> DispatchRun:
     a = plan.args
     did = dispatch_id or new_dispatch_id()
     if records is None and plan.settings is not None:
@@ -235,10 +260,17 @@ def _dispatch_plan(plan: Plan, *, wait: bool, timeout: float, concurrency: int, 
                                   error=f"not sent: canary {first.host} ended {first.outcome.value}"
                                   f"{': ' + first.error if first.error else ''}",
                                   error_kind="canary_failed", waited=False)
-        # the canary's agent must finish its turn (wait) before the rest get the task
-        for r in gate.canary_first(plan, lambda h: one(h, plan.canary is not None and h.name == plan.canary.name
-                                                      or wait), lambda r: r.ok, not_sent, rest):
-            results[r.host] = r
+        if not wait and plan.canary is not None:
+            # not waiting: the canary gets the task, the rest wait for it in the journal
+            results.update(_hold_rest(plan, did, one(plan.canary, False), not_sent, audit_trail, run, on_event,
+                                      timeout=timeout, stall_timeout=stall_timeout, events=events, gated=gated,
+                                      ssh_options=ssh_options if worktree else None, follower=follower))
+        else:
+            # the canary's agent must finish its turn (wait) before the rest get the task
+            for r in gate.canary_first(plan, lambda h: one(h, plan.canary is not None and
+                                                          h.name == plan.canary.name or wait),
+                                       lambda r: r.ok, not_sent, rest):
+                results[r.host] = r
     except KeyboardInterrupt:
         stop.set()
         run.interrupted = True
@@ -257,6 +289,34 @@ def _dispatch_plan(plan: Plan, *, wait: bool, timeout: float, concurrency: int, 
                                        "on_permission": on_permission, "timeout": timeout,
                                        "task_redacted": task != a["task"]})
     return run
+
+
+def _hold_rest(plan: Plan, did: str, first: DispatchResult, not_sent: Callable[[Host, DispatchResult], DispatchResult],
+               trail: Any, run: DispatchRun, on_event: EventHook | None, *, timeout: float, stall_timeout: float | None, events: bool,
+               gated: bool, ssh_options: Any, follower: Callable[[str], str | None] | None) -> dict[str, DispatchResult]:
+    """The canary sent (not waited for): journal the plan the rest wait for and make sure someone
+    follows the dispatch to send it (the service, else a detached follower). The rows."""
+    from fleet.ops import canary_rest as cr
+    assert plan.canary is not None
+    others = [h for h in plan.hosts if h.name != plan.canary.name]
+    if not first.ok:
+        return {first.host: first, **{h.name: not_sent(h, first) for h in others}}
+    slack = getattr(trail, "poster", None) is not None
+    cr.hold(plan, did, first, trail, timeout=timeout, events=events, gated=gated, ssh_options=ssh_options,
+            slack=slack, stall_timeout=stall_timeout if stall_timeout is not None else
+            getattr(plan.settings, "stall_timeout", None))
+    who = follower(did) if follower is not None else None
+    if who is None:
+        try:
+            who = cr.start_follower(plan.settings, os.path.abspath(str(plan.inventory.path)), did, slack)
+        except OSError as exc:
+            who = f"nobody ({exc}): run 'fleet wait --dispatch {did}' to send them"
+    run.notes.append(f"{', '.join(h.name for h in others)}: waiting for the canary {first.host}; {who} sends "
+                     f"the task when its agent succeeds")
+    for h in others:
+        if on_event is not None:
+            on_event(h.name, "end", f"waiting for the canary {first.host}")
+    return {first.host: first, **{h.name: cr.waiting_row(h, first.host) for h in others}}
 
 
 # ------------------------------------------------------------------- the last dispatch, to retry

@@ -7,7 +7,9 @@ session's last task (needs-input reported, the permission policy applied, stuck 
 reviews it as dispatch does (answer, files changed, todo, tokens and cost of the whole turn). A
 turn that has ended already is reported at once. :func:`wait_dispatch` does that for every
 session of one dispatch. The end is journaled (and so posted to the dispatch's Slack thread)
-once: not when the journal already holds the end of that session.
+once: not when the journal already holds the end of that session. A ``--no-wait`` canary
+dispatch's other hosts wait for the canary: they are reported so, and once the canary's agent
+succeeded they are sent the task (:mod:`fleet.ops.canary_rest`) and followed too.
 """
 from __future__ import annotations
 
@@ -187,8 +189,17 @@ def wait_dispatch(inv: Inventory, dispatch_id: str, *, records: SessionRecords |
     if records is None and settings is not None:
         records = SessionRecords(settings.sessions_path())
     try:
-        return wait_sessions(dispatch_sessions(inv, dispatch_id, records, hosts), records=records, audit=audit,
-                             dispatch_id=dispatch_id, **kw)
+        from fleet.ops import canary_rest
+        jpath = str(getattr(getattr(audit, "journal", None), "path", "") or "")
+        held = canary_rest.held_of(jpath, dispatch_id)
+        if held is None:
+            run = wait_sessions(dispatch_sessions(inv, dispatch_id, records, hosts), records=records, audit=audit,
+                                dispatch_id=dispatch_id, **kw)
+            held = canary_rest.held_of(jpath, dispatch_id)  # journaled while the canary was followed
+            if held is None or run.interrupted:
+                return run
+        # the rest wait for the canary: follow it, decide the gate (once), then follow the rest
+        return canary_rest.follow(inv, held, jpath, records=records, audit=audit, **kw)
     finally:
         if own is not None:
             own.close()

@@ -6,6 +6,8 @@ one is :meth:`fleet.app.Fleet.wait`: needs-input, stuck, errors and the end are 
 posted to the dispatch's Slack thread) once. Once, also when a ``dispatch`` or ``wait`` process
 follows the same agent at the same time: the service journals a needs-input or an end only after
 a short grace, under a lock, when nobody else journaled it meanwhile (:class:`OnceTrail`).
+A ``--no-wait`` canary dispatch stays open while its other hosts wait for the canary: following
+it sends them the task once the canary's agent succeeded (:mod:`fleet.ops.canary_rest`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from typing import Any, Callable
 
 from fleet.audit.journal import ENDS, Journal, host_ended
+from fleet.ops.canary_rest import GATE
 
 WINDOW = 24 * 3600.0  # dispatches older than a day are not picked up again
 
@@ -32,6 +35,11 @@ def open_dispatches(events: list[dict[str, Any]], now: float | None = None) -> l
         op, host = e.get("operation", ""), e.get("host", "")
         if op == "dispatch_requested" and now - float(e.get("epoch") or 0) <= WINDOW:
             started.setdefault(did, set()).add(host)
+        elif op == GATE and now - float(e.get("epoch") or 0) <= WINDOW:
+            # a --no-wait canary dispatch: the rest wait for the canary, so it is open until each
+            # of them was sent and ended, or was journaled not sent
+            rest = str((e.get("detail") or {}).get("hosts") or "")
+            started.setdefault(did, set()).update([host] + [h for h in rest.split(",") if h])
         elif host_ended(op, e.get("outcome", "")):
             ended.setdefault(did, set()).add(host)
     return [d for d, hosts in started.items() if not hosts <= ended.get(d, set())]
@@ -50,12 +58,20 @@ class OnceTrail:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._trail, name)
 
-    def _seen(self, operation: str, dispatch_id: str, detail: dict[str, Any]) -> bool:
+    def record_now(self, operation: str, host: str | None, outcome: str, dispatch_id: str = "",
+                   **detail: Any) -> dict[str, Any] | None:
+        """Journal at once: for events already decided once elsewhere (the canary gate's, under
+        its own lock)."""
+        return self._trail.record(operation, host, outcome, dispatch_id, **detail)
+
+    def _seen(self, operation: str, dispatch_id: str, detail: dict[str, Any], host: str = "") -> bool:
         sid = str(detail.get("session_id") or "")
         req = str(detail.get("request_id") or "")
         for e in Journal(self._trail.journal.path).load().events:
             if e.get("dispatch_id") != dispatch_id or str((e.get("detail") or {}).get("session_id") or "") != sid:
                 continue
+            if host and e.get("host") and e.get("host") != host:
+                continue  # two hosts that never got a session (sid '') end each on its own
             if operation in ENDS and host_ended(e.get("operation", ""), e.get("outcome", "")):
                 return True
             if operation == "needs_input" and e.get("operation") == "needs_input" and \
@@ -72,7 +88,7 @@ class OnceTrail:
         with open(self._lock_file, "a") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)
             try:
-                if self._seen(operation, dispatch_id, detail):
+                if self._seen(operation, dispatch_id, detail, host or ""):
                     return None
                 return self._trail.record(operation, host, outcome, dispatch_id, **detail)
             finally:
@@ -147,3 +163,18 @@ class Follower:
 
     def close(self) -> None:
         self._stop.set()
+
+
+def service_follows(journal: str) -> str | None:
+    """Who follows a dispatch made now, if the service does: it runs for this state directory,
+    is this fleet's version and acts (holds the orchestrator lease, or needs none). Else None."""
+    from fleet.serve import client
+
+    ev = client.status(journal)
+    if not ev or ev.get("event") != "done":
+        return None  # none runs, or another version (its follower may not know the canary gate)
+    st = ev.get("status") or {}
+    lease = st.get("lease")
+    if isinstance(lease, dict) and not lease.get("mine"):
+        return None  # standing by: the orchestrator that acts reads another journal
+    return f"the service (fleet serve, pid {st.get('pid')})"
