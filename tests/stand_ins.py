@@ -19,7 +19,11 @@ class _Server:
         self.t.start()
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        # shutdown() waits for serve_forever to notice; it was seen waiting forever once (CI
+        # would then hang to its limit): bound the wait, then close the socket regardless
+        stopper = threading.Thread(target=self.httpd.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(5.0)
         self.httpd.server_close()
 
 

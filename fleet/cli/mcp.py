@@ -105,10 +105,12 @@ def off_the_project(st: Settings, cwd: str | None = None) -> Settings:
 
 class McpFleet(Fleet):
     """The one application context of a ``fleet mcp`` server (face ``mcp``, warm connections):
-    the person's settings, read again before each call, with artifacts off the project."""
+    the person's settings, read again before each call, with artifacts off the project. When a
+    ``fleet serve`` runs for the state directory (or ``persist`` starts one), fanouts run over
+    its connections: one set of connections per user, however many MCP clients start a server."""
 
     def __init__(self, inventory: str | None = None) -> None:
-        super().__init__(inventory, face="mcp", warm=True)
+        super().__init__(inventory, face="mcp", warm=True, use_service=True)
         self.settings = off_the_project(self.settings)
 
     def refresh(self) -> None:

@@ -41,9 +41,13 @@ class Reader:
     """The service's events on one connection, one at a time. The buffer lives here, so a Ctrl-C
     while waiting for the next event loses nothing: the caller may tell the service and read on."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, tick: float | None = None) -> None:
         self.sock = sock
         self.buf = b""
+        if tick is not None:
+            # wake up every ``tick`` seconds while waiting: a Ctrl-C sent to this thread by another
+            # (an MCP call cancelled on its worker thread) lands, where a blocking recv holds it
+            sock.settimeout(tick)
 
     def send(self, request: dict[str, Any]) -> None:
         from fleet import __version__
@@ -52,7 +56,10 @@ class Reader:
 
     def next(self) -> dict[str, Any]:
         while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
             if not chunk:
                 raise ServiceGone("the service closed the connection")
             self.buf += chunk

@@ -84,7 +84,7 @@ def fanout_via_service(fl: Fleet, selector: str, command: str, *, mode: str | No
     last: dict[str, Any] | None = None
     interrupted = False
     try:
-        reader = client.Reader(sock)
+        reader = client.Reader(sock, tick=0.25)
         reader.send(req)
         while True:
             try:
