@@ -14,7 +14,6 @@ The endpoints are :mod:`fleet.agent.client`'s.
 from __future__ import annotations
 
 import functools
-import os
 import ssl
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
+from fleet.agent.password import resolve_password
 from fleet.errors import (
     AuthRefused,
     BadInput,
@@ -32,35 +32,7 @@ from fleet.errors import (
     SessionNotFound,
     Unreachable,
 )
-from fleet.files import loose_mode
 from fleet.inventory import Host, OpenCodeEndpoint
-
-
-def resolve_password(ep: OpenCodeEndpoint, host: str) -> str | None:
-    """The server password from its env var or 0600 file; None when the inventory names neither."""
-    if ep.password_env:
-        val = os.environ.get(ep.password_env)
-        if not val:
-            raise BadInput(f"{host}: environment variable {ep.password_env} (the OpenCode password) is not "
-                           f"set: export it, or point the inventory at a 0600 password_file instead")
-        return val
-    if ep.password_file:
-        p = ep.password_file
-        try:
-            loose = loose_mode(p)
-        except FileNotFoundError:
-            raise BadInput(f"{host}: OpenCode password_file {p} does not exist: create it with the password "
-                           f"and 'chmod 600 {p}'") from None
-        if loose is not None:
-            raise BadInput(f"{host}: OpenCode password_file {p} is readable by others (mode "
-                           f"{loose:04o}): run 'chmod 600 {p}'")
-        with open(p, encoding="utf-8") as f:
-            val = f.read().strip()
-        if not val:
-            raise BadInput(f"{host}: OpenCode password_file {p} is empty")
-        return val
-    return None
-
 
 MAX_BODY = 8 * 1024 * 1024  # bytes of one reply (decoded): a few MB, far above any the contract describes
 MAX_MESSAGES_BODY = 64 * 1024 * 1024  # a long session's messages (tool outputs are capped at ~50 kB each)

@@ -24,7 +24,9 @@ def serve(c, action="", inventory=None, idle_exit=None, json_=False):
     journal = fl.settings.path("journal")
     if action in ("", "run"):
         from fleet.cli.served import run_call
+        from fleet.workers import keep_threads
 
+        keep_threads()  # a long-lived process: its runs reuse worker threads
         server.run(fl.settings, fl._inventory_arg if isinstance(fl._inventory_arg, str) else None,
                    idle_exit=num("--idle-exit", idle_exit, 0.0), served=run_call)
         return

@@ -7,6 +7,11 @@ kernel answers ``connect()`` at once on loopback, so the relay holds the first b
 the client at 4 x delay or later, as over a real link). Put in front of a lab sshd or OpenCode
 server, plain ``ssh`` and fleet see the network a Tailscale user sees.
 
+With ``--stats FILE`` each connection, when it ends, appends one JSON line: its route, bytes
+each way, and its *turns*: how many times the client sent again after the server had answered
+(the TCP handshake counts one), i.e. the round trips the client waited for, as a trace of it
+would count them (a client that pipelines pays none for what it sends without waiting).
+
 Run: ``python -m fleet.lab.relay --delay-ms 20 127.0.0.1:LISTEN=127.0.0.1:TARGET [...]``.
 Listens on and connects to 127.0.0.0/8 only. ``--pidfile`` is written once every route listens.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -30,11 +36,33 @@ QUEUED = 256  # chunks (of up to 64 KiB) held per direction before the sender is
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _read(reader: asyncio.StreamReader, q: Queue, floor: float) -> None:
+class Turns:
+    """One connection's round trips as the client waited for them (see the module's text)."""
+
+    def __init__(self) -> None:
+        self.turns = 1  # TCP's handshake
+        self.answered = False  # the server sent something since the client last sent
+        self.up = self.down = 0
+
+    def sent(self, up: bool, n: int) -> None:
+        if up:
+            self.up += n
+            if self.answered and n:
+                self.turns += 1
+            self.answered = False
+        else:
+            self.down += n
+            self.answered = self.answered or bool(n)
+
+
+async def _read(reader: asyncio.StreamReader, q: Queue, floor: float, turns: Turns | None = None,
+                up: bool = True) -> None:
     """Queue what ``reader`` sends, stamped when it was sent (never before ``floor``)."""
     try:
         while True:
             data = await reader.read(65536)
+            if turns is not None:
+                turns.sent(up, len(data))
             await q.put((max(time.monotonic(), floor), data))
             if not data:
                 return
@@ -42,8 +70,9 @@ async def _read(reader: asyncio.StreamReader, q: Queue, floor: float) -> None:
         await q.put((time.monotonic(), b""))
 
 
-async def _pump(q: Queue, writer: asyncio.StreamWriter, delay: float) -> None:
-    """Write each queued chunk ``delay`` after it was sent (never earlier), then the EOF."""
+async def _pump(q: Queue, writer: asyncio.StreamWriter, delay: float, turns: Turns | None = None) -> None:
+    """Write each queued chunk ``delay`` after it was sent (never earlier), then the EOF.
+    ``turns``: this is the client's side, its answers counted when they reach it."""
     while True:
         at, data = await q.get()
         wait = at + delay - time.monotonic()
@@ -51,18 +80,22 @@ async def _pump(q: Queue, writer: asyncio.StreamWriter, delay: float) -> None:
             await asyncio.sleep(wait)
         if not data:
             break
+        if turns is not None:
+            turns.sent(False, len(data))
         writer.write(data)
         await writer.drain()
     if writer.can_write_eof():
         writer.write_eof()
 
 
-async def _handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, target: tuple[str, int], delay: float) -> None:
+async def _handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, target: tuple[str, int], delay: float,
+                  stats: str | None = None) -> None:
     t0 = time.monotonic()
     up: Queue = asyncio.Queue(QUEUED)
     down: Queue = asyncio.Queue(QUEUED)
+    turns = Turns()
     # the client could send only once its SYN-ACK came back (t0 + RTT) ...
-    reading = asyncio.ensure_future(_read(r, up, t0 + 2 * delay))
+    reading = asyncio.ensure_future(_read(r, up, t0 + 2 * delay, turns, True))
     if delay:
         await asyncio.sleep(3 * delay)  # ... and the server accepts once the last ACK arrives
     try:
@@ -74,15 +107,21 @@ async def _handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, target: tupl
 
     async def pump(q: Queue, writer: asyncio.StreamWriter) -> None:
         try:
-            await _pump(q, writer, delay)
+            await _pump(q, writer, delay, turns if writer is w else None)
         except (ConnectionError, OSError, RuntimeError):
             for x in (w, tw):  # one side is gone: drop both, as a reset would
                 x.transport.abort()
             while (await q.get())[1]:
                 pass  # until the reader, now at EOF, has queued its last chunk
-    await asyncio.gather(reading, _read(tr, down, 0.0), pump(up, tw), pump(down, w), return_exceptions=True)
+    await asyncio.gather(reading, _read(tr, down, 0.0), pump(up, tw), pump(down, w),
+                         return_exceptions=True)
     for x in (w, tw):
         x.close()
+    if stats:
+        line = json.dumps({"target": f"{target[0]}:{target[1]}", "turns": turns.turns, "up": turns.up,
+                           "down": turns.down, "seconds": round(time.monotonic() - t0, 4)})
+        with open(stats, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def _split(addr: str) -> tuple[str, int]:
@@ -99,12 +138,12 @@ def _split(addr: str) -> tuple[str, int]:
 
 
 async def serve(routes: list[tuple[tuple[str, int], tuple[str, int]]], delay: float,
-                pidfile: str | None = None) -> None:
+                pidfile: str | None = None, stats: str | None = None) -> None:
     """Relay every (listen, target) pair until cancelled."""
     servers = []
     for listen, target in routes:
         async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, target: tuple[str, int] = target) -> None:
-            await _handle(r, w, target, delay)
+            await _handle(r, w, target, delay, stats)
         servers.append(await asyncio.start_server(handle, *listen))
     if pidfile:
         tmp = f"{pidfile}.tmp"
@@ -118,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--delay-ms", type=float, required=True, help="one-way delay (RTT is twice this)")
     ap.add_argument("--pidfile", help="write the relay's pid here once every route listens")
     ap.add_argument("--tag", help="any text (the lab marks its relay with its directory)")
+    ap.add_argument("--stats", help="append one JSON line per ended connection (route, bytes, turns) here")
     ap.add_argument("routes", nargs="+", help="LISTEN=TARGET, e.g. 127.0.0.1:2201=127.0.0.1:2101")
     a = ap.parse_args(argv)
     if not 0 <= a.delay_ms <= 10000:
@@ -127,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         listen, _, target = r.partition("=")
         routes.append((_split(listen), _split(target)))
     try:
-        asyncio.run(serve(routes, a.delay_ms / 1000.0, a.pidfile))
+        asyncio.run(serve(routes, a.delay_ms / 1000.0, a.pidfile, a.stats))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -139,6 +179,11 @@ def main(argv: list[str] | None = None) -> None:
 def relay_pidfile(lab: Lab) -> Path:
     """Where the lab's relay writes its pid (once it listens)."""
     return lab.dir / "relay.pid"
+
+
+def relay_stats(lab: Lab) -> Path:
+    """Where the lab's relay appends each ended connection's round trips (``--stats``)."""
+    return lab.dir / "relay-stats.jsonl"
 
 
 def stop_relay(lab: Lab, timeout: float = 5.0) -> None:
@@ -197,7 +242,8 @@ def start_relay(lab: Lab, rtt: float, timeout: float = 20.0) -> None:
         a["direct_url"], a["url"] = direct, f"http://127.0.0.1:{port}"
     log = lab.dir / "relay.log"
     p = subprocess.Popen([sys.executable, "-m", "fleet.lab.relay", "--delay-ms", f"{rtt / 2:g}",
-                          "--pidfile", str(relay_pidfile(lab)), "--tag", str(lab.dir), *routes],
+                          "--pidfile", str(relay_pidfile(lab)), "--tag", str(lab.dir),
+                          "--stats", str(relay_stats(lab)), *routes],
                          stdin=subprocess.DEVNULL, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                          cwd=str(PROJECT_ROOT), start_new_session=True,
                          env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def inventory_secrets(inv: Inventory) -> list[str]:
     """The OpenCode passwords of every host (and their encoded forms) and the Slack token."""
-    from fleet.agent.client import resolve_password
+    from fleet.agent.password import resolve_password
 
     found: list[str] = []
     for h in inv.hosts:

@@ -137,6 +137,8 @@ def run_attempts(rt: FanoutRunner, host: Host, link: Link, cmd: str, t0: float, 
                     if not reused:
                         link.dial(sess)
                     if rt.gate is not None:
+                        if not rt.gate.may_run(host.name) and hasattr(sess, "prepare"):
+                            sess.prepare()  # waiting for the canary: its command's channel opens meanwhile
                         rt.gate.wait_turn(host.name)
                     try:
                         res = sess.run(cmd, timeout, rt.abort, hook, prefix)

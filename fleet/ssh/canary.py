@@ -31,6 +31,11 @@ class CanaryGate:
         """The host whose command runs first now."""
         return self.order[self.idx] if self.idx < len(self.order) else None
 
+    def may_run(self, name: str) -> bool:
+        """Whether ``name`` may run its command now (else :meth:`wait_turn` waits)."""
+        with self.cond:
+            return self.verdict is True or self.current == name
+
     def wait_turn(self, name: str) -> None:
         """Return when ``name`` may run its command; raise :class:`NotRun` when it may not."""
         with self.cond:

@@ -279,7 +279,7 @@ def run_command(sess: SSHSession, command: str, timeout: float | None, abort: th
     if transport is None or not transport.is_active():
         raise ConnectFailed(h.name, f"connection to {h.name} closed before the command started")
     try:
-        chan = transport.open_session(timeout=sess.connect_timeout)
+        chan = sess.take_spare() or transport.open_session(timeout=sess.connect_timeout)
         started = time.monotonic()
         sess.commands += 1
         chan.exec_command(command)

@@ -22,7 +22,7 @@ import shlex
 import socket
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import paramiko
 
@@ -115,6 +115,8 @@ class SSHSession:
         self.conn: Connection | None = None  # the target's, once connected
         self.running = False
         self.commands = 0  # commands started on this connection (a warm one runs several)
+        self.spare: Any = None  # a session channel opened ahead for the next command (warm pool)
+        self._preparing = threading.Lock()
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------ connect
@@ -278,6 +280,26 @@ class SSHSession:
             sftp.get(remote, local)
         finally:
             sftp.close()
+
+    def prepare(self) -> None:
+        """Open the next command's session channel now (while it waits for the canary), so the
+        command sends only its exec request; nothing if it cannot (the command then opens it)."""
+        t = self.conn.client.get_transport() if self.conn else None
+        if self.spare is not None or t is None or not t.is_active() or not self._preparing.acquire(blocking=False):
+            return  # one at hand, no connection, or being opened by another thread
+        try:
+            self.spare = t.open_session(timeout=self.connect_timeout)
+        except Exception:  # noqa: BLE001 - the command opens its channel itself and says why it cannot
+            pass
+        finally:
+            self._preparing.release()
+
+    def take_spare(self) -> Any:
+        """The channel opened ahead for this command, if it is still open; else None."""
+        ch, self.spare = self.spare, None
+        if ch is not None and ch.active and not ch.closed:
+            return ch
+        return None
 
     def close(self) -> None:
         """Close the target and every hop, last first (safe from another thread, safe twice)."""

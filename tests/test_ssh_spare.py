@@ -1,0 +1,66 @@
+"""One round trip less per command, against the lab's real sshd: a kept connection gets the next
+command's session channel opened ahead (a spare), and a host that waits for the canary opens its
+command's channel while it waits; the command then sends only its exec request. The relay's
+round-trip count (lab.up --rtt) is what ssh and fleet are compared by in bench/e2e_ssh.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import opts, running_lab, wait_for
+from test_modes import settings
+
+from fleet import Fleet
+from fleet.lab.relay import relay_stats
+from fleet.ssh.session import SSHSession
+
+
+def _kept(fl: Fleet) -> list[SSHSession]:
+    return [s for lst in fl.pool._free.values() for s, _ in lst]  # noqa: SLF001 - the pool's own state
+
+
+def test_a_kept_connection_runs_its_next_command_on_the_channel_opened_ahead(lab, tmp_path):
+    o = opts(tmp_path)
+    with Fleet(str(lab.inventory), settings=settings(tmp_path)) as fl:
+        first = fl.fanout("lab01,lab02", "echo one", no_canary=True, options=o)
+        assert first.exit_code == 0
+        assert wait_for(lambda: len(_kept(fl)) == 2 and all(s.spare is not None for s in _kept(fl)), 10)
+        spares = [s.spare for s in _kept(fl)]
+        assert all(ch.active and not ch.closed for ch in spares)
+        second = fl.fanout("lab01,lab02", "echo two", no_canary=True, options=o)
+        assert [r.stdout for r in second.results] == ["two\n", "two\n"]
+        assert all(ch.closed for ch in spares)  # each ran its host's command (and was closed after it)
+        assert fl.pool.dials == 2 and fl.pool.reused == 2  # same connections, no new login
+    with Fleet(str(lab.inventory), settings=settings(tmp_path)) as fl:
+        fl.pool.spares = False  # off: nothing is opened ahead, each command opens its own channel
+        for _ in range(2):
+            assert fl.fanout("lab01,lab02", "true", no_canary=True, options=o).exit_code == 0
+        assert not wait_for(lambda: any(s.spare is not None for s in _kept(fl)), 1.0)
+
+
+def test_hosts_waiting_for_the_canary_open_their_channel_meanwhile(lab, tmp_path, mocker):
+    o = opts(tmp_path)
+    prepared = mocker.spy(SSHSession, "prepare")
+    used = mocker.spy(SSHSession, "take_spare")
+    with Fleet(str(lab.inventory), settings=settings(tmp_path), warm=False) as fl:
+        run = fl.fanout("lab01,lab02,lab03", "sleep 0.3; hostname >/dev/null", mode="canary", canary="lab01",
+                        options=o)
+    assert run.exit_code == 0 and [r.host for r in run.results] == ["lab01", "lab02", "lab03"]
+    who = sorted(call.args[0].host.name for call in prepared.call_args_list)
+    assert who == ["lab02", "lab03"]  # the canary never waits, the others did
+    got = {call.args[0].host.name: ret is not None for call, ret in zip(used.call_args_list, used.spy_return_list,
+                                                                        strict=True)}
+    assert got == {"lab01": False, "lab02": True, "lab03": True}
+
+
+def test_the_relay_counts_the_round_trips_a_client_waited_for(tmp_path):
+    with running_lab(tmp_path / "lab", 1, rtt=10) as lb:
+        stats = relay_stats(lb)
+        p = subprocess.run(["ssh", "-F", str(lb.ssh_config), "-o", "KexAlgorithms=curve25519-sha256", "lab01", "true"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert wait_for(lambda: stats.exists() and stats.read_text().strip(), 5)
+        seen = [json.loads(x) for x in stats.read_text().splitlines()]
+    assert len(seen) == 1 and seen[0]["up"] > 1000 and seen[0]["down"] > 1000
+    # TCP, banner, KEX, NEWKEYS/service, auth (none, key query, signature), channel, exec: about ten
+    assert 8 <= seen[0]["turns"] <= 14, seen
