@@ -64,3 +64,48 @@ def test_the_relay_counts_the_round_trips_a_client_waited_for(tmp_path):
     assert len(seen) == 1 and seen[0]["up"] > 1000 and seen[0]["down"] > 1000
     # TCP, banner, KEX, NEWKEYS/service, auth (none, key query, signature), channel, exec: about ten
     assert 8 <= seen[0]["turns"] <= 14, seen
+
+
+def _turns_of_one_fanout(lb, inv, tmp_path, count: bool = True) -> tuple[object, list[int]]:
+    stats = relay_stats(lb)
+    stats.unlink(missing_ok=True)
+    with Fleet(str(inv), settings=settings(tmp_path), warm=False) as fl:
+        run = fl.fanout("lab01", "true", no_canary=True, options=opts(tmp_path))
+    if not count:
+        return run, []
+    assert wait_for(lambda: stats.exists() and stats.read_text().strip(), 5)
+    return run, [json.loads(x)["turns"] for x in stats.read_text().splitlines()]
+
+
+EARLY = "userauth is OK (the request went with it)"
+
+
+def test_public_key_auth_takes_one_round_trip_and_other_keys_still_work(tmp_path, caplog):
+    import logging
+
+    from conftest import write_inventory
+    caplog.set_level(logging.DEBUG, logger="paramiko.transport")
+    with running_lab(tmp_path / "lab", 1, rtt=10) as lb:
+        run, turns = _turns_of_one_fanout(lb, lb.inventory, tmp_path)
+        assert run.exit_code == 0 and EARLY in caplog.text  # the signed request went with the service request
+        # TCP, banner, KEX, service request + signed key request, channel, exec, then stdin's EOF
+        # and the close (not waited for, but the relay counts them): 7 or 8 (8 or 9 before; plain ssh 11)
+        assert turns[0] <= 8, turns
+        caplog.clear()
+        # an RSA key keeps paramiko's two steps (its signature algorithm depends on the server's list)
+        rsa = tmp_path / "id_rsa"
+        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True)
+        with open(lb.dir / "authorized_keys", "a") as f:
+            f.write((tmp_path / "id_rsa.pub").read_text())
+        inv = write_inventory(tmp_path / "rsa.yaml", lb, names=["lab01"])
+        inv.write_text(inv.read_text().replace(str(lb.key), str(rsa)))
+        run, _ = _turns_of_one_fanout(lb, inv, tmp_path, count=False)  # (this inventory goes around the relay)
+        assert run.exit_code == 0, run.results[0].error
+        assert EARLY not in caplog.text and "userauth is OK" in caplog.text
+        # a key the server does not know: refused, said as an authentication failure, never retried
+        other = tmp_path / "id_other"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        inv.write_text(inv.read_text().replace(str(rsa), str(other)))
+        run, _ = _turns_of_one_fanout(lb, inv, tmp_path, count=False)
+        r = run.results[0]
+        assert r.outcome.value == "FAILURE" and r.error_kind == "auth" and r.attempts == 1, (r.error_kind, r.error)

@@ -44,7 +44,20 @@ def main() -> None:
     light_invoke()
     from fleet.cli.program import main as full
 
-    full()
+    try:
+        full()
+    finally:
+        _quick_exit()
+
+
+def _quick_exit() -> None:
+    """The program is done: no garbage collection while the interpreter tears down (it walked
+    every object of paramiko, Invoke and the run again: ~60 ms of each run's end). Objects are
+    still finalized, files flushed and closed, threads joined, as at any exit."""
+    import gc
+
+    gc.disable()
+    gc.freeze()
 
 
 def _listed() -> None:

@@ -21,6 +21,7 @@ import os
 import shlex
 import threading
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -68,6 +69,12 @@ class HostKeyTransport(paramiko.Transport):
         known = self._key_info  # type: ignore[attr-defined]
         return keys + tuple(c for c in (k + CERT_SUFFIX for k in keys if not k.endswith(CERT_SUFFIX))
                             if c not in keys and c in known)
+
+    def auth_publickey(self, username: str, key: Any, event: Any = None) -> list[str]:
+        """One round trip for the service request and the signed request (:mod:`fleet.ssh.fastauth`)."""
+        from fleet.ssh.fastauth import auth_publickey
+
+        return auth_publickey(self, username, key, event)
 
 
 class HostKeyStore:
