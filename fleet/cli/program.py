@@ -5,6 +5,7 @@ Invoke's own ``inv`` in a checkout (:func:`adopt_invoke`). Settings come from
 the fleet way (one line, exit 2, with "did you mean")."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from invoke import Exit
@@ -95,12 +96,13 @@ def _after_flags(argv: list[str], task: str) -> int:
     return j
 
 
-def _value_flags(name: str) -> set[str]:
-    out = set()
+@functools.lru_cache(maxsize=None)
+def _value_flags(name: str) -> frozenset[str]:
+    out: set[str] = set()
     for a in ns[name].get_arguments():
         if a.kind is not bool:
             out |= {("--" + n.replace("_", "-")) if len(n) > 1 else "-" + n for n in a.names}
-    return out
+    return frozenset(out)
 
 
 def _whole_command(argv: list[str]) -> list[str]:
@@ -145,7 +147,8 @@ def adopt_invoke() -> None:
     prog.parse_tasks = parse_tasks  # type: ignore[method-assign]
 
 
-def _task_flags(name: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _task_flags(name: str) -> tuple[str, ...]:
     t = ns[name]
     out = ["--help", "-h"]
     for a in t.get_arguments():
@@ -153,7 +156,7 @@ def _task_flags(name: str) -> list[str]:
             out.append(("--" + n.replace("_", "-")) if len(n) > 1 else "-" + n)
             if a.kind is bool and len(n) > 1:
                 out.append("--no-" + n.replace("_", "-"))
-    return out
+    return tuple(out)
 
 
 def _check_flags(argv: list[str]) -> None:
