@@ -205,14 +205,23 @@ def sessions(c, hosts=None, all_=False, inventory=None, json_=False):
     """What each host's agent is doing: sessions, busy/idle/retry, titles, age."""
     from fleet.cli.agent_render import sessions_table
     from fleet.ops.canary_rest import held_rows
+    from fleet.serve.board import sessions_via_service
 
     fl = app(c, inventory)
     sel = selector(hosts, all_)
-    rows, errors = fl.sessions(sel)
+    chosen = fl.select(sel)
+    served = sessions_via_service(fl, chosen)  # a running fleet serve's live board, if it is this world's
+    rows, errors = served if served is not None else fl.sessions(sel)
     # hosts of a --no-wait canary dispatch that wait for the canary, or were not sent: no session yet
-    rows = list(rows) + held_rows(fl.settings.path("journal"), [h.name for h in fl.select(sel)])
-    none = not any(h.opencode for h in fl.select(sel))
-    rows_out(json_, "sessions", rows, sessions_table(rows), errors,
+    rows = list(rows) + held_rows(fl.settings.path("journal"), [h.name for h in chosen])
+    if json_:
+        emit({"sessions": [r.to_dict() for r in rows], "errors": errors,
+              "source": "service" if served is not None else "servers"})
+        if errors:
+            raise Exit(code=1)
+        return
+    none = not any(h.opencode for h in chosen)
+    rows_out(False, "sessions", rows, sessions_table(rows), errors,
              "no selected host has an OpenCode server (opencode: in the inventory)" if none else
              "no sessions on the selected hosts")
 
@@ -256,8 +265,6 @@ def teardown(c, hosts=None, all_=False, confirm=None, mode=None, canary=None, in
         raise Exit(code=1)
 
 
-
-
 @fleet_task(help={"hosts": HOSTS_HELP + " Default: hosts with an OpenCode server.", "all": "Every host.",
                   "inventory": "Inventory file.", "json": "One JSON object per change, one per line (for scripts).",
                   "duration": "Stop after this many seconds (default: until Ctrl-C)."})
@@ -295,7 +302,11 @@ def watch(c, hosts=None, all_=False, inventory=None, json_=False, duration=None)
                 print(watch_line(row), flush=True)
             else:
                 draw()
-    w = Watcher(fl.select(selector(hosts, all_)), on_change, fl.records)
+    from fleet.serve.board import watch_via_service
+
+    chosen = fl.select(selector(hosts, all_))
+    w: Any = (watch_via_service(fl, chosen, on_change, lambda: Watcher(chosen, on_change, fl.records))
+              or Watcher(chosen, on_change, fl.records))  # a running fleet serve's board, else the servers
     holder["w"] = w
     t0 = time.monotonic()
     try:

@@ -32,6 +32,8 @@ from fleet.inventory import Host
 from fleet.ops.sessions import fleet_marks, host_sessions
 
 Change = Callable[[dict[str, Any]], None]
+# what ``sessions`` shows of fleet's own sessions (its marks on the server, this machine's records)
+NO_MARKS: dict[str, Any] = {"fleet": False, "worktree": "", "branch": "", "machine": "", "dispatch_id": ""}
 
 
 class Watcher:
@@ -61,7 +63,7 @@ class Watcher:
             row = self.board.setdefault((host, sid), {"host": host, "session": sid, "state": "idle", "step": "",
                                                       "waiting": "", "title": "", "directory": "", "repo": "",
                                                       "created": time.time(), "tokens": None, "cost": None,
-                                                      "parent": ""})
+                                                      "parent": "", **NO_MARKS})
             changed = any(row.get(k) != v for k, v in kw.items() if k != "created")
             row.update(kw)
             row["updated"] = time.time()
@@ -90,6 +92,7 @@ class Watcher:
             self._read_once[host.name].set()
 
     def _read(self, host: Host) -> bool:
+        t0 = time.time()
         try:
             rows = host_sessions(host, self.records, client_factory=self._client)
         except Exception as exc:  # noqa: BLE001 - any failure: the host is down on the board, the stream retries
@@ -102,7 +105,13 @@ class Watcher:
             kids: dict[str, list[Any]] = {}
             for r in rows:
                 kids.setdefault(r.parent, []).append(r)
-            for r in rows:
+            with self.lock:  # deleted while the stream was away: off the board
+                seen = {r.session_id for r in rows}
+                gone = [k for k, v in self.board.items() if k[0] == host.name and k[1] and k[1] not in seen
+                        and v.get("updated", 0) < t0]
+            for k in gone:
+                self._gone(*k)
+            for r in reversed(rows):  # oldest first: the newest is the latest change on the board
                 usage = {"tokens": r.tokens, "cost": round(r.cost or 0.0, 6)} if r.tokens is not None else {}
                 if usage:
                     self.server_totals.add((host.name, r.session_id))
@@ -111,7 +120,9 @@ class Watcher:
                     self.own[(host.name, r.session_id)] = (int(r.tokens or 0) - sum(int(k.tokens or 0) for k in sub),
                                                            (r.cost or 0.0) - sum(k.cost or 0.0 for k in sub))
                 self._set(host.name, r.session_id, state=r.state, waiting=r.waiting, title=r.title,
-                          directory=r.directory, repo=r.repo, created=now - r.age_s, parent=r.parent, **usage)
+                          directory=r.directory, repo=r.repo, created=now - r.age_s, parent=r.parent, fleet=r.fleet,
+                          worktree=r.worktree, branch=r.branch, machine=r.machine, dispatch_id=r.dispatch_id,
+                          **usage)
             # a server that keeps no totals on its sessions: read the newest sessions' messages,
             # once each, again after a reconnect for the ones at work (a gap may have lost their
             # message.updated); events keep them current after that
@@ -172,10 +183,31 @@ class Watcher:
                 if up == sid or str(row.get("waiting", "")).endswith(f"(subagent {sid})"):
                     self._set(host, up, state="busy", waiting="")
 
+    def _marks(self, host: str, sid: str, mark: dict[str, Any]) -> dict[str, Any]:
+        """Fleet's marks on a session (else this machine's record of it): who dispatched it, why."""
+        rec = (self.records.find(host, sid) if self.records is not None and not mark else None) or {}
+        if not mark and not rec:
+            return {}
+        return {"fleet": True, "worktree": rec.get("worktree") or str(mark.get("worktree", "")),
+                "branch": rec.get("branch") or str(mark.get("branch", "")), "machine": str(mark.get("machine", "")),
+                "dispatch_id": rec.get("dispatch_id") or str(mark.get("dispatch_id", ""))}
+
+    def _gone(self, host: str, sid: str) -> None:
+        """A session deleted on its server: off the board (one last change, state ``deleted``)."""
+        with self.lock:
+            row = self.board.pop((host, sid), None)
+        if row is not None:
+            self.on_change(dict(row, state="deleted", updated=time.time()))
+
     def _handler(self, host: Host) -> Callable[[dict[str, Any]], None]:
         def on(ev: dict[str, Any]) -> None:
             t = ev.get("type", "")
             p = ev.get("properties") or {}
+            if t == "session.deleted":
+                info = p.get("info") or {}
+                if isinstance(info, dict) and isinstance(info.get("id"), str):
+                    self._gone(host.name, info["id"])
+                return
             if t in ("session.created", "session.updated"):
                 info = p.get("info") or {}
                 if isinstance(info, dict) and isinstance(info.get("id"), str):
@@ -187,9 +219,11 @@ class Watcher:
                     su = session_usage(info)
                     if su is not None:
                         self.server_totals.add((host.name, info["id"]))
+                    born = (info.get("time") or {}).get("created")
                     self._set(host.name, info["id"], title=str(info.get("title", "")), directory=d,
                               repo=str(mark.get("repo") or d.rstrip("/").rsplit("/", 1)[-1]),
-                              parent=str(info.get("parentID") or ""))
+                              parent=str(info.get("parentID") or ""), **self._marks(host.name, info["id"], mark),
+                              **({"created": born / 1000} if isinstance(born, (int, float)) else {}))
                     if su is not None:
                         self._own(host.name, info["id"], su[0], su[1])
                 return
@@ -228,15 +262,20 @@ class Watcher:
         row (session ""), and a slow one holds up only its own row. :meth:`ready` waits for the
         first read of every server."""
         for h in self.hosts:
-            s = EventStream(h, self._handler(h), on_connect=functools.partial(self._resync, h),
-                            on_error=functools.partial(self._stream_failed, h))
+            try:
+                s = EventStream(h, self._handler(h), on_connect=functools.partial(self._resync, h),
+                                on_error=functools.partial(self._stream_failed, h))
+            except Exception as exc:  # noqa: BLE001 - its password cannot be found: that host is down, not the board
+                self._host_state(h.name, "down", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                self._read_once[h.name].set()
+                continue
             self.streams.append(s.start())
         return self
 
-    def ready(self, timeout: float | None = None) -> bool:
-        """Wait until every server has been read once (or found down); True if all were."""
+    def ready(self, timeout: float | None = None, hosts: list[str] | None = None) -> bool:
+        """Wait until every server (of ``hosts``, names) has been read once (or found down); True if all were."""
         end = None if timeout is None else time.monotonic() + timeout
-        for ev in self._read_once.values():
+        for ev in (self._read_once.values() if hosts is None else [self._read_once[h] for h in hosts]):
             if not ev.wait(None if end is None else max(0.0, end - time.monotonic())):
                 return False
         return True

@@ -75,7 +75,7 @@ class Service:
 
     def __init__(self, settings: Settings, inventory: str | None = None, idle_exit: float = 0.0,
                  follow: bool = True, out: Callable[[str], None] | None = None,
-                 served: Callable[..., int | None] | None = None) -> None:
+                 served: Callable[..., int | None] | None = None, board: bool | None = None) -> None:
         from fleet.ssh.warm import ConnectionPool
 
         self.settings = settings
@@ -98,6 +98,8 @@ class Service:
         self.follower: Any = None
         self.listener: Any = None
         self._follow = follow
+        self._board = follow if board is None else board  # the live board of sessions (fleet.serve.board)
+        self.board: Any = None
         self.lease: Any = None
         self.holding = True  # without a lease this service acts alone
         if settings.lease:
@@ -148,6 +150,9 @@ class Service:
         else:
             self._say("fleet serve: no shared lease (setting 'lease'): a service on another machine that "
                       "sees the same dispatches would not be seen; keep one orchestrator at a time")
+        if self._board:
+            from fleet.serve.board import start_board
+            self.board = start_board(self.settings, self.inventory, self.pool, self._say)
         if self._follow:
             from fleet.serve.follow import Follower
             self.follower = Follower(self.journal, self._follow_dispatch, may_act=lambda: self.holding).start()
@@ -192,12 +197,14 @@ class Service:
             self._renew()
 
     def _busy(self) -> bool:
-        return bool(self.follower is not None and self.follower.following)
+        return bool(self.follower is not None and self.follower.following) or bool(self.board and self.board.watching)
 
     def stop(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
         if self.listener is not None:
             self.listener.close()
         if self.follower is not None:
@@ -257,6 +264,8 @@ class Service:
                 self._fanout(req, send, f)
             elif op == "cli":
                 self._cli(req, send, f)
+            elif op in ("board", "watch"):  # sessions and watch, from the live board (else: fallback)
+                self.board.answer(op, req, send, f) if self.board is not None else send({"event": "fallback"})
             else:
                 send({"event": "error", "exit_code": 2, "message": f"unknown call '{op}'"})
         except (BrokenPipeError, ConnectionResetError):
@@ -283,7 +292,7 @@ class Service:
                 "socket": paths.socket_path(self.journal), "warm": sum(len(v) for v in self.pool._free.values()),
                 "following": sorted(fol.following) if fol else [],
                 "followed_total": fol.followed_total if fol else 0,
-                "errors": (fol.errors[-5:] if fol else []),
+                "errors": (fol.errors[-5:] if fol else []), "board": self.board.status() if self.board else None,
                 "lease": ({**(self.lease.read() or {}), "path": self.lease.path, "mine": self.holding}
                           if self.lease is not None else None)}
 
