@@ -73,6 +73,7 @@ class Hop:
     strict: str = "ask"            # StrictHostKeyChecking: yes, ask, accept-new or off
     host_key_alias: str | None = None  # HostKeyAlias, when set
     proxy_jump: str | None = None  # ProxyJump as ssh -G prints it, when set
+    revoked_host_keys: str | None = None  # RevokedHostKeys (expanded), when set: keys ssh refuses
 
     def chain(self) -> list["Hop"]:
         """Every hop from the first to this one."""
@@ -108,7 +109,8 @@ class Hop:
             "userknownhostsfile": list(self.user_known_hosts), "globalknownhostsfile": list(self.global_known_hosts),
             "connecttimeout": "none" if ct is None else f"{ct:g}", "hostkeyalias": self.host_key_alias,
             "stricthostkeychecking": {"yes": "true", "off": "false"}.get(self.strict, self.strict),
-            "hashknownhosts": "yes" if self.hash_known_hosts else "no", "known_hosts_name": self.key_name}
+            "hashknownhosts": "yes" if self.hash_known_hosts else "no", "known_hosts_name": self.key_name,
+            "revokedhostkeys": self.revoked_host_keys}
         return d
 
     def describe(self) -> str:
@@ -328,7 +330,9 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
               known_hosts=user_kh if explicit else (), accept_new=strict in ("accept-new", "off"),
               proxy_command=proxy, via=via, user_known_hosts=user_kh, global_known_hosts=global_kh,
               hash_known_hosts=bool(o.get("hashknownhosts")), strict=strict, host_key_alias=alias,
-              proxy_jump=jump.spec() if via is not None and jump is not None else None)
+              proxy_jump=jump.spec() if via is not None and jump is not None else None,
+              revoked_host_keys=path(rk, o.at.get("revokedhostkeys", "RevokedHostKeys"))
+              if (rk := o.get("revokedhostkeys")) and lx.lower(rk) != "none" else None)
     return hop, o
 
 

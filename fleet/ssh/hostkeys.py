@@ -53,6 +53,36 @@ def _cert_blob(key: paramiko.PKey) -> bytes | None:
     return pb.key_blob if pb is not None and str(pb.key_type).endswith(CERT_SUFFIX) else None
 
 
+KRL_MAGIC = b"SSHKRL\n\0"
+
+
+def revoked_by_file(path: str, blobs: list[bytes]) -> str | None:
+    """Why ssh's ``RevokedHostKeys`` file refuses a host key (``blobs``: the key, and a
+    certificate's CA key), or None. As ssh: a file it cannot read refuses every key; a file of
+    public keys (one per line) refuses those. A binary key revocation list (KRL) fleet cannot
+    read, so it refuses too, saying so: nothing ssh refuses is accepted."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return f"its RevokedHostKeys file {path} cannot be read ({exc.strerror or exc}), and ssh refuses every key then"
+    if data.startswith(KRL_MAGIC):
+        return (f"its RevokedHostKeys file {path} is a binary key revocation list (KRL), which fleet cannot read: "
+                f"list the revoked keys there as public-key lines (ssh reads those too), or set RevokedHostKeys none "
+                f"for this host")
+    for n, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        words = raw.split()
+        if len(words) < 2 or words[0].startswith("#"):
+            continue
+        try:
+            blob = base64.b64decode(words[1], validate=True)
+        except (ValueError, TypeError):
+            continue
+        if blob in blobs:
+            return f"it is listed in its RevokedHostKeys file {path}:{n}"
+    return None
+
+
 def _patterns(e: Entry) -> str:
     """A known_hosts line's host patterns, for a message (a hashed name is not worth printing)."""
     return "a hashed name" if e.patterns.startswith("|1|") else e.patterns
@@ -166,6 +196,17 @@ class HostKeyStore:
             raise HostKeyRevoked(host.name, f"REVOKED host key for {where}: {key.get_name()} {fp} is marked "
                                  f"@revoked in {e.path}:{e.line}; nothing was run")
         cert = _cert_blob(key)
+        if hop.revoked_host_keys:
+            blobs = [blob]
+            if cert is not None:
+                try:
+                    blobs.append(parse_cert(cert).ca_blob)
+                except CertError:
+                    pass
+            why = revoked_by_file(hop.revoked_host_keys, blobs)
+            if why:
+                raise HostKeyRevoked(host.name, f"REVOKED host key for {where}: {key.get_name()} {fp}: {why}; "
+                                     f"nothing was run")
         problem = self._cert_problem(hop, host, cert, files, where) if cert is not None else None
         if (cert is not None and problem is None) or verdict == Verdict.KNOWN:
             return  # a usable certificate, or (ssh falls back to it) the plain key is known
