@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from conftest import opts, running_lab, wait_for
 from test_modes import settings
@@ -50,7 +51,7 @@ def test_hosts_waiting_for_the_canary_open_their_channel_meanwhile(lab, tmp_path
     assert who == ["lab02", "lab03"]  # the canary never waits, the others did
     got = {call.args[0].host.name: ret is not None for call, ret in zip(used.call_args_list, used.spy_return_list,
                                                                         strict=True)}
-    assert got == {"lab01": False, "lab02": True, "lab03": True}
+    assert got == {"lab01": True, "lab02": True, "lab03": True}  # all: the channel came with the auth (sshd)
 
 
 def test_the_relay_counts_the_round_trips_a_client_waited_for(tmp_path):
@@ -109,3 +110,42 @@ def test_public_key_auth_takes_one_round_trip_and_other_keys_still_work(tmp_path
         run, _ = _turns_of_one_fanout(lb, inv, tmp_path, count=False)
         r = run.results[0]
         assert r.outcome.value == "FAILURE" and r.error_kind == "auth" and r.attempts == 1, (r.error_kind, r.error)
+
+
+def test_the_first_commands_channel_comes_with_the_authentication_and_a_refused_first_key_is_no_harm(
+        lab, tmp_path, caplog):
+    """The session channel asked for right behind the signed request: the command needs no open
+    of its own; when the first key is refused, sshd answers the early request 'unimplemented',
+    the next key logs in and the command runs on a channel of its own."""
+    import logging
+    caplog.set_level(logging.DEBUG, logger="paramiko.transport")
+    used = []
+    orig = SSHSession.take_spare
+
+    def spy(self):
+        ch = orig(self)
+        used.append(ch is not None)
+        return ch
+    SSHSession.take_spare = spy  # type: ignore[method-assign]
+    try:
+        with Fleet(str(lab.inventory), settings=settings(tmp_path), warm=False) as fl:
+            assert fl.fanout("lab01", "true", no_canary=True, options=opts(tmp_path)).exit_code == 0
+        assert used == [True]  # the command ran on the early channel
+        wrong = tmp_path / "id_wrong"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True,
+                       stdin=subprocess.DEVNULL)
+        cfg = tmp_path / "ssh_config"
+        text = Path(lab.ssh_config).read_text()
+        cfg.write_text(text.replace(f"  IdentityFile {lab.key}", f"  IdentityFile {wrong}\n  IdentityFile {lab.key}"))
+        inv = tmp_path / "inv.yaml"
+        inv.write_text(Path(lab.inventory).read_text().replace("ssh_config: ssh_config", f"ssh_config: {cfg}")
+                       .replace("known_hosts: known_hosts", f"known_hosts: {lab.known_hosts}"))
+        used.clear()
+        caplog.clear()
+        with Fleet(str(inv), settings=settings(tmp_path), warm=False) as fl:
+            run = fl.fanout("lab01", "echo second-key", no_canary=True, options=opts(tmp_path))
+        assert run.exit_code == 0 and run.results[0].stdout == "second-key\n", run.results[0].error
+        assert used == [False]  # the early channel went with the refused key: a channel of its own
+        assert caplog.text.count("userauth is OK") == 2 and "Authentication (publickey) failed" in caplog.text
+    finally:
+        SSHSession.take_spare = orig  # type: ignore[method-assign]

@@ -43,6 +43,7 @@ from fleet.errors import (  # noqa: F401
 from fleet.inventory import Host
 from fleet.results import PreflightResult
 from fleet.ssh.config import Hop
+from fleet.ssh.fastauth import take_early
 from fleet.ssh.hostkeys import (  # noqa: F401
     HostKeyStore,
     HostKeyTransport,
@@ -248,6 +249,13 @@ class SSHSession:
                 sock = self._tcp(hop) if prev is None else self._forward(prev[0], prev[1], hop)
                 conn = self._open(hop, sock, hop is self.target)
                 prev = (hop, conn.client.get_transport())
+                # the session channel asked for with the authentication (fleet.ssh.fastauth): the
+                # target's first command runs on it; a jump host's is not needed
+                early = take_early(prev[1], self._timeout(hop))
+                if hop is self.target:
+                    self.spare = early
+                elif early is not None:
+                    early.close()
             self.conn = self.conns[-1]
         except SSHFailure as exc:
             if self._closed.is_set() and not isinstance(exc, Aborted):
