@@ -30,7 +30,9 @@ BIN = Path(sys.executable).parent
 
 def timed(cmd: list[str], **kw) -> float:
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, stdin=kw.pop("stdin", subprocess.DEVNULL), **kw)
+    if "input" not in kw:
+        kw["stdin"] = subprocess.DEVNULL
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if p.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed: {p.stderr[-400:]} {p.stdout[-400:]}")
     return time.perf_counter() - t
