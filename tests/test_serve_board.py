@@ -182,3 +182,26 @@ def test_another_inventory_or_a_changed_one_is_read_from_the_servers(world):
     code, doc = world.sessions(env=world.pw)
     assert code == 0 and doc["source"] == "servers", doc
     assert wait_for(lambda: world.sessions()[1].get("source") == "service", 20, 0.3)
+
+
+def test_mcp_sessions_read_the_services_board(world):
+    """An MCP server started by a client (with no server password, like the CLI here) answers
+    ``sessions`` from the running service's board."""
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    with world.client("lab01") as oc:
+        sid = oc.create_session("seen over MCP")["id"]
+
+    async def main():
+        params = StdioServerParameters(command=FLEET, args=["mcp", "--inventory", str(world.inv)], env=world.env,
+                                       cwd=str(world.home))
+        async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            return (await s.call_tool("sessions", {"selector": "all"})).structuredContent
+    got = wait_for(lambda: (lambda d: d if sid in {x["session_id"] for x in d["sessions"]} else None)(anyio.run(main)),
+                   20, 0.5)
+    assert got is not None and not got["errors"], got
+    row = next(x for x in got["sessions"] if x["session_id"] == sid)
+    assert row["host"] == "lab01" and row["title"] == "seen over MCP"

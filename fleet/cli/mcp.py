@@ -310,7 +310,10 @@ def build_server(inventory: str | None = None) -> FleetMCP:
         """What each host's agent is doing: busy / idle / needs-input (and what it asks), by whom, tokens
         and cost so far."""
         def go() -> dict[str, Any]:
-            rows, errors = fl.sessions(selector)
+            from fleet.serve.board import sessions_via_service
+
+            served = sessions_via_service(fl, fl.select(selector))  # a running fleet serve's live board
+            rows, errors = served if served is not None else fl.sessions(selector)
             return {"sessions": [r.to_dict() for r in rows], "errors": errors}
         return await call(ctx, fl, "sessions", go)
     reads(sessions, S.SessionsResult, "Agent sessions")
