@@ -46,6 +46,43 @@ def running_lab(d: Path, count: int, **kw):
         lab_down(d)
 
 
+@contextmanager
+def running_slow_lab(d: Path, count: int, delay: float, **kw):
+    """:func:`running_lab` whose stand-in model takes ``delay`` seconds on a ``[slow]`` turn
+    (``FAKE_SLOW_DELAY``, set while the module runs: its servers read it at start)."""
+    old = os.environ.get("FAKE_SLOW_DELAY")
+    os.environ["FAKE_SLOW_DELAY"] = f"{delay:g}"
+    try:
+        with running_lab(d, count, **kw) as lab:
+            yield lab
+    finally:
+        if old is None:
+            os.environ.pop("FAKE_SLOW_DELAY", None)
+        else:
+            os.environ["FAKE_SLOW_DELAY"] = old
+
+
+@contextmanager
+def serve_process(sock: Path, *args: str, env: dict | None = None):
+    """``fleet serve ARGS`` started as a user starts it, yielded once its socket ``sock`` is there,
+    stopped (SIGTERM, then kill) however the test ends."""
+    import signal
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "fleet"), "serve", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert wait_for(lambda: sock.exists() or proc.poll() is not None, 20, 0.05) and sock.exists(), \
+            proc.stderr.read() if proc.poll() is not None else "no socket"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def agent_settings(home: Path):
     """Settings whose journal and tokens live under ``home`` (one orchestrator's state)."""
     from fleet.settings import Settings

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import journal, running_lab, wait_for
+from conftest import journal, running_slow_lab, wait_for
 
 from fleet.agent.client import OpenCodeClient
 from fleet.inventory import load_inventory
@@ -23,16 +23,9 @@ FLEET = str(Path(sys.executable).parent / "fleet")
 
 @pytest.fixture(scope="module")
 def alab(tmp_path_factory):
-    old = os.environ.get("FAKE_SLOW_DELAY")
-    os.environ["FAKE_SLOW_DELAY"] = "3"  # a [slow] turn: long enough to see the dispatch return before it ends
-    try:
-        with running_lab(tmp_path_factory.mktemp("nowaitlab"), 2, agents=2) as lab:
-            yield lab
-    finally:
-        if old is None:
-            os.environ.pop("FAKE_SLOW_DELAY", None)
-        else:
-            os.environ["FAKE_SLOW_DELAY"] = old
+    # a [slow] turn: long enough to see the dispatch return before it ends
+    with running_slow_lab(tmp_path_factory.mktemp("nowaitlab"), 2, 3, agents=2) as lab:
+        yield lab
 
 
 def fleet(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

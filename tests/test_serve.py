@@ -10,11 +10,18 @@ import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ctrl_c_once_running, journal, logins, running_lab, wait_for, write_inventory
+from conftest import (
+    ctrl_c_once_running,
+    journal,
+    logins,
+    running_slow_lab,
+    serve_process,
+    wait_for,
+    write_inventory,
+)
 from test_ssh_world import _marker, no_process
 
 FLEET = str(Path(sys.executable).parent / "fleet")
@@ -33,25 +40,8 @@ def fleet(*args: str, env: dict | None = None, timeout: float = 120) -> subproce
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@contextmanager
 def service(*args: str):
-    proc = subprocess.Popen([FLEET, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not sock().exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sock().exists(), proc.stderr.read() if proc.poll() is not None else "no socket"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
+    return serve_process(sock(), *args)
 
 
 def test_one_service_per_state_directory_owner_only_status_and_stop(tmp_path):
@@ -121,16 +111,9 @@ def test_an_older_or_newer_service_is_not_used_and_the_run_happens_here(lab, tmp
 
 @pytest.fixture(scope="module")
 def alab(tmp_path_factory):
-    old = os.environ.get("FAKE_SLOW_DELAY")
-    os.environ["FAKE_SLOW_DELAY"] = "10"  # a [slow] turn long enough to kill the service under it
-    try:
-        with running_lab(tmp_path_factory.mktemp("svlab"), 1, agents=1) as lab:
-            yield lab
-    finally:
-        if old is None:
-            os.environ.pop("FAKE_SLOW_DELAY", None)
-        else:
-            os.environ["FAKE_SLOW_DELAY"] = old
+    # a [slow] turn long enough to kill the service under it
+    with running_slow_lab(tmp_path_factory.mktemp("svlab"), 1, 10, agents=1) as lab:
+        yield lab
 
 
 

@@ -13,11 +13,10 @@ import re
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import fresh_agent_lab, wait_for
+from conftest import fresh_agent_lab, serve_process, wait_for
 
 FLEET = str(Path(sys.executable).parent / "fleet")
 
@@ -69,23 +68,8 @@ class World:
         return OpenCodeClient(h, h.repo_path("demo"))
 
 
-@contextmanager
 def service(w: World):
-    sock = w.home / "state" / "run" / "fleet.sock"
-    proc = subprocess.Popen([FLEET, "serve", "--inventory", str(w.inv)], env=w.svc_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        assert wait_for(lambda: sock.exists() or proc.poll() is not None, 20, 0.05) and sock.exists(), \
-            proc.stderr.read() if proc.poll() is not None else "no socket"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return serve_process(w.home / "state" / "run" / "fleet.sock", "--inventory", str(w.inv), env=w.svc_env)
 
 
 @pytest.fixture(scope="module")
