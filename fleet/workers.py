@@ -115,20 +115,24 @@ def _start(hosts: Sequence[Host], work: Callable[[Host], R], width: int,
     return None, futs
 
 
-# Blocking calls that take no timeout of their own (getaddrinfo) run on a small helper pool,
-# made on first use, so the caller can stop waiting.
-_helpers: ThreadPoolExecutor | None = None
-_helpers_lock = threading.Lock()
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_pool(name: str, size: int) -> ThreadPoolExecutor:
+    """The process's background pool ``name`` of ``size`` threads, made on first use."""
+    with _pools_lock:
+        pool = _pools.get(name)
+        if pool is None:
+            pool = _pools[name] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+        return pool
 
 
 def call_with_timeout(fn: Callable[..., R], *args: Any, timeout: float, **kwargs: Any) -> R:
     """``fn(*args, **kwargs)``, or :class:`TimeoutError` after ``timeout`` seconds (the call is
-    left to finish on its own)."""
-    global _helpers
-    with _helpers_lock:
-        if _helpers is None:
-            _helpers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-helper")
-    fut = _helpers.submit(fn, *args, **kwargs)
+    left to finish on its own). Blocking calls that take no timeout of their own (getaddrinfo)
+    run on a small helper pool, so the caller can stop waiting."""
+    fut = shared_pool("fleet-helper", 16).submit(fn, *args, **kwargs)
     try:
         return fut.result(timeout=timeout)
     except FutureTimeout:

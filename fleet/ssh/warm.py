@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fleet.ssh.session import SSHSession
@@ -38,16 +37,12 @@ def _set_check(sess: SSHSession, seconds: float) -> None:
                 pass
 
 
-_openers: ThreadPoolExecutor | None = None
-_openers_lock = threading.Lock()
-
-
 def open_spare_soon(sess: SSHSession) -> None:
-    global _openers
-    with _openers_lock:
-        if _openers is None:
-            _openers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fleet-spare")
-    _openers.submit(sess.prepare)
+    """Open ``sess``'s next command's channel in the background (a pool of its own: opening 50 at
+    a high RTT never holds up the helper pool's lookups)."""
+    from fleet.workers import shared_pool
+
+    shared_pool("fleet-spare", 8).submit(sess.prepare)
 
 
 class ConnectionPool:
