@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -41,8 +42,10 @@ def append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` atomically, the file created with ``mode`` (0600 by default)."""
+def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o600, sync: bool = True) -> None:
+    """Write ``text`` to ``path`` atomically, the file created with ``mode`` (0600 by default);
+    synced to the disk before it replaces the old one unless ``sync`` is False (a file that is
+    replaced again soon, where the old or the new one after a crash are both right)."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
@@ -50,7 +53,8 @@ def write_atomic(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> 
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, p)
     finally:
@@ -98,16 +102,23 @@ def writing(what: str, path: str | os.PathLike[str], setting: str | None = None)
 
 
 def ensure_writable(directory: str | os.PathLike[str], what: str, setting: str | None = None) -> Path:
-    """Make ``directory`` (0700 where it is new) and prove a file can be written and synced in it,
-    before anything is sent that must be recorded there. Returns it; raises :class:`StorageError`."""
+    """Make ``directory`` (0700 where it is new) and prove a file can be written in it, before
+    anything is sent that must be recorded there. Returns it; raises :class:`StorageError`.
+
+    A page is written (a full disk, a quota, a read-only mount or a missing permission refuses
+    it: ext4, XFS, btrfs and tmpfs reserve the blocks at ``write``) and the free space is read,
+    but nothing is synced: a sync here waited for the disk on every run, and the records that
+    must survive a crash (the journal, the run's summary) sync themselves."""
     d = Path(os.path.expanduser(str(directory)))
     with writing(what, d, setting):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        probe = d / f".fleet-write-check.{os.getpid()}"
+        st = os.statvfs(d)
+        if st.f_bavail * st.f_frsize < _PAGE and st.f_blocks:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(d))
+        probe = d / f".fleet-write-check.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, b"fleet write check\n" * 64)  # a page's worth: a full disk refuses it
-            os.fsync(fd)
+            os.write(fd, b"fleet write check\n" * (_PAGE // 18 + 1))  # a page's worth
         finally:
             os.close(fd)
             try:
@@ -115,6 +126,9 @@ def ensure_writable(directory: str | os.PathLike[str], what: str, setting: str |
             except OSError:
                 pass
     return d
+
+
+_PAGE = 4096
 
 
 __all__ = ["append_line", "ensure_writable", "locked", "loose_mode", "storage_error", "writing"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +269,23 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         raise InventoryError("not UTF-8 text", str(p), hint="save the file as UTF-8") from None
     except OSError as exc:
         raise InventoryError(f"cannot read: {exc.strerror}", str(p), hint="check the path and its permissions") from None
-    return load_inventory_text(text, str(p), p.resolve().parent)
+    base = p.resolve().parent
+    key = (str(p), str(base), text, os.environ.get("HOME", ""))
+    got = _LOADED.get(key)
+    if got is None:
+        got = load_inventory_text(text, str(p), base)
+        with _LOADED_LOCK:
+            _LOADED[key] = got
+            while len(_LOADED) > 8:
+                _LOADED.pop(next(iter(_LOADED)))
+    return got
+
+
+# The inventories loaded in this process, by what they were made from (the file's path, its
+# folder, its text and $HOME for ~): a long-lived caller (the service, a Fleet object) reads the
+# file on every call and parses it again only when it changed.
+_LOADED: dict[tuple[str, str, str, str], Inventory] = {}
+_LOADED_LOCK = threading.Lock()
 
 
 def default_inventory_path(settings: Any = None) -> str:

@@ -30,9 +30,13 @@ def prune(base: Path, keep: int) -> list[str]:
     (a ``summary.json`` inside, a run-id name), never ``latest``'s target. Returns what went."""
     if keep <= 0 or not base.is_dir():
         return []
+    # run ids sort by time; only the names past ``keep`` are looked at more closely
+    names = sorted(e.name for e in os.scandir(base) if e.name[:8].isdigit() and e.is_dir(follow_symlinks=False))
+    if len(names) <= keep:
+        return []
     latest = (base / LATEST).resolve() if (base / LATEST).is_symlink() else None
-    runs = sorted(p for p in base.iterdir()
-                  if p.is_dir() and not p.is_symlink() and (p / "summary.json").exists() and p.name[:8].isdigit())
+    runs = [base / n for n in names]
+    runs = [p for p in runs if (p / "summary.json").exists()]
     gone = []
     for p in runs[:-keep]:
         if latest is not None and p.resolve() == latest:

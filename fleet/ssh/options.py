@@ -82,8 +82,9 @@ class FanoutOptions:
 
 
 def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    """A sortable, unique run id: UTC time to the microsecond (runs of the same second sort in
+    the order they started: pruning removes the oldest) plus a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
 
 
 __all__ = ["FanoutOptions", "new_run_id"]
