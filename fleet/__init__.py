@@ -9,8 +9,6 @@ heavy libraries (Fabric, paramiko, httpx, slack-sdk) load on first use.
 """
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (16 ms of every start)
 
 __version__ = "0.2.0"
@@ -48,6 +46,8 @@ def __getattr__(name: str) -> Any:
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'fleet' has no attribute {name!r}")
+    import importlib  # here, not at the top: the thin client imports this package on every run
+
     value = getattr(importlib.import_module(f".{mod}", __name__), name)
     globals()[name] = value
     return value

@@ -7,15 +7,23 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from conftest import inv_cmd, opts, test_settings, wait_for, write_inventory
+import pytest
+from conftest import inv_cmd, opts, serve_process, test_settings, wait_for, write_inventory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.app import Fleet
 from fleet.inventory import load_inventory
+from fleet.serve import wire
 from fleet.ssh.artifacts import LATEST, prune
 from fleet.ssh.warm import ConnectionPool
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run_dirs(base: Path) -> list[str]:
@@ -97,3 +105,49 @@ def test_an_edited_inventory_is_read_again_and_an_unchanged_one_is_the_same(tmp_
     monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
     p.write_text("hosts:\n  a: {identity_file: ~/.ssh/k}\n")
     assert load_inventory(p).hosts[0].identity_file == str(tmp_path / "elsewhere" / ".ssh" / "k")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+@given(json_values)
+@settings(max_examples=300, deadline=None)
+def test_the_thin_clients_json_is_json(value):
+    text = wire.dumps(value)
+    assert text == json.dumps(value)
+    assert wire.loads(text) == json.loads(text)
+    assert wire.loads(text.encode() + b"\n") == value
+
+
+def test_the_thin_clients_json_refuses_what_json_refuses():
+    for bad in ("", "{", '{"a": 1} x', "[1,]", "nul"):
+        with pytest.raises(ValueError):
+            wire.loads(bad)
+
+
+def test_a_served_call_loads_no_json_socket_hashlib_or_invoke_in_the_client(lab, tmp_path):
+    """What the thin client imports is what every served call pays before it reaches the service."""
+    inv = write_inventory(tmp_path / "inv.yaml", lab, names={"lab01"})
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys\n"
+        "sys.argv = ['fleet', 'fanout', '--inventory', sys.argv[1], '--hosts', 'lab01', 'true']\n"
+        "try:\n"
+        "    from fleet.cli.entry import main\n"
+        "    main()\n"
+        "    code = 0\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "heavy = sorted(m for m in ('json', 'socket', 'hashlib', 'invoke', 'paramiko', 're', 'enum', 'typing')\n"
+        "               if m in sys.modules)\n"
+        "print('HEAVY', ','.join(heavy), 'CODE', code, file=sys.stderr)\n")
+    sock = Path(os.environ["INVOKE_FLEET_JOURNAL"]).parent / "run" / "fleet.sock"
+    with serve_process(sock):
+        for _ in range(2):  # the second: the settings answer comes from the cache
+            p = subprocess.run([sys.executable, str(probe), str(inv)], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        line = [ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY")]
+        assert line == ["HEAVY  CODE 0"], p.stderr
+        assert "lab01" in p.stdout, p.stdout

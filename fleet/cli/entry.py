@@ -79,11 +79,7 @@ def _listed() -> None:
                 key.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
     cache = _cache_dir()
     path = os.path.join(cache, "list-" + _digest(key) + ".txt")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        text = None
+    text = _cached(path, key)
     if text is not None:
         try:
             sys.stdout.write(text)
@@ -117,13 +113,7 @@ def _listed() -> None:
         sys.stdout = real
         if tee.broken:
             quiet_stdout()
-    try:  # the listing printed in full and nothing else went wrong: keep it
-        from fleet.files import write_atomic
-
-        os.makedirs(cache, exist_ok=True)
-        write_atomic(path, tee.getvalue())
-    except OSError:
-        pass
+    _keep(path, key, tee.getvalue())  # the listing printed in full and nothing else went wrong
 
 
 def _cache_dir(*parts: str) -> str:
@@ -131,9 +121,38 @@ def _cache_dir(*parts: str) -> str:
 
 
 def _digest(key: list[str]) -> str:
-    import hashlib
+    """A file name for ``key`` (zlib's CRC: hashlib costs ~3 ms of the thin client's start; the
+    file holds the key too, :func:`_cached`, so two keys of one name never read each other's)."""
+    import zlib
 
-    return hashlib.sha1("\0".join(key).encode()).hexdigest()[:24]
+    data = "\0".join(key).encode()
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+
+
+def _cached(path: str, key: list[str]) -> str | None:
+    """What :func:`_keep` kept at ``path`` for exactly ``key``, or None."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    k = "\0".join(key)
+    size, _, rest = text.partition("\n")
+    if not size.isdigit() or rest[:int(size)] != k:
+        return None
+    return rest[int(size):]
+
+
+def _keep(path: str, key: list[str], value: str) -> None:
+    """Keep ``value`` for ``key`` at ``path`` (best effort: a cache)."""
+    from fleet.files import write_atomic
+
+    k = "\0".join(key)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        write_atomic(path, f"{len(k)}\n{k}{value}", sync=False)
+    except (OSError, UnicodeError):
+        pass
 
 
 def quiet_stdout() -> None:
@@ -199,24 +218,16 @@ def _journal() -> str | None:
             key.append(f"{f}:-")
     cache = _cache_dir("where")
     path = os.path.join(cache, _digest(key))
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read() or None
-    except OSError:
-        pass
+    got = _cached(path, key)
+    if got is not None:
+        return got or None
     try:
         from fleet.settings import load_settings
 
         journal = os.path.abspath(load_settings().path("journal"))
     except Exception:  # noqa: BLE001 - a settings error is said by the full program, the reference
         return None
-    try:
-        from fleet.files import write_atomic
-
-        os.makedirs(cache, mode=0o700, exist_ok=True)
-        write_atomic(path, journal)
-    except OSError:
-        pass
+    _keep(path, key, journal)
     return journal
 
 

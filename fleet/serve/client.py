@@ -1,16 +1,17 @@
 """Talking to a running ``fleet serve``: a Unix socket, one JSON request, a stream of JSON events
 back (one per line), the last one ``done`` or ``error``. Imports little: a face checks for the
-service on every run."""
+service on every run (``_socket`` rather than ``socket`` and :mod:`fleet.serve.wire` rather than
+``json``: those two load ``enum`` and ``re``, a few ms of every thin client's start)."""
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
 
 TYPE_CHECKING = False  # the thin client (fleet.cli.entry) imports this module: no typing at start
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterator
 
+from fleet.serve import wire
 from fleet.serve.paths import socket_path
 
 PROTOCOL = 1
@@ -20,13 +21,13 @@ class ServiceGone(Exception):
     """The service closed the connection before its answer (it stopped or crashed)."""
 
 
-def connect(journal: str, timeout: float = 2.0) -> socket.socket | None:
+def connect(journal: str, timeout: float = 2.0) -> _socket.socket | None:
     """A connection to this state directory's service, or None when none runs (no socket, or a
     stale one nobody listens on)."""
     path = socket_path(journal)
     if not os.path.exists(path):
         return None
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
@@ -41,7 +42,7 @@ class Reader:
     """The service's events on one connection, one at a time. The buffer lives here, so a Ctrl-C
     while waiting for the next event loses nothing: the caller may tell the service and read on."""
 
-    def __init__(self, sock: socket.socket, tick: float | None = None) -> None:
+    def __init__(self, sock: _socket.socket, tick: float | None = None) -> None:
         self.sock = sock
         self.buf = b""
         if tick is not None:
@@ -52,23 +53,23 @@ class Reader:
     def send(self, request: dict[str, Any]) -> None:
         from fleet import __version__
 
-        self.sock.sendall((json.dumps({**request, "version": __version__, "protocol": PROTOCOL}) + "\n").encode())
+        self.sock.sendall((wire.dumps({**request, "version": __version__, "protocol": PROTOCOL}) + "\n").encode())
 
     def next(self) -> dict[str, Any]:
         while b"\n" not in self.buf:
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except _socket.timeout:
                 continue
             if not chunk:
                 raise ServiceGone("the service closed the connection")
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        ev: dict[str, Any] = json.loads(line)
+        ev: dict[str, Any] = wire.loads(line)
         return ev
 
 
-def events(sock: socket.socket, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def events(sock: _socket.socket, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Send ``request`` and yield the service's events until its last one."""
     r = Reader(sock)
     r.send(request)

@@ -3,7 +3,6 @@ its lock and a small JSON note (pid, version, since). One service per user and s
 the directory of the journal setting, so a test's (or another profile's) state has its own."""
 from __future__ import annotations
 
-import json
 import os
 
 TYPE_CHECKING = False  # imported by the thin client (fleet.cli.entry): no typing at start
@@ -48,9 +47,11 @@ def info_path(journal: str) -> str:
 
 def read_info(journal: str) -> dict[str, Any] | None:
     """The running service's note, or None."""
+    from fleet.serve import wire
+
     try:
         with open(info_path(journal), encoding="utf-8") as f:
-            data = json.load(f)
+            data = wire.loads(f.read())
         return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None

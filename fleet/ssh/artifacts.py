@@ -46,6 +46,17 @@ def prune(base: Path, keep: int) -> list[str]:
     return gone
 
 
+def prune_soon(base: Path, keep: int, later: bool) -> None:
+    """:func:`prune` now, or ``later`` on a background thread: a long-lived caller (the service,
+    a ``Fleet`` object with warm connections) answers first."""
+    if not later:
+        prune(base, keep)
+        return
+    from fleet.workers import shared_pool
+
+    shared_pool("fleet-prune", 1).submit(prune, base, keep)
+
+
 @dataclass(frozen=True)
 class LastRun:
     """What ``--retry-failed`` reruns: the last run's command on its hosts that did not succeed."""
@@ -110,4 +121,4 @@ def last_failed(artifacts_dir: str) -> LastRun:
     return LastRun(run_id, str(doc.get("command") or ""), failed, note)
 
 
-__all__ = ["LastRun", "last_failed", "link_latest", "prune"]
+__all__ = ["LastRun", "last_failed", "link_latest", "prune", "prune_soon"]

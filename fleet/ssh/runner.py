@@ -147,8 +147,7 @@ class FanoutRunner:
                    command_redacted=self.label != self.command, operation=self.operation or "fanout")
         p = self.dir / "summary.json"
         with writing("the run's summary", p, "artifacts_dir"):
-            # the start's summary is replaced by the end's: only the end's is synced
-            write_atomic(p, json.dumps(doc, indent=2, sort_keys=True), 0o644, sync=finished)
+            write_atomic(p, json.dumps(doc, indent=2, sort_keys=True), 0o644, sync=finished)  # the end's synced
 
     def _lost_write(self, exc: OSError | StorageError, what: str = "fanout.log") -> None:
         """A write that failed once hosts were running: the run goes on (its results are whole in
@@ -351,13 +350,9 @@ class FanoutRunner:
                 self._write_summary(finished=True)
             except StorageError as exc:
                 self._lost_write(exc, "summary.json")
-            from fleet.ssh.artifacts import link_latest, prune
+            from fleet.ssh.artifacts import link_latest, prune_soon
             link_latest(self.dir.parent, self.dir)
-            if self.pool is None:
-                prune(self.dir.parent, self.options.artifacts_keep)
-            else:  # a long-lived caller (the service): old runs go after the answer, not before it
-                from fleet.workers import shared_pool
-                shared_pool("fleet-prune", 1).submit(prune, self.dir.parent, self.options.artifacts_keep)
+            prune_soon(self.dir.parent, self.options.artifacts_keep, later=self.pool is not None)
         if self._logfile is not None:
             try:
                 self._logfile.close()

@@ -64,9 +64,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _nodelay(sock: socket.socket) -> socket.socket:
-    """No Nagle on an SSH connection, as OpenSSH's ``set_nodelay``: a channel's close followed by
-    the next command's open are two small writes, and without it the open waits for the peer's
-    delayed ACK (~40 ms) on every command run over a kept connection."""
+    """No Nagle, as OpenSSH's ``set_nodelay``: else a kept connection's next channel open waits
+    for the peer's delayed ACK of the last close (~40 ms per command)."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
