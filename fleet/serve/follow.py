@@ -17,7 +17,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from fleet.audit.journal import ENDS, Journal, host_ended
+from fleet.audit.journal import ENDS, host_ended
+from fleet.audit.tail import tail_of
 from fleet.ops.canary_rest import GATE
 
 WINDOW = 24 * 3600.0  # dispatches older than a day are not picked up again
@@ -67,7 +68,7 @@ class OnceTrail:
     def _seen(self, operation: str, dispatch_id: str, detail: dict[str, Any], host: str = "") -> bool:
         sid = str(detail.get("session_id") or "")
         req = str(detail.get("request_id") or "")
-        for e in Journal(self._trail.journal.path).load().events:
+        for e in tail_of(self._trail.journal.path).events():
             if e.get("dispatch_id") != dispatch_id or str((e.get("detail") or {}).get("session_id") or "") != sid:
                 continue
             if host and e.get("host") and e.get("host") != host:
@@ -127,7 +128,7 @@ class Follower:
         if not os.path.exists(self.journal) or not self.may_act():
             return []
         started = []
-        for did in open_dispatches(Journal(self.journal).load().events):
+        for did in open_dispatches(tail_of(self.journal).events()):
             with self._lock:
                 if did in self.following or time.time() - self.rested.get(did, 0.0) < self.rest:
                     continue
