@@ -151,3 +151,26 @@ def test_a_served_call_loads_no_json_socket_hashlib_or_invoke_in_the_client(lab,
         line = [ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY")]
         assert line == ["HEAVY  CODE 0"], p.stderr
         assert "lab01" in p.stdout, p.stdout
+
+
+def test_sessions_with_persist_starts_the_service_for_the_next_call_and_it_leaves_when_idle(tmp_path):
+    """As fanout's first call does with 'persist' set (ControlMaster auto): sessions answers from
+    the servers this once, and the service it started is there for the next call."""
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("hosts:\n  h1: {address: 127.0.0.1, opencode: {url: 'http://127.0.0.1:9'}}\n")
+    sock = Path(os.environ["INVOKE_FLEET_JOURNAL"]).parent / "run" / "fleet.sock"
+    fleet = str(Path(sys.executable).parent / "fleet")
+    env = {**os.environ, "INVOKE_FLEET_PERSIST": "3"}
+    assert not sock.exists()
+    p = subprocess.run([fleet, "sessions", "--inventory", str(inv), "--json"], env=env, capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert "h1" in p.stdout + p.stderr
+    assert wait_for(lambda: sock.exists(), 15), "no service started"
+    st = subprocess.run([fleet, "serve", "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+    assert st.returncode == 0 and json.loads(st.stdout)["running"] is True, st.stdout + st.stderr
+    assert wait_for(lambda: not sock.exists(), 30), "the service did not leave after 'persist' idle seconds"
+    without = subprocess.run([fleet, "sessions", "--inventory", str(inv), "--json"], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    time.sleep(1.5)
+    assert not sock.exists() and "h1" in without.stdout + without.stderr  # no persist: nothing started

@@ -199,6 +199,9 @@ def _ask(fl: Any, request: dict[str, Any], timeout: float) -> tuple[Any, Any, di
 
     sock = client.connect(fl.settings.path("journal"))
     if sock is None:
+        if getattr(fl.settings, "persist", 0) > 0:
+            from fleet.serve.use import start_soon
+            start_soon(fl)  # as fanout's first call does; this one reads the servers, the next the board
         return None
     try:
         sock.settimeout(timeout)

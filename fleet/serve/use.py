@@ -35,19 +35,12 @@ def autostart(fl: Fleet, wait: float = 5.0) -> Any:
     """Start ``fleet serve`` in the background for this state directory (``persist`` set: as
     OpenSSH's ControlMaster auto + ControlPersist), gone after ``persist`` idle seconds; its
     connection, or None if it did not come up (the call then runs here)."""
-    import subprocess
-    import sys
     import time
 
-    from fleet.serve import client, paths
+    from fleet.serve import client
 
     journal = fl.settings.path("journal")
-    log = os.path.join(paths.ensure_run_dir(journal), "serve.log")
-    env = dict(os.environ, INVOKE_FLEET_JOURNAL=journal)
-    with open(log, "ab") as out:
-        subprocess.Popen([sys.executable, "-m", "fleet.cli.program", "serve", "--idle-exit",
-                          str(fl.settings.persist)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                         start_new_session=True, env=env, close_fds=True)
+    log = start_soon(fl)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         sock = client.connect(journal)
@@ -56,6 +49,25 @@ def autostart(fl: Fleet, wait: float = 5.0) -> Any:
         time.sleep(0.05)
     _say_once(f"fleet serve did not start in {wait:g}s (see {log}); running here")
     return None
+
+
+def start_soon(fl: Fleet) -> str:
+    """Start ``fleet serve`` in the background for this state directory, leaving after
+    ``persist`` idle seconds, without waiting for it (a second start finds the first's lock and
+    leaves). Returns its log's path."""
+    import subprocess
+    import sys
+
+    from fleet.serve import paths
+
+    journal = fl.settings.path("journal")
+    log = os.path.join(paths.ensure_run_dir(journal), "serve.log")
+    env = dict(os.environ, INVOKE_FLEET_JOURNAL=journal)
+    with open(log, "ab") as out:
+        subprocess.Popen([sys.executable, "-m", "fleet.cli.program", "serve", "--idle-exit",
+                          str(fl.settings.persist)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         start_new_session=True, env=env, close_fds=True)
+    return log
 
 
 def fanout_via_service(fl: Fleet, selector: str, command: str, *, mode: str | None, confirm: str | None,
