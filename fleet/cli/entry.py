@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 # Tasks a running service may run for this client: the SSH plane's, where warm connections are
 # the point. The rest (dispatch follows agents for minutes, mcp, serve, lab) runs here.
 SERVABLE = frozenset({"fanout", "retry", "preflight", "blow-away", "worktrees", "worktrees.remove"})
+# Tasks whose hosts are dialled while the program loads, when the same call ran before (fleet.ssh.early)
+EARLY = frozenset({"fanout"})
 
 
 def main() -> None:
@@ -36,17 +38,28 @@ def main() -> None:
     if argv in (["--list"], ["-l"]):
         _listed()
         return
+    key = None
     if argv and argv[0] in SERVABLE and not os.environ.get("FLEET_NO_SERVICE"):
-        code = _served(argv)
+        key = _settings_key()
+        code = _served(argv, key)
         if code is not None:
             sys.stdout.flush()
             raise SystemExit(code)
     light_invoke()
+    if argv and argv[0] in SERVABLE:
+        light_paramiko()
+    if argv and argv[0] in EARLY and not os.environ.get("FLEET_NO_EARLY_DIAL"):
+        from fleet.ssh.early import begin
+
+        begin(os.path.join(_cache_dir("early"), _digest(["early", *argv, *(key or _settings_key())])))
     from fleet.cli.program import main as full
 
     try:
         full()
     finally:
+        dialled = sys.modules.get("fleet.ssh.early")
+        if dialled is not None:
+            dialled.close()  # what was dialled early and not taken
         _quick_exit()
 
 
@@ -191,12 +204,9 @@ def light_invoke() -> None:
             del sys.modules["unittest.mock"]
 
 
-def _journal() -> str | None:
-    """Where this command's journal is (it names the state directory, so the service), as the
-    settings say for this directory and environment; remembered in the user's cache under
-    everything the answer depends on (the working directory, HOME and the XDG dirs, the
-    INVOKE_FLEET_* variables, the size and time of every settings file that could be read), so a
-    repeat does not load the settings code. The service checks the answer again (served.py)."""
+def _settings_key() -> list[str]:
+    """Everything the settings of a call here depend on: the working directory, HOME and the XDG
+    dirs, the INVOKE_FLEET_* variables, the size and time of every settings file that could be read."""
     env = os.environ
     cwd = os.getcwd()
     conf = os.path.join(env.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "fleet")
@@ -216,6 +226,14 @@ def _journal() -> str | None:
             key.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
         except OSError:
             key.append(f"{f}:-")
+    return key
+
+
+def _journal(key: list[str]) -> str | None:
+    """Where this command's journal is (it names the state directory, so the service), as the
+    settings say for this directory and environment; remembered in the user's cache under
+    ``key`` (:func:`_settings_key`), so a repeat does not load the settings code. The service
+    checks the answer again (served.py)."""
     cache = _cache_dir("where")
     path = os.path.join(cache, _digest(key))
     got = _cached(path, key)
@@ -231,9 +249,9 @@ def _journal() -> str | None:
     return journal
 
 
-def _served(argv: list[str]) -> int | None:
+def _served(argv: list[str], key: list[str]) -> int | None:
     """The exit status of the call a running service ran for us, or None: run it here."""
-    journal = _journal()
+    journal = _journal(key)
     if journal is None:
         return None
     from fleet.serve import client
@@ -289,3 +307,35 @@ def _served(argv: list[str]) -> int | None:
         return 1
     finally:
         s.close()
+
+
+def light_paramiko() -> None:
+    """Import paramiko without :mod:`importlib.metadata` (~25 ms; paramiko's only use of it is
+    reading its own version: it is read from its dist-info folder's name instead). Nothing is
+    left in ``sys.modules``: :mod:`importlib.metadata` loads as ever when used."""
+    if "paramiko" in sys.modules or "importlib.metadata" in sys.modules:
+        return
+    import importlib
+    import importlib.util
+    import types
+
+    try:
+        spec = importlib.util.find_spec("paramiko")
+        site = os.path.dirname(os.path.dirname(spec.origin or "")) if spec else ""
+        names = [n for n in os.listdir(site) if n.startswith("paramiko-") and n.endswith(".dist-info")]
+    except (OSError, ImportError, ValueError):
+        return
+    if len(names) != 1:
+        return  # not one installed copy: let paramiko ask importlib.metadata
+    version = names[0][len("paramiko-"):-len(".dist-info")]
+    stub = types.ModuleType("importlib.metadata")
+    stub.version = lambda name: version  # type: ignore[attr-defined]
+    sys.modules["importlib.metadata"] = stub
+    importlib.metadata = stub
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        if sys.modules.get("importlib.metadata") is stub:
+            del sys.modules["importlib.metadata"]
+        if getattr(importlib, "metadata", None) is stub:
+            del importlib.metadata
