@@ -271,6 +271,11 @@ class Fleet:
         if session:
             pair = (self.session_host(session, host), session)
             return self._with_trail(trail, lambda tr: wait_sessions([pair], strict=True, audit=tr, **kw), slack)
+        if timeout is None and on_permission == "ask" and not hosts:  # as the service follows it: its view
+            from fleet.serve.use import wait_via_service
+            run = wait_via_service(self, str(dispatch_id), on_event)
+            if run is not None:
+                return run
         return self._with_trail(trail, lambda tr: wait_dispatch(
             self.inventory, str(dispatch_id), hosts=self.select(hosts) if hosts else None, audit=tr, **kw), slack)
 

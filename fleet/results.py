@@ -215,6 +215,17 @@ class DispatchResult:
                 "files": [dict(f) for f in self.files], "todo": [dict(t) for t in self.todo], "pending": self.pending,
                 "worktree": self.worktree, "branch": self.branch}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DispatchResult:
+        """The result back from :meth:`to_dict` (what the service sends a face)."""
+        return cls(host=d["host"], outcome=FanoutOutcome(d["outcome"]), session_id=d.get("session_id", ""),
+                   url=d.get("url", ""), directory=d.get("directory", ""), answer=d.get("answer", ""),
+                   tokens=dict(d.get("tokens") or {}), cost=d.get("cost", 0.0), duration_ms=d.get("duration_ms", 0),
+                   error=d.get("error", ""), error_kind=d.get("error_kind", ""), created=bool(d.get("created")),
+                   waited=bool(d.get("waited", True)), issue=d.get("issue"),
+                   files=tuple(d.get("files") or ()), todo=tuple(d.get("todo") or ()), pending=d.get("pending", ""),
+                   worktree=d.get("worktree", ""), branch=d.get("branch", ""))
+
 @dataclass
 class DispatchRun(RunSummary):
     """A dispatch over one or many hosts."""
@@ -233,6 +244,14 @@ class DispatchRun(RunSummary):
         return {"dispatch_id": self.dispatch_id, "task": self.task, "repo": self.repo, "mode": self.mode,
                 "interrupted": self.interrupted, "exit_code": self.exit_code, "duration_ms": self.duration_ms,
                 "notes": list(self.notes), "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DispatchRun:
+        """The run back from :meth:`to_dict` (what the service sends a face)."""
+        return cls(dispatch_id=d["dispatch_id"], task=d.get("task", ""), repo=d.get("repo", ""),
+                   mode=d.get("mode", ""), results=[DispatchResult.from_dict(r) for r in d.get("results") or ()],
+                   interrupted=bool(d.get("interrupted")), notes=list(d.get("notes") or ()),
+                   duration_ms=d.get("duration_ms", 0))
 
 @dataclass(frozen=True)
 class SessionRow:

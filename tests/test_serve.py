@@ -131,8 +131,20 @@ def test_a_no_wait_dispatch_is_followed_to_its_end_with_nobody_at_a_terminal(ala
         did, sid = sent["dispatch_id"], sent["results"][0]["session_id"]
         # no dispatch or wait process is alive now: the service journals the request...
         assert wait_for(lambda: ops_of(did, "needs_input")), journal()[-5:]
-        a = fleet("approve", "--inventory", str(alab.inventory), "--session", sid)
-        assert a.returncode == 0, a.stderr
+        # a `fleet wait` now is given the service's view: it waits on the service's follow
+        w = subprocess.Popen([FLEET, "wait", "--inventory", str(alab.inventory), "--dispatch", did, "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: json.loads(fleet("serve", "status", "--json").stdout)["waiting"].get(did), 20)
+            a = fleet("approve", "--inventory", str(alab.inventory), "--session", sid)
+            assert a.returncode == 0, a.stderr
+            out, err = w.communicate(timeout=90)
+        finally:
+            if w.poll() is None:
+                w.kill()
+        assert w.returncode == 0, err
+        got = json.loads(out)
+        assert [(r["host"], r["outcome"], r["session_id"]) for r in got["results"]] == [("lab01", "SUCCESS", sid)]
         # ...and the end, once
         assert wait_for(lambda: ops_of(did, "completed"))
         time.sleep(2.5)  # a second report would come within the service's grace (2 s)
@@ -243,3 +255,30 @@ def test_a_follow_that_failed_is_retried_soon_not_after_the_rest(tmp_path):
     assert wait_for(lambda: len(tries) == 1 and not f.following)
     assert wait_for(lambda: f.scan() or len(tries) == 2, timeout=5)
     assert f.errors and f.errors[0].startswith("dx-1: ValueError")
+
+
+def test_a_face_waiting_on_the_service_gets_its_live_events_and_run_or_waits_itself(tmp_path):
+    from fleet.results import DispatchResult, DispatchRun, FanoutOutcome
+    from fleet.serve.follow import Follower
+
+    j = tmp_path / "journal.jsonl"
+    j.write_text(json.dumps({"type": "event", "id": "e1", "operation": "dispatch_requested", "dispatch_id": "dx-1",
+                             "host": "h", "outcome": "", "epoch": time.time()}) + "\n")
+
+    def follow(did: str) -> DispatchRun:
+        f.relay(did)("h", "session", "ses_1")
+        return DispatchRun(did, "t", "r", results=[DispatchResult("h", FanoutOutcome.SUCCESS, session_id="ses_1")])
+    f = Follower(str(j), follow, interval=60)
+    sent: list[dict] = []
+    r, w = os.pipe()
+    try:
+        f.answer_wait({"dispatch_id": "dx-1"}, sent.append, os.fdopen(r, "rb"))
+    finally:
+        os.close(w)
+    assert [e["event"] for e in sent] == ["following", "live", "done"], sent
+    assert sent[1] == {"event": "live", "host": "h", "kind": "session", "text": "ses_1"}
+    assert sent[2]["run"]["results"][0]["session_id"] == "ses_1" and f.waiting() == {}
+    # a dispatch its journal does not hold open: the face follows the agents itself
+    other: list[dict] = []
+    f.answer_wait({"dispatch_id": "dx-2"}, other.append, None)
+    assert other == [{"event": "fallback"}] and f.waiting() == {}

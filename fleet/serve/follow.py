@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import threading
 import time
 from typing import Any, Callable
@@ -114,6 +115,7 @@ class Follower:
         self.failures: dict[str, int] = {}
         self.followed_total = 0
         self.errors: list[str] = []
+        self._waiting: dict[str, list[queue.Queue[tuple[Any, ...]]]] = {}  # faces waiting on a dispatch (wait)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,19 +142,73 @@ class Follower:
 
     def _one(self, did: str) -> None:
         failed = False
+        run: Any = None
         try:
-            self._follow(did)
+            run = self._follow(did)
         except Exception as exc:  # noqa: BLE001 - one dispatch's trouble never stops the others
             self.errors.append(f"{did}: {type(exc).__name__}: {exc}")
             failed = True
         finally:
             with self._lock:
                 self.following.pop(did, None)
+                for q in self._waiting.pop(did, []):  # a face's wait: the run, or None (it waits itself)
+                    q.put(("done", run.to_dict() if hasattr(run, "to_dict") else None))
                 n = self.failures.get(did, 0) + 1 if failed else 0
                 self.failures[did] = n
                 # rested such that it is picked up again after min(rest, interval * 2**(n-1))
                 wait = min(self.rest, self.interval * 2 ** (n - 1)) if n else self.rest
                 self.rested[did] = time.time() - self.rest + wait
+
+    def waiting(self) -> dict[str, int]:
+        """How many faces wait on each dispatch the service follows (``fleet wait``)."""
+        with self._lock:
+            return {d: len(qs) for d, qs in self._waiting.items() if qs}
+
+    def relay(self, did: str) -> Callable[[str, str, str], None]:
+        """The live-event hook of ``did``'s follow: each event goes to the faces waiting on it."""
+        def on_event(host: str, kind: str, text: str) -> None:
+            with self._lock:
+                qs = list(self._waiting.get(did, ()))
+            for q in qs:
+                q.put(("live", host, kind, text))
+        return on_event
+
+    def answer_wait(self, req: dict[str, Any], send: Callable[[dict[str, Any]], None], rfile: Any) -> None:
+        """``{"op": "wait", "dispatch_id": ID}``: ``following``, then ``live`` events (host, kind,
+        text) as the service's follow sees them, then ``done`` with its run (``run`` None: the
+        follow failed, the face waits itself). ``fallback`` when the service does not follow it
+        (not open in its journal, or it stands by)."""
+        did = str(req.get("dispatch_id") or "")
+        q: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        with self._lock:
+            self._waiting.setdefault(did, []).append(q)
+        if did not in self.following:
+            with self._lock:  # picked up now, as the next scan would, when it is open
+                self.rested.pop(did, None)
+            self.scan()
+        with self._lock:
+            if did not in self.following and q.empty():
+                self._waiting.get(did, []).remove(q)
+                send({"event": "fallback"})
+                return
+        send({"event": "following"})
+
+        def client() -> None:  # the face sends nothing more: the end of its stream is the face gone
+            rfile.readline()
+            q.put(("gone",))
+        threading.Thread(target=client, name="fleet-wait-client", daemon=True).start()
+        while True:
+            item = q.get()
+            if item[0] == "gone":
+                with self._lock:
+                    if q in self._waiting.get(did, []):
+                        self._waiting[did].remove(q)
+                return
+            if item[0] == "live":
+                send({"event": "live", "host": item[1], "kind": item[2], "text": item[3]})
+            else:
+                send({"event": "done", "run": item[1]})
+                return
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -264,6 +264,10 @@ class Service:
                 self._fanout(req, send, f)
             elif op == "cli":
                 self._cli(req, send, f)
+            elif op == "wait":  # a face's wait on a dispatch the follower follows, as the face would follow it
+                same = [req.get("timeout"), req.get("stall_timeout")] == [self.settings.dispatch_timeout,
+                                                                           self.settings.stall_timeout]
+                self.follower.answer_wait(req, send, f) if self.follower and same else send({"event": "fallback"})
             elif op in ("board", "watch"):  # sessions and watch, from the live board (else: fallback)
                 self.board.answer(op, req, send, f) if self.board is not None else send({"event": "fallback"})
             else:
@@ -291,7 +295,7 @@ class Service:
                 "served_calls": self.served_calls,
                 "socket": paths.socket_path(self.journal), "warm": sum(len(v) for v in self.pool._free.values()),
                 "following": sorted(fol.following) if fol else [],
-                "followed_total": fol.followed_total if fol else 0,
+                "followed_total": fol.followed_total if fol else 0, "waiting": fol.waiting() if fol else {},
                 "errors": (fol.errors[-5:] if fol else []), "board": self.board.status() if self.board else None,
                 "lease": ({**(self.lease.read() or {}), "path": self.lease.path, "mine": self.holding}
                           if self.lease is not None else None)}
@@ -375,7 +379,7 @@ class Service:
         trail = fl.trail()
         try:
             once = OnceTrail(trail, os.path.join(paths.run_dir(self.journal), "ends.lock"))
-            return fl.wait(dispatch_id=did, trail=once)
+            return fl.wait(dispatch_id=did, trail=once, on_event=self.follower.relay(did) if self.follower else None)
         finally:
             trail.close()
 

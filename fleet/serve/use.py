@@ -12,7 +12,7 @@ from fleet.errors import FleetError
 
 if TYPE_CHECKING:  # pragma: no cover
     from fleet.app import Fleet
-    from fleet.results import FanoutRun
+    from fleet.results import DispatchRun, FanoutRun
     from fleet.ssh.options import FanoutOptions
 
 
@@ -132,3 +132,48 @@ def fanout_via_service(fl: Fleet, selector: str, command: str, *, mode: str | No
             raise KeyboardInterrupt
         raise ServiceSaid(last["message"], int(last.get("exit_code") or 1))
     return FanoutRun.from_dict(last["run"])
+
+
+def wait_via_service(fl: Fleet, dispatch_id: str, on_event: Any = None) -> DispatchRun | None:
+    """``fleet wait --dispatch ID`` as the service's follower sees it, when the service follows
+    that dispatch with the same timeouts this call would use: its live events, then its run (its
+    needs-input and end were journaled, and so posted, once, by the service). A follow of the
+    service's that timed out before this call's own timeout is waited on again. None: no service
+    follows it here; the caller follows the agents itself. Ctrl-C stops the waiting, not the
+    agents (nor the service's following)."""
+    import time
+
+    if os.environ.get("FLEET_NO_SERVICE") or not getattr(fl, "_use_service", True):
+        return None
+    deadline = time.monotonic() + fl.settings.dispatch_timeout
+    while True:
+        run = _wait_once(fl, dispatch_id, on_event)
+        if run is None or time.monotonic() >= deadline or all(r.outcome.value != "TIMEOUT" for r in run.results):
+            return run
+
+
+def _wait_once(fl: Fleet, dispatch_id: str, on_event: Any) -> DispatchRun | None:
+    from fleet.serve import client
+
+    sock = client.connect(fl.settings.path("journal"))
+    if sock is None:
+        return None
+    from fleet.results import DispatchRun
+
+    try:
+        reader = client.Reader(sock, tick=0.25)
+        reader.send({"op": "wait", "dispatch_id": dispatch_id, "timeout": fl.settings.dispatch_timeout,
+                     "stall_timeout": fl.settings.stall_timeout})
+        while True:
+            ev = reader.next()
+            kind = ev.get("event")
+            if kind == "live" and on_event is not None:
+                on_event(ev["host"], ev["kind"], ev["text"])
+            elif kind == "done":
+                return DispatchRun.from_dict(ev["run"]) if ev.get("run") else None
+            elif kind not in ("following", "live"):
+                return None  # fallback, another version, an error: the caller follows them itself
+    except (OSError, ValueError, client.ServiceGone):
+        return None
+    finally:
+        sock.close()

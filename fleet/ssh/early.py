@@ -125,6 +125,7 @@ class Early:
             self.listed.set()
 
     def _start(self) -> None:
+        import logging
         from concurrent.futures import ThreadPoolExecutor
 
         from fleet.inventory import load_inventory
@@ -133,6 +134,8 @@ class Early:
         from fleet.ssh.preflight import config_for
         from fleet.ssh.session import KeyCache, SSHLink
 
+        # paramiko logs handshake trouble with tracebacks; the run reports each failure itself, once
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         o = dict(self.rec["options"])
         o["accept_host_keys_for"] = frozenset(o.get("accept_host_keys_for") or ())
         o["collect"] = tuple(o.get("collect") or ())
