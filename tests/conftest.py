@@ -136,7 +136,7 @@ class SharedAgentLab:
         self.dir: Path | None = None
         self.lab = None
         self.heads: dict[Path, str] = {}
-        self.last_user: str | None = None  # node id of the last collected test using it
+        self.last_user: pytest.Item | None = None  # the last test to run that uses it
 
     def get(self):
         if self.lab is None:
@@ -259,23 +259,55 @@ def _reseed_repos(lb, heads: dict[Path, str]) -> None:
                 shutil.rmtree(p)
 
 
+AGENT_LAB_GROUP = "agent_lab"  # the xdist_group of the modules that use the shared agent lab
+_SHARED_SCOPES = ("package", "module", "class")
+
+
+def _module_of(item) -> str:
+    return item.nodeid.split("::")[0]
+
+
+def _shares_fixture(item) -> bool:
+    """Whether ``item`` uses a fixture wider than a test and narrower than the session (set up
+    once per worker that runs any of its users)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", None) or {}
+    return any(getattr(d, "scope", None) in _SHARED_SCOPES for ds in defs.values() for d in ds)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(session, config, items):
     """Run the modules that use the shared agent lab one after another, where the first of them
-    was; note the last test that uses it (the lab goes down after it)."""
-    users = {it.nodeid.split("::")[0] for it in items if AGENT_LAB_FIXTURE in getattr(it, "fixturenames", ())}
-    if not users:
-        return
-    first = next(i for i, it in enumerate(items) if it.nodeid.split("::")[0] in users)
-    group = [it for it in items if it.nodeid.split("::")[0] in users]
-    rest = [it for it in items if it.nodeid.split("::")[0] not in users]
-    items[:] = rest[:first] + group + rest[first:]
-    SHARED_AGENTS.last_user = [it for it in group if AGENT_LAB_FIXTURE in it.fixturenames][-1].nodeid
+    was (the lab goes down after the last test that uses it: pytest_collection_finish).
+
+    Under ``pytest-xdist --dist loadgroup``, each worker has session fixtures of its own: those
+    modules are one ``xdist_group`` (one worker, in this order, so one agent lab), and a test
+    that uses a module- or class-scoped fixture is grouped with its module (that fixture is set up
+    once, not on every worker). Other tests go wherever a worker is free."""
+    users = {_module_of(it) for it in items if AGENT_LAB_FIXTURE in getattr(it, "fixturenames", ())}
+    if users:
+        first = next(i for i, it in enumerate(items) if _module_of(it) in users)
+        group = [it for it in items if _module_of(it) in users]
+        rest = [it for it in items if _module_of(it) not in users]
+        items[:] = rest[:first] + group + rest[first:]
+    for it in items:
+        if _module_of(it) in users:
+            it.add_marker(pytest.mark.xdist_group(AGENT_LAB_GROUP))
+        elif _shares_fixture(it):
+            it.add_marker(pytest.mark.xdist_group(_module_of(it)))
+
+
+def pytest_collection_finish(session):
+    """Note the last test to run that uses the shared agent lab, once every plugin has ordered and
+    deselected (an xdist worker runs that whole group, in this order)."""
+    users = [it for it in session.items if AGENT_LAB_FIXTURE in getattr(it, "fixturenames", ())]
+    SHARED_AGENTS.last_user = users[-1] if users else None
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     yield
-    if item.nodeid == SHARED_AGENTS.last_user:
+    if item is SHARED_AGENTS.last_user:
         SHARED_AGENTS.close()
 
 

@@ -53,6 +53,7 @@ SERVERS = {
     "othername": ("ed25519", "ca", "other.example,db.internal", "-1h:+1h"),
     "rsa": ("rsa", "ca_rsa", "localhost", "-1h:+1h"),
     "ecdsa": ("ecdsa", "ca_ecdsa", "localhost", "-1h:+1h"),
+    "two": ("ed25519", "ca", "localhost", "-1h:+1h"),  # and a plain RSA host key
 }
 
 
@@ -86,6 +87,7 @@ def world(tmp_path_factory):
             lines = [ln for ln in template if not ln.startswith(("ListenAddress", "HostKey", "PidFile"))]
             lines += [f"ListenAddress 127.0.0.1:{ports[name]}", f"HostKey {hostkey[kind]}",
                       f"HostCertificate {cert}", f"PidFile {sd / 'sshd.pid'}"]
+            lines += [f"HostKey {hostkey['rsa']}"] if name == "two" else []
             (sd / "sshd_config").write_text("\n".join(lines) + "\n")
             subprocess.run([find_sshd(), "-f", str(sd / "sshd_config"), "-E", str(sd / "sshd.log")], check=True,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=20)
@@ -131,7 +133,7 @@ CASES = {
     "other_ca": ("valid", ["@cert-authority * {other_ca}"], "", False, "unknown_host_key",
                  "is not signed by a trusted CA"),
     "ca_pattern_not_matching": ("valid", ["@cert-authority *.example.com {ca}"], "", False, "unknown_host_key",
-                                "no @cert-authority line is for [localhost]:"),
+                                "is for *.example.com, not [localhost]:"),
     "ca_revoked": ("valid", ["@cert-authority * {ca}", "@revoked * {ca}"], "", False, "host_key_revoked",
                    "REVOKED CA"),
     "cert_key_revoked": ("valid", ["@cert-authority * {ca}", "@revoked * {host_ed25519}"], "", False,
@@ -139,6 +141,18 @@ CASES = {
     "expired_cert_plain_key_known": ("expired", ["{name} {host_ed25519}", "@cert-authority * {ca}"], "", True,
                                      "", ""),
     "plain_key_only": ("valid", ["{name} {host_ed25519}"], "", True, "", ""),
+    # HostKeyAlgorithms: an explicit list is asked for as written, so a known key of another type
+    # does not count; +/- keep preferring what known_hosts has; none the server has: no handshake
+    "hostkeyalgorithms_without_the_known_type": ("two", ["{name} {host_ed25519}"],
+                                                 "HostKeyAlgorithms rsa-sha2-512,rsa-sha2-256", False,
+                                                 "unknown_host_key", "ssh-rsa"),
+    "hostkeyalgorithms_plus_prefers_the_known": ("two", ["{name} {host_rsa}"], "HostKeyAlgorithms +ssh-rsa", True,
+                                                 "", ""),
+    "hostkeyalgorithms_none_the_server_has": ("rsa", ["{name} {host_rsa}"], "HostKeyAlgorithms ssh-ed25519", False,
+                                              "connect_failed", "fix HostKeyAlgorithms in ssh_config"),
+    "casignaturealgorithms_refuses_the_ca": ("valid", ["@cert-authority * {ca}"],
+                                             "CASignatureAlgorithms rsa-sha2-512,rsa-sha2-256", False,
+                                             "unknown_host_key", "CASignatureAlgorithms does not allow"),
 }
 
 
@@ -196,10 +210,13 @@ def test_refusals_say_what_to_do(verdicts):
     assert "(its CA is ssh-ed25519 SHA256:" in results["other_ca"].error
 
 
-def test_certificate_algorithms_are_asked_for_only_when_a_ca_could_match(verdicts):
-    """As OpenSSH's order_hostkeyalgs: every certificate algorithm first when a @cert-authority
-    line could match the host, else the plain known types (no certificate asked for first);
-    and the handshake really gets the certificate (its algorithm is the one agreed)."""
+def test_certificate_algorithms_are_asked_for_as_openssh_orders_them(verdicts):
+    """As OpenSSH's order_hostkeyalgs (ssh -vvv says "have matching best-preference key type"):
+    every certificate algorithm first when a @cert-authority line could match the host, else the
+    algorithms known_hosts has a key of that type for first (a certificate algorithm counts for its
+    plain key's type), the rest after, in HostKeyAlgorithms' order; and the handshake really gets
+    what was asked for first that the server has (its algorithm is the one agreed)."""
+    from fleet.ssh.algs import DEFAULT_HOST_KEY
     from fleet.ssh.config import load_ssh_config, resolve_host
     from fleet.ssh.hostkeys import HostKeyStore
     from fleet.ssh.session import KeyCache, SSHSession
@@ -213,9 +230,13 @@ def test_certificate_algorithms_are_asked_for_only_when_a_ca_could_match(verdict
         host = inv.host(case)
         hop = resolve_host(host, cfg)
         algs = store.host_key_algorithms(hop)
-        assert (bool(algs) and algs[0].endswith(CERT)) == (case not in ("plain_key_only", "ca_pattern_not_matching"))
+        assert sorted(algs) == sorted(DEFAULT_HOST_KEY)
         if case == "plain_key_only":
-            assert algs == ["ssh-ed25519"]
+            assert algs[:2] == ["ssh-ed25519" + CERT, "ssh-ed25519"] and not algs[2].startswith("ssh-ed25519")
+        elif case == "ca_pattern_not_matching":
+            assert algs == list(DEFAULT_HOST_KEY)  # nothing known: verbatim
+        else:
+            assert all(a.endswith(CERT) for a in algs[:8])
         sess = SSHSession(host, hop, store, KeyCache(), 10.0)
         try:
             try:
@@ -228,7 +249,9 @@ def test_certificate_algorithms_are_asked_for_only_when_a_ca_could_match(verdict
             sess.close()
     assert agreed["valid"] == agreed["valid_ca_for_host_without_port"] == "ssh-ed25519" + CERT
     assert agreed["valid_rsa_cert_rsa_ca"] == "rsa-sha2-512" + CERT
-    assert agreed["plain_key_only"] == agreed["ca_pattern_not_matching"] == "ssh-ed25519"
+    # as ssh: the certificate is asked for first (its plain key's type is known, or nothing is); with no
+    # CA for it, its plain key is what known_hosts decides on (accepted, resp. unknown)
+    assert agreed["plain_key_only"] == agreed["ca_pattern_not_matching"] == "ssh-ed25519" + CERT
 
 
 def test_user_forged_and_truncated_certificates_are_refused(world):

@@ -31,7 +31,7 @@ CORPUS = Path(__file__).resolve().parent / "ssh_configs"
 PW_HOME = pwd.getpwuid(os.getuid()).pw_dir
 KEYS = ("hostname", "port", "user", "identitiesonly", "connecttimeout", "hostkeyalias", "userknownhostsfile",
         "globalknownhostsfile", "stricthostkeychecking", "hashknownhosts", "proxyjump", "sendenv", "setenv",
-        "canonicalizehostname")
+        "canonicalizehostname", "hostkeyalgorithms", "casignaturealgorithms")
 SSH_WORDS = {"stricthostkeychecking": {"true": "yes", "false": "off"},
              "canonicalizehostname": {"true": "yes", "false": "no"}}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import BadInput
+from fleet.ssh import algs
 from fleet.ssh import sshlex as lx
 from fleet.ssh.knownhosts import key_name
 from fleet.ssh.sshmatch import match_pattern_list
@@ -74,6 +75,9 @@ class Hop:
     host_key_alias: str | None = None  # HostKeyAlias, when set
     proxy_jump: str | None = None  # ProxyJump as ssh -G prints it, when set
     revoked_host_keys: str | None = None  # RevokedHostKeys (expanded), when set: keys ssh refuses
+    host_key_algorithms: tuple[str, ...] = algs.DEFAULT_HOST_KEY  # HostKeyAlgorithms, assembled (fleet.ssh.algs)
+    prefer_known: bool = True      # known_hosts' types asked for first (HostKeyAlgorithms unset, + or -)
+    ca_signature_algorithms: tuple[str, ...] = algs.DEFAULT_CA_SIGNATURE  # CASignatureAlgorithms, assembled
 
     def chain(self) -> list["Hop"]:
         """Every hop from the first to this one."""
@@ -143,7 +147,9 @@ class SSHConfigFiles(_ConfigBase):
                           globalknownhostsfile=" ".join(hop.global_known_hosts) or "none",
                           stricthostkeychecking=hop.strict, hashknownhosts="yes" if hop.hash_known_hosts else "no",
                           sendenv=list(o.sendenv), setenv=list(o.setenv),
-                          canonicalizehostname=o.get("canonicalizehostname") or "no")
+                          canonicalizehostname=o.get("canonicalizehostname") or "no",
+                          hostkeyalgorithms=",".join(hop.host_key_algorithms),
+                          casignaturealgorithms=",".join(hop.ca_signature_algorithms))
         if o.get("hostkeyalias"):
             d["hostkeyalias"] = lx.lower(o.get("hostkeyalias"))
         jump = o.get("jump")
@@ -323,6 +329,16 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
         except lx.LexError as exc:
             raise bad(o.at["proxycommand"], f"ProxyCommand: {exc}") from None
     ct = o.get("connecttimeout")
+    hka = o.get("hostkeyalgorithms")
+    lists: dict[str, tuple[str, ...]] = {}
+    for field, kw, word, default, known in (
+            ("host_key_algorithms", "hostkeyalgorithms", "HostKeyAlgorithms", algs.DEFAULT_HOST_KEY, algs.ALL_HOST_KEY),
+            ("ca_signature_algorithms", "casignaturealgorithms", "CASignatureAlgorithms", algs.DEFAULT_CA_SIGNATURE,
+             algs.ALL_SIGNATURE)):
+        try:
+            lists[field] = algs.assemble(o.get(kw), default, known)
+        except ValueError as exc:
+            raise bad(o.at[kw], f"{word}: {exc}") from None
     hop = Hop(name=name, hostname=host, port=port, user=user, key_name=key_name(host, port, alias),
               identities=tuple(identities),
               identities_only=identities_only if identities_only is not None else bool(o.get("identitiesonly")),
@@ -332,7 +348,8 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
               hash_known_hosts=bool(o.get("hashknownhosts")), strict=strict, host_key_alias=alias,
               proxy_jump=jump.spec() if via is not None and jump is not None else None,
               revoked_host_keys=path(rk, o.at.get("revokedhostkeys", "RevokedHostKeys"))
-              if (rk := o.get("revokedhostkeys")) and lx.lower(rk) != "none" else None)
+              if (rk := o.get("revokedhostkeys")) and lx.lower(rk) != "none" else None,
+              prefer_known=algs.prefers_known(hka), **lists)
     return hop, o
 
 

@@ -181,11 +181,12 @@ def parse_cert(blob: bytes) -> HostCert:
                     critical, extensions, ca_blob, signature, signed)
 
 
-def signature_problem(cert: HostCert) -> str | None:
-    """Why the CA's signature on ``cert`` is not acceptable to ssh, or None if it verifies."""
+def signature_problem(cert: HostCert, allowed: tuple[str, ...] = CA_SIGNATURE_ALGORITHMS) -> str | None:
+    """Why the CA's signature on ``cert`` is not acceptable to ssh (``allowed``: its
+    CASignatureAlgorithms), or None if it verifies."""
     alg = cert.signature_algorithm
-    if alg not in CA_SIGNATURE_ALGORITHMS:
-        return f"is signed with {alg}, which ssh's CASignatureAlgorithms refuses"
+    if alg not in allowed:
+        return f"is signed with {alg}, which CASignatureAlgorithms does not allow"
     cls = _CA_CLASSES.get(cert.ca_type)
     if cls is None:
         return f"is signed by a {cert.ca_type} CA key, which fleet cannot verify"
@@ -197,10 +198,11 @@ def signature_problem(cert: HostCert) -> str | None:
     return None if ok else "has a CA signature that does not verify (forged or corrupted)"
 
 
-def cert_problem(cert: HostCert, principal: str, now: float | None = None) -> str | None:
+def cert_problem(cert: HostCert, principal: str, now: float | None = None,
+                 allowed: tuple[str, ...] = CA_SIGNATURE_ALGORITHMS) -> str | None:
     """Why ssh would not accept ``cert`` (already known to be signed by a trusted CA) for a host
     it connects to as ``principal``, in words for a message, or None when it would."""
-    bad = signature_problem(cert)
+    bad = signature_problem(cert, allowed)
     if bad:
         return bad
     if cert.type != HOST_CERT:

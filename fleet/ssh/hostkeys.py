@@ -28,7 +28,7 @@ import paramiko
 from fleet.errors import HostKeyChanged, HostKeyRevoked, UnknownHostKey
 from fleet.inventory import Host
 from fleet.ssh.config import Hop
-from fleet.ssh.hostcert import CERT_ALGORITHMS, CERT_SUFFIX, CertError, cert_problem, parse_cert
+from fleet.ssh.hostcert import CERT_SUFFIX, CertError, cert_problem, parse_cert
 from fleet.ssh.knownhosts import Entry, KnownHosts, Verdict, hash_name
 
 
@@ -141,14 +141,22 @@ class HostKeyStore:
         return self.kh.known_types(self.files_for(hop), hop.key_name)
 
     def host_key_algorithms(self, hop: Hop) -> list[str]:
-        """The host-key algorithms to ask for first, as OpenSSH's order_hostkeyalgs: every
-        certificate algorithm when a ``@cert-authority`` line could match ``hop``, then the plain
-        types known for it (an RSA key as its SHA-2 signature algorithms)."""
+        """The host-key algorithms to ask for, in order: ``hop``'s HostKeyAlgorithms (assembled as
+        ssh does, :mod:`fleet.ssh.algs`), and unless it was given as an explicit list, first those
+        known_hosts can check, as OpenSSH's order_hostkeyalgs: every certificate algorithm when a
+        ``@cert-authority`` line could match ``hop``, the plain types known for it (an RSA key as
+        its SHA-2 signature algorithms)."""
+        allowed = list(hop.host_key_algorithms)
+        if not hop.prefer_known:
+            return allowed
         files = self.files_for(hop)
-        out = list(CERT_ALGORITHMS) if self.kh.authorities(files, hop.key_name, _bare(hop)) else []
-        for kt in self.kh.known_types(files, hop.key_name):
-            out += ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"] if kt == "ssh-rsa" else [kt]
-        return out
+        ca = bool(self.kh.authorities(files, hop.key_name, _bare(hop)))
+        types = set(self.kh.known_types(files, hop.key_name))
+
+        def known(alg: str) -> bool:  # a certificate algorithm counts for its plain key's type too
+            plain = alg.replace("-cert-v01@openssh.com", "")
+            return (ca and plain != alg) or ("ssh-rsa" if plain in ("rsa-sha2-512", "rsa-sha2-256") else plain) in types
+        return [a for a in allowed if known(a)] + [a for a in allowed if not known(a)]
 
     def _cert_problem(self, hop: Hop, host: Host, blob: bytes, files: tuple[str, ...], where: str) -> str | None:
         """None if the host certificate ``blob`` is accepted as ssh accepts it, else why not
@@ -168,7 +176,7 @@ class HostKeyStore:
             why = (f"the @cert-authority line for it, {other.path}:{other.line}, is for {_patterns(other)}, not "
                    f"{hop.key_name}" if other is not None else f"no @cert-authority line for {hop.key_name} lists it")
             return f"host certificate for {where} is not signed by a trusted CA (its CA is {cafp}; {why})"
-        bad = cert_problem(cert, hop.host_key_alias or hop.hostname)
+        bad = cert_problem(cert, hop.host_key_alias or hop.hostname, allowed=hop.ca_signature_algorithms)
         return None if bad is None else f"host certificate for {where} {bad}"
 
     def _ca_hint(self, hop: Hop, files: tuple[str, ...]) -> str:

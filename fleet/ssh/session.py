@@ -42,6 +42,7 @@ from fleet.errors import (  # noqa: F401
 )
 from fleet.inventory import Host
 from fleet.results import PreflightResult
+from fleet.ssh.algs import explain
 from fleet.ssh.config import Hop
 from fleet.ssh.fastauth import take_early
 from fleet.ssh.hostkeys import (  # noqa: F401
@@ -73,18 +74,17 @@ def _nodelay(sock: socket.socket) -> socket.socket:
     return sock
 
 
-def _transport_factory(preferred: list[str]) -> Callable[..., paramiko.Transport]:
-    """Transports asking for the ``preferred`` host-key algorithms first (certificate ones
-    included, see :meth:`HostKeyStore.host_key_algorithms`), then paramiko's others."""
+def _transport_factory(wanted: list[str]) -> Callable[..., paramiko.Transport]:
+    """Transports asking for the ``wanted`` host-key algorithms, in that order, and no other (as
+    ssh's HostKeyAlgorithms, see :meth:`HostKeyStore.host_key_algorithms`): those paramiko verifies."""
+    ask = [k for k in wanted if k in paramiko.Transport._key_info]  # type: ignore[attr-defined]  # noqa: SLF001
+
     def make(sock, disabled_algorithms=None):
+        if not ask:  # as ssh's "no matching host key type", before a word is sent
+            raise paramiko.SSHException("no acceptable host key: fleet can verify none of HostKeyAlgorithms")
         t = HostKeyTransport(sock, disabled_algorithms=disabled_algorithms)
         t._channel_handler_table = CHANNEL_HANDLERS  # type: ignore[attr-defined]  # noqa: SLF001
-        if preferred:
-            opts = t.get_security_options()
-            have = list(opts.key_types)
-            known = t._key_info  # type: ignore[attr-defined]  # noqa: SLF001 - what paramiko can verify
-            first = [k for k in preferred if k in known]
-            opts.key_types = first + [k for k in have if k not in first]
+        t.get_security_options().key_types = ask
         return t
     return make
 
@@ -242,7 +242,7 @@ class SSHSession:
             if any(w in low for w in ("banner", "timeout", "timed out", "no existing session")):
                 raise ConnectTimeout(h.name, f"{where} accepted the connection but sent no SSH greeting "
                                      f"within {ct:g}s (is sshd running on that port?)") from None
-            raise ConnectFailed(h.name, f"SSH handshake with {where} failed: {msg}") from None
+            raise ConnectFailed(h.name, f"SSH handshake with {where} failed: {explain(msg, hop)}") from None
         except (EOFError, OSError) as exc:
             raise ConnectFailed(h.name, f"connection to {where} was closed during the handshake: "
                                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None

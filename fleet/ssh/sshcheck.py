@@ -65,6 +65,14 @@ def check_line(ln: "LineLike", kind: str) -> Any:
             return lx.multistate(arg, lx.STRICT)
         if kw == "canonicalizehostname":
             return lx.multistate(arg, lx.CANONICALIZE)
+        if kw in ("hostkeyalgorithms", "casignaturealgorithms") and arg[:1] != "-":
+            from fnmatch import fnmatchcase
+
+            from fleet.ssh import algs
+            known = algs.ALL_HOST_KEY if kw[0] == "h" else algs.ALL_SIGNATURE  # a CA signs with a plain key
+            names = arg[1:] if arg[:1] in "+^" else arg
+            if not all(any(fnmatchcase(k, n) for k in known) for n in names.split(",")):
+                raise lx.LexError(f"Bad key types '{arg}'.")
         return arg
     if kind == lx.CMD:
         raw = ln.rest.lstrip(lx.WS + "=")
