@@ -269,24 +269,9 @@ def _served(argv: list[str], key: list[str]) -> int | None:
     req = {"op": "cli", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "prog": "fleet",
            "tty": {"stdout": os.isatty(1), "stderr": os.isatty(2),
                    "columns": term[0] if term else None, "lines": term[1] if term else None}}
-    interrupted = False
     outs = {1: sys.stdout, 2: sys.stderr}
-    reader = client.Reader(s)
     try:
-        reader.send(req)
-        while True:
-            try:
-                ev = reader.next()
-            except KeyboardInterrupt:
-                if interrupted:
-                    print("fleet: interrupted", file=sys.stderr)
-                    return 130  # a second Ctrl-C: stop now (the service ends the run)
-                interrupted = True  # the first: the service interrupts the run and sends its summary
-                try:
-                    s.sendall(b'{"op": "interrupt"}\n')
-                except OSError:
-                    return 130
-                continue
+        for ev in client.answers(s, req, last=("exit", "fallback", "error")):
             kind = ev.get("event")
             if kind == "out":
                 out = outs[2 if ev.get("fd") == 2 else 1]
@@ -299,6 +284,10 @@ def _served(argv: list[str], key: list[str]) -> int | None:
             elif kind == "error":
                 print(f"fleet: {ev.get('message')}", file=sys.stderr)
                 return int(ev.get("exit_code") or 1)
+        return None
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now (the service ends the run)
+        print("fleet: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         return 0  # `fleet fanout ... | head`: the reader has gone
     except (OSError, client.ServiceGone):

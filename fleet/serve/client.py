@@ -80,6 +80,32 @@ def events(sock: _socket.socket, request: dict[str, Any]) -> Iterator[dict[str, 
             return
 
 
+def answers(sock: _socket.socket, request: dict[str, Any], last: tuple[str, ...] = ("done", "error"),
+            tick: float | None = None) -> Iterator[dict[str, Any]]:
+    """Send ``request`` and yield the service's events through the last one (a kind in ``last``).
+    The first Ctrl-C while waiting is passed on (``interrupt``: the service interrupts the run as a
+    terminal's Ctrl-C would, and its summary follows); a second one, or one the service can no
+    longer be told, is raised. ``tick``: see :class:`Reader`."""
+    r = Reader(sock, tick)
+    r.send(request)
+    told = False
+    while True:
+        try:
+            ev = r.next()
+        except KeyboardInterrupt:
+            if told:
+                raise
+            told = True
+            try:
+                sock.sendall(b'{"op": "interrupt"}\n')
+            except OSError:
+                raise KeyboardInterrupt from None
+            continue
+        yield ev
+        if ev.get("event") in last:
+            return
+
+
 def call(journal: str, request: dict[str, Any], on_event: Callable[[dict[str, Any]], None] | None = None,
          timeout: float = 2.0) -> dict[str, Any] | None:
     """One request to the service: its last event (``done`` or ``error``), every other event to

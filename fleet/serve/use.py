@@ -94,24 +94,12 @@ def fanout_via_service(fl: Fleet, selector: str, command: str, *, mode: str | No
            "settings": asdict(fl.settings), "inventory": os.path.abspath(inv.path),
            "stream": on_output is not None, "log": log_stream is not None}
     last: dict[str, Any] | None = None
-    interrupted = False
     try:
-        reader = client.Reader(sock, tick=0.25)
-        reader.send(req)
-        while True:
-            try:
-                ev = reader.next()
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise
-                interrupted = True  # the first Ctrl-C: the service stops the run and sends its summary
-                sock.sendall(b'{"op": "interrupt"}\n')
-                continue
+        for ev in client.answers(sock, req, tick=0.25):
             kind = ev.get("event")
             if kind in ("done", "error"):
                 last = ev
-                break
-            if kind == "output" and on_output is not None:
+            elif kind == "output" and on_output is not None:
                 on_output(ev["host"], ev["stream"], ev["line"])
             elif kind == "result" and on_result is not None:
                 on_result(FanoutResult.from_dict(ev["result"]))
@@ -160,7 +148,7 @@ def _wait_once(fl: Fleet, dispatch_id: str, on_event: Any) -> DispatchRun | None
         return None
     from fleet.results import DispatchRun
 
-    try:
+    try:  # a Ctrl-C is not passed on: it stops this waiting only, never the service's following
         reader = client.Reader(sock, tick=0.25)
         reader.send({"op": "wait", "dispatch_id": dispatch_id, "timeout": fl.settings.dispatch_timeout,
                      "stall_timeout": fl.settings.stall_timeout})
