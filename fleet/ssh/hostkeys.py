@@ -56,20 +56,24 @@ def _cert_blob(key: paramiko.PKey) -> bytes | None:
 KRL_MAGIC = b"SSHKRL\n\0"
 
 
-def revoked_by_file(path: str, blobs: list[bytes]) -> str | None:
+def revoked_by_file(path: str, blobs: list[bytes], shown: bytes = b"") -> str | None:
     """Why ssh's ``RevokedHostKeys`` file refuses a host key (``blobs``: the key, and a
-    certificate's CA key), or None. As ssh: a file it cannot read refuses every key; a file of
-    public keys (one per line) refuses those. A binary key revocation list (KRL) fleet cannot
-    read, so it refuses too, saying so: nothing ssh refuses is accepted."""
+    certificate's CA key; ``shown``: what the host showed, key or certificate), or None. As ssh: a
+    file it cannot read refuses every key; a file of public keys (one per line) refuses those; a
+    key revocation list (``ssh-keygen -k``, :mod:`fleet.ssh.krl`) those it revokes."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         return f"its RevokedHostKeys file {path} cannot be read ({exc.strerror or exc}), and ssh refuses every key then"
     if data.startswith(KRL_MAGIC):
-        return (f"its RevokedHostKeys file {path} is a binary key revocation list (KRL), which fleet cannot read: "
-                f"list the revoked keys there as public-key lines (ssh reads those too), or set RevokedHostKeys none "
-                f"for this host")
+        from fleet.ssh import krl
+        try:
+            how = krl.revoked(krl.parse(data), shown or blobs[0])
+        except krl.KRLError as exc:
+            return f"its RevokedHostKeys file {path} is a key revocation list that cannot be read ({exc}), and ssh " \
+                   f"refuses every key then"
+        return f"{how} is revoked by the key revocation list {path}" if how else None
     for n, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         words = raw.split()
         if len(words) < 2 or words[0].startswith("#"):
@@ -211,7 +215,7 @@ class HostKeyStore:
                     blobs.append(parse_cert(cert).ca_blob)
                 except CertError:
                     pass
-            why = revoked_by_file(hop.revoked_host_keys, blobs)
+            why = revoked_by_file(hop.revoked_host_keys, blobs, cert or blob)
             if why:
                 raise HostKeyRevoked(host.name, f"REVOKED host key for {where}: {key.get_name()} {fp}: {why}; "
                                      f"nothing was run")
