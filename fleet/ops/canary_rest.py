@@ -115,16 +115,10 @@ def held_of(journal: str | os.PathLike[str] | None, did: str) -> Held | None:
 
 
 def held_all(journal: str | os.PathLike[str], since: float) -> list[Held]:
-    """Every canary gate journaled after ``since`` (epoch), oldest first (within the last day, as
-    ``sessions`` asks: from this process's incremental reader of the journal, which keeps two)."""
+    """Every canary gate journaled after ``since`` (epoch), oldest first."""
     if not os.path.exists(journal):
         return []
-    if time.time() - since < 24 * 3600.0 + 60:
-        from fleet.audit.tail import tail_of
-        events = tail_of(journal).events()
-    else:
-        events = Journal(journal).load().events
-    return [h for h in _fold(events).values() if float(h.gate.get("epoch") or 0) >= since]
+    return [h for h in _fold(Journal(journal).load().events).values() if float(h.gate.get("epoch") or 0) >= since]
 
 
 def held_rows(journal: str, hosts: list[str], window: float = 24 * 3600.0) -> list[Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import BadInput
-from fleet.ssh import algs
+from fleet.ssh import algs, hostscmd
 from fleet.ssh import sshlex as lx
 from fleet.ssh.knownhosts import key_name
 from fleet.ssh.sshmatch import match_pattern_list
@@ -78,6 +78,7 @@ class Hop:
     host_key_algorithms: tuple[str, ...] = algs.DEFAULT_HOST_KEY  # HostKeyAlgorithms, assembled (fleet.ssh.algs)
     prefer_known: bool = True      # known_hosts' types asked for first (HostKeyAlgorithms unset, + or -)
     ca_signature_algorithms: tuple[str, ...] = algs.DEFAULT_CA_SIGNATURE  # CASignatureAlgorithms, assembled
+    known_hosts_command: Any = None  # KnownHostsCommand: (words, tokens), see fleet.ssh.hostscmd
 
     def chain(self) -> list["Hop"]:
         """Every hop from the first to this one."""
@@ -329,7 +330,11 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
         except lx.LexError as exc:
             raise bad(o.at["proxycommand"], f"ProxyCommand: {exc}") from None
     ct = o.get("connecttimeout")
-    hka = o.get("hostkeyalgorithms")
+    hka, khc = o.get("hostkeyalgorithms"), o.get("knownhostscommand")
+    try:
+        khcmd = hostscmd.template(khc, toks) if khc and lx.lower(khc) != "none" else None
+    except lx.LexError as exc:
+        raise bad(o.at["knownhostscommand"], str(exc)) from None
     lists: dict[str, tuple[str, ...]] = {}
     for field, kw, word, default, known in (
             ("host_key_algorithms", "hostkeyalgorithms", "HostKeyAlgorithms", algs.DEFAULT_HOST_KEY, algs.ALL_HOST_KEY),
@@ -349,7 +354,7 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
               proxy_jump=jump.spec() if via is not None and jump is not None else None,
               revoked_host_keys=path(rk, o.at.get("revokedhostkeys", "RevokedHostKeys"))
               if (rk := o.get("revokedhostkeys")) and lx.lower(rk) != "none" else None,
-              prefer_known=algs.prefers_known(hka), **lists)
+              prefer_known=algs.prefers_known(hka), known_hosts_command=khcmd, **lists)
     return hop, o
 
 

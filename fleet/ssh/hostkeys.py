@@ -131,6 +131,7 @@ class HostKeyStore:
         self.accept_hosts = set(accept_hosts or ())
         self.lock = threading.Lock()
         self.accepted: list[tuple[str, str]] = []
+        self.commands = 0  # KnownHostsCommand runs
 
     def files_for(self, hop: Hop) -> tuple[str, ...]:
         """The known_hosts files that decide ``hop``'s key: ssh's (user, then global) and fleet's."""
@@ -139,6 +140,26 @@ class HostKeyStore:
             if f and f not in out:
                 out.append(f)
         return tuple(out)
+
+    def _commanded(self, hop: Hop, host: Host | None, files: tuple[str, ...], invocation: str,
+                   key: paramiko.PKey | None = None) -> tuple[str, ...]:
+        """``files`` and, with a KnownHostsCommand, what it prints for this invocation (as ssh)."""
+        if hop.known_hosts_command is None:
+            return files
+        from fleet.ssh import hostscmd
+        try:
+            # as OpenSSH 9.2: ORDER is asked about the host name itself, HOSTNAME about its known_hosts name
+            out = hostscmd.run(hop.known_hosts_command, hop.hostname if invocation == "ORDER" else hop.key_name,
+                               invocation,
+                               *((key.get_name(), fingerprint(key), key.get_base64()) if key is not None else ()))
+        except hostscmd.CommandFailed as exc:
+            raise UnknownHostKey(host.name if host else hop.name, f"{exc}: ssh ends the connection then; nothing "
+                                 f"was run") from None
+        with self.lock:
+            self.commands += 1
+            label = f"KnownHostsCommand output #{self.commands}"
+        self.kh.inject(label, out)
+        return (*files, label)
 
     def known_types(self, hop: Hop) -> list[str]:
         """Plain key types known for ``hop``, in OpenSSH's order (see :meth:`host_key_algorithms`)."""
@@ -153,7 +174,7 @@ class HostKeyStore:
         allowed = list(hop.host_key_algorithms)
         if not hop.prefer_known:
             return allowed
-        files = self.files_for(hop)
+        files = self._commanded(hop, None, self.files_for(hop), "ORDER")
         ca = bool(self.kh.authorities(files, hop.key_name, _bare(hop)))
         types = set(self.kh.known_types(files, hop.key_name))
 
@@ -198,7 +219,7 @@ class HostKeyStore:
     def check(self, hop: Hop, host: Host, key: paramiko.PKey, is_target: bool) -> None:
         """Accept ``key`` for ``hop`` or raise the typed failure, naming the hop."""
         blob = key.asbytes()  # a certificate's plain key
-        files = self.files_for(hop)
+        files = self._commanded(hop, host, self.files_for(hop), "HOSTNAME", key)
         verdict, entries = self.kh.verdict(files, hop.key_name, key.get_name(), blob, _bare(hop))
         fp = fingerprint_blob(blob)
         who = host.name if is_target else f"jump host {hop.name} (on the way to {host.name})"

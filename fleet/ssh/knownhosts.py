@@ -137,12 +137,19 @@ class KnownHosts:
         with self._lock:
             self._files.setdefault(p, []).append(entry)
 
-    def _parse(self, path: str) -> list[Entry]:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError:
-            return []  # a missing or unreadable file knows nothing, as for ssh
+    def inject(self, label: str, data: bytes) -> None:
+        """Read ``data`` as the known_hosts file ``label`` (what KnownHostsCommand printed)."""
+        entries = self._parse(label, data)
+        with self._lock:
+            self._files[label] = entries
+
+    def _parse(self, path: str, data: bytes | None = None) -> list[Entry]:
+        if data is None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                return []  # a missing or unreadable file knows nothing, as for ssh
         out = []
         for i, raw in enumerate(data.splitlines(), start=1):
             line = raw.decode("utf-8", errors="replace").strip()
