@@ -1,6 +1,7 @@
 """Fixtures: a session-wide lab of real sshd hosts on loopback, and fault-making helpers."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -297,11 +298,20 @@ def pytest_collection_modifyitems(session, config, items):
             it.add_marker(pytest.mark.xdist_group(_module_of(it)))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reports its collection to the controller
 def pytest_collection_finish(session):
     """Note the last test to run that uses the shared agent lab, once every plugin has ordered and
-    deselected (an xdist worker runs that whole group, in this order)."""
+    deselected (an xdist worker runs that whole group, in this order); on an xdist worker, hand
+    the controller the tests' groups (see _xdist_groups_dir)."""
     users = [it for it in session.items if AGENT_LAB_FIXTURE in getattr(it, "fixturenames", ())]
     SHARED_AGENTS.last_user = users[-1] if users else None
+    winput = getattr(session.config, "workerinput", None)
+    if winput and XDIST_GROUPS in winput:
+        groups = {it.nodeid: g for it in session.items if (g := _xdist_group_of(it))}
+        out = Path(winput[XDIST_GROUPS]) / f"{winput['workerid']}.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(out)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -309,6 +319,65 @@ def pytest_runtest_teardown(item, nextitem):
     yield
     if item is SHARED_AGENTS.last_user:
         SHARED_AGENTS.close()
+
+
+# ---------------------------------------------------------------- pytest-xdist: the groups hold
+#
+# pytest-xdist 3.8's --dist loadgroup tells the controller a test's xdist_group by appending
+# "@group" to its node id on the worker; pytest 9.2 node ids no longer take that change, and the
+# groups are silently ignored (pytest-dev/pytest-xdist#1386). So each worker writes the groups of
+# the tests it collected to a file (before it reports its collection) and the controller's
+# scheduler, loadgroup's own, reads a test's group from there.
+
+XDIST_GROUPS = "fleet_xdist_groups"  # the workerinput key: the directory of the groups files
+_GROUPS_DIR = pytest.StashKey[Path]()
+
+
+def _xdist_group_of(item) -> str:
+    """The group xdist's loadgroup gives ``item`` ("" when it has no xdist_group mark)."""
+    names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    return "_".join(sorted(names))
+
+
+def _xdist_groups_dir(config) -> Path:
+    if _GROUPS_DIR not in config.stash:
+        import tempfile
+        config.stash[_GROUPS_DIR] = Path(tempfile.mkdtemp(prefix="fleet-xdist-groups-"))
+    return config.stash[_GROUPS_DIR]
+
+
+def pytest_unconfigure(config):
+    if _GROUPS_DIR in config.stash:
+        import shutil
+        shutil.rmtree(config.stash[_GROUPS_DIR], ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput[XDIST_GROUPS] = str(_xdist_groups_dir(node.config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    groups_dir = _xdist_groups_dir(config)
+
+    class MarkedGroupScheduling(LoadGroupScheduling):
+        """loadgroup, with each test's group as its worker wrote it (all collected the same)."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = {}
+                for f in sorted(groups_dir.glob("*.json")):
+                    self.groups.update(json.loads(f.read_text()))
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return MarkedGroupScheduling(config, log)
 
 
 @pytest.fixture
