@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 # Tasks a running service may run for this client: the SSH plane's, where warm connections are
 # the point. The rest (dispatch follows agents for minutes, mcp, serve, lab) runs here.
 SERVABLE = frozenset({"fanout", "retry", "preflight", "blow-away", "worktrees", "worktrees.remove"})
-# Tasks whose hosts are dialled while the program loads, when the same call ran before (fleet.ssh.early)
-EARLY = frozenset({"fanout"})
 
 
 def main() -> None:
@@ -38,28 +36,19 @@ def main() -> None:
     if argv in (["--list"], ["-l"]):
         _listed()
         return
-    key = None
     if argv and argv[0] in SERVABLE and not os.environ.get("FLEET_NO_SERVICE"):
-        key = _settings_key()
-        code = _served(argv, key)
+        code = _served(argv, _settings_key())
         if code is not None:
             sys.stdout.flush()
             raise SystemExit(code)
     light_invoke()
     if argv and argv[0] in SERVABLE:
         light_paramiko()
-    if argv and argv[0] in EARLY and not os.environ.get("FLEET_NO_EARLY_DIAL"):
-        from fleet.ssh.early import begin
-
-        begin(os.path.join(_cache_dir("early"), _digest(["early", *argv, *(key or _settings_key())])))
     from fleet.cli.program import main as full
 
     try:
         full()
     finally:
-        dialled = sys.modules.get("fleet.ssh.early")
-        if dialled is not None:
-            dialled.close()  # what was dialled early and not taken
         _quick_exit()
 
 

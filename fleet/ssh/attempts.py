@@ -90,11 +90,10 @@ def collect(rt: FanoutRunner, sess: Transport, host: Host) -> tuple[str, ...]:
 
 
 def run_attempts(rt: FanoutRunner, host: Host, link: Link, cmd: str, t0: float, pf: PreflightResult | None,
-                 warm: Transport | None = None, dial_failed: SSHFailure | None = None) -> FanoutResult:
+                 warm: Transport | None = None) -> FanoutResult:
     """Run ``cmd`` on ``host`` through ``link`` under the retry policy; the (unrecorded) result.
 
-    ``warm``: a connected session lent by the pool (or dialled early), used by the first attempt.
-    ``dial_failed``: how the first attempt's dial failed already (the early dial's), retried as any.
+    ``warm``: a connected session lent by the pool, used by the first attempt.
     """
     opts = rt.options
     user = link.user
@@ -135,9 +134,6 @@ def run_attempts(rt: FanoutRunner, host: Host, link: Link, cmd: str, t0: float, 
                 rt.in_flight.add(sess)
                 reusable = False
                 try:
-                    if dial_failed is not None:
-                        first, dial_failed = dial_failed, None
-                        raise first
                     if not reused:
                         link.dial(sess)
                     if rt.gate is not None:

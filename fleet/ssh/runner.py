@@ -6,9 +6,10 @@ rejection or a command that ran, a connect timeout that holds even when a port a
 and never speaks SSH, and Ctrl-C that ends in-flight hosts as ABORTED and still reports.
 
 Each host is reached through a link picked once (:meth:`FanoutRunner.link`): over SSH
-(:mod:`fleet.ssh.session`; dialled early by :mod:`fleet.ssh.early`) or here, for ``auth: local`` hosts
-and mode off (:mod:`fleet.ssh.local`); then every host goes the same way: preflight, the attempts of
-:mod:`fleet.ssh.attempts`, the record (log line, artifacts, canary gate, ``on_result``).
+(:mod:`fleet.ssh.session`) or here, for ``auth: local`` hosts and mode off
+(:mod:`fleet.ssh.local`); from then on every host goes the same way: preflight, then the
+attempts of :mod:`fleet.ssh.attempts`, then the record (log line, artifacts, canary gate,
+``on_result``). The options are :mod:`fleet.ssh.options`.
 
 What a run shows is redacted: the inventory's secrets (and fleet and Slack tokens) never appear in
 the :class:`FanoutRun` (its command, each host's command, output and error: the table, ``--json``,
@@ -42,7 +43,6 @@ from fleet.files import ensure_writable, storage_error, write_atomic, writing
 from fleet.inventory import Host, Inventory
 from fleet.results import FanoutOutcome, FanoutResult, FanoutRun, PreflightResult
 from fleet.safety.redact import Redactor
-from fleet.ssh import early
 from fleet.ssh.attempts import InFlight, ms, run_attempts
 from fleet.ssh.canary import CanaryGate  # noqa: F401 - the runner holds one
 from fleet.ssh.config import Hop, resolve_host
@@ -50,7 +50,7 @@ from fleet.ssh.kvlog import KVLog
 from fleet.ssh.local import LocalLink
 from fleet.ssh.options import FanoutOptions, new_run_id
 from fleet.ssh.preflight import config_for, run_preflight_checks
-from fleet.ssh.session import KeyCache, SSHLink
+from fleet.ssh.session import HostKeyStore, KeyCache, SSHLink
 from fleet.ssh.transport import LineHook, Link
 from fleet.workers import run_bounded
 
@@ -92,7 +92,11 @@ class FanoutRunner:
         self._t0 = time.monotonic()
         self.in_flight = InFlight()
         self._lock = threading.Lock()
-        self.store = early.key_store(inventory, self.options)
+        user_kh = os.path.expanduser(self.options.user_known_hosts) if self.options.user_known_hosts else None
+        files = [f for f in (user_kh, inventory.known_hosts) if f]
+        self.store = HostKeyStore(files, write_to=inventory.known_hosts or user_kh,
+                                  accept_all=self.options.accept_new_host_keys,
+                                  accept_hosts=set(self.options.accept_host_keys_for), inventory=inventory.path)
         self.keys = KeyCache()
         self.ssh_config = config_for(inventory, self.options.ssh_config)
         self._targets: dict[str, Hop] = {}
@@ -122,7 +126,6 @@ class FanoutRunner:
         if self._planned is not None:
             return
         self._planned = list(dict.fromkeys(hosts))
-        early.note(self.inventory, self._planned, self.options)  # a CLI call's next identical one dials early
         if self.dir is None:
             return
         try:
@@ -175,7 +178,9 @@ class FanoutRunner:
         if r.outcome == FanoutOutcome.SUCCESS:
             self.log("success", host=h, user=r.user, command=self.label, attempt=r.attempts,
                      duration_ms=r.duration_ms)
-        elif r.outcome != FanoutOutcome.PREFLIGHT_FAILED:  # that one is logged as preflight_failed already
+        elif r.outcome == FanoutOutcome.PREFLIGHT_FAILED:
+            pass  # logged as preflight_failed already
+        else:
             self.log(r.outcome.value.lower() if r.outcome != FanoutOutcome.FAILURE else "failure",
                      host=h, user=r.user, command=self.label, final_error=r.error, attempts=r.attempts,
                      exit_code=r.exit_code if r.exit_code is not None else "", duration_ms=r.duration_ms)
@@ -214,11 +219,9 @@ class FanoutRunner:
         return SSHLink(host, self.target(host), self.store, self.keys, self.options.connect_timeout, self.pool,
                        connect_timeout_given=self.options.connect_timeout_given)
 
-    def _preflight(self, host: Host, link: Link, pf: PreflightResult | None = None) -> PreflightResult:
-        """Preflight ``host`` (``pf``: done already, by the early dial) and log the result."""
-        pf = pf if pf is not None else run_preflight_checks(host, timeout=self.options.preflight_timeout, inventory=self.inventory,
-                                                            target=link.target, ssh_config=self.ssh_config,
-                                                            keep=link.keep)
+    def _preflight(self, host: Host, link: Link) -> PreflightResult:
+        pf = run_preflight_checks(host, timeout=self.options.preflight_timeout, inventory=self.inventory,
+                                  target=link.target, ssh_config=self.ssh_config, keep=link.keep)
         if pf.ok:
             self.log("preflight_ok", host=host.name, user=pf.user, auth_mode=host.auth,
                      duration_ms=pf.duration_ms)
@@ -264,20 +267,17 @@ class FanoutRunner:
         except BadInput as exc:
             return FanoutResult(host.name, FanoutOutcome.FAILURE, cmd, host.user, attempts=0,
                                 duration_ms=ms(t0), error=str(exc), error_kind="ssh_config")
+        pf = None
         # a warm connection kept from an earlier command (long-lived callers): it shows the host is
-        # reachable, so preflight is skipped for it; or one dialled early, with its preflight (early.py)
-        warm, pf, failed = link.warm(), None, None
-        if warm is None and isinstance(link, SSHLink):
-            pf, warm, failed = early.take(host.name, link.target, self.abort) or (None, None, None)
-        if not self.options.preflight or (warm is not None and pf is None):
-            pf = None
-        else:
-            pf = self._preflight(host, link, pf)
-        if pf is not None and not pf.ok:
-            return FanoutResult(host.name, FanoutOutcome.PREFLIGHT_FAILED, cmd, link.user, attempts=0,
-                                duration_ms=ms(t0), error=f"preflight {pf.failed_check}: {pf.error_detail}",
-                                error_kind=f"preflight_{pf.failed_check}", preflight=pf)
-        return run_attempts(self, host, link, cmd, t0, pf, warm, failed)
+        # reachable, so preflight is skipped for it
+        warm = link.warm()
+        if self.options.preflight and warm is None:
+            pf = self._preflight(host, link)
+            if not pf.ok:
+                return FanoutResult(host.name, FanoutOutcome.PREFLIGHT_FAILED, cmd, link.user, attempts=0,
+                                    duration_ms=ms(t0), error=f"preflight {pf.failed_check}: {pf.error_detail}",
+                                    error_kind=f"preflight_{pf.failed_check}", preflight=pf)
+        return run_attempts(self, host, link, cmd, t0, pf, warm)
 
     def run_local(self, name: str, command: str, user: str | None = None) -> FanoutResult:
         """Run ``command`` here, once, through the local transport (mode off): no preflight."""
