@@ -601,3 +601,31 @@ def test_python_api_wait_dispatch_journals_and_redacts_without_being_asked(agent
     assert [r.outcome for r in run.results] == [FanoutOutcome.SUCCESS] and "from-the-api" in run.results[0].answer
     ends = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
     assert [e["operation"] for e in ends if e["dispatch_id"] == sent.dispatch_id][-1] == "completed"
+
+
+def test_a_review_waits_for_a_diff_the_turns_patches_promise():
+    """The server works a turn's diff out after the turn ended: when the turn's patch parts name
+    files and the diff is still empty, the review asks again for a moment; with no patch, at once."""
+    from fleet.agent.review import review
+
+    class Server:
+        def __init__(self, patched: bool, late: int) -> None:
+            self.calls, self.late = 0, late
+            parts = [{"type": "patch", "files": ["/r/waited.txt"]}] if patched else [{"type": "text", "text": "hi"}]
+            self.msgs = [{"info": {"id": "m0", "role": "user"}, "parts": []},
+                         {"info": {"id": "m1", "role": "assistant"}, "parts": parts}]
+
+        def messages(self, sid):
+            return self.msgs
+
+        def diff(self, sid, mid):
+            self.calls += 1
+            return [] if self.calls <= self.late else [{"file": "waited.txt", "additions": 1, "deletions": 0}]
+
+        def todo(self, sid):
+            return []
+    late = Server(patched=True, late=2)
+    files, _ = review(late, "s", 0)
+    assert [f["file"] for f in files] == ["waited.txt"] and late.calls == 3
+    none = Server(patched=False, late=2)
+    assert review(none, "s", 0) == ((), ()) and none.calls == 1  # nothing promised: no waiting

@@ -6,6 +6,7 @@ purpose (no HTTP library): the renderer imports :func:`files_summary` from here.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fleet.errors import OpenCodeError
@@ -20,14 +21,31 @@ def review(oc: Any, sid: str, before: int) -> tuple[tuple[dict[str, Any], ...], 
     try:
         msgs = oc.messages(sid)
         mid = (msgs[before].get("info") or {}).get("id") if len(msgs) > before else None
-        files = [{"file": d.get("file", ""), "additions": int(d.get("additions") or 0),
-                  "deletions": int(d.get("deletions") or 0), "status": d.get("status", "")}
-                 for d in (oc.diff(sid, mid) if hasattr(oc, "diff") else [])]
+
+        def diff() -> list[dict[str, Any]]:
+            return [{"file": d.get("file", ""), "additions": int(d.get("additions") or 0),
+                     "deletions": int(d.get("deletions") or 0), "status": d.get("status", "")}
+                    for d in (oc.diff(sid, mid) if hasattr(oc, "diff") else [])]
+        files = diff()
+        # the server works the turn's diff out after the turn has ended: a busy one may not have it
+        # yet when the turn's patch parts say files changed; ask again for a moment
+        deadline = time.monotonic() + PATCH_WAIT
+        while not files and _patched(msgs[before:]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            files = diff()
         todo = [{"content": t.get("content", ""), "status": t.get("status", "")}
                 for t in (oc.todo(sid) if hasattr(oc, "todo") else [])]
     except (OpenCodeError, ValueError, TypeError):
         pass
     return tuple(files), tuple(todo)
+
+
+PATCH_WAIT = 5.0  # seconds a turn whose patch parts name files waits for the server's diff of it
+
+
+def _patched(msgs: list[dict[str, Any]]) -> bool:
+    """Whether these messages hold a ``patch`` part naming files (the turn changed some)."""
+    return any(p.get("type") == "patch" and p.get("files") for m in msgs for p in (m.get("parts") or ()))
 
 
 def files_summary(files: Any) -> str:
