@@ -275,3 +275,21 @@ def test_user_forged_and_truncated_certificates_are_refused(world):
     assert "does not verify" in (cert_problem(forged, "localhosT") or "")
     with pytest.raises(CertError):
         parse_cert(blob[:-1])
+
+
+def test_no_common_host_key_algorithm_is_a_setting_to_fix_not_retried(world, tmp_path):
+    """As ssh: a server offering none of HostKeyAlgorithms is one failure, not a retry."""
+    port = world.ports["rsa"]
+    kh = tmp_path / "kh"
+    kh.write_text(f"[localhost]:{port} {world.keys['host_rsa']}\n")
+    (tmp_path / "ssh_config").write_text(
+        f"Host h\n  HostName localhost\n  Port {port}\n  User {world.lab.user}\n  IdentityFile {world.lab.key}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n"
+        f"  HostKeyAlgorithms ssh-ed25519\n")
+    (tmp_path / "inv.yaml").write_text(f"ssh_config: {tmp_path / 'ssh_config'}\nhosts:\n  h: {{}}\n")
+    inv = load_inventory(tmp_path / "inv.yaml")
+    o = FanoutOptions(artifacts_dir=str(tmp_path / "art"), user_known_hosts=None, attempts=3, retry_delay=0.1,
+                      connect_timeout=10, preflight=False)
+    r = fanout_hosts(inv, list(inv.hosts), "true", o).results[0]
+    assert r.error_kind == "connect_failed" and "fix HostKeyAlgorithms" in r.error, r.error
+    assert r.attempts == 1, r

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
+from fleet.errors import ConnectFailed
+
 # ssh -Q HostKeyAlgorithms (every host-key algorithm OpenSSH 9.2 knows)
 ALL_HOST_KEY = (
     "ssh-ed25519", "ssh-ed25519-cert-v01@openssh.com", "sk-ssh-ed25519@openssh.com",
@@ -68,6 +70,13 @@ def prefers_known(value: str | None) -> bool:
     return not value or value[0] in "+-"
 
 
+class NoHostKeyAlgorithm(ConnectFailed):
+    """The server offers no host-key algorithm that HostKeyAlgorithms allows: a setting to fix,
+    so not retried (ssh does not retry it either)."""
+
+    retryable = False
+
+
 def explain(msg: str, hop: object) -> str:
     """paramiko's handshake failure ``msg``, with what to do when no host-key algorithm agreed."""
     if "no acceptable host key" not in msg.lower():
@@ -77,4 +86,5 @@ def explain(msg: str, hop: object) -> str:
             f"verify: {wanted}); fix HostKeyAlgorithms in ssh_config; nothing was run")
 
 
-__all__ = ["ALL_HOST_KEY", "ALL_SIGNATURE", "DEFAULT_CA_SIGNATURE", "DEFAULT_HOST_KEY", "assemble", "explain", "prefers_known"]
+__all__ = ["ALL_HOST_KEY", "ALL_SIGNATURE", "DEFAULT_CA_SIGNATURE", "DEFAULT_HOST_KEY", "NoHostKeyAlgorithm", "assemble",
+           "explain", "prefers_known"]

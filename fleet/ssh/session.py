@@ -42,7 +42,7 @@ from fleet.errors import (  # noqa: F401
 )
 from fleet.inventory import Host
 from fleet.results import PreflightResult
-from fleet.ssh.algs import explain
+from fleet.ssh.algs import NoHostKeyAlgorithm, explain
 from fleet.ssh.config import Hop
 from fleet.ssh.fastauth import take_early
 from fleet.ssh.hostkeys import (  # noqa: F401
@@ -242,7 +242,8 @@ class SSHSession:
             if any(w in low for w in ("banner", "timeout", "timed out", "no existing session")):
                 raise ConnectTimeout(h.name, f"{where} accepted the connection but sent no SSH greeting "
                                      f"within {ct:g}s (is sshd running on that port?)") from None
-            raise ConnectFailed(h.name, f"SSH handshake with {where} failed: {explain(msg, hop)}") from None
+            raise (NoHostKeyAlgorithm if "no acceptable host key" in low else ConnectFailed)(
+                h.name, f"SSH handshake with {where} failed: {explain(msg, hop)}") from None
         except (EOFError, OSError) as exc:
             raise ConnectFailed(h.name, f"connection to {where} was closed during the handshake: "
                                 f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
@@ -333,7 +334,6 @@ class SSHSession:
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
-
 
 
 class SSHLink:
