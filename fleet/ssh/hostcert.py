@@ -48,16 +48,25 @@ class CertError(ValueError):
     """A certificate blob that is not one (truncated, unknown type, trailing bytes)."""
 
 
-class _Reader:
+class WireReader:
+    """SSH wire data read field by field (bytes, uint32/64, strings); what is short raises
+    ``error`` naming ``what`` (a certificate here, a key revocation list in :mod:`fleet.ssh.krl`)."""
+
+    error: type[ValueError] = CertError
+    what = "certificate"
+
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise CertError("certificate is truncated")
+            raise self.error(f"{self.what} is truncated")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
 
     def u32(self) -> int:
         return int(struct.unpack(">I", self.take(4))[0])
@@ -72,14 +81,17 @@ class _Reader:
         try:
             return self.string().decode("utf-8")
         except UnicodeDecodeError:
-            raise CertError("certificate has a field that is not UTF-8")
+            raise self.error(f"{self.what} has a field that is not UTF-8")
 
     def done(self) -> bool:
         return self.pos == len(self.data)
 
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
 
 def _strings(data: bytes) -> tuple[str, ...]:
-    r, out = _Reader(data), []
+    r, out = WireReader(data), []
     while not r.done():
         out.append(r.text())
     return tuple(out)
@@ -87,7 +99,7 @@ def _strings(data: bytes) -> tuple[str, ...]:
 
 def _names(data: bytes) -> tuple[str, ...]:
     """The option names of a critical-options or extensions field (name, data pairs)."""
-    r, out = _Reader(data), []
+    r, out = WireReader(data), []
     while not r.done():
         out.append(r.text())
         r.string()
@@ -102,7 +114,7 @@ def ssh_string(b: bytes) -> bytes:
 def _leading_name(blob: bytes) -> str:
     """The algorithm name an SSH key or signature blob starts with ('?' if unreadable)."""
     try:
-        return _Reader(blob).text()
+        return WireReader(blob).text()
     except CertError:
         return "?"
 
@@ -155,7 +167,7 @@ def format_time(t: int) -> str:
 
 def parse_cert(blob: bytes) -> HostCert:
     """Read an OpenSSH certificate blob; :class:`CertError` if it is not a well-formed one."""
-    r = _Reader(blob)
+    r = WireReader(blob)
     cert_type = r.text()
     if not cert_type.endswith(CERT_SUFFIX):
         raise CertError(f"{cert_type} is not a certificate type")
@@ -220,4 +232,4 @@ def cert_problem(cert: HostCert, principal: str, now: float | None = None,
 
 
 __all__ = ["CA_SIGNATURE_ALGORITHMS", "CERT_ALGORITHMS", "CERT_SUFFIX", "CertError", "HostCert", "cert_problem",
-           "format_time", "parse_cert", "signature_problem"]
+           "WireReader", "format_time", "parse_cert", "signature_problem"]

@@ -10,8 +10,9 @@ Signature sections are skipped (ssh does not check them for RevokedHostKeys).
 from __future__ import annotations
 
 import hashlib
-import struct
 from dataclasses import dataclass, field
+
+from fleet.ssh.hostcert import CERT_SUFFIX, CertError, WireReader, parse_cert
 
 MAGIC = b"SSHKRL\n\0"
 CERTIFICATES, EXPLICIT_KEY, FINGERPRINT_SHA1, SIGNATURE, FINGERPRINT_SHA256 = 1, 2, 3, 4, 5
@@ -22,31 +23,8 @@ class KRLError(ValueError):
     """The file is not a KRL ssh would read."""
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def left(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise KRLError("truncated")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u32(self) -> int:
-        return int(struct.unpack(">I", self.take(4))[0])
-
-    def u64(self) -> int:
-        return int(struct.unpack(">Q", self.take(8))[0])
-
-    def string(self) -> bytes:
-        return self.take(self.u32())
+class _Reader(WireReader):
+    error, what = KRLError, "key revocation list"
 
 
 @dataclass
@@ -85,8 +63,6 @@ class KRL:
 def revoked(krl: KRL, blob: bytes) -> str | None:
     """How ``krl`` revokes the key or certificate ``blob`` as ssh's ``ssh_krl_check_key`` does
     (in words: "its key", "its CA key", "its certificate ..."), or None."""
-    from fleet.ssh.hostcert import CERT_SUFFIX, CertError, parse_cert
-
     name = blob[4:4 + int.from_bytes(blob[:4], "big")].decode("ascii", "replace") if len(blob) >= 4 else ""
     if not name.endswith(CERT_SUFFIX):
         return "its key" if krl.key_revoked(blob) else None
