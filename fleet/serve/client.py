@@ -81,14 +81,14 @@ def events(sock: _socket.socket, request: dict[str, Any]) -> Iterator[dict[str, 
 
 
 def answers(sock: _socket.socket, request: dict[str, Any], last: tuple[str, ...] = ("done", "error"),
-            tick: float | None = None) -> Iterator[dict[str, Any]]:
+            tick: float | None = None, interrupt: bool = True) -> Iterator[dict[str, Any]]:
     """Send ``request`` and yield the service's events through the last one (a kind in ``last``).
     The first Ctrl-C while waiting is passed on (``interrupt``: the service interrupts the run as a
     terminal's Ctrl-C would, and its summary follows); a second one, or one the service can no
-    longer be told, is raised. ``tick``: see :class:`Reader`."""
+    longer be told, is raised (at once with ``interrupt=False``). ``tick``: see :class:`Reader`."""
     r = Reader(sock, tick)
     r.send(request)
-    told = False
+    told = not interrupt
     while True:
         try:
             ev = r.next()

@@ -148,19 +148,15 @@ def _wait_once(fl: Fleet, dispatch_id: str, on_event: Any) -> DispatchRun | None
         return None
     from fleet.results import DispatchRun
 
+    req = {"op": "wait", "dispatch_id": dispatch_id, "timeout": fl.settings.dispatch_timeout,
+           "stall_timeout": fl.settings.stall_timeout}
     try:  # a Ctrl-C is not passed on: it stops this waiting only, never the service's following
-        reader = client.Reader(sock, tick=0.25)
-        reader.send({"op": "wait", "dispatch_id": dispatch_id, "timeout": fl.settings.dispatch_timeout,
-                     "stall_timeout": fl.settings.stall_timeout})
-        while True:
-            ev = reader.next()
-            kind = ev.get("event")
-            if kind == "live" and on_event is not None:
+        for ev in client.answers(sock, req, last=("done", "fallback", "error"), tick=0.25, interrupt=False):
+            if ev.get("event") == "live" and on_event is not None:
                 on_event(ev["host"], ev["kind"], ev["text"])
-            elif kind == "done":
+            elif ev.get("event") == "done":
                 return DispatchRun.from_dict(ev["run"]) if ev.get("run") else None
-            elif kind not in ("following", "live"):
-                return None  # fallback, another version, an error: the caller follows them itself
+        return None  # fallback, another version, an error: the caller follows them itself
     except (OSError, ValueError, client.ServiceGone):
         return None
     finally:
