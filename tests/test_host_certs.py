@@ -293,3 +293,20 @@ def test_no_common_host_key_algorithm_is_a_setting_to_fix_not_retried(world, tmp
     r = fanout_hosts(inv, list(inv.hosts), "true", o).results[0]
     assert r.error_kind == "connect_failed" and "fix HostKeyAlgorithms" in r.error, r.error
     assert r.attempts == 1, r
+
+
+def test_the_handshake_offers_exactly_the_assembled_host_key_algorithms():
+    """As ssh's proposal: HostKeyAlgorithms as assembled and ordered, no certificate variant added."""
+    import socket
+
+    from fleet.ssh.session import _transport_factory
+
+    a, b = socket.socketpair()
+    try:
+        t = _transport_factory(["ssh-ed25519", "rsa-sha2-512", "sk-ssh-ed25519@openssh.com"])(a)
+        assert t.preferred_keys == ("ssh-ed25519", "rsa-sha2-512")  # what paramiko cannot verify is left out
+        t2 = _transport_factory(["ssh-ed25519" + CERT, "ssh-ed25519"])(a)
+        assert t2.preferred_keys == ("ssh-ed25519" + CERT, "ssh-ed25519")
+    finally:
+        a.close()
+        b.close()

@@ -93,16 +93,13 @@ def _patterns(e: Entry) -> str:
 
 
 class HostKeyTransport(paramiko.Transport):
-    """paramiko's Transport, asking for the host-key algorithms in ``key_types`` (certificate
-    ones too) and then the certificate variant of each plain one not named yet: paramiko's own
-    list appends a variant to every name, a certificate algorithm too."""
+    """paramiko's Transport, asking for the host-key algorithms in ``key_types`` and no other:
+    the list is HostKeyAlgorithms as ssh assembles and orders it, certificate algorithms included
+    (paramiko's own appends a certificate variant to every name, beyond what ssh would ask for)."""
 
     @property
     def preferred_keys(self) -> tuple[str, ...]:
-        keys = tuple(self._filter_algorithm("keys"))  # type: ignore[attr-defined]
-        known = self._key_info  # type: ignore[attr-defined]
-        return keys + tuple(c for c in (k + CERT_SUFFIX for k in keys if not k.endswith(CERT_SUFFIX))
-                            if c not in keys and c in known)
+        return tuple(self._filter_algorithm("keys"))  # type: ignore[attr-defined]
 
     def auth_publickey(self, username: str, key: Any, event: Any = None) -> list[str]:
         """One round trip for the service request and the signed request (:mod:`fleet.ssh.fastauth`)."""
