@@ -158,10 +158,6 @@ class HostKeyStore:
         self.kh.inject(label, out)
         return (*files, label)
 
-    def known_types(self, hop: Hop) -> list[str]:
-        """Plain key types known for ``hop``, in OpenSSH's order (see :meth:`host_key_algorithms`)."""
-        return self.kh.known_types(self.files_for(hop), hop.key_name)
-
     def host_key_algorithms(self, hop: Hop) -> list[str]:
         """The host-key algorithms to ask for, in order: ``hop``'s HostKeyAlgorithms (assembled as
         ssh does, :mod:`fleet.ssh.algs`), and unless it was given as an explicit list, first those
