@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 # Tasks a running service may run for this client: the SSH plane's, where warm connections are
 # the point. The rest (dispatch follows agents for minutes, mcp, serve, lab) runs here.
 SERVABLE = frozenset({"fanout", "retry", "preflight", "blow-away", "worktrees", "worktrees.remove"})
+# Tasks whose hosts' TCP connections and SSH version line go out while the program loads, when
+# the same call ran before (fleet.ssh.predial)
+PREDIAL = frozenset({"fanout"})
 
 
 def main() -> None:
@@ -36,11 +39,18 @@ def main() -> None:
     if argv in (["--list"], ["-l"]):
         _listed()
         return
+    key = None
     if argv and argv[0] in SERVABLE and not os.environ.get("FLEET_NO_SERVICE"):
-        code = _served(argv, _settings_key())
+        key = _settings_key()
+        code = _served(argv, key)
         if code is not None:
             sys.stdout.flush()
             raise SystemExit(code)
+    if argv and argv[0] in PREDIAL and not os.environ.get("FLEET_NO_PREDIAL"):
+        from fleet.ssh import predial
+
+        k = ["predial", *argv, *(key or _settings_key())]
+        predial.begin(os.path.join(_cache_dir("predial"), _digest(k)), k)
     light_invoke()
     if argv and argv[0] in SERVABLE:
         light_paramiko()
@@ -49,6 +59,9 @@ def main() -> None:
     try:
         full()
     finally:
+        done = sys.modules.get("fleet.ssh.predial")
+        if done is not None:
+            done.finish()  # what was dialled ahead and not taken is closed; this run's dials kept
         _quick_exit()
 
 

@@ -19,6 +19,7 @@ from fleet.errors import BadInput
 from fleet.files import loose_mode
 from fleet.inventory import Host, Inventory
 from fleet.results import CheckResult, PreflightResult, PreflightStatus
+from fleet.ssh import predial
 from fleet.ssh.config import DEFAULT_IDENTITIES, Hop, load_ssh_config, resolve_host
 from fleet.workers import call_with_timeout, run_bounded
 
@@ -79,7 +80,7 @@ def _check_tcp(hop: Hop, addrs: list[str], timeout: float, label: str,
             break
         try:
             # bytes, as _host_bytes says: the socket module takes them (typeshed allows only str)
-            sock = socket.create_connection((_host_bytes(ip), hop.port), timeout=left)  # type: ignore[arg-type]
+            sock = predial.connect(_host_bytes(ip), hop.port, left, note=keep is not None)
             if keep is not None:
                 keep.append(sock)
             else:
@@ -217,6 +218,8 @@ def config_for(inventory: Inventory | None, ssh_config: "paramiko.SSHConfig | st
     if ssh_config is not None and not isinstance(ssh_config, str):
         return ssh_config
     path = (inventory.ssh_config if inventory is not None and inventory.ssh_config else None) or ssh_config
+    if inventory is not None:
+        predial.depends(inventory.path)  # the hosts a repeat of this call dials ahead come from it
     return load_ssh_config(path)
 
 

@@ -42,6 +42,7 @@ from fleet.errors import (  # noqa: F401
 )
 from fleet.inventory import Host
 from fleet.results import PreflightResult
+from fleet.ssh import predial
 from fleet.ssh.algs import NoHostKeyAlgorithm, explain
 from fleet.ssh.config import Hop
 from fleet.ssh.fastauth import take_early
@@ -64,16 +65,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from fleet.ssh.warm import ConnectionPool
 
 
-def _nodelay(sock: socket.socket) -> socket.socket:
-    """No Nagle, as OpenSSH's ``set_nodelay``: else a kept connection's next channel open waits
-    for the peer's delayed ACK of the last close (~40 ms per command)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass  # not TCP (a socket pair in tests): nothing to turn off
-    return sock
-
-
 def _transport_factory(wanted: list[str]) -> Callable[..., paramiko.Transport]:
     """Transports asking for the ``wanted`` host-key algorithms, in that order, and no other (as
     ssh's HostKeyAlgorithms, see :meth:`HostKeyStore.host_key_algorithms`): those paramiko verifies."""
@@ -83,6 +74,9 @@ def _transport_factory(wanted: list[str]) -> Callable[..., paramiko.Transport]:
         if not ask:  # as ssh's "no matching host key type", before a word is sent
             raise paramiko.SSHException("no acceptable host key: fleet can verify none of HostKeyAlgorithms")
         t = HostKeyTransport(sock, disabled_algorithms=disabled_algorithms)
+        if isinstance(sock, predial.PreDialled):
+            predial.said_already(t, sock.banner)
+        predial.sent(t.local_version)
         t._channel_handler_table = CHANNEL_HANDLERS  # type: ignore[attr-defined]  # noqa: SLF001
         t.get_security_options().key_types = ask
         return t
@@ -148,7 +142,7 @@ class SSHSession:
         if self.sock is not None and not hop.proxy_command:
             sock, self.sock = self.sock, None
             sock.settimeout(ct)
-            return _nodelay(sock)
+            return sock  # predial.connect's: no Nagle already
         if hop.proxy_command:
             try:
                 return paramiko.ProxyCommand(shlex.join(hop.proxy_argv))
@@ -157,8 +151,7 @@ class SSHSession:
         addr = self.address if (self.address and hop.via is None) else hop.hostname
         try:
             # an ASCII name as bytes: no idna codec import (~25 ms); the socket module takes bytes
-            return _nodelay(socket.create_connection((addr.encode("ascii") if addr.isascii() else addr,  # type: ignore[arg-type]
-                                                      hop.port), timeout=ct))
+            return predial.connect(addr.encode("ascii") if addr.isascii() else addr, hop.port, ct)
         except socket.gaierror as exc:
             raise DNSFailure(h.name, f"cannot resolve {hop.hostname} for {where}: {exc.strerror}") from None
         except (socket.timeout, TimeoutError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import BadInput
+from fleet.ssh import predial
 from fleet.ssh import sshlex as lx
 from fleet.ssh.sshcheck import check_line, secure
 from fleet.ssh.sshmatch import Criterion, MatchState, eval_match, match_pattern, match_pattern_list
@@ -99,6 +100,7 @@ class _Loader:
         if depth > MAX_DEPTH:
             raise BadInput(f"ssh_config {path}: Too many recursive configuration includes (more than "
                            f"{MAX_DEPTH} levels: does a file include itself?)")
+        predial.depends(path)
         try:
             pre = os.stat(path)
             if not (stat.S_ISREG(pre.st_mode) or stat.S_ISDIR(pre.st_mode)) and os.path.realpath(path) != "/dev/null":
