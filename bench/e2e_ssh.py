@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,10 @@ def main() -> None:
     ap.add_argument("--rtt", type=float, default=0.0, help="round trip to add, in ms (0: plain loopback)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--inv", action="store_true", help="also time `inv fanout` (Invoke's program)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the lab's sshd and relay on the last CPU, the clients on the others (taskset): "
+                         "as for a user, the hosts' sshd do not share the client's cores")
+    ap.add_argument("--no-predial", action="store_true", help="also time fleet with FLEET_NO_PREDIAL=1")
     a = ap.parse_args()
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "fleet")], capture_output=True)
     print(f"# cold fanout `true`, loopback{f' + relay RTT {a.rtt:g} ms' if a.rtt else ''}; medians of {a.repeat}, "
@@ -63,12 +68,21 @@ def main() -> None:
         d = Path(tempfile.mkdtemp(prefix=f"fleet-e2e-{n}-"))
         lab = lab_up(n, d / "lab", rtt=a.rtt)
         try:
+            pin: list[str] = []
+            if a.pin:
+                last = max(os.sched_getaffinity(0))
+                for pid in subprocess.run(["pgrep", "-f", str(d / "lab")], capture_output=True,
+                                          text=True).stdout.split():
+                    subprocess.run(["taskset", "-a", "-p", "-c", str(last), pid], capture_output=True)
+                pin = ["taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0)) if c != last)]
             args = ["fanout", "--inventory", str(lab.inventory), "--all", "--json", "--concurrency", "50", "true"]
-            clients = {"fleet": [str(BIN / "fleet"), *args]}
+            clients = {"fleet": [*pin, str(BIN / "fleet"), *args]}
+            if a.no_predial:
+                clients["no-predial"] = ["env", "FLEET_NO_PREDIAL=1", *clients["fleet"]]
             if a.inv:
-                clients["inv"] = [str(BIN / "inv"), "--search-root", str(ROOT), *args]
+                clients["inv"] = [*pin, str(BIN / "inv"), "--search-root", str(ROOT), *args]
             names = "\n".join(h.name for h in lab.hosts) + "\n"
-            ssh = ["xargs", "-P", "50", "-I{}", "ssh", "-F", str(lab.ssh_config), "-o",
+            ssh = [*pin, "xargs", "-P", "50", "-I{}", "ssh", "-F", str(lab.ssh_config), "-o",
                    "KexAlgorithms=curve25519-sha256", "{}", "true"]
             env = {"INVOKE_FLEET_ARTIFACTS_DIR": str(d / "artifacts"), "INVOKE_FLEET_JOURNAL": str(d / "j.jsonl"),
                    "INVOKE_FLEET_TOKEN_DIR": str(d / "tok"), "PATH": "/usr/bin:/bin", "HOME": str(d),
@@ -87,7 +101,7 @@ def main() -> None:
             for k, ts in times.items():
                 m = statistics.median(ts)
                 rt = f", round trips per host {statistics.median(trips[k]):g}" if trips[k] else ""
-                print(f"N={n}: {k:5} {m:.2f}s ({m / sm:.2f}x OpenSSH; min/max {min(ts):.2f}/{max(ts):.2f}){rt}",
+                print(f"N={n}: {k:10} {m:.2f}s ({m / sm:.2f}x OpenSSH; min/max {min(ts):.2f}/{max(ts):.2f}){rt}",
                       flush=True)
         finally:
             lab_down(d / "lab")
