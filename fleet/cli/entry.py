@@ -8,8 +8,9 @@
 - everything else (no service, a busy or other-version one, any other command) goes on to the
   full program (:mod:`fleet.cli.program`), which behaves the same and is the reference.
 
-Imports here are the standard library's, :mod:`fleet.serve.client` and, once per settings
-change, :mod:`fleet.settings` (to find the state directory).
+Imports here are the standard library's, :mod:`fleet.serve.client`, :mod:`fleet.ssh.predial`
+(a fanout's hosts dialled while the rest loads) and, once per settings change,
+:mod:`fleet.settings` (to find the state directory).
 """
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ host's own version line and key exchange wait in the socket for the run.
 
 The run takes a socket where it would connect (:func:`connect`: the same address and port, while
 the pre-dial is young), so preflight, the host-key checks, authentication and the command are the
-run's own as ever; paramiko is told that its version line went already (``banner``). What the
+run's own as ever; paramiko is told that its version line went already (:func:`said_already`). What the
 run does not take (another selection, a changed ssh_config, a refused plan) is closed unused at
-exit (:func:`close`). A file of the plan changed since: nothing is dialled. Other calls (other
+exit (:func:`finish`). A file of the plan changed since: nothing is dialled. Other calls (other
 tasks, ``inv``, the service, tests of the library) never pre-dial; ``FLEET_NO_PREDIAL=1`` turns it
 off.
 
@@ -25,6 +25,7 @@ Imports here are the standard library's only.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -44,6 +45,7 @@ _key: list[str] = []                     # the call's command line and settings 
 _noted: list[tuple[str, int]] = []       # addresses this run's SSH connections went to, in order
 _files: dict[str, str] = {}              # path -> stamp, of every file the run's plan was read from
 _banner: str | None = None               # the SSH version line this run sent
+_was: tuple[str, dict[str, str], list[tuple[str, int]]] | None = None  # what begin read from the cache
 _ahead: "Ahead | None" = None
 
 
@@ -145,13 +147,12 @@ class Ahead:
                 continue
             s.banner = banner
             try:
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                s.setblocking(False)
+                nodelay(s).setblocking(False)
                 err = s.connect_ex(a)
             except OSError:
                 s.close()
                 continue
-            if err not in (0, 115, 36, 10035):  # EINPROGRESS (Linux, macOS), WSAEWOULDBLOCK
+            if err not in (0, errno.EINPROGRESS, getattr(errno, "WSAEWOULDBLOCK", errno.EINPROGRESS)):
                 s.close()
                 continue
             self.pending[s] = a
@@ -186,22 +187,17 @@ class Ahead:
     def take(self, host: str, port: int, timeout: float) -> PreDialled | None:
         """The socket connected ahead to ``host:port`` (waiting while it connects, within
         ``timeout``), or None: there is none, it failed, or it is too old to trust."""
-        with self.lock:
-            wanted = any(a == (host, port) for a in self.pending.values()) or (host, port) in self.ready
-        if not wanted:
-            return None
-        if not self.done.is_set():
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                with self.lock:
-                    if self.ready.get((host, port)) or not any(a == (host, port) for a in self.pending.values()):
-                        break
-                if self.done.wait(0.002):
-                    break
+        a, deadline = (host, port), time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if self.ready.get(a) or a not in self.pending.values():
+                    break  # connected, or never (failed, not dialled, or the thread is done)
+            if time.monotonic() >= deadline or self.done.wait(0.002):
+                break
         if time.monotonic() - self.t0 > FRESH:
             return None
         with self.lock:
-            got = self.ready.get((host, port))
+            got = self.ready.get(a)
             if not got:
                 return None
             s = got.pop(0)
@@ -219,10 +215,10 @@ class Ahead:
 
 def begin(cache: str, key: list[str]) -> None:
     """Note this call's dials at ``cache`` for ``key``, and dial ahead what the cache holds."""
-    global _armed, _cache, _ahead
+    global _armed, _cache, _ahead, _was
     _armed, _cache = True, cache
     _key[:] = key
-    rec = _read(cache, key)
+    rec = _was = _read(cache, key)
     if rec is None:
         return
     banner, files, addrs = rec
@@ -266,9 +262,8 @@ def finish() -> None:
     body = [FORMAT, "\0".join(_key), _banner]
     body += [f"file {st} {p}" for p, st in _files.items()]
     body += [f"addr {ip} {port}" for ip, port in _noted]
-    old = _read(_cache, _key)
-    if old is not None and old == (_banner, dict(_files), list(_noted)):
-        return
+    if _was == (_banner, _files, _noted):
+        return  # the cache says so already
     try:
         from fleet.files import write_atomic
 
