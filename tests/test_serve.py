@@ -282,3 +282,45 @@ def test_a_face_waiting_on_the_service_gets_its_live_events_and_run_or_waits_its
     other: list[dict] = []
     f.answer_wait({"dispatch_id": "dx-2"}, other.append, None)
     assert other == [{"event": "fallback"}] and f.waiting() == {}
+
+
+def test_ctrl_c_in_a_served_wait_reports_each_session_aborted_as_the_in_process_wait_does(mocker):
+    from fleet.serve import client, use
+
+    class Records:
+        def all(self):
+            return [{"dispatch_id": "dx-1", "host": "b", "session_id": "ses_b"},
+                    {"dispatch_id": "dx-9", "host": "c", "session_id": "ses_c"}]
+
+    class Settings:
+        dispatch_timeout, stall_timeout = 60.0, 30.0
+
+        def path(self, what):
+            return "/nonexistent/journal.jsonl"
+
+    fl = mocker.Mock(records=Records(), settings=Settings())
+    sock = mocker.Mock()
+    mocker.patch.object(client, "connect", return_value=sock)
+
+    def answers(*a, **kw):  # the service said where one agent is, then the person pressed Ctrl-C
+        yield {"event": "following"}
+        yield {"event": "live", "host": "a", "kind": "session", "text": "ses_a"}
+        raise KeyboardInterrupt
+    mocker.patch.object(client, "answers", side_effect=answers)
+    mocker.patch.dict(os.environ, {"FLEET_NO_SERVICE": ""})
+    seen: list = []
+    run = use.wait_via_service(fl, "dx-1", on_event=lambda *e: seen.append(e))
+    assert run is not None and run.interrupted and run.exit_code == 130
+    assert [(r.host, r.session_id, r.outcome.value) for r in run.results] == [
+        ("a", "ses_a", "ABORTED"), ("b", "ses_b", "ABORTED")]
+    assert all("fleet serve follows it" in r.error for r in run.results) and sock.close.called
+    assert seen == [("a", "session", "ses_a")]
+    # nothing known of the dispatch: Ctrl-C ends the call as before
+    fl.records = mocker.Mock(all=lambda: [])
+
+    def quiet(*a, **kw):
+        yield {"event": "following"}
+        raise KeyboardInterrupt
+    mocker.patch.object(client, "answers", side_effect=quiet)
+    with pytest.raises(KeyboardInterrupt):
+        use.wait_via_service(fl, "dx-1")

@@ -5,6 +5,7 @@ the run as a terminal's Ctrl-C would, and its summary comes back."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -150,14 +151,42 @@ def _wait_once(fl: Fleet, dispatch_id: str, on_event: Any) -> DispatchRun | None
 
     req = {"op": "wait", "dispatch_id": dispatch_id, "timeout": fl.settings.dispatch_timeout,
            "stall_timeout": fl.settings.stall_timeout}
+    t0, seen = time.monotonic(), {}
     try:  # a Ctrl-C is not passed on: it stops this waiting only, never the service's following
         for ev in client.answers(sock, req, last=("done", "fallback", "error"), tick=0.25, interrupt=False):
-            if ev.get("event") == "live" and on_event is not None:
-                on_event(ev["host"], ev["kind"], ev["text"])
+            if ev.get("event") == "live":
+                seen.setdefault(ev["host"], "")
+                if ev.get("kind") == "session":
+                    seen[ev["host"]] = str(ev.get("text") or "")
+                if on_event is not None:
+                    on_event(ev["host"], ev["kind"], ev["text"])
             elif ev.get("event") == "done":
                 return DispatchRun.from_dict(ev["run"]) if ev.get("run") else None
         return None  # fallback, another version, an error: the caller follows them itself
     except (OSError, ValueError, client.ServiceGone):
         return None
+    except KeyboardInterrupt:
+        return _stopped_waiting(fl, dispatch_id, seen, time.monotonic() - t0)
     finally:
         sock.close()
+
+
+def _stopped_waiting(fl: Fleet, dispatch_id: str, seen: dict[str, str], took: float) -> DispatchRun:
+    """Ctrl-C in a served ``wait``: the run the in-process wait reports then (each session of the
+    dispatch ABORTED, interrupted, exit 130), from this machine's records and the live events seen;
+    the agents work on and the service still follows them. No session known: Ctrl-C as ever."""
+    from fleet.results import DispatchResult, DispatchRun, FanoutOutcome
+
+    pairs = dict(seen)
+    try:
+        for r in fl.records.all():
+            if r.get("dispatch_id") == dispatch_id and r.get("host"):
+                pairs[str(r["host"])] = str(r.get("session_id") or pairs.get(str(r["host"]), ""))
+    except Exception:  # noqa: BLE001 - unreadable records: the hosts the live events named
+        pass
+    if not pairs:
+        raise KeyboardInterrupt
+    why = "interrupted: fleet stopped waiting; the agent works on and fleet serve follows it"
+    return DispatchRun(dispatch_id, "", "", interrupted=True, duration_ms=int(took * 1000), results=[
+        DispatchResult(h, FanoutOutcome.ABORTED, session_id=sid, error=why, error_kind="aborted")
+        for h, sid in sorted(pairs.items())])
