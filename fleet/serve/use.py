@@ -151,7 +151,7 @@ def _wait_once(fl: Fleet, dispatch_id: str, on_event: Any) -> DispatchRun | None
 
     req = {"op": "wait", "dispatch_id": dispatch_id, "timeout": fl.settings.dispatch_timeout,
            "stall_timeout": fl.settings.stall_timeout}
-    t0, seen = time.monotonic(), {}
+    t0, seen = time.monotonic(), dict[str, str]()
     try:  # a Ctrl-C is not passed on: it stops this waiting only, never the service's following
         for ev in client.answers(sock, req, last=("done", "fallback", "error"), tick=0.25, interrupt=False):
             if ev.get("event") == "live":
