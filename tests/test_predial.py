@@ -15,6 +15,7 @@ import threading
 import pytest
 from conftest import logins, running_lab, wait_for
 
+from fleet.cli import entry
 from fleet.ssh import predial
 
 FLEET = os.path.join(os.path.dirname(sys.executable), "fleet")
@@ -23,8 +24,8 @@ FLEET = os.path.join(os.path.dirname(sys.executable), "fleet")
 @pytest.fixture()
 def fresh(monkeypatch):
     """The module's process-wide state, as a new process has it, and back after the test."""
-    for name, value in (("_armed", False), ("_cache", None), ("_noted", []), ("_files", {}), ("_banner", None),
-                        ("_ahead", None), ("_key", [])):
+    for name, value in (("_armed", False), ("_noted", []), ("_files", {}), ("_banner", None), ("_ahead", None),
+                        ("_was", None)):
         monkeypatch.setattr(predial, name, value)
     yield
     if predial._ahead is not None:  # noqa: SLF001
@@ -70,10 +71,14 @@ class Listener:
 
 
 def _record(cache, key, files, addrs, banner="SSH-2.0-test_1.0"):
-    lines = [predial.FORMAT, "\0".join(key), banner]
+    lines = [predial.FORMAT, banner]
     lines += [f"file {predial.stamp(p)} {p}" for p in files]
     lines += [f"addr {ip} {port}" for ip, port in addrs]
-    cache.write_text("\n".join(lines))
+    entry._keep(str(cache), key, "\n".join(lines))  # as the console script keeps what finish() gave
+
+
+def _begin(cache, key):
+    predial.begin(entry._cached(str(cache), key))  # as the console script starts it
 
 
 def test_what_the_cache_names_is_dialled_ahead_taken_by_the_run_and_the_rest_closed(tmp_path, fresh):
@@ -83,7 +88,7 @@ def test_what_the_cache_names_is_dialled_ahead_taken_by_the_run_and_the_rest_clo
         plan.write_text("hosts: {}\n")
         cache = tmp_path / "cache"
         _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port), ("127.0.0.1", b.port)])
-        predial.begin(str(cache), ["k"])
+        _begin(cache, ["k"])
         assert wait_for(lambda: a.got == [b"SSH-2.0-test_1.0\r\n"] and b.got == [b"SSH-2.0-test_1.0\r\n"], 5, 0.01)
         sock = predial.connect(b"127.0.0.1", a.port, 5)
         assert isinstance(sock, predial.PreDialled) and sock.banner == "SSH-2.0-test_1.0"
@@ -94,11 +99,11 @@ def test_what_the_cache_names_is_dialled_ahead_taken_by_the_run_and_the_rest_clo
         assert wait_for(lambda: len(a.got) == 2, 5, 0.01)
         predial.sent("SSH-2.0-test_1.0")
         predial.depends(str(plan))
-        predial.finish()
+        plan_text = predial.finish()
         assert wait_for(lambda: b.got == [b"SSH-2.0-test_1.0\r\n<EOF>"], 5, 0.01)  # not taken: closed at the end
         assert a.got[0] == b"SSH-2.0-test_1.0\r\n"  # taken: still the run's
-        kept = cache.read_text().splitlines()
-        assert kept[3:] == [f"file {predial.stamp(str(plan))} {plan}", f"addr 127.0.0.1 {a.port}",
+        kept = plan_text.splitlines()
+        assert kept[:2] == [predial.FORMAT, "SSH-2.0-test_1.0"] and kept[2:] == [f"file {predial.stamp(str(plan))} {plan}", f"addr 127.0.0.1 {a.port}",
                             f"addr 127.0.0.1 {a.port}"]  # this run's dials, for the next call
         sock.close()
         again.close()
@@ -115,9 +120,9 @@ def test_nothing_is_dialled_when_a_file_of_the_plan_changed_or_the_call_is_anoth
         cache = tmp_path / "cache"
         _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port)])
         plan.write_text("hosts: {other: {}}\n")  # the plan may select other hosts now
-        predial.begin(str(cache), ["k"])
+        _begin(cache, ["k"])
         _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port)])
-        predial.begin(str(cache), ["another call"])
+        _begin(cache, ["another call"])
         assert predial._ahead is None  # noqa: SLF001
         assert not wait_for(lambda: a.got, 0.5, 0.05)
     finally:
@@ -132,7 +137,7 @@ def test_a_refused_pre_dial_leaves_the_run_its_own_connect(tmp_path, fresh):
     plan.write_text("hosts: {}\n")
     cache = tmp_path / "cache"
     _record(cache, ["k"], [str(plan)], [("127.0.0.1", port)])
-    predial.begin(str(cache), ["k"])
+    _begin(cache, ["k"])
     with pytest.raises(ConnectionRefusedError):
         predial.connect(b"127.0.0.1", port, 5)  # the run's own connect, and its own error
 

@@ -47,11 +47,13 @@ def main() -> None:
         if code is not None:
             sys.stdout.flush()
             raise SystemExit(code)
+    kept: tuple[str, list[str]] | None = None  # where this call's pre-dial plan is kept, and its key
     if argv and argv[0] in PREDIAL and not os.environ.get("FLEET_NO_PREDIAL"):
         from fleet.ssh import predial
 
         k = ["predial", *argv, *(key or _settings_key())]
-        predial.begin(os.path.join(_cache_dir("predial"), _digest(k)), k)
+        kept = (os.path.join(_cache_dir("predial"), _digest(k)), k)
+        predial.begin(_cached(*kept))
     light_invoke()
     if argv and argv[0] in SERVABLE:
         light_paramiko()
@@ -61,8 +63,10 @@ def main() -> None:
         full()
     finally:
         done = sys.modules.get("fleet.ssh.predial")
-        if done is not None:
-            done.finish()  # what was dialled ahead and not taken is closed; this run's dials kept
+        if done is not None and kept is not None:
+            plan = done.finish()  # what was dialled ahead and not taken is closed
+            if plan is not None:
+                _keep(*kept, plan)  # this run's dials, for the next identical call
         _quick_exit()
 
 

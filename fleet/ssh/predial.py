@@ -4,11 +4,13 @@ version while the program still loads.
 A cold CLI run spends its first ~200 ms importing paramiko, Invoke and the rest of fleet, with the
 network idle. Before it can exchange keys with a host it then waits for TCP's handshake and the
 two version lines (two round trips: 80 ms of a Tailscale link at 40 ms), which the kernel and the
-host could have done meanwhile. So when a CLI fanout has dialled its hosts, :func:`finish` keeps
-their addresses (the ``address:port`` each TCP connection went to, no name, no proxy), the SSH
-version line it sent and the stamps of the files its plan came from (inventory, ssh_config), in
-the user's cache under the command line and everything its settings depend on. The next
-identical call (:func:`begin`, from the console script's first lines, before any other import)
+host could have done meanwhile. So when a CLI fanout has dialled its hosts, :func:`finish` gives
+the console script (:mod:`fleet.cli.entry`) their addresses (the ``address:port`` each TCP
+connection went to, no name, no proxy), the SSH version line it sent and the stamps of the files
+its plan came from (inventory, ssh_config), which it keeps in the user's cache under the command
+line and everything its settings depend on (its keyed cache, as for ``--list`` and the journal's
+path). The next identical call (:func:`begin`, from the console script's first lines, before any
+other import)
 finds them and, on one thread that only waits on sockets, connects to each address and sends the
 version line as soon as the connection is up. Nothing else is sent and nothing is read: the
 host's own version line and key exchange wait in the socket for the run.
@@ -35,13 +37,11 @@ if TYPE_CHECKING:
     import threading
     from typing import Any
 
-FORMAT = "predial 1"
+FORMAT = "predial 2"
 MAX_HOSTS = 256      # sockets opened ahead at most (a file descriptor each)
 FRESH = 20.0         # seconds a pre-dialled socket is taken for (sshd's LoginGraceTime is 120)
 
 _armed = False       # this process is a CLI fanout: its dials are noted for the next call
-_cache: str | None = None
-_key: list[str] = []                     # the call's command line and settings (begin's)
 _noted: list[tuple[str, int]] = []       # addresses this run's SSH connections went to, in order
 _files: dict[str, str] = {}              # path -> stamp, of every file the run's plan was read from
 _banner: str | None = None               # the SSH version line this run sent
@@ -213,12 +213,12 @@ class Ahead:
             s.close()
 
 
-def begin(cache: str, key: list[str]) -> None:
-    """Note this call's dials at ``cache`` for ``key``, and dial ahead what the cache holds."""
-    global _armed, _cache, _ahead, _was
-    _armed, _cache = True, cache
-    _key[:] = key
-    rec = _was = _read(cache, key)
+def begin(kept: str | None) -> None:
+    """Note this call's dials (:func:`finish` says what to keep), and dial ahead what ``kept`` (what
+    the previous identical call's :func:`finish` gave, from the caller's cache) names."""
+    global _armed, _ahead, _was
+    _armed = True
+    rec = _was = _parse(kept)
     if rec is None:
         return
     banner, files, addrs = rec
@@ -230,18 +230,14 @@ def begin(cache: str, key: list[str]) -> None:
     threading.Thread(target=_ahead.run, name="fleet-predial", daemon=True).start()
 
 
-def _read(path: str, key: list[str]) -> tuple[str, dict[str, str], list[tuple[str, int]]] | None:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            lines = fh.read().split("\n")
-    except OSError:
+def _parse(text: str | None) -> tuple[str, dict[str, str], list[tuple[str, int]]] | None:
+    lines = (text or "").split("\n")
+    if len(lines) < 2 or lines[0] != FORMAT:
         return None
-    if len(lines) < 3 or lines[0] != FORMAT or lines[1] != "\0".join(key):
-        return None
-    banner, files, addrs = lines[2], {}, []
+    banner, files, addrs = lines[1], {}, []
     if not banner.startswith("SSH-2.0-") or not banner.isprintable():
         return None
-    for line in lines[3:]:
+    for line in lines[2:]:
         kind, _, rest = line.partition(" ")
         if kind == "file":
             st, _, p = rest.partition(" ")
@@ -253,24 +249,17 @@ def _read(path: str, key: list[str]) -> tuple[str, dict[str, str], list[tuple[st
     return banner, files, addrs
 
 
-def finish() -> None:
-    """The call is over: close what it did not take; keep what it dialled for the next one."""
+def finish() -> str | None:
+    """The call is over: close what it did not take. What to keep for the next identical call
+    (its dials, its version line, its plan's files), or None: nothing new to keep."""
     if _ahead is not None:
         _ahead.close()
-    if not (_armed and _cache and _noted and _banner and _files):
-        return
-    body = [FORMAT, "\0".join(_key), _banner]
+    if not (_armed and _noted and _banner and _files) or _was == (_banner, _files, _noted):
+        return None  # nothing dialled, or the cache says so already
+    body = [FORMAT, _banner]
     body += [f"file {st} {p}" for p, st in _files.items()]
     body += [f"addr {ip} {port}" for ip, port in _noted]
-    if _was == (_banner, _files, _noted):
-        return  # the cache says so already
-    try:
-        from fleet.files import write_atomic
-
-        os.makedirs(os.path.dirname(_cache), mode=0o700, exist_ok=True)
-        write_atomic(_cache, "\n".join(body), sync=False)
-    except (OSError, UnicodeError):
-        pass
+    return "\n".join(body)
 
 
 __all__ = ["PreDialled", "begin", "connect", "depends", "finish", "said_already", "sent", "stamp"]
