@@ -129,6 +129,21 @@ def test_nothing_is_dialled_when_a_file_of_the_plan_changed_or_the_call_is_anoth
         a.close()
 
 
+def test_one_address_gets_no_more_sockets_ahead_than_sshd_lets_wait_unauthenticated(tmp_path, fresh):
+    a = Listener()
+    try:
+        plan = tmp_path / "inventory.yaml"
+        plan.write_text("hosts: {}\n")
+        cache = tmp_path / "cache"
+        _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port)] * 12)  # twelve names of one sshd
+        _begin(cache, ["k"])
+        assert wait_for(lambda: len(a.got) == predial.MAX_SAME, 5, 0.01)
+        assert not wait_for(lambda: len(a.got) > predial.MAX_SAME, 0.5, 0.05)
+        assert predial.MAX_SAME < 10  # below MaxStartups' default start (10:30:100)
+    finally:
+        a.close()
+
+
 def test_a_refused_pre_dial_leaves_the_run_its_own_connect(tmp_path, fresh):
     s = socket.create_server(("127.0.0.1", 0))
     port = s.getsockname()[1]

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 FORMAT = "predial 2"
 MAX_HOSTS = 256      # sockets opened ahead at most (a file descriptor each)
 FRESH = 20.0         # seconds a pre-dialled socket is taken for (sshd's LoginGraceTime is 120)
+MAX_SAME = 8         # sockets opened ahead to one address: sshd's MaxStartups (default 10:30:100)
+                     # drops unauthenticated connections past 10 (many names of one sshd: a lab)
 
 _armed = False       # this process is a CLI fanout: its dials are noted for the next call
 _noted: list[tuple[str, int]] = []       # addresses this run's SSH connections went to, in order
@@ -140,7 +142,11 @@ class Ahead:
         self.done: threading.Event = threading.Event()
         self.ready: dict[tuple[str, int], list[PreDialled]] = {}
         self.pending: dict[PreDialled, tuple[str, int]] = {}
+        per: dict[tuple[str, int], int] = {}
         for a in addrs[:MAX_HOSTS]:
+            per[a] = per.get(a, 0) + 1
+            if per[a] > MAX_SAME:
+                continue  # the run dials those itself, as many at once as its --concurrency says
             try:
                 s = PreDialled(socket.AF_INET6 if ":" in a[0] else socket.AF_INET, socket.SOCK_STREAM)
             except OSError:
