@@ -3,7 +3,7 @@ running (warm connections) against OpenSSH with ControlMaster/ControlPersist (`x
 -o ControlMaster=auto -o ControlPersist=60 NAME true`), and both cold, on the same lab hosts,
 through the same network: loopback, or the lab's relay that adds --rtt milliseconds of round trip
 in front of every sshd (lab_up(rtt=...), fleet.lab.relay; both clients go through it). Runs
-alternate; medians of --repeat. Usage: python bench/serve.py [--sizes 10,50] [--rtt 40] [--repeat 7]"""
+alternate; medians of --repeat. Usage: python bench/serve.py [--sizes 10,50] [--rtt 40] [--repeat 7] [--no-canary]"""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,50")
     ap.add_argument("--rtt", type=float, default=0.0, help="round trip to add, in ms (0: plain loopback)")
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--no-canary", action="store_true",
+                    help="also time the served repeat with --no-canary (what the canary gate costs)")
     a = ap.parse_args()
     for n in [int(x) for x in a.sizes.split(",")]:
         d = Path(tempfile.mkdtemp(prefix=f"fleet-serve-{n}-"))
@@ -63,17 +65,21 @@ def main() -> None:
                 time.sleep(0.05)
             timed(fleet, env=env, cwd=str(d))  # warm both once
             subprocess.run(ssh + cm + ["{}", "true"], input=names, text=True, capture_output=True, check=True)
-            warm_f, warm_s = [], []
+            warm_f, warm_s, warm_n = [], [], []
             for _ in range(a.repeat):
                 warm_f.append(timed(fleet, env=env, cwd=str(d)))
+                if a.no_canary:
+                    warm_n.append(timed([*fleet[:-1], "--no-canary", "true"], env=env, cwd=str(d)))
                 t = time.perf_counter()
                 subprocess.run(ssh + cm + ["{}", "true"], input=names, text=True, capture_output=True, check=True)
                 warm_s.append(time.perf_counter() - t)
             net = f"RTT {a.rtt:g} ms" if a.rtt else "loopback"
-            for what, f_t, s_t, other in (("cold", cold_f, cold_s, "ssh"), ("repeat", warm_f, warm_s,
-                                                                             "ssh ControlPersist")):
+            rows = [("cold", cold_f, cold_s, "ssh"), ("repeat", warm_f, warm_s, "ssh ControlPersist")]
+            if warm_n:
+                rows.append(("repeat --no-canary", warm_n, warm_s, "ssh ControlPersist"))
+            for what, f_t, s_t, other in rows:
                 fm, sm = statistics.median(f_t), statistics.median(s_t)
-                print(f"N={n} {net} {what}: fleet{' (fleet serve)' if what == 'repeat' else ''} {fm:.3f}s  "
+                print(f"N={n} {net} {what}: fleet{' (fleet serve)' if what != 'cold' else ''} {fm:.3f}s  "
                       f"{other} {sm:.3f}s  ratio {fm / sm:.2f}x  (fleet {min(f_t):.3f}-{max(f_t):.3f}, "
                       f"ssh {min(s_t):.3f}-{max(s_t):.3f})", flush=True)
         finally:
