@@ -39,6 +39,40 @@ def test_a_kept_connection_runs_its_next_command_on_the_channel_opened_ahead(lab
         assert not wait_for(lambda: any(s.spare is not None for s in _kept(fl)), 1.0)
 
 
+def _session_opening_slowly(mocker, opened, release):
+    """An SSHSession whose transport's open_session waits for ``release`` (a channel's round trip)."""
+    ch = mocker.Mock(active=True, closed=False)
+
+    def open_session(timeout):
+        opened.append(1)
+        release.wait(5)
+        return ch
+    t = mocker.Mock(is_active=lambda: True, open_session=open_session)
+    sess = SSHSession(mocker.Mock(), mocker.Mock(), mocker.Mock(), mocker.Mock(), connect_timeout=5)
+    sess.conn = mocker.Mock(client=mocker.Mock(get_transport=lambda: t))
+    return sess, ch
+
+
+def test_a_command_that_comes_while_its_spare_is_on_its_way_waits_for_it_and_all_are_asked_at_once(mocker):
+    import threading
+
+    from fleet.ssh import warm
+    opened: list[int] = []
+    release = threading.Event()
+    sessions = [_session_opening_slowly(mocker, opened, release) for _ in range(20)]
+    for sess, _ in sessions:
+        warm.open_spare_soon(sess)
+    # twenty kept connections (a fanout's): every spare is asked for before any answer came
+    assert wait_for(lambda: len(opened) == 20, 5, 0.01), len(opened)
+    got: list = []
+    taker = threading.Thread(target=lambda: got.append(sessions[0][0].take_spare()))
+    taker.start()  # the next command comes before its spare's answer
+    release.set()
+    taker.join(10)
+    assert got == [sessions[0][1]]  # it ran on the spare, not on a channel of its own
+    assert all(wait_for(lambda s=s: s.spare is not None, 5, 0.01) for s, _ in sessions[1:])
+
+
 def test_hosts_waiting_for_the_canary_open_their_channel_meanwhile(lab, tmp_path, mocker):
     o = opts(tmp_path)
     prepared = mocker.spy(SSHSession, "prepare")

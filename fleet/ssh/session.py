@@ -122,6 +122,8 @@ class SSHSession:
         self.commands = 0  # commands started on this connection (a warm one runs several)
         self.spare: Any = None  # a session channel opened ahead for the next command (warm pool)
         self._preparing = threading.Lock()
+        self.due = threading.Event()  # cleared: a spare is on its way (fleet.ssh.warm.open_spare_soon)
+        self.due.set()
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------ connect
@@ -296,18 +298,23 @@ class SSHSession:
     def prepare(self) -> None:
         """Open the next command's session channel now (while it waits for the canary), so the
         command sends only its exec request; nothing if it cannot (the command then opens it)."""
-        t = self.conn.client.get_transport() if self.conn else None
-        if self.spare is not None or t is None or not t.is_active() or not self._preparing.acquire(blocking=False):
-            return  # one at hand, no connection, or being opened by another thread
         try:
-            self.spare = t.open_session(timeout=self.connect_timeout)
-        except Exception:  # noqa: BLE001 - the command opens its channel itself and says why it cannot
-            pass
+            t = self.conn.client.get_transport() if self.conn else None
+            if self.spare is not None or t is None or not t.is_active() or not self._preparing.acquire(False):
+                return  # one at hand, no connection, or being opened by another thread
+            try:
+                self.spare = t.open_session(timeout=self.connect_timeout)
+            except Exception:  # noqa: BLE001 - the command opens its channel itself and says why it cannot
+                pass
+            finally:
+                self._preparing.release()
         finally:
-            self._preparing.release()
+            self.due.set()
 
     def take_spare(self) -> Any:
-        """The channel opened ahead for this command, if it is still open; else None."""
+        """The channel opened ahead for this command, if it is still open; else None. One on its
+        way is waited for: it comes sooner than a channel the command would open now."""
+        self.due.wait(self.connect_timeout)
         ch, self.spare = self.spare, None
         if ch is not None and ch.active and not ch.closed:
             return ch

@@ -39,10 +39,13 @@ def _set_check(sess: SSHSession, seconds: float) -> None:
 
 def open_spare_soon(sess: SSHSession) -> None:
     """Open ``sess``'s next command's channel in the background (a pool of its own: opening 50 at
-    a high RTT never holds up the helper pool's lookups)."""
+    a high RTT never holds up the helper pool's lookups; 64 threads, so the spares of a fanout at
+    the default concurrency (32) are all asked for at once: one round trip, where 8 threads took
+    ceil(N/8)). A command that comes meanwhile waits for its spare (``sess.due``)."""
     from fleet.workers import shared_pool
 
-    shared_pool("fleet-spare", 8).submit(sess.prepare)
+    sess.due.clear()
+    shared_pool("fleet-spare", 64).submit(sess.prepare)
 
 
 class ConnectionPool:
