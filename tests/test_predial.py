@@ -77,6 +77,15 @@ def _record(cache, key, files, addrs, banner="SSH-2.0-test_1.0"):
     entry._keep(str(cache), key, "\n".join(lines))  # as the console script keeps what finish() gave
 
 
+def _planned(tmp_path, addrs):
+    """An inventory file and a cache that names ``addrs`` for the call ``["k"]`` planned from it."""
+    plan = tmp_path / "inventory.yaml"
+    plan.write_text("hosts: {}\n")
+    cache = tmp_path / "cache"
+    _record(cache, ["k"], [str(plan)], addrs)
+    return plan, cache
+
+
 def _begin(cache, key):
     predial.begin(entry._cached(str(cache), key))  # as the console script starts it
 
@@ -84,10 +93,7 @@ def _begin(cache, key):
 def test_what_the_cache_names_is_dialled_ahead_taken_by_the_run_and_the_rest_closed(tmp_path, fresh):
     a, b = Listener(), Listener()
     try:
-        plan = tmp_path / "inventory.yaml"
-        plan.write_text("hosts: {}\n")
-        cache = tmp_path / "cache"
-        _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port), ("127.0.0.1", b.port)])
+        plan, cache = _planned(tmp_path, [("127.0.0.1", a.port), ("127.0.0.1", b.port)])
         _begin(cache, ["k"])
         assert wait_for(lambda: a.got == [b"SSH-2.0-test_1.0\r\n"] and b.got == [b"SSH-2.0-test_1.0\r\n"], 5, 0.01)
         sock = predial.connect(b"127.0.0.1", a.port, 5)
@@ -103,7 +109,8 @@ def test_what_the_cache_names_is_dialled_ahead_taken_by_the_run_and_the_rest_clo
         assert wait_for(lambda: b.got == [b"SSH-2.0-test_1.0\r\n<EOF>"], 5, 0.01)  # not taken: closed at the end
         assert a.got[0] == b"SSH-2.0-test_1.0\r\n"  # taken: still the run's
         kept = plan_text.splitlines()
-        assert kept[:2] == [predial.FORMAT, "SSH-2.0-test_1.0"] and kept[2:] == [f"file {predial.stamp(str(plan))} {plan}", f"addr 127.0.0.1 {a.port}",
+        assert kept[:2] == [predial.FORMAT, "SSH-2.0-test_1.0"]
+        assert kept[2:] == [f"file {predial.stamp(str(plan))} {plan}", f"addr 127.0.0.1 {a.port}",
                             f"addr 127.0.0.1 {a.port}"]  # this run's dials, for the next call
         sock.close()
         again.close()
@@ -115,10 +122,7 @@ def test_what_the_cache_names_is_dialled_ahead_taken_by_the_run_and_the_rest_clo
 def test_nothing_is_dialled_when_a_file_of_the_plan_changed_or_the_call_is_another(tmp_path, fresh):
     a = Listener()
     try:
-        plan = tmp_path / "inventory.yaml"
-        plan.write_text("hosts: {}\n")
-        cache = tmp_path / "cache"
-        _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port)])
+        plan, cache = _planned(tmp_path, [("127.0.0.1", a.port)])
         plan.write_text("hosts: {other: {}}\n")  # the plan may select other hosts now
         _begin(cache, ["k"])
         _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port)])
@@ -132,10 +136,7 @@ def test_nothing_is_dialled_when_a_file_of_the_plan_changed_or_the_call_is_anoth
 def test_one_address_gets_no_more_sockets_ahead_than_sshd_lets_wait_unauthenticated(tmp_path, fresh):
     a = Listener()
     try:
-        plan = tmp_path / "inventory.yaml"
-        plan.write_text("hosts: {}\n")
-        cache = tmp_path / "cache"
-        _record(cache, ["k"], [str(plan)], [("127.0.0.1", a.port)] * 12)  # twelve names of one sshd
+        plan, cache = _planned(tmp_path, [("127.0.0.1", a.port)] * 12)  # twelve names of one sshd
         _begin(cache, ["k"])
         assert wait_for(lambda: len(a.got) == predial.MAX_SAME, 5, 0.01)
         assert not wait_for(lambda: len(a.got) > predial.MAX_SAME, 0.5, 0.05)
@@ -148,10 +149,7 @@ def test_a_refused_pre_dial_leaves_the_run_its_own_connect(tmp_path, fresh):
     s = socket.create_server(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nobody listens there now
-    plan = tmp_path / "inventory.yaml"
-    plan.write_text("hosts: {}\n")
-    cache = tmp_path / "cache"
-    _record(cache, ["k"], [str(plan)], [("127.0.0.1", port)])
+    plan, cache = _planned(tmp_path, [("127.0.0.1", port)])
     _begin(cache, ["k"])
     with pytest.raises(ConnectionRefusedError):
         predial.connect(b"127.0.0.1", port, 5)  # the run's own connect, and its own error

@@ -10,9 +10,8 @@ connection went to, no name, no proxy), the SSH version line it sent and the sta
 its plan came from (inventory, ssh_config), which it keeps in the user's cache under the command
 line and everything its settings depend on (its keyed cache, as for ``--list`` and the journal's
 path). The next identical call (:func:`begin`, from the console script's first lines, before any
-other import)
-finds them and, on one thread that only waits on sockets, connects to each address and sends the
-version line as soon as the connection is up. Nothing else is sent and nothing is read: the
+other import) finds them and, on one thread that only waits on sockets, connects to each address
+and sends the version line as soon as the connection is up. Nothing else is sent and nothing is read: the
 host's own version line and key exchange wait in the socket for the run.
 
 The run takes a socket where it would connect (:func:`connect`: the same address and port, while

@@ -45,7 +45,10 @@ def open_spare_soon(sess: SSHSession) -> None:
     from fleet.workers import shared_pool
 
     sess.due.clear()
-    shared_pool("fleet-spare", 64).submit(sess.prepare)
+    try:
+        shared_pool("fleet-spare", 64).submit(sess.prepare)
+    except RuntimeError:  # the pool is shut down (the process exits): no spare comes, none is waited for
+        sess.due.set()
 
 
 class ConnectionPool:
