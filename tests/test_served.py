@@ -119,3 +119,25 @@ def test_version_and_list_answer_without_the_full_program_and_say_the_same(tmp_p
     assert list(Path(tmp_path / "cache" / "fleet").glob("list-*.txt"))  # the second came from the cache
     v = there("--version")
     assert v.returncode == 0 and re.fullmatch(r"fleet \d+\.\d+\.\d+\n", v.stdout)
+
+
+def test_a_served_call_into_a_pipe_arrives_whole_and_into_a_closed_one_ends_quietly(lab, tmp_path):
+    """The thin client leaves at once after the service's exit status (no interpreter teardown):
+    what it was sent is all written first, and a reader that went away (`| head`) ends it quietly
+    with the in-process program's status, never a traceback or 'Exception ignored'."""
+    write_inventory(tmp_path / "inv.yaml", lab, names=["lab05", "lab06"])
+    big = "seq 1 40000"  # more than a pipe holds: the client is still writing when the service is done
+    with service():
+        whole = there("fanout", "--inventory", "inv.yaml", "--all", "--no-canary", big, cwd=str(tmp_path))
+        ref = here("fanout", "--inventory", "inv.yaml", "--all", "--no-canary", big, cwd=str(tmp_path))
+        assert served_calls() == 1 and whole.returncode == ref.returncode == 0, whole.stderr
+        assert plain(whole.stdout) == plain(ref.stdout) and whole.stdout.count("\n40000\n") == 1  # gathered: both hosts said it
+        calls = served_calls()
+        for run_here in (False, True):
+            env = {**os.environ, **({"FLEET_NO_SERVICE": "1"} if run_here else {})}
+            p = subprocess.run(f"{FLEET} fanout --inventory inv.yaml --all --no-canary '{big}' | head -1; "
+                               "echo status=${PIPESTATUS[0]}", shell=True, executable="/bin/bash", env=env,
+                               cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+            said = [ln for ln in p.stderr.splitlines() if not ln.startswith("note: no canary")]
+            assert p.stdout.splitlines()[-1] == "status=0" and said == [], (run_here, p.stdout[-300:], p.stderr)
+        assert served_calls() == calls + 1  # the first of the two was the service's

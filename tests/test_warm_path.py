@@ -132,7 +132,10 @@ def test_a_served_call_loads_no_json_socket_hashlib_or_invoke_in_the_client(lab,
     inv = write_inventory(tmp_path / "inv.yaml", lab, names={"lab01"})
     probe = tmp_path / "probe.py"
     probe.write_text(
-        "import sys\n"
+        "import os, sys\n"
+        "def leave(code):\n"  # the client leaves with os._exit: here it lets the probe look first
+        "    raise SystemExit(code)\n"
+        "os._exit = leave\n"
         "sys.argv = ['fleet', 'fanout', '--inventory', sys.argv[1], '--hosts', 'lab01', 'true']\n"
         "try:\n"
         "    from fleet.cli.entry import main\n"

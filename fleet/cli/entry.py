@@ -45,8 +45,7 @@ def main() -> None:
         key = _settings_key()
         code = _served(argv, key)
         if code is not None:
-            sys.stdout.flush()
-            raise SystemExit(code)
+            _leave(code)
     kept: tuple[str, list[str]] | None = None  # where this call's pre-dial plan is kept, and its key
     if argv and argv[0] in PREDIAL and not os.environ.get("FLEET_NO_PREDIAL"):
         from fleet.ssh import predial
@@ -68,6 +67,20 @@ def main() -> None:
             if plan is not None:
                 _keep(*kept, plan)  # this run's dials, for the next identical call
         _quick_exit()
+
+
+def _leave(code: int) -> None:
+    """End a served call's client with the service's exit status: its output flushed, then out
+    at once. The interpreter's teardown (module and object finalization, ~2 ms of a 10 ms
+    client) would do nothing else here: the thin client holds no file, thread or atexit hook."""
+    for out in (sys.stdout, sys.stderr):
+        try:
+            out.flush()
+        except BrokenPipeError:  # `fleet fanout ... | head`: the reader has gone
+            pass
+        except OSError:
+            code = code or 1  # the output could not be written (a full disk): not a success
+    os._exit(code & 0xFF)  # what the shell sees of any status, as for SystemExit
 
 
 def _quick_exit() -> None:
