@@ -12,6 +12,8 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +94,8 @@ class _Loader:
         self.errors: list[BadInput] = []
         self.ignore: list[str] = []  # every IgnoreUnknown value anywhere
         self.unknown: list[Line] = []
+        self.read: list[tuple[str, str]] = []  # (path, stamp) of every file it looked for: what it depends on
+        self.globs: list[tuple[str, tuple[str, ...]]] = []  # (Include pattern, what it matched)
 
     def load(self, path: str, flags: int, depth: int, must_exist: bool = False) -> ConfFile | None:
         key = (path, bool(flags & USERCONF))
@@ -102,12 +106,14 @@ class _Loader:
                            f"{MAX_DEPTH} levels: does a file include itself?)")
         predial.depends(path)
         try:
+            self.read.append((path, "-"))
             pre = os.stat(path)
             if not (stat.S_ISREG(pre.st_mode) or stat.S_ISDIR(pre.st_mode)) and os.path.realpath(path) != "/dev/null":
                 raise BadInput(f"ssh_config {path}: not a regular file (a pipe, socket or device would be read "
                                f"for ever)")
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
+                self.read[-1] = (path, _stamp(st))  # taken before the read: a write during it is a change
                 data = b"" if stat.S_ISDIR(st.st_mode) else f.read(MAX_FILE + 1)
         except FileNotFoundError:
             if must_exist:
@@ -116,6 +122,7 @@ class _Loader:
             return None
         except IsADirectoryError:
             data, st = b"", os.stat(path)
+            self.read[-1] = (path, _stamp(st))
         except OSError as exc:
             raise BadInput(f"Can't open user config file {path}: {exc.strerror or exc}") from None
         if flags & CHECKPERM and not secure(st):
@@ -165,7 +172,9 @@ class _Loader:
                 raise lx.LexError(f"bad include path {arg}.")
             if not os.path.isabs(arg) and not arg.startswith("~"):
                 arg = ("~/.ssh/" if flags & USERCONF else "/etc/ssh/") + arg
-            for p in sorted(glob.glob(os.path.expanduser(arg))):
+            found = sorted(glob.glob(os.path.expanduser(arg)))
+            self.globs.append((os.path.expanduser(arg), tuple(found)))
+            for p in found:
                 child = self.load(p, flags | CHECKPERM, depth + 1)
                 if child is not None:
                     ln.includes.append(child)
@@ -190,9 +199,61 @@ def _height(cf: ConfFile, memo: dict[int, int], visiting: set[int]) -> int:
     return h
 
 
+RACY_NS = 2_000_000_000  # a file changed this recently may change again within its time's granularity
+
+
+def _stamp(st: os.stat_result) -> str:
+    """What tells a changed file or directory: its identity, size, times, mode and owner (the
+    permission check depends on the last three). A file changed in the last two seconds gets
+    no stamp ("racy", as git says): file times tick in jiffies (~4 ms), so a second write of
+    the same size could keep all of them; it is read again until it has stood still."""
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+        return "racy"
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_mode}:{st.st_uid}:{st.st_gid}"
+
+
+def _stamp_of(path: str) -> str:
+    try:
+        return _stamp(os.stat(path))
+    except OSError:
+        return "-"
+
+
+# Files read before, by what was asked (the files and $HOME, which Includes are relative to):
+# a long-lived process (``fleet serve``, ``fleet mcp``) reads the person's ssh_config again only
+# when one of its files or Include globs changed (each file is stat'ed, each glob run, per call).
+_LOADED: dict[tuple[Any, ...], tuple["Config", list[tuple[str, str]], list[tuple[str, tuple[str, ...]]]]] = {}
+_LOADED_MAX = 16
+_LOADED_LOCK = threading.Lock()
+
+
+def _unchanged(read: list[tuple[str, str]], globs: list[tuple[str, tuple[str, ...]]]) -> bool:
+    return all(was != "racy" and _stamp_of(p) == was for p, was in read) and \
+        all(tuple(sorted(glob.glob(pat))) == was for pat, was in globs)
+
+
 def load(files: list[tuple[str, int, bool]], text: str | None = None) -> "Config":
     """Read ``files`` ((path, flags, must_exist), in order) and every Include; BadInput if ssh
-    would refuse them. With ``text``, the one file is that text (named by the path)."""
+    would refuse them. With ``text``, the one file is that text (named by the path). Files read
+    before and unchanged since (every file, every Include's matches) are not read again."""
+    key = (tuple(files), os.path.expanduser("~")) if text is None else None
+    with _LOADED_LOCK:
+        kept = _LOADED.get(key) if key is not None else None
+    if kept is not None and _unchanged(kept[1], kept[2]):
+        for path, _ in kept[1]:
+            predial.depends(path)
+        return kept[0]
+    cfg, ld = _load(files, text)
+    if key is not None:
+        with _LOADED_LOCK:
+            _LOADED.pop(key, None)
+            if len(_LOADED) >= _LOADED_MAX:
+                _LOADED.pop(next(iter(_LOADED)))  # the oldest
+            _LOADED[key] = (cfg, ld.read, ld.globs)
+    return cfg
+
+
+def _load(files: list[tuple[str, int, bool]], text: str | None) -> tuple["Config", "_Loader"]:
     ld = _Loader()
     roots: list[tuple[ConfFile, int]] = []
     for path, flags, must in files:
@@ -208,7 +269,7 @@ def load(files: list[tuple[str, int, bool]], text: str | None = None) -> "Config
         more = f" (and {len(ld.errors) - 1} more bad line{'s' if len(ld.errors) > 2 else ''})" \
             if len(ld.errors) > 1 else ""
         raise BadInput(f"{ld.errors[0]}{more}; ssh refuses this config too: fix or remove the line")
-    return Config(roots)
+    return Config(roots), ld
 
 
 def load_text(text: str, name: str) -> "Config":
