@@ -141,3 +141,32 @@ def test_a_served_call_into_a_pipe_arrives_whole_and_into_a_closed_one_ends_quie
             said = [ln for ln in p.stderr.splitlines() if not ln.startswith("note: no canary")]
             assert p.stdout.splitlines()[-1] == "status=0" and said == [], (run_here, p.stdout[-300:], p.stderr)
         assert served_calls() == calls + 1  # the first of the two was the service's
+
+
+def test_the_parser_contexts_kept_between_calls_parse_each_call_as_fresh_ones_would():
+    """The service parses many command lines with the task contexts it made once (their deep copy
+    is a rebuild, fleet.cli.program.quick_copies): each parse reads as Invoke's own deep copy of
+    fresh contexts reads it, and nothing one call set (a list flag, a value) reaches the next."""
+    from invoke.parser import Parser
+
+    from fleet.cli import program as P
+
+    prog = P._program()
+    prog.create_config()
+    prog.collection = P.ns  # what a run sets before it parses the tasks
+    kept = P._contexts(prog)
+    lines = [["fanout", "--collect", "a", "--collect", "b", "--hosts", "x", "--command", "c"],
+             ["fanout", "--all", "--json", "--command", "c"],
+             ["worktrees.remove", "--repo", "r", "--name", "n", "--hosts", "h"],
+             ["fanout", "--collect", "z", "--all", "--command", "c"], ["preflight"]]
+
+    def values(parser: Parser, argv: list[str]) -> list[tuple[str, dict]]:
+        return [(c.name, {k: a.value for k, a in c.args.items()}) for c in parser.parse_argv(argv)]
+    for argv in lines:
+        fresh = prog.collection.to_contexts(ignore_unknown_help=True)
+        assert all(type(c).__name__ == "ParserContext" for c in fresh)
+        want = values(Parser(initial=prog.initial_context, contexts=fresh), argv)
+        got = values(Parser(initial=prog.initial_context, contexts=kept), argv)
+        assert got == want, argv
+    fan = next(c for c in kept if c.name == "fanout")
+    assert fan.args["collect"].value == [] and fan.args["hosts"].value is None  # the kept ones untouched

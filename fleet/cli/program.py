@@ -35,6 +35,10 @@ def _program():
             return Parser(initial=self.initial_context,
                           contexts=[c for c in _contexts(self) if c.name in words or words & set(c.aliases)])
 
+        @property
+        def initial_context(self):
+            return quick_copies(super().initial_context)
+
         def parse_core(self, argv) -> None:
             from invoke.exceptions import ParseError
             try:
@@ -51,8 +55,48 @@ _CONTEXTS: list[Any] = []
 def _contexts(program: Any) -> list[Any]:
     """The tasks' parser contexts, made once per process (the collection does not change)."""
     if not _CONTEXTS:
-        _CONTEXTS.extend(program.collection.to_contexts(ignore_unknown_help=program.config.tasks.ignore_unknown_help))
+        _CONTEXTS.extend(quick_copies(c) for c in program.collection.to_contexts(
+            ignore_unknown_help=program.config.tasks.ignore_unknown_help))
     return _CONTEXTS
+
+
+def quick_copies(ctx: Any) -> Any:
+    """``ctx`` (an Invoke ``ParserContext``), whose deep copy is a rebuild from copies of its
+    arguments. Invoke's parser deep-copies its contexts on every parse, with ``copy.deepcopy``
+    walking every argument's help text and the flag tables: ~1 ms of each run, every call of a
+    long-lived service. An argument holds no mutable value but its list (``iterable`` flags:
+    copied) and the tables are made from the arguments, so the rebuild is the same copy."""
+    from invoke.parser import ParserContext
+
+    global _Quick
+    if _Quick is None:
+        class _QuickContext(ParserContext):
+            def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+                new = _QuickContext.__new__(_QuickContext)
+                ParserContext.__init__(new, name=self.name, aliases=tuple(self.aliases),
+                                       args=[_arg_copy(a) for a in self.args.values()])
+                memo[id(self)] = new
+                return new
+        _Quick = _QuickContext
+    if type(ctx) is ParserContext:
+        ctx.__class__ = _Quick
+    return ctx
+
+
+_Quick: Any = None
+
+
+def _arg_copy(arg: Any) -> Any:
+    import copy
+
+    new = copy.copy(arg)
+    if isinstance(arg._value, list):
+        new._value = list(arg._value)
+    if arg.raw_value is arg._value:
+        new.raw_value = new._value
+    elif isinstance(arg.raw_value, list):
+        new.raw_value = list(arg.raw_value)
+    return new
 
 
 def parse_tasks_fleet_way(program, parse) -> None:
