@@ -183,3 +183,27 @@ def test_the_first_commands_channel_comes_with_the_authentication_and_a_refused_
         assert caplog.text.count("userauth is OK") == 2 and "Authentication (publickey) failed" in caplog.text
     finally:
         SSHSession.take_spare = orig  # type: ignore[method-assign]
+
+
+def test_spares_held_for_a_call_open_when_it_ends_and_the_next_call_runs_on_them(lab, tmp_path, mocker):
+    """A served call holds the spares of the connections its hosts give back until its client has
+    its answer (the channels' opening would cost the call's last hosts CPU); then they open, and
+    the next call sends only its exec requests."""
+    o = opts(tmp_path)
+    used = mocker.spy(SSHSession, "take_spare")
+    with Fleet(str(lab.inventory), settings=settings(tmp_path)) as fl:
+        assert fl.fanout("lab01,lab02", "true", no_canary=True, options=o).exit_code == 0
+        assert wait_for(lambda: len(_kept(fl)) == 2 and all(s.spare is not None for s in _kept(fl)), 10)
+        with fl.pool.spares_after():
+            with fl.pool.spares_after():  # nested (two calls at once): the last one out opens them
+                assert fl.fanout("lab01,lab02", "true", no_canary=True, options=o).exit_code == 0
+            assert len(_kept(fl)) == 2
+            assert not wait_for(lambda: any(s.spare is not None for s in _kept(fl)), 0.5)  # none while held
+            assert all(s.due.is_set() for s in _kept(fl))  # and none awaited: a use now opens its own
+        assert wait_for(lambda: all(s.spare is not None for s in _kept(fl)), 10)
+        used.reset_mock()
+        used.spy_return_list.clear()
+        third = fl.fanout("lab01,lab02", "echo three", no_canary=True, options=o)
+        assert [r.stdout for r in third.results] == ["three\n", "three\n"]
+        assert len(used.spy_return_list) == 2 and all(ch is not None for ch in used.spy_return_list)
+        assert fl.pool.dials == 2  # the same two connections throughout

@@ -322,15 +322,16 @@ class Service:
         done = threading.Event()
         ctrl_c = CtrlC()
         self._watch_client(rfile, done, ctrl_c)
-        try:
-            code = run_call(req, send, ctrl_c, self.journal)
-        finally:
-            done.set()
-        if code is None:
-            send({"event": "fallback"})  # busy, or another state directory's call: the client runs it
-            return
-        self.served_calls += 1
-        send({"event": "exit", "code": code})
+        with self.pool.spares_after():  # the next call's channels open once this client has its answer
+            try:
+                code = run_call(req, send, ctrl_c, self.journal)
+            finally:
+                done.set()
+            if code is None:
+                send({"event": "fallback"})  # busy, or another state directory's call: the client runs it
+                return
+            self.served_calls += 1
+            send({"event": "exit", "code": code})
 
     def _fanout(self, req: dict[str, Any], send: Callable[[dict[str, Any]], None], rfile: Any) -> None:
         from fleet.app import Fleet
