@@ -83,3 +83,46 @@ def test_a_file_written_in_the_last_seconds_is_read_again_until_it_stands_still(
     user_port(main)
     user_port(main)
     assert loads.call_count == 3  # once it has stood still for two seconds, it is kept
+
+
+def host(name: str, **explicit) -> "object":
+    from fleet.inventory.model import Host
+
+    return Host(name=name, address=explicit.get("address", name), port=explicit.get("port", 22),
+                user=explicit.get("user"), explicit=frozenset(explicit))
+
+
+def test_a_hosts_resolution_is_remembered_for_the_same_question_only(files, monkeypatch, mocker):
+    from fleet.ssh import config as C
+
+    d, main, _ = files
+    put(main, "Host app\n  Port 2201\n  IdentityFile ${FLEET_KEY_DIR}/id_%n\n", 7)
+    asked = mocker.spy(C, "_resolve")
+    monkeypatch.setenv("FLEET_KEY_DIR", "/keys/a")
+    cfg = load_ssh_config(str(main))
+    first = C.resolve_host(host("app"), cfg)
+    assert C.resolve_host(host("app"), load_ssh_config(str(main))) is first and asked.call_count == 1
+    assert first.port == 2201 and first.identities == ("/keys/a/id_app",)
+    monkeypatch.setenv("FLEET_KEY_DIR", "/keys/b")  # a variable the config names: another answer
+    assert C.resolve_host(host("app"), cfg).identities == ("/keys/b/id_app",) and asked.call_count == 2
+    monkeypatch.setenv("FLEET_UNRELATED", "x")  # one it does not name: the same
+    assert C.resolve_host(host("app"), cfg).identities == ("/keys/b/id_app",) and asked.call_count == 2
+    assert C.resolve_host(host("app", port=2299), cfg).port == 2299  # the inventory's own value wins
+    other = d / "home3"
+    (other / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(other))  # another user's view (~, %d): asked again
+    C.resolve_host(host("app"), cfg)
+    assert asked.call_count == 4
+
+
+def test_a_config_that_runs_commands_is_applied_afresh_each_time_as_ssh_does(files, mocker):
+    from fleet.ssh import config as C
+
+    d, main, _ = files
+    ran = d / "ran"
+    put(main, f"Match exec \"echo x >> {ran}; test -e {d}/on\"\n  Port 2202\nHost *\n  Port 2201\n", 8)
+    cfg = load_ssh_config(str(main))
+    assert [C.resolve_host(host("app"), cfg).port for _ in range(2)] == [2201, 2201]
+    (d / "on").write_text("")
+    assert C.resolve_host(host("app"), cfg).port == 2202
+    assert ran.read_text() == "x\nx\nx\n"  # its command ran for every resolution

@@ -358,6 +358,9 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
     return hop, o
 
 
+MAX_REMEMBERED = 4096  # resolutions one config keeps (hosts x inventory values x environments)
+
+
 def resolve_host(host: "Host", cfg: "paramiko.SSHConfig") -> Hop:
     """Where ``ssh host.name`` would go, with what the inventory states explicitly on top (as ``-o``)."""
     ex = host.is_explicit
@@ -370,8 +373,17 @@ def resolve_host(host: "Host", cfg: "paramiko.SSHConfig") -> Hop:
         pre["user"] = host.user
     # an identity_file in the inventory is the one key to use (as with -i and IdentitiesOnly)
     ids = (host.identity_file,) if ex("identity_file") and host.identity_file else None
-    return _resolve(_as_config(cfg), host.name, pre, local(), identities=ids,
-                    identities_only=True if ids else None)[0]
+    conf, me = _as_config(cfg), local()
+    # the same question of the same files (a long-lived process's next call): the same answer
+    key = conf.memo_key(host.name, tuple(sorted(pre.items())), ids, me)
+    hop = conf.resolved.get(key) if key is not None else None
+    if hop is None:
+        hop = _resolve(conf, host.name, pre, me, identities=ids, identities_only=True if ids else None)[0]
+        if key is not None:
+            if len(conf.resolved) >= MAX_REMEMBERED:
+                conf.resolved.clear()
+            conf.resolved[key] = hop
+    return hop
 
 
 def resolved_view(host: "Host", cfg: "paramiko.SSHConfig", fleet_known_hosts: list[str],

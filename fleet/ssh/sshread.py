@@ -272,6 +272,32 @@ def _load(files: list[tuple[str, int, bool]], text: str | None) -> tuple["Config
     return Config(roots), ld
 
 
+_WORLDLY = ("canonicalizehostname", "canonicalizepermittedcnames")
+
+
+def _env_names(roots: list[tuple[ConfFile, int]]) -> tuple[str, ...] | None:
+    names: set[str] = set()
+    seen: set[int] = set()
+    todo = [cf for cf, _ in roots]
+    while todo:
+        cf = todo.pop()
+        if id(cf) in seen:
+            continue
+        seen.add(id(cf))
+        for ln in cf.lines:
+            if ln.kw in _WORLDLY or (ln.kw == "match" and any(c.attr == "exec" for c in ln.crits)):
+                return None
+            i = ln.rest.find("${")
+            while i >= 0:
+                j = ln.rest.find("}", i + 2)
+                if j < 0:
+                    break
+                names.add(ln.rest[i + 2:j])
+                i = ln.rest.find("${", j)
+            todo.extend(ln.includes)
+    return tuple(sorted(names))
+
+
 def load_text(text: str, name: str) -> "Config":
     """A config given as text (read as a ``-F`` file named ``name``)."""
     return load([(name, USERCONF, False)], text)
@@ -284,6 +310,19 @@ class Config:
 
     def __init__(self, roots: list[tuple[ConfFile, int]]) -> None:
         self.roots = roots
+        # What a host's resolution depends on besides the files: the host's name and the
+        # inventory's values, this user and machine (fleet.ssh.tokens.Local), and the environment
+        # variables a line names (${VAR}); also the world, when a line runs a command (Match
+        # exec) or asks DNS (Canonicalize*): then nothing is remembered (``env`` is None).
+        self.resolved: dict[tuple[Any, ...], Any] = {}  # by memo_key: fleet.ssh.config.resolve_host
+        self.env: tuple[str, ...] | None = _env_names(roots)
+
+    def memo_key(self, *parts: Any) -> tuple[Any, ...] | None:
+        """The key ``parts`` (host, inventory values, Local) resolve under now, or None: this
+        config's resolutions are not to be remembered."""
+        if self.env is None:
+            return None
+        return (*parts, tuple(os.environ.get(v) for v in self.env))
 
     def read(self, host: str, original: str, opts: Options, final: bool, me: Local) -> None:
         """One pass over every file for ``host`` (the name given, or in the final pass the
