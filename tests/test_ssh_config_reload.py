@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import BadInput
-from fleet.ssh import sshread
+from fleet.ssh import sshmemo, sshread
 from fleet.ssh.config import load_ssh_config
 
 T0 = 1_700_000_000 * 10**9  # file times set by hand: two writes never share one
@@ -26,7 +26,7 @@ def files(tmp_path, monkeypatch, mocker):
     main = tmp_path / "config"
     put(main, f"Include {tmp_path}/conf.d/*.conf\nHost app\n  Port 2201\n", 1)
     put(tmp_path / "conf.d" / "a.conf", "Host app\n  User alice\n", 1)
-    return tmp_path, main, mocker.spy(sshread, "_load")
+    return tmp_path, main, mocker.spy(sshmemo, "read_files")
 
 
 def put(p: Path, text: str, tick: int) -> None:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import BadInput
-from fleet.ssh import algs, hostscmd
+from fleet.ssh import algs, hostscmd, sshmemo
 from fleet.ssh import sshlex as lx
 from fleet.ssh.knownhosts import key_name
 from fleet.ssh.sshmatch import match_pattern_list
-from fleet.ssh.sshread import CHECKPERM, USERCONF, Config, Options, bad, load, load_text
+from fleet.ssh.sshread import CHECKPERM, USERCONF, Config, Options, bad, load_text, read_files
 from fleet.ssh.tokens import (
     Local,
     default_tokens,
@@ -171,12 +171,12 @@ def load_ssh_config(path: str | None) -> SSHConfigFiles:
     is no config. Raises :class:`BadInput` (file:line) for anything ssh would refuse.
     """
     if path is not None and lx.lower(path.strip()) in ("", "none"):
-        return SSHConfigFiles(load([]), "none")
+        return SSHConfigFiles(read_files([])[0], "none")
     default_user = os.path.expanduser("~/.ssh/config")
     p = os.path.expanduser(path) if path else default_user
     if os.path.abspath(p) == os.path.abspath(default_user):
-        return SSHConfigFiles(load([(p, USERCONF | CHECKPERM, False), (SYSTEM_CONFIG, 0, False)]), p)
-    return SSHConfigFiles(load([(p, USERCONF, True)]), p)
+        return SSHConfigFiles(sshmemo.load([(p, USERCONF | CHECKPERM, False), (SYSTEM_CONFIG, 0, False)]), p)
+    return SSHConfigFiles(sshmemo.load([(p, USERCONF, True)]), p)
 
 
 def _as_config(cfg: Any) -> Config:
@@ -358,9 +358,6 @@ def _resolve(cfg: Config, name: str, pre: dict[str, Any], me: Local, *, identiti
     return hop, o
 
 
-MAX_REMEMBERED = 4096  # resolutions one config keeps (hosts x inventory values x environments)
-
-
 def resolve_host(host: "Host", cfg: "paramiko.SSHConfig") -> Hop:
     """Where ``ssh host.name`` would go, with what the inventory states explicitly on top (as ``-o``)."""
     ex = host.is_explicit
@@ -375,15 +372,8 @@ def resolve_host(host: "Host", cfg: "paramiko.SSHConfig") -> Hop:
     ids = (host.identity_file,) if ex("identity_file") and host.identity_file else None
     conf, me = _as_config(cfg), local()
     # the same question of the same files (a long-lived process's next call): the same answer
-    key = conf.memo_key(host.name, tuple(sorted(pre.items())), ids, me)
-    hop = conf.resolved.get(key) if key is not None else None
-    if hop is None:
-        hop = _resolve(conf, host.name, pre, me, identities=ids, identities_only=True if ids else None)[0]
-        if key is not None:
-            if len(conf.resolved) >= MAX_REMEMBERED:
-                conf.resolved.clear()
-            conf.resolved[key] = hop
-    return hop
+    return sshmemo.remembered(conf, (host.name, tuple(sorted(pre.items())), ids, me), lambda: _resolve(
+        conf, host.name, pre, me, identities=ids, identities_only=True if ids else None)[0])
 
 
 def resolved_view(host: "Host", cfg: "paramiko.SSHConfig", fleet_known_hosts: list[str],

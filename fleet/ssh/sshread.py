@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import stat
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +112,7 @@ class _Loader:
                                f"for ever)")
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
-                self.read[-1] = (path, _stamp(st))  # taken before the read: a write during it is a change
+                self.read[-1] = (path, stamp(st))  # taken before the read: a write during it is a change
                 data = b"" if stat.S_ISDIR(st.st_mode) else f.read(MAX_FILE + 1)
         except FileNotFoundError:
             if must_exist:
@@ -122,7 +121,7 @@ class _Loader:
             return None
         except IsADirectoryError:
             data, st = b"", os.stat(path)
-            self.read[-1] = (path, _stamp(st))
+            self.read[-1] = (path, stamp(st))
         except OSError as exc:
             raise BadInput(f"Can't open user config file {path}: {exc.strerror or exc}") from None
         if flags & CHECKPERM and not secure(st):
@@ -202,7 +201,7 @@ def _height(cf: ConfFile, memo: dict[int, int], visiting: set[int]) -> int:
 RACY_NS = 2_000_000_000  # a file changed this recently may change again within its time's granularity
 
 
-def _stamp(st: os.stat_result) -> str:
+def stamp(st: os.stat_result) -> str:
     """What tells a changed file or directory: its identity, size, times, mode and owner (the
     permission check depends on the last three). A file changed in the last two seconds gets
     no stamp ("racy", as git says): file times tick in jiffies (~4 ms), so a second write of
@@ -212,48 +211,10 @@ def _stamp(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_mode}:{st.st_uid}:{st.st_gid}"
 
 
-def _stamp_of(path: str) -> str:
-    try:
-        return _stamp(os.stat(path))
-    except OSError:
-        return "-"
-
-
-# Files read before, by what was asked (the files and $HOME, which Includes are relative to):
-# a long-lived process (``fleet serve``, ``fleet mcp``) reads the person's ssh_config again only
-# when one of its files or Include globs changed (each file is stat'ed, each glob run, per call).
-_LOADED: dict[tuple[Any, ...], tuple["Config", list[tuple[str, str]], list[tuple[str, tuple[str, ...]]]]] = {}
-_LOADED_MAX = 16
-_LOADED_LOCK = threading.Lock()
-
-
-def _unchanged(read: list[tuple[str, str]], globs: list[tuple[str, tuple[str, ...]]]) -> bool:
-    return all(was != "racy" and _stamp_of(p) == was for p, was in read) and \
-        all(tuple(sorted(glob.glob(pat))) == was for pat, was in globs)
-
-
-def load(files: list[tuple[str, int, bool]], text: str | None = None) -> "Config":
+def read_files(files: list[tuple[str, int, bool]], text: str | None = None) -> tuple["Config", "_Loader"]:
     """Read ``files`` ((path, flags, must_exist), in order) and every Include; BadInput if ssh
-    would refuse them. With ``text``, the one file is that text (named by the path). Files read
-    before and unchanged since (every file, every Include's matches) are not read again."""
-    key = (tuple(files), os.path.expanduser("~")) if text is None else None
-    with _LOADED_LOCK:
-        kept = _LOADED.get(key) if key is not None else None
-    if kept is not None and _unchanged(kept[1], kept[2]):
-        for path, _ in kept[1]:
-            predial.depends(path)
-        return kept[0]
-    cfg, ld = _load(files, text)
-    if key is not None:
-        with _LOADED_LOCK:
-            _LOADED.pop(key, None)
-            if len(_LOADED) >= _LOADED_MAX:
-                _LOADED.pop(next(iter(_LOADED)))  # the oldest
-            _LOADED[key] = (cfg, ld.read, ld.globs)
-    return cfg
-
-
-def _load(files: list[tuple[str, int, bool]], text: str | None) -> tuple["Config", "_Loader"]:
+    would refuse them. With ``text``, the one file is that text (named by the path). Also the
+    loader, whose ``read`` and ``globs`` say what the result depends on (fleet.ssh.sshmemo)."""
     ld = _Loader()
     roots: list[tuple[ConfFile, int]] = []
     for path, flags, must in files:
@@ -272,35 +233,9 @@ def _load(files: list[tuple[str, int, bool]], text: str | None) -> tuple["Config
     return Config(roots), ld
 
 
-_WORLDLY = ("canonicalizehostname", "canonicalizepermittedcnames")
-
-
-def _env_names(roots: list[tuple[ConfFile, int]]) -> tuple[str, ...] | None:
-    names: set[str] = set()
-    seen: set[int] = set()
-    todo = [cf for cf, _ in roots]
-    while todo:
-        cf = todo.pop()
-        if id(cf) in seen:
-            continue
-        seen.add(id(cf))
-        for ln in cf.lines:
-            if ln.kw in _WORLDLY or (ln.kw == "match" and any(c.attr == "exec" for c in ln.crits)):
-                return None
-            i = ln.rest.find("${")
-            while i >= 0:
-                j = ln.rest.find("}", i + 2)
-                if j < 0:
-                    break
-                names.add(ln.rest[i + 2:j])
-                i = ln.rest.find("${", j)
-            todo.extend(ln.includes)
-    return tuple(sorted(names))
-
-
 def load_text(text: str, name: str) -> "Config":
     """A config given as text (read as a ``-F`` file named ``name``)."""
-    return load([(name, USERCONF, False)], text)
+    return read_files([(name, USERCONF, False)], text)[0]
 
 
 # ------------------------------------------------------------------------------- applying
@@ -310,19 +245,7 @@ class Config:
 
     def __init__(self, roots: list[tuple[ConfFile, int]]) -> None:
         self.roots = roots
-        # What a host's resolution depends on besides the files: the host's name and the
-        # inventory's values, this user and machine (fleet.ssh.tokens.Local), and the environment
-        # variables a line names (${VAR}); also the world, when a line runs a command (Match
-        # exec) or asks DNS (Canonicalize*): then nothing is remembered (``env`` is None).
-        self.resolved: dict[tuple[Any, ...], Any] = {}  # by memo_key: fleet.ssh.config.resolve_host
-        self.env: tuple[str, ...] | None = _env_names(roots)
-
-    def memo_key(self, *parts: Any) -> tuple[Any, ...] | None:
-        """The key ``parts`` (host, inventory values, Local) resolve under now, or None: this
-        config's resolutions are not to be remembered."""
-        if self.env is None:
-            return None
-        return (*parts, tuple(os.environ.get(v) for v in self.env))
+        self.memo: Any = None  # what a long-lived process remembers of its resolutions (fleet.ssh.sshmemo)
 
     def read(self, host: str, original: str, opts: Options, final: bool, me: Local) -> None:
         """One pass over every file for ``host`` (the name given, or in the final pass the
@@ -427,5 +350,5 @@ class _Pass:
             o.first(kw, v, where)
 
 
-__all__ = ["CHECKPERM", "Config", "ConfFile", "Line", "NEVER", "Options", "USERCONF", "bad", "load", "load_text",
+__all__ = ["CHECKPERM", "Config", "ConfFile", "Line", "NEVER", "Options", "USERCONF", "bad", "load_text", "read_files", "stamp",
            "printable"]
