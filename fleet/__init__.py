@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "Settings": "settings",
     # preflight and fanout (the seed's names)
     "run_preflight_checks": "ssh.preflight", "preflight_many": "ssh.preflight",
-    "fanout_ssh": "ssh.runner", "fanout_hosts": "ssh.runner", "FanoutOptions": "ssh.runner", "FanoutRunner": "ssh.runner",
+    "fanout_ssh": "ssh.oneshot", "fanout_hosts": "ssh.runner", "FanoutOptions": "ssh.runner", "FanoutRunner": "ssh.runner",
     "CheckResult": "results", "FanoutOutcome": "results", "FanoutResult": "results", "FanoutRun": "results",
     "PreflightResult": "results", "PreflightStatus": "results",
     # modes and tokens
@@ -92,5 +92,6 @@ if TYPE_CHECKING:  # static names for type checkers and IDEs
     from fleet.safety.gate import MODES, ConfirmationRequired, Operation, Plan, make_plan, resolve_mode
     from fleet.safety.tokens import Scope, TokenRefused, TokenStore
     from fleet.settings import Settings
+    from fleet.ssh.oneshot import fanout_ssh
     from fleet.ssh.preflight import preflight_many, run_preflight_checks
-    from fleet.ssh.runner import FanoutOptions, FanoutRunner, fanout_hosts, fanout_ssh
+    from fleet.ssh.runner import FanoutOptions, FanoutRunner, fanout_hosts

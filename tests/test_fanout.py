@@ -348,3 +348,18 @@ def test_warm_pool_lends_the_connection_to_the_next_run(lab_inv, tmp_path):
         assert (pool.dials, pool.reused, len(pool)) == (1, 1, 1)
     finally:
         pool.close()
+
+
+def test_every_host_has_its_output_files_empty_ones_too_made_once_the_hosts_are_done(lab_inv, tmp_path):
+    """A stream's file is opened at its first byte; the files of what was not streamed (an empty
+    output) are made when the run ends: every ended host has both, byte-exact."""
+    from fleet.ssh.runner import fanout_hosts
+
+    hosts = [lab_inv.host("lab01"), lab_inv.host("lab02")]
+    cmd = 'if [ "$FLEET_X" ]; then :; fi; printf "a\\nb"; echo err >&2'
+    run = fanout_hosts(lab_inv, hosts, cmd, shared_opts(tmp_path))
+    quiet = fanout_hosts(lab_inv, hosts[:1], "true", shared_opts(tmp_path))
+    d, q = Path(run.artifacts_dir), Path(quiet.artifacts_dir)
+    assert [(d / f"{h}.stdout").read_bytes() for h in ("lab01", "lab02")] == [b"a\nb", b"a\nb"]
+    assert (d / "lab02.stderr").read_bytes() == b"err\n"
+    assert (q / "lab01.stdout").read_bytes() == b"" and (q / "lab01.stderr").read_bytes() == b""

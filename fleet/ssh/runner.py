@@ -107,6 +107,7 @@ class FanoutRunner:
         self._planned: list[str] | None = None  # the hosts of the run, once started
         self.operation = ""  # the gated operation this run is (fanout, blow-away), when one is
         self._lost: list[str] = []  # what could not be written once hosts were running
+        self._unfiled: list[tuple[str, str, str]] = []  # (host, stdout, stderr) whose files finish() makes
         if self.options.artifacts_dir:
             base = ensure_writable(self.options.artifacts_dir, ARTIFACTS, "artifacts_dir")
             self.dir = base / self.run.run_id
@@ -149,6 +150,23 @@ class FanoutRunner:
         with writing("the run's summary", p, "artifacts_dir"):
             write_atomic(p, json.dumps(doc, indent=2, sort_keys=True), 0o644, sync=finished)  # the end's synced
 
+    def _file_outputs(self) -> None:
+        """Each ended host's ``HOST.stdout``/``HOST.stderr`` that its command did not stream (an
+        empty output, a host that never ran): made here, once the hosts are done, rather than
+        by each host's worker between its answer and its result (two file opens per host, on
+        the path every host of a fanout waits on)."""
+        with self._lock:
+            todo, self._unfiled = self._unfiled, []
+        assert self.dir is not None
+        for h, *texts in todo:
+            for stream, text in zip(("stdout", "stderr"), texts, strict=True):
+                p = self.dir / f"{h}.{stream}"
+                try:
+                    if not p.exists():  # remote output was streamed there byte-exact already
+                        p.write_text(text, encoding="utf-8")
+                except OSError as exc:
+                    self._lost_write(exc, "the hosts' output files")
+
     def _lost_write(self, exc: OSError | StorageError, what: str = "fanout.log") -> None:
         """A write that failed once hosts were running: the run goes on (its results are whole in
         memory and shown); a note says what was not recorded, once per kind."""
@@ -167,13 +185,8 @@ class FanoutRunner:
     def _finish(self, r: FanoutResult) -> FanoutResult:
         h = r.host
         if self.dir is not None:
-            for stream in ("stdout", "stderr"):
-                p = self.dir / f"{h}.{stream}"
-                try:
-                    if not p.exists():  # remote output was streamed there byte-exact already
-                        p.write_text(getattr(r, stream), encoding="utf-8")
-                except OSError as exc:
-                    self._lost_write(exc, "the hosts' output files")
+            with self._lock:  # files for what was not streamed there: made by finish()
+                self._unfiled.append((h, r.stdout, r.stderr))
         r = self.shown(r)
         if r.outcome == FanoutOutcome.SUCCESS:
             self.log("success", host=h, user=r.user, command=self.label, attempt=r.attempts,
@@ -344,6 +357,7 @@ class FanoutRunner:
         written is a note on the run (the results are whole), not an error that would hide them."""
         self.run.duration_ms = ms(self._t0)
         if self.dir is not None:
+            self._file_outputs()
             if self._planned is None:
                 self._planned = [r.host for r in self.run.results]
             try:
@@ -375,26 +389,4 @@ def fanout_hosts(inventory: Inventory, hosts: list[Host], command: str, options:
     return run
 
 
-def fanout_ssh(host: str | Host, command: str, timeout_sec: float | None = 3600.0, max_retries: int = 1,
-               preflight: bool = True, inventory: Inventory | None = None,
-               options: FanoutOptions | None = None, logger: Any = None) -> FanoutResult:
-    """Run ``command`` on one host (the seed's API). ``max_retries=1`` means 2 attempts in all.
-    Like every fanout it writes its artifacts and the seed's key=value log (``fanout.log``) under
-    the ``artifacts_dir`` setting; ``logger`` (a :mod:`logging` logger) also gets each log line."""
-    from fleet.inventory import default_inventory
-    from fleet.settings import load_settings
-    from fleet.ssh.kvlog import LogLines
-
-    inv = inventory or default_inventory()
-    h = inv.host(host) if isinstance(host, str) else host
-    opts = replace(options or FanoutOptions.from_settings(load_settings()), command_timeout=timeout_sec,
-                   attempts=max_retries + 1, preflight=preflight)
-    runner = FanoutRunner(inv, command, opts, log_stream=LogLines(logger) if logger is not None else None)
-    try:
-        return runner.run_host(h)
-    finally:
-        runner.finish()
-
-
-__all__ = ["CanaryGate", "FanoutOptions", "FanoutRunner", "OutputHook", "ResultHook", "fanout_hosts", "fanout_ssh",
-           "new_run_id"]
+__all__ = ["CanaryGate", "FanoutOptions", "FanoutRunner", "OutputHook", "ResultHook", "fanout_hosts", "new_run_id"]

@@ -14,7 +14,8 @@ class StreamSink:
 
     def __init__(self, path: Path | None, on_line: Callable[[str], None] | None, keep: int = KEEP_BYTES) -> None:
         self.path = path
-        self.file: IO[bytes] | None = open(path, "wb") if path is not None else None
+        self.file: IO[bytes] | None = None  # opened at the first byte: an empty stream's file is made at
+        # the run's end (FanoutRunner.finish), off the path from a host's answer to its result
         self.on_line = on_line
         self.keep = keep
         self.tail = bytearray()
@@ -24,7 +25,9 @@ class StreamSink:
     def write(self, data: bytes) -> None:
         """Take one chunk."""
         self.total += len(data)
-        if self.file is not None:
+        if self.path is not None and data:
+            if self.file is None:
+                self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
             self.file.write(data)
         self.tail += data
         if len(self.tail) > self.keep:
