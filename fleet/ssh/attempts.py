@@ -134,6 +134,8 @@ def run_attempts(rt: FanoutRunner, host: Host, link: Link, cmd: str, t0: float, 
                 rt.in_flight.add(sess)
                 reusable = False
                 try:
+                    if rt.abort.is_set():  # Ctrl-C came before the interrupt could see this connection
+                        raise Aborted(host.name, "interrupted before this attempt started")
                     if not reused:
                         link.dial(sess)
                     if rt.gate is not None:
