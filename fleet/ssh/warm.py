@@ -114,7 +114,8 @@ class ConnectionPool:
         the call's other hosts still run: a served call (fleet.serve.server) holds them until its
         client has its exit status. Opening a channel costs CPU the call's last hosts wait for
         (~3 ms of a 10-host call on a 2-core machine); the next call finds them open all the same.
-        A connection used again before then opens its own channel, as without spares."""
+        A connection used again before then opens its own channel, as without spares; its spare
+        opening now is no harm (``prepare`` opens none on a closed one, nor a second one)."""
         with self._lock:
             self._held += 1
         try:
@@ -123,10 +124,8 @@ class ConnectionPool:
             with self._lock:
                 self._held -= 1
                 later, self._later = (self._later, []) if self._held == 0 else ([], self._later)
-                free = {id(s) for lst in self._free.values() for s, _ in lst}
             for sess in later:
-                if id(sess) in free:  # one taken meanwhile gets its spare when it is given back
-                    open_spare_soon(sess)
+                open_spare_soon(sess)
 
     def close(self) -> None:
         """Close every kept connection."""
